@@ -1,0 +1,96 @@
+"""Verifiable tasks: seeded instances, a prompt format, an answer parser and a verifier (DESIGN §7).
+
+A verifier parses model text and checks it with exact integer / fraction arithmetic; it never
+evaluates model text. Malformed answers are simply wrong (``False``), never an exception;
+malformed data files raise :class:`DataFileError` naming the file, the line and the field.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol, runtime_checkable
+
+import torch
+
+
+class DataFileError(ValueError):
+    """A data file is malformed; the message names the file, the 1-based line and the field."""
+
+    def __init__(self, path: str | Path, line: int, field_name: str, reason: str) -> None:
+        self.path, self.line, self.field = str(path), line, field_name
+        super().__init__(f"{path}:{line}: field {field_name!r}: {reason}")
+
+
+@dataclass(frozen=True)
+class Example:
+    """One task instance.
+
+    Attributes:
+        id: stable id, unique within the task (``{task}-{source}-{index}``); the key for
+            resume and dedup downstream.
+        prompt: the text the model is conditioned on (no chat template).
+        answer: one reference answer (the ground-truth response used by ``sft``).
+        data: task-specific fields the verifier needs (operands, target, puzzle, ...).
+    """
+
+    id: str
+    prompt: str
+    answer: str
+    data: dict[str, Any] = field(default_factory=dict)
+
+
+@runtime_checkable
+class Task(Protocol):
+    """What every task provides.
+
+    Attributes:
+        name: registry name (``addition``, ``countdown``, ``sudoku``, ``gsm8k``).
+        gen_length: response length T (tokens of the tiny char tokenizer) that fits every
+            reference answer plus at least one EOS.
+    """
+
+    name: str
+    gen_length: int
+
+    def generate(self, n: int, generator: torch.Generator) -> list[Example]:
+        """``n`` fresh instances drawn from ``generator`` (same generator state, same list)."""
+        ...
+
+    def verify(self, example: Example, response: str) -> bool:
+        """Whether ``response`` (model text, already cut at EOS) solves ``example``."""
+        ...
+
+
+def read_jsonl(path: str | Path) -> list[tuple[int, dict[str, Any]]]:
+    """Read a JSONL file into ``(line_number, record)`` pairs, skipping blank lines.
+
+    Raises:
+        FileNotFoundError: the file does not exist.
+        DataFileError: a line is not a JSON object.
+    """
+    path = Path(path)
+    out: list[tuple[int, dict[str, Any]]] = []
+    with path.open(encoding="utf-8") as f:
+        for i, line in enumerate(f, start=1):
+            if not line.strip():
+                continue
+            try:
+                rec = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise DataFileError(path, i, "<line>", f"not valid JSON ({e.msg})") from None
+            if not isinstance(rec, dict):
+                raise DataFileError(path, i, "<line>", "not a JSON object")
+            out.append((i, rec))
+    return out
+
+
+def require_str(path: str | Path, line: int, rec: dict[str, Any], key: str) -> str:
+    """``rec[key]`` as a string, or a :class:`DataFileError` naming file, line and field."""
+    if key not in rec:
+        raise DataFileError(path, line, key, "missing")
+    value = rec[key]
+    if not isinstance(value, str):
+        raise DataFileError(path, line, key, f"expected a string, got {type(value).__name__}")
+    return value
