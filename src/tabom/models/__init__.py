@@ -36,8 +36,7 @@ def resolve_model_path(name_or_path: str) -> Path:
     if path.is_dir():
         return path
     raise FileNotFoundError(
-        f"model {name_or_path!r}: not a shipped model ({', '.join(SHIPPED)}) "
-        "nor a local folder"
+        f"model {name_or_path!r}: not a shipped model ({', '.join(SHIPPED)}) nor a local folder"
     )
 
 

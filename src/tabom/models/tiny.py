@@ -100,7 +100,9 @@ def build_tiny(cfg: TinyModelConfig | None = None, *, seed: int = 0) -> Diffusio
     cfg = cfg or TinyModelConfig()
     tok = build_char_tokenizer()
     config_cls, model_cls = (
-        (LlamaConfig, LlamaForCausalLM) if cfg.family == "llama" else (Qwen2Config, Qwen2ForCausalLM)
+        (LlamaConfig, LlamaForCausalLM)
+        if cfg.family == "llama"
+        else (Qwen2Config, Qwen2ForCausalLM)
     )
     hf_config = config_cls(
         vocab_size=len(tok),

@@ -8,6 +8,7 @@ malformed data files raise :class:`DataFileError` naming the file, the line and 
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
@@ -94,3 +95,49 @@ def require_str(path: str | Path, line: int, rec: dict[str, Any], key: str) -> s
     if not isinstance(value, str):
         raise DataFileError(path, line, key, f"expected a string, got {type(value).__name__}")
     return value
+
+
+MAX_RESPONSE_CHARS = 4096
+"""Responses longer than this are wrong without being parsed (keeps verifiers cheap on garbage)."""
+
+
+def draw_distinct(
+    n: int, draw: Callable[[], Example | None], *, what: str, max_tries: int | None = None
+) -> list[Example]:
+    """Call ``draw`` until it has produced ``n`` examples with distinct ids.
+
+    Args:
+        n: how many examples to return (``>= 0``).
+        draw: draws one candidate from the caller's ``torch.Generator``; ``None`` = rejected
+            (e.g. an unsolvable instance). A repeated id is dropped, the first one kept.
+        what: the task, for error messages.
+        max_tries: calls to ``draw`` before giving up (default ``100 * n + 1000``).
+
+    Returns:
+        ``n`` examples, in the order drawn.
+
+    Raises:
+        ValueError: ``n < 0``, or ``max_tries`` draws gave fewer than ``n`` distinct examples
+            (the instance space is too small for ``n``).
+    """
+    if n < 0:
+        raise ValueError(f"{what}: n must be >= 0, got {n}")
+    max_tries = 100 * n + 1000 if max_tries is None else max_tries
+    out: dict[str, Example] = {}
+    for _ in range(max_tries):
+        if len(out) == n:
+            break
+        ex = draw()
+        if ex is not None and ex.id not in out:
+            out[ex.id] = ex
+    if len(out) < n:
+        raise ValueError(
+            f"{what}: only {len(out)} distinct instances after {max_tries} draws, asked for {n} "
+            "(the instance space is too small; widen the task's settings or ask for fewer)"
+        )
+    return list(out.values())
+
+
+def randint(low: int, high: int, generator: torch.Generator) -> int:
+    """One integer drawn uniformly from ``[low, high]`` (both inclusive) with ``generator``."""
+    return int(torch.randint(low, high + 1, (1,), generator=generator).item())

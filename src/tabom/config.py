@@ -1,0 +1,221 @@
+"""Typed configs: dataclass defaults, overridden by a YAML file, then by ``--field value`` flags.
+
+Every command's config is a dataclass (fields documented where declared, choices as
+``Literal``). Nested dataclasses are addressed with dots (``--model.hidden_size 256``). An
+unknown field, a value of the wrong type or a bad choice raises :class:`ConfigError` naming the
+flag or the YAML file and key, before any compute starts (DESIGN §1).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import types
+from pathlib import Path
+from typing import Any, Literal, TypeVar, Union, get_args, get_origin, get_type_hints
+
+import yaml
+
+C = TypeVar("C")
+
+
+class ConfigError(ValueError):
+    """A config value is unknown, mistyped or out of range; the message names where it came from."""
+
+
+def _convert(value: Any, tp: Any, where: str) -> Any:
+    """Check/coerce ``value`` against the annotation ``tp``; ``where`` names the source."""
+    origin = get_origin(tp)
+    if tp is Any:
+        return value
+    if origin in (Union, types.UnionType):
+        args = get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _convert(value, arg, where)
+            except ConfigError as e:
+                errors.append(str(e))
+        raise ConfigError(errors[0] if errors else f"{where}: bad value {value!r}")
+    if origin is Literal:
+        choices = get_args(tp)
+        if value not in choices:
+            raise ConfigError(f"{where}: {value!r} is not one of {', '.join(map(repr, choices))}")
+        return value
+    if origin in (list, tuple):
+        if isinstance(value, str):
+            value = [v for v in value.split(",") if v != ""]
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{where}: expected a list, got {value!r}")
+        (inner, *_) = get_args(tp) or (Any,)
+        items = [_convert(v, inner, f"{where}[{i}]") for i, v in enumerate(value)]
+        return items if origin is list else tuple(items)
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{where}: expected a mapping, got {value!r}")
+        return dict(value)
+    if dataclasses.is_dataclass(tp):
+        if isinstance(value, tp):
+            return value
+        if not isinstance(value, dict):
+            raise ConfigError(f"{where}: expected a mapping of {tp.__name__} fields")
+        return _build(tp, value, where)
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("true", "false", "1", "0", "yes", "no"):
+            return value.lower() in ("true", "1", "yes")
+        raise ConfigError(f"{where}: expected true/false, got {value!r}")
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, (int, str)):
+            raise ConfigError(f"{where}: expected an integer, got {value!r}")
+        try:
+            return int(value)
+        except ValueError:
+            raise ConfigError(f"{where}: expected an integer, got {value!r}") from None
+    if tp is float:
+        if isinstance(value, bool):
+            raise ConfigError(f"{where}: expected a number, got {value!r}")
+        try:
+            return float(value)
+        except (TypeError, ValueError):
+            raise ConfigError(f"{where}: expected a number, got {value!r}") from None
+    if tp is str:
+        if isinstance(value, (dict, list)):
+            raise ConfigError(f"{where}: expected a string, got {value!r}")
+        return str(value)
+    return value
+
+
+def _build(cls: type[C], values: dict[str, Any], where: str) -> C:
+    hints = get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+    kwargs = {}
+    for key, value in values.items():
+        if key not in names:
+            raise ConfigError(
+                f"{where}: unknown field {key!r} for {cls.__name__} "
+                f"(known: {', '.join(sorted(names))})"
+            )
+        kwargs[key] = _convert(value, hints[key], f"{where}.{key}" if where else key)
+    try:
+        return cls(**kwargs)
+    except (TypeError, ValueError) as e:
+        if isinstance(e, ConfigError):
+            raise
+        raise ConfigError(f"{where or cls.__name__}: {e}") from None
+
+
+def _set_dotted(tree: dict[str, Any], dotted: str, value: Any) -> None:
+    node = tree
+    *parents, leaf = dotted.split(".")
+    for p in parents:
+        node = node.setdefault(p, {})
+        if not isinstance(node, dict):
+            raise ConfigError(f"--{dotted}: {p!r} is not a group of fields")
+    node[leaf] = value
+
+
+def _check_flag(cls: type, dotted: str) -> Any:
+    """The annotation of ``dotted`` in ``cls``, or a ConfigError naming the flag."""
+    tp: Any = cls
+    for part in dotted.split("."):
+        if not dataclasses.is_dataclass(tp):
+            raise ConfigError(f"--{dotted}: {part!r} is not a field (its parent is not a group)")
+        hints = get_type_hints(tp)
+        if part not in hints:
+            known = ", ".join(sorted(f.name for f in dataclasses.fields(tp)))
+            raise ConfigError(f"--{dotted}: unknown field {part!r} (known: {known})")
+        tp = hints[part]
+        args = [a for a in get_args(tp) if a is not type(None)]
+        if get_origin(tp) in (Union, types.UnionType) and len(args) == 1:
+            tp = args[0]
+    return tp
+
+
+def parse_overrides(cls: type, argv: list[str]) -> dict[str, Any]:
+    """``['--a.b', '1', '--c=x', '--flag']`` -> nested dict, validated against ``cls``'s fields."""
+    tree: dict[str, Any] = {}
+    i = 0
+    while i < len(argv):
+        arg = argv[i]
+        if not arg.startswith("--"):
+            raise ConfigError(f"unexpected argument {arg!r}: overrides look like --field value")
+        key, eq, raw = arg[2:].partition("=")
+        key = key.replace("-", "_")
+        tp = _check_flag(cls, key)
+        if not eq:
+            nxt = argv[i + 1] if i + 1 < len(argv) else None
+            if tp is bool and (nxt is None or nxt.startswith("--")):
+                raw, i = "true", i + 1
+            elif nxt is None:
+                raise ConfigError(f"--{key}: missing value")
+            else:
+                raw, i = nxt, i + 2
+        else:
+            i += 1
+        value: Any = raw
+        if tp is not str:
+            try:
+                value = yaml.safe_load(raw)
+            except yaml.YAMLError:
+                value = raw
+            if value is None and raw.strip().lower() not in ("null", "none", "~"):
+                value = raw
+            if isinstance(raw, str) and raw.strip().lower() == "none":
+                value = None
+        _set_dotted(tree, key, value)
+    return tree
+
+
+def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for k, v in over.items():
+        if isinstance(v, dict) and isinstance(out.get(k), dict):
+            out[k] = _merge(out[k], v)
+        else:
+            out[k] = v
+    return out
+
+
+def load_config(
+    cls: type[C], config_file: str | Path | None = None, argv: list[str] | None = None
+) -> C:
+    """Build ``cls`` from its defaults, a YAML file and ``--field value`` overrides (in that order).
+
+    Raises:
+        ConfigError: unknown field, wrong type or invalid combination; names the flag or file.
+    """
+    tree: dict[str, Any] = {}
+    if config_file is not None:
+        path = Path(config_file)
+        if not path.is_file():
+            raise ConfigError(f"--config: no such file {path}")
+        loaded = yaml.safe_load(path.read_text()) or {}
+        if not isinstance(loaded, dict):
+            raise ConfigError(f"{path}: expected a mapping of config fields at the top level")
+        try:
+            _build(cls, loaded, "")  # validate the file on its own so errors name it
+        except ConfigError as e:
+            raise ConfigError(f"{path}: {e}") from None
+        tree = loaded
+    if argv:
+        tree = _merge(tree, parse_overrides(cls, argv))
+    return _build(cls, tree, "")
+
+
+def to_dict(cfg: Any) -> dict[str, Any]:
+    """A JSON/YAML-ready dict of a config dataclass."""
+    return json.loads(json.dumps(dataclasses.asdict(cfg), default=str))
+
+
+def save_config(cfg: Any, path: str | Path) -> None:
+    """Write the resolved config as YAML (what a run actually used)."""
+    Path(path).write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
+
+
+__all__ = ["ConfigError", "load_config", "parse_overrides", "save_config", "to_dict"]

@@ -1,0 +1,474 @@
+"""Diffusion decoding with recorded trajectories (DESIGN §3).
+
+The state is ``x = [prompt | T x [MASK]]``. Each step runs one forward over the whole sequence,
+proposes a token and a score at every masked position of the current block and commits the
+best ones; a committed token is never remasked. The trajectory is one integer tensor
+``decode_step (B, T)``. The ``entropy`` score is the paper's Eq. 2 (entropy decoding: commit the
+lowest-entropy masked positions first); ``confidence`` is LLaDA's low-confidence remasking.
+
+Two rules are fixed here: equal scores go to the lower position first, and threshold mode
+commits every masked position of the block whose confidence q(token) reaches the threshold or,
+when none does, the single best position under the selected score.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Literal, get_args
+
+import torch
+
+if TYPE_CHECKING:
+    from tabom.models.base import DiffusionLM
+
+ScoreName = Literal["confidence", "margin", "entropy", "random"]
+SCORES: tuple[str, ...] = get_args(ScoreName)
+
+
+@dataclass
+class DecodeConfig:
+    """How to decode: response length, budget, score and proposal distribution.
+
+    Attributes:
+        gen_length: T, the response positions appended to the prompt as [MASK].
+        steps: forwards in fixed-budget mode; each block gets ``steps / n_blocks`` of them.
+        block_length: semi-autoregressive block size; ``None`` is one block of ``gen_length``.
+        score: how masked positions are ranked: ``confidence`` = q(token), ``margin`` = q1 - q2,
+            ``entropy`` = sum q log q (negative entropy, the paper's Eq. 2), ``random``.
+        temperature: τ of the proposal; 0 proposes the argmax.
+        top_p: nucleus filter of the proposal (used only when ``temperature > 0``).
+        top_k: keep the k most likely tokens (0 = off; only when ``temperature > 0``).
+        threshold: parallel decoding: at each step commit every masked position of the
+            current block with confidence >= threshold, at least one; ``steps`` is ignored.
+        record_entropy: also return the proposal's entropy at each position when committed.
+    """
+
+    gen_length: int = 32
+    steps: int = 32
+    block_length: int | None = None
+    score: ScoreName = "confidence"
+    temperature: float = 0.0
+    top_p: float = 1.0
+    top_k: int = 0
+    threshold: float | None = None
+    record_entropy: bool = False
+
+    def __post_init__(self) -> None:
+        if self.gen_length <= 0:
+            raise ValueError(f"decode.gen_length must be positive, got {self.gen_length}")
+        if self.steps <= 0:
+            raise ValueError(f"decode.steps must be positive, got {self.steps}")
+        if self.block_length is not None:
+            if self.block_length <= 0:
+                raise ValueError(f"decode.block_length must be positive, got {self.block_length}")
+            if self.gen_length % self.block_length:
+                raise ValueError(
+                    f"decode.gen_length ({self.gen_length}) must be divisible by "
+                    f"decode.block_length ({self.block_length})"
+                )
+        if self.threshold is None and self.steps % self.n_blocks:
+            raise ValueError(
+                f"decode.steps ({self.steps}) must be divisible by the number of blocks "
+                f"({self.n_blocks})"
+            )
+        if self.score not in SCORES:
+            raise ValueError(f"decode.score must be one of {SCORES}, got {self.score!r}")
+        if self.temperature < 0:
+            raise ValueError(f"decode.temperature must be >= 0, got {self.temperature}")
+        if not 0 < self.top_p <= 1:
+            raise ValueError(f"decode.top_p must be in (0, 1], got {self.top_p}")
+        if self.top_k < 0:
+            raise ValueError(f"decode.top_k must be >= 0, got {self.top_k}")
+        if self.threshold is not None and not 0 < self.threshold <= 1:
+            raise ValueError(f"decode.threshold must be in (0, 1], got {self.threshold}")
+
+    @property
+    def block_size(self) -> int:
+        """Positions per block (``gen_length`` when there are no blocks)."""
+        return self.block_length or self.gen_length
+
+    @property
+    def n_blocks(self) -> int:
+        return self.gen_length // self.block_size
+
+
+@dataclass
+class DecodeOutput:
+    """What :func:`decode` returns for a batch.
+
+    Attributes:
+        sequences: ``(B, P + T)`` the left-padded prompt followed by the committed response.
+        decode_step: ``(B, T)`` long, the step at which each response position was committed
+            (-1 if never).
+        nfe: forwards run (one forward serves the whole batch).
+        prompt_length: P, the padded prompt width.
+        attention_mask: ``(B, P + T)``, 0 on left padding.
+        decode_entropy: ``(B, T)`` float, entropy of the proposal distribution at each
+            position when it was committed (NaN if never), or ``None`` unless recorded.
+    """
+
+    sequences: torch.Tensor
+    decode_step: torch.Tensor
+    nfe: int
+    prompt_length: int
+    attention_mask: torch.Tensor
+    decode_entropy: torch.Tensor | None = None
+
+    @property
+    def response_ids(self) -> torch.Tensor:
+        """``(B, T)`` the committed response tokens."""
+        return self.sequences[:, self.prompt_length :]
+
+    @property
+    def prompt_ids(self) -> torch.Tensor:
+        """``(B, P)`` the left-padded prompts."""
+        return self.sequences[:, : self.prompt_length]
+
+
+def pad_prompts(prompts: list[list[int]], pad_token_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Left-pad token id lists into one batch.
+
+    Args:
+        prompts: token ids per prompt (lengths may differ).
+        pad_token_id: id written on the left of shorter prompts.
+
+    Returns:
+        ``(ids, mask)``, both ``(B, P)`` long with P the longest prompt; mask is 0 on padding.
+
+    Raises:
+        ValueError: no prompts.
+    """
+    if not prompts:
+        raise ValueError("pad_prompts needs at least one prompt")
+    width = max(len(p) for p in prompts)
+    ids = torch.full((len(prompts), width), pad_token_id, dtype=torch.long)
+    mask = torch.zeros((len(prompts), width), dtype=torch.long)
+    for row, p in enumerate(prompts):
+        if p:
+            ids[row, width - len(p) :] = torch.tensor(p, dtype=torch.long)
+            mask[row, width - len(p) :] = 1
+    return ids, mask
+
+
+def transfer_schedule(num_masks: int, steps: int) -> list[int]:
+    """Tokens committed at each of ``steps`` steps for a block of ``num_masks`` masks.
+
+    ``num_masks // steps`` per step, one more for the first ``num_masks % steps`` steps
+    (LLaDA's ``get_num_transfer_tokens``). With more steps than masks the last steps commit 0.
+    """
+    base, extra = divmod(num_masks, steps)
+    return [base + (i < extra) for i in range(steps)]
+
+
+def step_schedule(cfg: DecodeConfig) -> list[int]:
+    """Tokens committed at each step of a fixed-budget decode, over all blocks (length ``steps``).
+
+    Raises:
+        ValueError: ``cfg`` is in threshold mode, whose schedule depends on the logits.
+    """
+    if cfg.threshold is not None:
+        raise ValueError("step_schedule: decode.threshold is set, the schedule is not fixed")
+    return transfer_schedule(cfg.block_size, cfg.steps // cfg.n_blocks) * cfg.n_blocks
+
+
+def filter_logits(logits: torch.Tensor, *, top_k: int = 0, top_p: float = 1.0) -> torch.Tensor:
+    """Top-k then top-p (nucleus) filtering: removed tokens get ``-inf``.
+
+    Args:
+        logits: ``(..., V)``.
+        top_k: keep the ``top_k`` largest logits (ties with the k-th kept too); 0 = off.
+        top_p: keep the smallest prefix of the sorted distribution whose mass reaches
+            ``top_p`` (the most likely token always stays); 1 = off.
+
+    Returns:
+        ``(..., V)`` filtered logits (a new tensor).
+    """
+    neg_inf = float("-inf")
+    if 0 < top_k < logits.shape[-1]:
+        kth = logits.topk(top_k, dim=-1).values[..., -1:]  # (..., 1)
+        logits = logits.masked_fill(logits < kth, neg_inf)
+    if top_p < 1.0:
+        sorted_logits, order = logits.sort(dim=-1, descending=True)  # (..., V)
+        probs = sorted_logits.softmax(dim=-1)
+        mass_before = probs.cumsum(dim=-1) - probs  # mass strictly above each token
+        drop_sorted = mass_before >= top_p  # the first token has 0 before it: always kept
+        drop = torch.zeros_like(drop_sorted).scatter(-1, order, drop_sorted)
+        logits = logits.masked_fill(drop, neg_inf)
+    return logits
+
+
+def propose(
+    logits: torch.Tensor,
+    *,
+    temperature: float = 0.0,
+    top_p: float = 1.0,
+    top_k: int = 0,
+    generator: torch.Generator | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Propose one token per position and return the proposal distribution q.
+
+    Args:
+        logits: ``(..., V)`` float logits, [MASK] already at ``-inf``.
+        temperature: 0 proposes the argmax (lowest id on ties) with q = softmax(logits);
+            otherwise a sample from q = softmax(filtered logits / temperature).
+        top_p: nucleus filter (only with ``temperature > 0``).
+        top_k: top-k filter (only with ``temperature > 0``).
+        generator: randomness of the sample.
+
+    Returns:
+        ``(tokens, q)``: ``(...)`` long and ``(..., V)`` float.
+    """
+    if temperature == 0:
+        return logits.argmax(dim=-1), logits.softmax(dim=-1)
+    q = filter_logits(logits / temperature, top_k=top_k, top_p=top_p).softmax(dim=-1)
+    flat = q.reshape(-1, q.shape[-1])  # (N, V)
+    tokens = torch.multinomial(flat, 1, generator=generator).view(q.shape[:-1])
+    return tokens, q
+
+
+def score_proposals(
+    q: torch.Tensor,
+    tokens: torch.Tensor,
+    score: ScoreName,
+    *,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
+    """Score each proposal; higher is committed first.
+
+    Args:
+        q: ``(..., V)`` the proposal distribution.
+        tokens: ``(...)`` the proposed tokens.
+        score: ``confidence`` q(token); ``margin`` q1 - q2 (two largest probabilities);
+            ``entropy`` sum q log q (negative entropy, Eq. 2); ``random`` uniform in [0, 1).
+        generator: randomness of the ``random`` score.
+
+    Returns:
+        ``(...)`` float scores.
+    """
+    if score == "confidence":
+        return q.gather(-1, tokens.unsqueeze(-1)).squeeze(-1)
+    if score == "margin":
+        top2 = q.topk(2, dim=-1).values  # (..., 2)
+        return top2[..., 0] - top2[..., 1]
+    if score == "entropy":
+        return torch.special.xlogy(q, q).sum(dim=-1)  # 0 log 0 = 0 on filtered tokens
+    if score == "random":
+        return torch.rand(tokens.shape, generator=generator, device=q.device)
+    raise ValueError(f"decode.score must be one of {SCORES}, got {score!r}")
+
+
+def select_top_k(scores: torch.Tensor, candidates: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
+    """The ``k[b]`` best candidates of each row; equal scores go to the lower position.
+
+    Args:
+        scores: ``(B, N)`` finite scores.
+        candidates: ``(B, N)`` bool, the positions that may be chosen.
+        k: ``(B,)`` long, how many to choose per row (fewer if the row has fewer candidates).
+
+    Returns:
+        ``(B, N)`` bool, the chosen positions.
+    """
+    keyed = scores.masked_fill(~candidates, float("-inf"))
+    order = keyed.argsort(dim=-1, descending=True, stable=True)  # stable: lower position first
+    positions = torch.arange(scores.shape[-1], device=scores.device).expand_as(order)
+    rank = torch.empty_like(order).scatter_(-1, order, positions)  # (B, N) rank of each position
+    return (rank < k.unsqueeze(-1)) & candidates
+
+
+@torch.no_grad()
+def decode(
+    model: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+    prompt_ids: torch.Tensor,
+    prompt_mask: torch.Tensor,
+    cfg: DecodeConfig,
+    *,
+    mask_token_id: int,
+    generator: torch.Generator | None = None,
+) -> DecodeOutput:
+    """Decode a batch of left-padded prompts and record when each response token is committed.
+
+    Each row is independent: it commits its own k positions (its own block in threshold
+    mode), so a row decodes the same alone or in a padded batch when the model is row-wise.
+
+    Args:
+        model: ``(input_ids, attention_mask) -> logits (B, L, V)`` aligned so that
+            ``logits[:, j]`` predicts token j (a :class:`~tabom.models.base.DiffusionLM`).
+        prompt_ids: ``(B, P)`` left-padded prompts.
+        prompt_mask: ``(B, P)`` 1 on prompt tokens, 0 on padding.
+        cfg: budget, score and proposal settings.
+        mask_token_id: id of [MASK]; its logit is set to ``-inf`` so it is never proposed.
+        generator: all randomness (sampling, ``random`` score); on the model's device.
+
+    Returns:
+        A :class:`DecodeOutput`; ``nfe`` is ``cfg.steps`` in fixed-budget mode, the forwards
+        until every row is full in threshold mode.
+
+    Raises:
+        ValueError: mismatched prompt shapes, or logits of the wrong shape or with NaN.
+    """
+    if prompt_ids.dim() != 2 or prompt_ids.shape != prompt_mask.shape:
+        raise ValueError(
+            f"prompt_ids {tuple(prompt_ids.shape)} and prompt_mask {tuple(prompt_mask.shape)} "
+            "must be the same (B, P) shape"
+        )
+    B, P = prompt_ids.shape
+    T, Lb = cfg.gen_length, cfg.block_size
+    device = prompt_ids.device
+
+    # 1) the state: prompt followed by T masks; the trajectory starts at -1
+    x = torch.cat([prompt_ids, prompt_ids.new_full((B, T), mask_token_id)], dim=1)  # (B, P+T)
+    attn = torch.cat([prompt_mask, prompt_mask.new_ones((B, T))], dim=1)  # (B, P+T)
+    response = x[:, P:]  # (B, T) view: writing it writes x
+    decode_step = torch.full((B, T), -1, dtype=torch.long, device=device)
+    entropy = torch.full((B, T), float("nan"), device=device) if cfg.record_entropy else None
+    rows = torch.arange(B, device=device).unsqueeze(-1)  # (B, 1)
+    offsets = torch.arange(Lb, device=device)  # (Lb,)
+
+    fixed = cfg.threshold is None
+    schedule = step_schedule(cfg) if fixed else []
+    steps_per_block = cfg.steps // cfg.n_blocks
+    step = 0
+    while True:
+        # 2) the current block of each row: by step count in fixed-budget mode, else the
+        #    block of the row's first masked position (rows advance on their own)
+        if fixed:
+            if step == cfg.steps:
+                break
+            start = torch.full((B,), (step // steps_per_block) * Lb, device=device)
+        else:
+            masked = decode_step < 0  # (B, T)
+            if not bool(masked.any()):
+                break
+            start = masked.long().argmax(dim=-1) // Lb * Lb  # full rows: block 0, no candidates
+        pos = start.unsqueeze(-1) + offsets  # (B, Lb) response positions of the current block
+
+        # 3) one forward; proposals only where they can be committed, [MASK] never proposed
+        logits = model(x, attn)  # (B, P+T, V)
+        if logits.dim() != 3 or logits.shape[:2] != x.shape:
+            raise ValueError(
+                f"model returned logits {tuple(logits.shape)} for input {tuple(x.shape)}"
+            )
+        block_logits = logits[rows, P + pos].float()  # (B, Lb, V), a copy
+        block_logits[..., mask_token_id] = float("-inf")
+        tokens, q = propose(
+            block_logits,
+            temperature=cfg.temperature,
+            top_p=cfg.top_p,
+            top_k=cfg.top_k,
+            generator=generator,
+        )  # (B, Lb), (B, Lb, V)
+        scores = score_proposals(q, tokens, cfg.score, generator=generator)  # (B, Lb)
+        candidates = decode_step.gather(1, pos) < 0  # (B, Lb) still masked
+        if bool(torch.isnan(scores).any()):
+            raise ValueError(f"decode step {step}: the model's logits give NaN scores")
+
+        # 4) choose: the schedule's k best, or every confident one (at least the best)
+        if fixed:
+            k = torch.full((B,), schedule[step], dtype=torch.long, device=device)
+            commit = select_top_k(scores, candidates, k)  # (B, Lb)
+        else:
+            confidence = q.gather(-1, tokens.unsqueeze(-1)).squeeze(-1)  # (B, Lb)
+            passed = candidates & (confidence >= cfg.threshold)
+            best = select_top_k(scores, candidates, torch.ones(B, dtype=torch.long, device=device))
+            commit = passed | (best & ~passed.any(dim=-1, keepdim=True))
+
+        # 5) write the committed tokens and their step; never touch committed positions
+        response.scatter_(1, pos, torch.where(commit, tokens, response.gather(1, pos)))
+        decode_step.scatter_(1, pos, torch.where(commit, step, decode_step.gather(1, pos)))
+        if entropy is not None:
+            h = -torch.special.xlogy(q, q).sum(dim=-1)  # (B, Lb)
+            entropy.scatter_(1, pos, torch.where(commit, h, entropy.gather(1, pos)))
+        step += 1
+
+    return DecodeOutput(
+        sequences=x,
+        decode_step=decode_step,
+        nfe=step,
+        prompt_length=P,
+        attention_mask=attn,
+        decode_entropy=entropy,
+    )
+
+
+def concat_outputs(outputs: Sequence[DecodeOutput], pad_token_id: int) -> DecodeOutput:
+    """Stack the outputs of several batches, left-padding prompts to the widest.
+
+    Returns:
+        One :class:`DecodeOutput` whose ``nfe`` is the forwards summed over the batches.
+    """
+    if not outputs:
+        raise ValueError("concat_outputs needs at least one output")
+    width = max(o.prompt_length for o in outputs)
+    seqs, masks, entropies = [], [], []
+    for o in outputs:
+        pad = width - o.prompt_length
+        seqs.append(torch.nn.functional.pad(o.sequences, (pad, 0), value=pad_token_id))
+        masks.append(torch.nn.functional.pad(o.attention_mask, (pad, 0), value=0))
+        entropies.append(o.decode_entropy)
+    return DecodeOutput(
+        sequences=torch.cat(seqs),
+        decode_step=torch.cat([o.decode_step for o in outputs]),
+        nfe=sum(o.nfe for o in outputs),
+        prompt_length=width,
+        attention_mask=torch.cat(masks),
+        decode_entropy=None if any(e is None for e in entropies) else torch.cat(entropies),
+    )
+
+
+def response_text(
+    tokenizer: Any, response_ids: Sequence[int] | torch.Tensor, eos_token_id: int | Sequence[int]
+) -> str:
+    """Decode a response cut at its first EOS, special tokens (pad, mask) dropped.
+
+    Args:
+        tokenizer: a Hugging Face tokenizer.
+        response_ids: the response tokens (EOS tail included).
+        eos_token_id: the id (or ids) that end the answer.
+    """
+    ids = response_ids.tolist() if isinstance(response_ids, torch.Tensor) else list(response_ids)
+    stops = {eos_token_id} if isinstance(eos_token_id, int) else set(eos_token_id)
+    cut = next((i for i, t in enumerate(ids) if t in stops), len(ids))
+    return tokenizer.decode(ids[:cut], skip_special_tokens=True)
+
+
+def decode_texts(
+    dlm: DiffusionLM,
+    prompts: list[str],
+    cfg: DecodeConfig,
+    *,
+    generator: torch.Generator | None = None,
+    batch_size: int = 64,
+) -> tuple[list[str], DecodeOutput]:
+    """Tokenise (no special tokens), decode in batches and return the answers.
+
+    Args:
+        dlm: the model, its tokenizer and backend ids.
+        prompts: prompt strings, already in the model's chat format.
+        cfg: decode settings.
+        generator: all randomness, on ``dlm.device``.
+        batch_size: prompts per forward.
+
+    Returns:
+        ``(texts, output)``: the responses cut at the first EOS, and the batches' outputs
+        concatenated in prompt order (:func:`concat_outputs`; ``nfe`` summed over batches).
+    """
+    encoded = [dlm.tokenizer(p, add_special_tokens=False)["input_ids"] for p in prompts]
+    outputs = []
+    for start in range(0, len(encoded), batch_size):
+        ids, mask = pad_prompts(encoded[start : start + batch_size], dlm.spec.pad_token_id)
+        outputs.append(
+            decode(
+                dlm,
+                ids.to(dlm.device),
+                mask.to(dlm.device),
+                cfg,
+                mask_token_id=dlm.mask_token_id,
+                generator=generator,
+            )
+        )
+    out = concat_outputs(outputs, dlm.spec.pad_token_id)
+    texts = [
+        response_text(dlm.tokenizer, r, dlm.spec.eos_token_id) for r in out.response_ids.tolist()
+    ]
+    return texts, out

@@ -1,0 +1,114 @@
+"""Verifiable tasks and their registry (DESIGN §7).
+
+A task is named by a spec string, ``name`` or ``name:field=value,field=value``::
+
+    make_task("addition:min_digits=5,max_digits=5")
+    make_task("countdown:n_operands=4")
+    make_task("gsm8k:path=../shared/data/gsm8k/test.jsonl")
+
+Values of integer fields are parsed as ints (an error names the field otherwise); the rest
+stay strings.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from pathlib import Path
+from typing import Any
+
+from tabom.tasks.addition import AdditionTask
+from tabom.tasks.base import DataFileError, Example, Task, read_jsonl, require_str
+from tabom.tasks.countdown import CountdownTask
+from tabom.tasks.gsm8k import GSM8KTask
+from tabom.tasks.sudoku import SudokuTask
+
+TASKS: dict[str, type] = {
+    "addition": AdditionTask,
+    "countdown": CountdownTask,
+    "sudoku": SudokuTask,
+    "gsm8k": GSM8KTask,
+}
+"""Registry: spec name -> task dataclass."""
+
+
+def _value(spec: str, field: dataclasses.Field, text: str) -> Any:
+    """``text`` as the field's type: ``int`` fields need an integer, the rest stay strings."""
+    text = text.strip()
+    if str(field.type).split("|")[0].strip() != "int":
+        return text
+    if not re.fullmatch(r"[+-]?[0-9]+", text):
+        raise ValueError(f"task spec {spec!r}: field {field.name!r} needs an integer, got {text!r}")
+    return int(text)
+
+
+def make_task(spec: str) -> Task:
+    """Build a task from a spec string.
+
+    Args:
+        spec: ``name`` or ``name:field=value,...``, e.g. ``sudoku:n_blanks=8``.
+
+    Returns:
+        The task instance.
+
+    Raises:
+        ValueError: an unknown task name, an unknown or repeated field, an item without ``=``,
+            a non-integer value for an integer field, or a value the task rejects.
+    """
+    name, _, args = spec.strip().partition(":")
+    name = name.strip()
+    if name not in TASKS:
+        raise ValueError(f"unknown task {name!r} in spec {spec!r}; known: {', '.join(TASKS)}")
+    cls = TASKS[name]
+    allowed = {f.name: f for f in dataclasses.fields(cls) if f.init}
+    kwargs: dict[str, Any] = {}
+    for item in filter(None, (part.strip() for part in args.split(","))):
+        key, eq, value = item.partition("=")
+        key = key.strip()
+        if not eq:
+            raise ValueError(f"task spec {spec!r}: expected field=value, got {item!r}")
+        if key not in allowed:
+            raise ValueError(
+                f"task spec {spec!r}: unknown field {key!r} for task {name!r}; "
+                f"known: {', '.join(allowed)}"
+            )
+        if key in kwargs:
+            raise ValueError(f"task spec {spec!r}: field {key!r} given twice")
+        kwargs[key] = _value(spec, allowed[key], value)
+    return cls(**kwargs)
+
+
+def load_examples(spec: str, path: str | Path) -> list[Example]:
+    """Build the task named by ``spec`` and load its data file.
+
+    Args:
+        spec: a task spec, as for :func:`make_task`.
+        path: the task's JSONL file.
+
+    Returns:
+        The file's examples.
+
+    Raises:
+        ValueError: a bad spec, or a task that has no data files (``addition``).
+        DataFileError: the file is malformed.
+    """
+    task = make_task(spec)
+    if not hasattr(task, "load"):
+        raise ValueError(f"task {task.name!r} has no data files to load; use generate()")
+    return task.load(path)
+
+
+__all__ = [
+    "TASKS",
+    "AdditionTask",
+    "CountdownTask",
+    "DataFileError",
+    "Example",
+    "GSM8KTask",
+    "SudokuTask",
+    "Task",
+    "load_examples",
+    "make_task",
+    "read_jsonl",
+    "require_str",
+]

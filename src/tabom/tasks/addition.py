@@ -1,0 +1,100 @@
+"""Multi-digit addition (DESIGN §7): ``123+4567=`` -> ``4690``.
+
+Each operand gets a digit count drawn uniformly from ``[min_digits, max_digits]``, then a value
+drawn uniformly among the numbers with that many digits. The verifier accepts a plain ASCII
+decimal integer equal to the sum (surrounding whitespace ignored) and nothing else.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+
+import torch
+
+from tabom.tasks.base import Example, draw_distinct, randint
+
+_INT = re.compile(r"[0-9]+")
+_MAX_ANSWER_DIGITS = 64  # longer strings are wrong without converting them to int
+
+
+def format_prompt(a: int, b: int) -> str:
+    """The prompt for ``a + b``, e.g. ``123+4567=``."""
+    return f"{a}+{b}="
+
+
+def parse(response: str) -> int | None:
+    """The integer a response states, or ``None`` if it is not a plain decimal integer.
+
+    Args:
+        response: model text, already cut at EOS.
+
+    Returns:
+        The value of ``response.strip()`` when it is 1 to 64 ASCII digits, else ``None``.
+    """
+    text = response.strip()
+    if len(text) > _MAX_ANSWER_DIGITS or not _INT.fullmatch(text):
+        return None
+    return int(text)
+
+
+@dataclass
+class AdditionTask:
+    """``a+b=`` with operands of ``min_digits`` to ``max_digits`` digits each.
+
+    Attributes:
+        min_digits: fewest digits of an operand (``>= 1``; 1-digit operands include 0).
+        max_digits: most digits of an operand (``<= 18``).
+        name: registry name.
+        gen_length: ``max_digits + 2``: the longest sum (``max_digits + 1`` digits) plus one EOS.
+    """
+
+    min_digits: int = 1
+    max_digits: int = 4
+    name: str = field(default="addition", init=False)
+    gen_length: int = field(init=False)
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.min_digits <= self.max_digits:
+            raise ValueError(
+                f"addition: need 1 <= min_digits <= max_digits, got min_digits={self.min_digits}, "
+                f"max_digits={self.max_digits}"
+            )
+        if self.max_digits > 18:  # torch.randint draws int64
+            raise ValueError(f"addition: max_digits must be <= 18, got {self.max_digits}")
+        self.gen_length = self.max_digits + 2
+
+    def _operand(self, generator: torch.Generator) -> int:
+        digits = randint(self.min_digits, self.max_digits, generator)
+        low = 0 if digits == 1 else 10 ** (digits - 1)
+        return randint(low, 10**digits - 1, generator)
+
+    def _draw(self, generator: torch.Generator) -> Example:
+        a, b = self._operand(generator), self._operand(generator)
+        return Example(
+            id=f"addition-{a}+{b}",
+            prompt=format_prompt(a, b),
+            answer=str(a + b),
+            data={"a": a, "b": b},
+        )
+
+    def generate(self, n: int, generator: torch.Generator) -> list[Example]:
+        """``n`` distinct sums drawn with ``generator``.
+
+        Args:
+            n: number of instances.
+            generator: the only source of randomness (same state, same list).
+
+        Returns:
+            Examples with ids ``addition-{a}+{b}``, prompt ``{a}+{b}=``, answer the sum and
+            ``data = {"a": a, "b": b}``.
+
+        Raises:
+            ValueError: fewer than ``n`` distinct instances exist for these digit counts.
+        """
+        return draw_distinct(n, lambda: self._draw(generator), what=self.name)
+
+    def verify(self, example: Example, response: str) -> bool:
+        """Whether ``response`` states ``a + b`` exactly (never raises)."""
+        value = parse(response)
+        return value is not None and value == example.data["a"] + example.data["b"]

@@ -1,0 +1,67 @@
+"""Typed configs: YAML and flag overrides, errors that name the flag or file."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+import pytest
+
+from tabom.config import ConfigError, load_config
+
+
+@dataclass
+class Inner:
+    width: int = 8
+    kind: Literal["a", "b"] = "a"
+
+
+@dataclass
+class Outer:
+    lr: float = 1e-3
+    name: str = "x"
+    flag: bool = False
+    tasks: list[str] = field(default_factory=lambda: ["t1"])
+    limit: int | None = None
+    inner: Inner = field(default_factory=Inner)
+
+    def __post_init__(self) -> None:
+        if self.lr <= 0:
+            raise ValueError(f"lr must be positive, got {self.lr}")
+
+
+def test_defaults_yaml_then_flags(tmp_path):
+    f = tmp_path / "c.yaml"
+    f.write_text("lr: 0.5\ninner:\n  width: 16\n")
+    cfg = load_config(Outer, f, ["--inner.kind", "b", "--flag", "--tasks", "a,b", "--lr=0.25"])
+    assert cfg.lr == 0.25 and cfg.flag is True and cfg.tasks == ["a", "b"]
+    assert cfg.inner == Inner(width=16, kind="b")
+    assert load_config(Outer, None, ["--limit", "3"]).limit == 3
+    assert load_config(Outer, None, ["--limit", "none"]).limit is None
+    assert load_config(Outer, None, ["--name", "007"]).name == "007"
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--nope", "1"], "--nope: unknown field 'nope'"),
+        (["--inner.depth", "1"], "--inner.depth: unknown field 'depth'"),
+        (["--inner.kind", "c"], "inner.kind: 'c' is not one of 'a', 'b'"),
+        (["--lr", "fast"], "lr: expected a number"),
+        (["--inner.width", "1.5"], "inner.width: expected an integer"),
+        (["--lr", "-1"], "lr must be positive"),
+        (["--lr"], "--lr: missing value"),
+    ],
+)
+def test_bad_flags_name_the_flag(argv, message):
+    with pytest.raises(ConfigError, match=message.replace("(", r"\(")):
+        load_config(Outer, None, argv)
+
+
+def test_bad_yaml_names_the_file_and_key(tmp_path):
+    f = tmp_path / "bad.yaml"
+    f.write_text("inner:\n  colour: red\n")
+    with pytest.raises(ConfigError, match=r"bad.yaml: inner: unknown field 'colour'"):
+        load_config(Outer, f)
+    with pytest.raises(ConfigError, match="no such file"):
+        load_config(Outer, tmp_path / "missing.yaml")
