@@ -1,0 +1,42 @@
+"""The command line, through main(argv)."""
+
+from __future__ import annotations
+
+import json
+
+from tabom.cli import main
+from tabom.models import TinyModelConfig, build_tiny, save_tiny
+
+
+def test_help_lists_the_commands(capsys):
+    assert main(["--help"]) == 0
+    out = capsys.readouterr().out
+    for command in ("pretrain", "eval"):
+        assert command in out
+
+
+def test_command_help_lists_fields(capsys):
+    assert main(["pretrain", "--help"]) == 0
+    out = capsys.readouterr().out
+    assert "--model.hidden_size" in out and "--steps" in out
+
+
+def test_unknown_field_is_rejected_with_the_flag_named(capsys):
+    assert main(["pretrain", "--stepz", "3"]) == 2
+    assert "--stepz: unknown field 'stepz'" in capsys.readouterr().err
+
+
+def test_eval_writes_json_and_a_table(tmp_path, capsys):
+    cfg = TinyModelConfig(hidden_size=32, num_layers=1, num_heads=4, intermediate_size=64)
+    save_tiny(build_tiny(cfg), tmp_path / "m")
+    out = tmp_path / "res.json"
+    argv = ["eval", "--model", str(tmp_path / "m"), "--tasks", "addition:max_digits=2"]
+    argv += ["--n_examples", "6", "--n_samples", "2", "--ks", "1,2", "--temperature", "1.0"]
+    assert main([*argv, "--output", str(out)]) == 0
+    table = capsys.readouterr().out
+    assert "pass@2" in table and "addition:max_digits=2" in table
+    res = json.loads(out.read_text())["results"]["addition:max_digits=2"]
+    assert res["n_examples"] == 6 and res["n_samples"] == 2
+    assert len(res["correct"]) == 6 and all(len(c) == 2 for c in res["correct"])
+    # a random model decodes one token per step: T forwards per answer
+    assert res["nfe_per_answer"] == 4.0 and res["tokens_per_forward"] == 1.0
