@@ -1,15 +1,21 @@
-"""Input masking for masked-diffusion training (DESIGN §5; the paper's Eq. 1, the NELBO).
+"""Input masking for masked-diffusion training (DESIGN §5; the paper's Eqs. 1 and 9).
 
 ``random_mask`` draws one masking ratio t ~ U(eps, 1) per sample and masks each response token
-independently with probability t: the standard MDLM / SFT corruption. The prompt is never
-masked. Torch only; every random draw takes a ``torch.Generator``.
+independently with probability t: the standard MDLM / SFT corruption of Eq. 1.
+``time_delay_mask`` replays a recorded trajectory instead: at a cut s it shows exactly the
+tokens decoded before step s (a state the sampler passed through) and supervises the ones
+decoded in the next M steps, the segment Δ of Eq. 9. The prompt is never masked. Torch only;
+every random draw takes a ``torch.Generator``.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal
 
 import torch
+
+WindowUnit = Literal["steps", "tokens"]
 
 
 @dataclass
@@ -19,12 +25,22 @@ class MaskPlan:
     Attributes:
         input_ids: ``(B, L)`` ids with [MASK] at masked response positions.
         supervise: ``(B, L)`` bool, positions whose clean token the CE loss predicts.
-        t: ``(B,)`` masking ratio per sample (for the optional 1/t NELBO weight).
+        t: ``(B,)`` masking ratio per sample (for the optional 1/t NELBO weight); for
+            time-delay masking the fraction of response positions that are masked.
+        cut: ``(B,)`` long, the time-delay cut s per sample, -1 where the sample could not
+            be cut; None for random masking.
+        valid: ``(B,)`` bool, samples that contribute (False exactly where ``cut == -1``);
+            None for random masking (every sample is valid).
+        n_uncut: number of samples that could not be cut (too few decode steps); they stay
+            in the batch with nothing supervised so that the count can be logged.
     """
 
     input_ids: torch.Tensor
     supervise: torch.Tensor
     t: torch.Tensor
+    cut: torch.Tensor | None = None
+    valid: torch.Tensor | None = None
+    n_uncut: int = 0
 
 
 def random_mask(
@@ -54,3 +70,122 @@ def random_mask(
     masked = (u < t[:, None]) & response_mask.bool()
     noisy = torch.where(masked, torch.full_like(input_ids, mask_token_id), input_ids)
     return MaskPlan(input_ids=noisy, supervise=masked, t=t)
+
+
+def window_mask(
+    decode_step: torch.Tensor,
+    cut: torch.Tensor,
+    *,
+    width: int,
+    unit: WindowUnit = "steps",
+    eligible: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Positions decoded in the window that starts at the cut.
+
+    ``steps``: s ≤ d < s + width. ``tokens``: the first ``width`` positions with d ≥ s in
+    decode order, same-step tokens ordered by position (the boundary step may be split).
+
+    Args:
+        decode_step: ``(B, L)`` long, d per position, -1 where never decoded / not response.
+        cut: ``(B,)`` long, s per sample; -1 selects nothing for that sample.
+        width: window size (M or W) in ``unit``.
+        unit: ``steps`` (the authors' code) or ``tokens`` (the paper's Eq. 9).
+        eligible: ``(B, L)`` bool, restrict the window to these positions.
+
+    Returns:
+        ``(B, L)`` bool.
+    """
+    s = cut[:, None]  # (B, 1)
+    after = (decode_step >= s) & (decode_step >= 0) & (s >= 0)  # (B, L)
+    if eligible is not None:
+        after = after & eligible.bool()
+    if unit == "steps":
+        return after & (decode_step < s + width)
+    if unit != "tokens":
+        raise ValueError(f"window unit must be 'steps' or 'tokens', got {unit!r}")
+    # rank of each position in (d, p) order among the positions after the cut
+    length = decode_step.shape[1]
+    pos = torch.arange(length, device=decode_step.device)
+    key = torch.where(after, decode_step * length + pos, torch.iinfo(torch.long).max)
+    order = key.argsort(dim=1)  # (B, L)
+    rank = torch.empty_like(order).scatter_(1, order, pos.expand_as(order).contiguous())
+    return after & (rank < width)
+
+
+def time_delay_mask(
+    input_ids: torch.Tensor,
+    decode_step: torch.Tensor,
+    *,
+    response_mask: torch.Tensor,
+    window: int,
+    mask_token_id: int,
+    generator: torch.Generator | None = None,
+    window_unit: WindowUnit = "steps",
+) -> MaskPlan:
+    """Cut each trajectory at a random step s: reveal d < s, supervise the next window.
+
+    Per sample, s_max = max d over decoded positions and s is drawn uniformly from
+    {0, …, s_max − M} (DESIGN §5). The input shows the clean token where 0 ≤ d < s and
+    [MASK] at every other response position (never-decoded ones included): exactly a state
+    the sampler passed through. CE supervises s ≤ d < s + M, so the last step d = s_max is
+    never supervised. A sample with s_max < M cannot be cut: it keeps a fully masked response,
+    supervises nothing, gets ``cut = -1`` and ``valid = False`` and is counted in ``n_uncut``.
+    With ``window_unit="tokens"`` M counts tokens: s ranges up to the (M+1)-th largest d and
+    the first M tokens with d ≥ s (decode order, then position) are supervised.
+
+    Args:
+        input_ids: ``(B, L)`` clean ids, [left pad | prompt | response].
+        decode_step: ``(B, L)`` long, d at response positions, -1 at prompt, pad and
+            never-decoded positions.
+        response_mask: ``(B, L)`` bool, True on response positions.
+        window: M, the supervision window, in ``window_unit``.
+        mask_token_id: id written at masked positions.
+        generator: source of randomness (on ``input_ids``'s device); one uniform is drawn
+            per sample whether or not it can be cut, so the draws do not depend on the data.
+        window_unit: ``steps`` (default, the authors' code) or ``tokens`` (the paper).
+
+    Returns:
+        A :class:`MaskPlan` with ``cut``, ``valid`` and ``n_uncut`` set.
+
+    Raises:
+        ValueError: if ``window < 1`` or a decode step lies outside the response.
+    """
+    if window < 1:
+        raise ValueError(f"time-delay window M must be >= 1, got {window}")
+    resp = response_mask.bool()
+    decoded = decode_step >= 0  # (B, L)
+    if (decoded & ~resp).any():
+        raise ValueError("decode_step is >= 0 outside response_mask (prompt or pad)")
+    b = input_ids.shape[0]
+    device = input_ids.device
+
+    # 1) the last cut each sample allows: s_hi = s_max − M (steps) or the (M+1)-th largest d
+    if window_unit == "steps":
+        s_hi = decode_step.max(dim=1).values - window  # (B,); all -1 -> < 0
+    elif window_unit == "tokens":
+        desc = decode_step.sort(dim=1, descending=True).values  # (B, L), -1 last
+        s_hi = desc[:, window] if window < desc.shape[1] else torch.full_like(desc[:, 0], -1)
+    else:
+        raise ValueError(f"window_unit must be 'steps' or 'tokens', got {window_unit!r}")
+    valid = s_hi >= 0  # (B,)
+
+    # 2) s uniform on {0, …, s_hi}
+    u = torch.rand(b, generator=generator, device=device)  # (B,)
+    n_choices = (s_hi + 1).clamp(min=1)
+    s = torch.minimum((u * n_choices).long(), n_choices - 1)
+    cut = torch.where(valid, s, torch.full_like(s, -1))
+
+    # 3) reveal 0 ≤ d < s, mask every other response position, supervise the window
+    revealed = decoded & (decode_step < cut[:, None])  # (B, L); cut = -1 reveals nothing
+    masked = resp & ~revealed
+    supervise = window_mask(decode_step, cut, width=window, unit=window_unit)
+    noisy = torch.where(masked, torch.full_like(input_ids, mask_token_id), input_ids)
+    t = masked.sum(1) / resp.sum(1).clamp(min=1)  # (B,) fraction of the response masked
+    return MaskPlan(
+        input_ids=noisy,
+        supervise=supervise,
+        t=t.float(),
+        cut=cut,
+        valid=valid,
+        n_uncut=int((~valid).sum()),
+    )

@@ -18,9 +18,9 @@ _INT = re.compile(r"[0-9]+")
 _MAX_ANSWER_DIGITS = 64  # longer strings are wrong without converting them to int
 
 
-def format_prompt(a: int, b: int) -> str:
-    """The prompt for ``a + b``, e.g. ``123+4567=``."""
-    return f"{a}+{b}="
+def format_prompt(a: int, b: int, width: int = 0) -> str:
+    """The prompt for ``a + b``, e.g. ``123+4567=``; with ``width`` 4, ``0123+4567=``."""
+    return f"{a:0{width}d}+{b:0{width}d}=" if width else f"{a}+{b}="
 
 
 def parse(response: str) -> int | None:
@@ -46,11 +46,16 @@ class AdditionTask:
         min_digits: fewest digits of an operand (``>= 1``; 1-digit operands include 0).
         max_digits: most digits of an operand (``<= 18``).
         name: registry name.
-        gen_length: ``max_digits + 2``: the longest sum (``max_digits + 1`` digits) plus one EOS.
+        width: when > 0, operands are written zero-padded to ``width`` digits and the reference
+            answer to ``width + 1`` digits (``0012+0345=`` -> ``00357``): every digit of the
+            answer then sits at a fixed offset from the digits it depends on. The verifier
+            compares values, so ``357`` is right too.
+        gen_length: the longest sum (``max(max_digits, width) + 1`` digits) plus one EOS.
     """
 
     min_digits: int = 1
     max_digits: int = 4
+    width: int = 0
     name: str = field(default="addition", init=False)
     gen_length: int = field(init=False)
 
@@ -62,7 +67,11 @@ class AdditionTask:
             )
         if self.max_digits > 18:  # torch.randint draws int64
             raise ValueError(f"addition: max_digits must be <= 18, got {self.max_digits}")
-        self.gen_length = self.max_digits + 2
+        if self.width and self.width < self.max_digits:
+            raise ValueError(
+                f"addition: width ({self.width}) must be 0 or >= max_digits ({self.max_digits})"
+            )
+        self.gen_length = max(self.max_digits, self.width) + 2
 
     def _operand(self, generator: torch.Generator) -> int:
         digits = randint(self.min_digits, self.max_digits, generator)
@@ -72,9 +81,9 @@ class AdditionTask:
     def _draw(self, generator: torch.Generator) -> Example:
         a, b = self._operand(generator), self._operand(generator)
         return Example(
-            id=f"addition-{a}+{b}",
-            prompt=format_prompt(a, b),
-            answer=str(a + b),
+            id=f"addition-{a}+{b}" + (f"-w{self.width}" if self.width else ""),
+            prompt=format_prompt(a, b, self.width),
+            answer=f"{a + b:0{self.width + 1}d}" if self.width else str(a + b),
             data={"a": a, "b": b},
         )
 

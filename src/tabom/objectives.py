@@ -1,0 +1,157 @@
+"""The four post-training objectives, selected by one field (DESIGN §5 table).
+
+``sft`` / ``traj-sft``: random masking + masked CE (the paper's Eq. 1; ``sft`` may weight by
+1/t, the MDLM NELBO). ``td``: time-delay masking at a cut s + CE on the next M steps (Eq. 9
+without its ranking half). ``tabom``: the same plus λ times the entropy ranking loss of
+Eq. 8, i.e. the full Eq. 9. One forward per batch; torch only.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+
+from tabom.losses import RankTies, entropy_rank_loss, masked_ce
+from tabom.masking import WindowUnit, random_mask, time_delay_mask
+
+Objective = Literal["sft", "traj-sft", "td", "tabom"]
+OBJECTIVES: tuple[str, ...] = ("sft", "traj-sft", "td", "tabom")
+
+
+@dataclass
+class LossOutput:
+    """One batch's loss and the counts to log.
+
+    Attributes:
+        total: scalar to backpropagate, ce + λ·rank (``tabom``) or ce.
+        ce: the masked CE term.
+        rank: the ranking term (0 for every objective but ``tabom``).
+        n_supervised: CE-supervised tokens in the batch.
+        n_pairs: ranking pairs in the batch.
+        n_rank_samples: samples with at least one ranking pair.
+        n_uncut: samples that time-delay masking could not cut (s_max < M).
+    """
+
+    total: torch.Tensor
+    ce: torch.Tensor
+    rank: torch.Tensor
+    n_supervised: int
+    n_pairs: int
+    n_rank_samples: int
+    n_uncut: int
+
+
+def compute_objective(
+    model_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor,
+    response_mask: torch.Tensor,
+    decode_step: torch.Tensor | None = None,
+    decode_entropy: torch.Tensor | None = None,
+    *,
+    objective: Objective,
+    mask_token_id: int,
+    generator: torch.Generator | None = None,
+    td_window: int = 32,
+    rank_window: int = 32,
+    rank_margin: float = 0.1,
+    rank_weight: float = 1.0,
+    rank_ties: RankTies = "strict",
+    window_unit: WindowUnit = "steps",
+    nelbo_weight: bool = False,
+) -> LossOutput:
+    """Mask the batch, run one forward and return the objective's loss.
+
+    Args:
+        model_fn: ``(input_ids, attention_mask) -> (B, L, V)`` aligned logits.
+        input_ids: ``(B, L)`` clean ids, [left pad | prompt | response].
+        attention_mask: ``(B, L)``, passed to ``model_fn`` unchanged.
+        response_mask: ``(B, L)`` bool, True on response positions.
+        decode_step: ``(B, L)`` long, d at response positions, -1 elsewhere; required for
+            ``td`` and ``tabom``.
+        decode_entropy: ``(B, L)`` float, for ``rank_ties="decode-entropy"``.
+        objective: ``sft``, ``traj-sft``, ``td`` or ``tabom``.
+        mask_token_id: id of [MASK].
+        generator: source of the masking randomness.
+        td_window: M, the supervision window (decode steps, or tokens per ``window_unit``).
+        rank_window: W, the ranking window.
+        rank_margin: m, the hinge margin.
+        rank_weight: λ, the ranking weight.
+        rank_ties: how same-step pairs are ranked (see :func:`entropy_rank_loss`).
+        window_unit: ``steps`` or ``tokens``, the unit of M and W.
+        nelbo_weight: weight CE by 1/t and divide by the response length (the NELBO of
+            Eq. 1); random-mask objectives only.
+
+    Returns:
+        A :class:`LossOutput`.
+
+    Raises:
+        ValueError: on an unknown objective, a missing ``decode_step``, or ``nelbo_weight``
+            with a time-delay objective.
+    """
+    if objective not in OBJECTIVES:
+        raise ValueError(f"objective must be one of {OBJECTIVES}, got {objective!r}")
+    trajectory = objective in ("td", "tabom")
+    if trajectory and decode_step is None:
+        raise ValueError(f"objective {objective!r} needs decode_step (trajectories)")
+    if trajectory and nelbo_weight:
+        raise ValueError(f"nelbo_weight applies to sft / traj-sft, not {objective!r}")
+
+    # 1) mask: random ratio t per sample, or the trajectory state at a cut s
+    if trajectory:
+        plan = time_delay_mask(
+            input_ids,
+            decode_step,
+            response_mask=response_mask,
+            window=td_window,
+            mask_token_id=mask_token_id,
+            generator=generator,
+            window_unit=window_unit,
+        )
+    else:
+        plan = random_mask(
+            input_ids, response_mask, mask_token_id=mask_token_id, generator=generator
+        )
+
+    # 2) one forward
+    logits = model_fn(plan.input_ids, attention_mask)  # (B, L, V)
+
+    # 3) CE on the supervised positions (token mean, or the 1/t NELBO)
+    ce = masked_ce(
+        logits,
+        input_ids,
+        plan.supervise,
+        t=plan.t if nelbo_weight else None,
+        normalizer=response_mask.sum().clamp(min=1) if nelbo_weight else None,
+    )
+
+    # 4) ranking on the same logits (tabom only)
+    rank = torch.zeros((), device=logits.device)
+    n_pairs = n_rank_samples = 0
+    total = ce
+    if objective == "tabom":
+        out = entropy_rank_loss(
+            logits,
+            decode_step,
+            plan.cut,
+            window=rank_window,
+            margin=rank_margin,
+            supervise=plan.supervise,
+            ties=rank_ties,
+            decode_entropy=decode_entropy,
+            window_unit=window_unit,
+        )
+        rank, n_pairs, n_rank_samples = out.loss, out.n_pairs, out.n_samples
+        total = ce + rank_weight * rank
+    return LossOutput(
+        total=total,
+        ce=ce,
+        rank=rank,
+        n_supervised=int(plan.supervise.sum()),
+        n_pairs=n_pairs,
+        n_rank_samples=n_rank_samples,
+        n_uncut=plan.n_uncut,
+    )
