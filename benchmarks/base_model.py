@@ -19,10 +19,9 @@ import torch
 from tabom.decoding import DecodeConfig
 from tabom.evaluate import evaluate_task
 from tabom.models import DEFAULT_MODEL, load_model
+from tabom.tasks import NEW_DOMAIN as NEW
+from tabom.tasks import OLD_DOMAIN as OLD
 from tabom.tasks import make_task
-
-OLD = "addition:min_digits=1,max_digits=3"
-NEW = "addition:min_digits=4,max_digits=4"
 
 
 def main() -> None:

@@ -65,3 +65,15 @@ def test_bad_yaml_names_the_file_and_key(tmp_path):
         load_config(Outer, f)
     with pytest.raises(ConfigError, match="no such file"):
         load_config(Outer, tmp_path / "missing.yaml")
+
+
+@dataclass
+class WithOptional:
+    label: str | None = "x"
+    ks: list[int] = field(default_factory=lambda: [1])
+
+
+def test_none_clears_an_optional_string_and_a_scalar_becomes_a_one_item_list():
+    assert load_config(WithOptional, None, ["--label", "none"]).label is None
+    assert load_config(WithOptional, None, ["--label", "nonesuch"]).label == "nonesuch"
+    assert load_config(WithOptional, None, ["--ks", "8"]).ks == [8]

@@ -67,9 +67,33 @@ def _commands() -> dict[str, tuple[str, Callable[[], tuple[type, Callable[[Any],
 
         return EvalConfig, run_eval_command
 
+    def distill():
+        from tabom.distill import DistillConfig, run_distill
+
+        return DistillConfig, run_distill
+
+    def inspect():
+        from tabom.inspect_cmd import InspectConfig, run_inspect
+
+        return InspectConfig, run_inspect
+
+    def train():
+        from tabom.trainer import TrainConfig, run_train
+
+        return TrainConfig, run_train
+
     return {
         "pretrain": ("train a tiny DLM from scratch on built-in tasks (the old domain)", pretrain),
         "eval": ("accuracy and pass@k under diffusion decoding on tasks", evaluate),
+        "distill": (
+            "decode prompts with the model itself and write verified trajectories",
+            distill,
+        ),
+        "inspect": (
+            "summarise a trajectory file and draw one trajectory (tabom inspect FILE)",
+            inspect,
+        ),
+        "train": ("post-train on trajectories or ground truth: sft, traj-sft, td, tabom", train),
     }
 
 
@@ -88,8 +112,11 @@ def main(argv: list[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name, (summary, _) in commands.items():
         sub.add_parser(name, help=summary, add_help=False)
-    if not argv or argv[0] in ("-h", "--help", "--version"):
-        parser.parse_args(argv or ["--help"])
+    if argv and argv[0] == "--version":
+        print(f"tabom {__version__}")
+        return 0
+    if not argv or argv[0] in ("-h", "--help"):
+        parser.print_help()
         return 0
     name, rest = argv[0], argv[1:]
     if name not in commands:
@@ -101,6 +128,8 @@ def main(argv: list[str] | None = None) -> int:
         print("fields:")
         print("\n".join(_field_help(cfg_cls)))
         return 0
+    if rest and not rest[0].startswith("-") and "path" in {f.name for f in fields(cfg_cls)}:
+        rest = ["--path", *rest]  # a positional first argument is the config's ``path``
     config_file = None
     if "--config" in rest:
         i = rest.index("--config")

@@ -49,6 +49,8 @@ def _convert(value: Any, tp: Any, where: str) -> Any:
     if origin in (list, tuple):
         if isinstance(value, str):
             value = [v for v in value.split(",") if v != ""]
+        elif isinstance(value, (int, float, bool)):
+            value = [value]  # `--ks 1` reads as a scalar: a one-item list
         if not isinstance(value, (list, tuple)):
             raise ConfigError(f"{where}: expected a list, got {value!r}")
         (inner, *_) = get_args(tp) or (Any,)
@@ -120,9 +122,10 @@ def _set_dotted(tree: dict[str, Any], dotted: str, value: Any) -> None:
     node[leaf] = value
 
 
-def _check_flag(cls: type, dotted: str) -> Any:
-    """The annotation of ``dotted`` in ``cls``, or a ConfigError naming the flag."""
+def _check_flag(cls: type, dotted: str) -> tuple[Any, bool]:
+    """``(annotation, optional)`` of ``dotted`` in ``cls``, or a ConfigError naming the flag."""
     tp: Any = cls
+    optional = False
     for part in dotted.split("."):
         if not dataclasses.is_dataclass(tp):
             raise ConfigError(f"--{dotted}: {part!r} is not a field (its parent is not a group)")
@@ -132,9 +135,10 @@ def _check_flag(cls: type, dotted: str) -> Any:
             raise ConfigError(f"--{dotted}: unknown field {part!r} (known: {known})")
         tp = hints[part]
         args = [a for a in get_args(tp) if a is not type(None)]
+        optional = get_origin(tp) in (Union, types.UnionType) and type(None) in get_args(tp)
         if get_origin(tp) in (Union, types.UnionType) and len(args) == 1:
             tp = args[0]
-    return tp
+    return tp, optional
 
 
 def parse_overrides(cls: type, argv: list[str]) -> dict[str, Any]:
@@ -147,7 +151,7 @@ def parse_overrides(cls: type, argv: list[str]) -> dict[str, Any]:
             raise ConfigError(f"unexpected argument {arg!r}: overrides look like --field value")
         key, eq, raw = arg[2:].partition("=")
         key = key.replace("-", "_")
-        tp = _check_flag(cls, key)
+        tp, optional = _check_flag(cls, key)
         if not eq:
             nxt = argv[i + 1] if i + 1 < len(argv) else None
             if tp is bool and (nxt is None or nxt.startswith("--")):
@@ -159,15 +163,15 @@ def parse_overrides(cls: type, argv: list[str]) -> dict[str, Any]:
         else:
             i += 1
         value: Any = raw
-        if tp is not str:
+        if optional and raw.strip().lower() in ("none", "null", "~"):
+            value = None
+        elif tp is not str:
             try:
                 value = yaml.safe_load(raw)
             except yaml.YAMLError:
                 value = raw
             if value is None and raw.strip().lower() not in ("null", "none", "~"):
                 value = raw
-            if isinstance(raw, str) and raw.strip().lower() == "none":
-                value = None
         _set_dotted(tree, key, value)
     return tree
 

@@ -17,7 +17,7 @@ import torch
 from tabom.decoding import DecodeConfig
 from tabom.evaluate import TaskResult, evaluate_task
 from tabom.models import DEFAULT_MODEL, load_model
-from tabom.tasks import make_task
+from tabom.tasks import NEW_DOMAIN, OLD_DOMAIN, make_task
 from tabom.tasks.base import Example, Task
 
 
@@ -29,6 +29,7 @@ class EvalConfig:
         model: shipped model name (``tiny-base``) or a local model folder.
         tasks: eval sets, ``SPEC`` or ``SPEC@FILE``.
         n_examples: problems per set (a seeded subset of a file; generated sets default to 200).
+            The default sets are the shipped model's old and new domain.
         n_samples: answers per problem (pass@k needs n_samples >= k; use temperature > 0).
         ks: the k of pass@k.
         tokens_per_step: response tokens committed per forward (1 = the paper's setting).
@@ -43,7 +44,7 @@ class EvalConfig:
     """
 
     model: str = DEFAULT_MODEL
-    tasks: list[str] = field(default_factory=lambda: ["addition"])
+    tasks: list[str] = field(default_factory=lambda: [OLD_DOMAIN, NEW_DOMAIN])
     n_examples: int | None = None
     n_samples: int = 1
     ks: list[int] = field(default_factory=lambda: [1])

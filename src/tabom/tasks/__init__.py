@@ -31,6 +31,11 @@ TASKS: dict[str, type] = {
 }
 """Registry: spec name -> task dataclass."""
 
+OLD_DOMAIN = "addition:min_digits=1,max_digits=3,width=4"
+"""The shipped base model's old domain: sums of 1-3 digit numbers, written 4 digits wide."""
+NEW_DOMAIN = "addition:min_digits=4,max_digits=4,width=4"
+"""Its new domain: 4-digit sums, seen in 1% of pretraining batches (docs/benchmarks.md)."""
+
 
 def _value(spec: str, field: dataclasses.Field, text: str) -> Any:
     """``text`` as the field's type: ``int`` fields need an integer, the rest stay strings."""
@@ -99,6 +104,8 @@ def load_examples(spec: str, path: str | Path) -> list[Example]:
 
 
 __all__ = [
+    "NEW_DOMAIN",
+    "OLD_DOMAIN",
     "TASKS",
     "AdditionTask",
     "CountdownTask",

@@ -1,0 +1,674 @@
+"""``tabom distill``: self-distillation, prompts -> decode -> verify -> trajectory JSONL (DESIGN §3-4).
+
+The model decodes ``n_samples`` answers per prompt with the chosen score and budget, every
+answer is checked by the task's verifier, and ``keep`` decides which records are written
+(DESIGN §4 format, :mod:`tabom.trajectory`). Run: ``tabom distill --n_prompts 256``, or
+``accelerate launch --num_processes 4 -m tabom.cli distill ...`` to shard the prompts over GPUs
+(on CPU: ``accelerate launch --multi_gpu --num_processes 2 ...`` or ``torchrun
+--nproc_per_node 2 -m tabom.cli distill ...``; plain ``accelerate launch`` starts one CPU
+process). ``tabom inspect FILE`` summarises the result.
+
+Determinism: prompts are cut into fixed *groups* of ``prompts_per_batch`` consecutive prompts;
+a group is always decoded as one batch (its prompts x ``n_samples`` rows) with its own
+generator seeded from ``(seed, group index)``. What a sample decodes therefore depends only on
+the settings, never on the process or the resume segment that decodes its group: same seed,
+same file, and a sharded or resumed run writes the same bytes as one uninterrupted process
+(given the same floating-point hardware).
+
+Resume: records are appended one whole line at a time and fsynced after each group; then one
+line per finished group goes to the sidecar ``OUTPUT.progress`` (its prompt ids, verdicts and
+decode counts, which also feed the summary, so ``keep: verified`` loses nothing). A rerun drops
+a truncated last line (with a warning), skips the groups listed in the sidecar, re-decodes the
+others and appends only the records whose ``id`` is not in the file yet. Under ``accelerate
+launch`` process r decodes every P-th unfinished group into ``OUTPUT.shard-r`` (+ sidecar);
+the main process merges the shards into OUTPUT in prompt order. One CPU process runs the same
+code and appends to OUTPUT directly.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import math
+import time
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+from tqdm.auto import tqdm
+
+from tabom.config import save_config, to_dict
+from tabom.decoding import DecodeConfig, ScoreName, decode, pad_prompts, response_text
+from tabom.evaluate import pass_at_k
+from tabom.models import DEFAULT_MODEL, load_model
+from tabom.models.base import DiffusionLM
+from tabom.tasks import make_task
+from tabom.tasks.base import DataFileError, Example, Task, read_jsonl, require_str
+from tabom.trajectory import (
+    TrajectoryFileError,
+    TrajectoryRecord,
+    TrajectoryWriter,
+    drop_torn_tail,
+    iter_json_lines,
+    read_trajectories,
+    tokenizer_fingerprint,
+    write_trajectories,
+)
+
+NEW_DOMAIN = "addition:min_digits=4,max_digits=4"
+"""The shipped base model's new domain: the default prompts."""
+
+
+@dataclass
+class DistillConfig:
+    """Config of ``tabom distill``.
+
+    Attributes:
+        model: shipped model name (``tiny-base``) or a local model folder.
+        task: task spec; its verifier checks every answer and it draws the prompts unless
+            ``prompts_file`` is set. ``none``: no verifier (``verified`` is null).
+        prompts_file: prompts from a file instead: a ``.jsonl`` file, or (with the optional
+            ``datasets`` package) a ``save_to_disk`` folder, ``.parquet``/``.csv``/``.json``
+            file or hub dataset id.
+        prompt_field: field holding the prompt; ``None``: the task's own file format
+            (``task.load``) when it has one, else ``prompt``.
+        id_field: field holding a stable prompt id (default: ``{file stem}-{line}``).
+        split: split of a ``datasets`` folder or hub dataset.
+        n_prompts: prompts to decode (generated; or the first n of the file, ``None`` = all).
+        n_samples: answers decoded per prompt.
+        keep: which answers are written: ``verified`` (the verifier accepts them) or ``all``.
+        score: unmasking order: confidence, margin, entropy or random (the record's ``method``).
+        gen_length: response length T (default: the task's).
+        tokens_per_step: tokens committed per forward; ``steps = ceil(T / tokens_per_step)``.
+        steps: forwards per answer, overriding ``tokens_per_step``.
+        block_length: semi-autoregressive block length (None = one block).
+        temperature: proposal temperature τ (0 = argmax; needs ``n_samples == 1``).
+        top_p: nucleus filter of the proposal.
+        top_k: top-k filter of the proposal (0 = off).
+        threshold: parallel decoding: commit every position whose confidence passes it.
+        seed: seed of the generated prompts and of every sample (see the module docstring).
+        prompts_per_batch: prompts decoded together (a batch has this many x n_samples rows);
+            part of the random stream, so changing it changes the samples like a new seed.
+        output: the trajectory file; ``.progress``, ``.summary.json`` and ``.config.yaml``
+            sidecars go next to it.
+        ks: the k of pass@k over the prompts (each <= n_samples).
+        num_threads: torch CPU threads per process (0 = torch's default).
+        progress: show a progress bar.
+    """
+
+    model: str = DEFAULT_MODEL
+    task: str | None = NEW_DOMAIN
+    prompts_file: str | None = None
+    prompt_field: str | None = None
+    id_field: str | None = None
+    split: str = "train"
+    n_prompts: int | None = 256
+    n_samples: int = 4
+    keep: Literal["verified", "all"] = "verified"
+    score: ScoreName = "confidence"
+    gen_length: int | None = None
+    tokens_per_step: int = 1
+    steps: int | None = None
+    block_length: int | None = None
+    temperature: float = 1.0
+    top_p: float = 1.0
+    top_k: int = 0
+    threshold: float | None = None
+    seed: int = 0
+    prompts_per_batch: int = 8
+    output: str = "runs/distill/trajectories.jsonl"
+    ks: list[int] = field(default_factory=lambda: [1, 4])
+    num_threads: int = 0
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        if self.task is not None and self.task.strip().lower() in ("", "none", "null"):
+            self.task = None  # the CLI passes ``--task none`` as a string
+        for name in ("n_samples", "tokens_per_step", "prompts_per_batch"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.n_prompts is not None and self.n_prompts < 1:
+            raise ValueError(f"n_prompts must be >= 1 or None, got {self.n_prompts}")
+        if self.n_prompts is None and self.prompts_file is None:
+            raise ValueError("n_prompts: generated prompts need a count (None only with a file)")
+        if self.task is None and self.prompts_file is None:
+            raise ValueError("task: None needs prompts_file (there is nothing to draw from)")
+        if self.task is None and self.keep == "verified":
+            raise ValueError("keep: 'verified' needs a task with a verifier (or use keep: all)")
+        if self.task is None and self.gen_length is None:
+            raise ValueError("gen_length: set it when there is no task to take it from")
+        if any(not 1 <= k <= self.n_samples for k in self.ks):
+            raise ValueError(f"ks {self.ks}: every k must be in [1, n_samples={self.n_samples}]")
+        if self.n_samples > 1 and self.temperature == 0:
+            raise ValueError("n_samples > 1 with temperature 0 decodes the same answer n times")
+        self.decode_config()  # DecodeConfig rejects a bad budget before any work starts
+
+    def decode_config(self) -> DecodeConfig:
+        """The decode settings: T from the task unless set, steps from the budget."""
+        T = self.gen_length or make_task(self.task).gen_length  # type: ignore[arg-type]
+        n_blocks = T // self.block_length if self.block_length else 1
+        steps = self.steps or math.ceil(T / self.tokens_per_step)
+        if self.steps is None and self.threshold is None:
+            steps = max(n_blocks, math.ceil(steps / n_blocks) * n_blocks)
+        return DecodeConfig(
+            gen_length=T,
+            steps=T if self.threshold is not None else steps,
+            block_length=self.block_length,
+            score=self.score,
+            temperature=self.temperature,
+            top_p=self.top_p,
+            top_k=self.top_k,
+            threshold=self.threshold,
+            record_entropy=True,
+        )
+
+
+def derive_seed(seed: int, *keys: object) -> int:
+    """A 63-bit seed from ``seed`` and ``keys`` (independent streams per group, per purpose)."""
+    digest = hashlib.sha256(":".join(map(str, ("tabom-distill", seed, *keys))).encode()).digest()
+    return int.from_bytes(digest[:8], "little") & (2**63 - 1)
+
+
+# --------------------------------------------------------------------------- prompts
+
+
+def read_prompt_rows(path: str, split: str = "train") -> list[tuple[int, dict[str, Any]]]:
+    """``(line or row number, record)`` of a prompts file: JSONL natively, else ``datasets``.
+
+    Raises:
+        ImportError: a non-JSONL source and no ``datasets`` package.
+    """
+    p = Path(path)
+    if p.suffix == ".jsonl":
+        return read_jsonl(p)
+    try:
+        import datasets
+    except ImportError:
+        raise ImportError(
+            f"prompts_file {path}: reading it needs the optional `datasets` package "
+            "(pip install datasets); a .jsonl file works without it"
+        ) from None
+    if p.is_dir():
+        ds = datasets.load_from_disk(str(p))
+        if isinstance(ds, datasets.DatasetDict):
+            ds = ds[split]
+    elif p.is_file():
+        kinds = {".parquet": "parquet", ".csv": "csv", ".json": "json", ".arrow": "arrow"}
+        if p.suffix not in kinds:
+            raise ValueError(f"prompts_file {path}: unknown format (use {', '.join(kinds)})")
+        ds = datasets.load_dataset(kinds[p.suffix], data_files=str(p), split="train")
+    else:
+        ds = datasets.load_dataset(path, split=split)
+    return [(i, dict(row)) for i, row in enumerate(ds, start=1)]
+
+
+def load_prompts(cfg: DistillConfig, task: Task | None) -> list[Example]:
+    """The run's prompts, in order: generated from ``seed``, or the first ``n_prompts`` of a file.
+
+    Raises:
+        DataFileError: a file row without the prompt field, or a repeated prompt id.
+    """
+    if cfg.prompts_file is None:
+        gen = torch.Generator().manual_seed(derive_seed(cfg.seed, "prompts"))
+        examples = task.generate(cfg.n_prompts, gen)  # type: ignore[union-attr,arg-type]
+    elif cfg.prompt_field is None and hasattr(task, "load") and cfg.prompts_file.endswith(".jsonl"):
+        examples = task.load(cfg.prompts_file)  # type: ignore[union-attr]
+    else:
+        key = cfg.prompt_field or "prompt"
+        stem = Path(cfg.prompts_file).stem.replace("/", "_")
+        examples = []
+        for line, rec in read_prompt_rows(cfg.prompts_file, cfg.split):
+            pid = f"{stem}-{line}"
+            if cfg.id_field is not None:
+                if cfg.id_field not in rec:
+                    raise DataFileError(cfg.prompts_file, line, cfg.id_field, "missing")
+                pid = str(rec[cfg.id_field])
+            prompt = require_str(cfg.prompts_file, line, rec, key)
+            examples.append(
+                Example(id=pid, prompt=prompt, answer=str(rec.get("answer", "")), data=rec)
+            )
+    examples = examples[: cfg.n_prompts] if cfg.n_prompts else examples
+    seen: set[str] = set()
+    for i, ex in enumerate(examples):
+        if ex.id in seen:
+            raise DataFileError(
+                cfg.prompts_file or "<generated>", i + 1, "id", f"{ex.id!r} repeats"
+            )
+        seen.add(ex.id)
+    return examples
+
+
+# --------------------------------------------------------------------------- one group
+
+
+@dataclass
+class GroupStats:
+    """One sidecar line: a finished group's verdicts and decode counts.
+
+    Attributes:
+        group: group index (prompts ``[group * prompts_per_batch, ...)``).
+        prompt_ids: the group's prompt ids, in order.
+        correct: ``[prompt][sample]`` verdicts (``None`` without a verifier).
+        rows: answers decoded (prompts x n_samples).
+        nfe: forwards of the batch (each serves every row).
+        committed: response tokens committed over all rows.
+        seconds: decode wall time of the group.
+    """
+
+    group: int
+    prompt_ids: list[str]
+    correct: list[list[bool | None]]
+    rows: int
+    nfe: int
+    committed: int
+    seconds: float
+
+
+def decode_group(
+    dlm: DiffusionLM,
+    task: Task | None,
+    examples: list[Example],
+    cfg: DistillConfig,
+    decode_cfg: DecodeConfig,
+    gen: dict[str, Any],
+    group: int,
+    data_source: str,
+) -> tuple[list[TrajectoryRecord], GroupStats]:
+    """Decode one group (its prompts x ``n_samples`` rows, one batch) and verify every answer.
+
+    Returns:
+        Every sample's record (prompt order, then sample index) and the group's stats.
+    """
+    tok, n = dlm.tokenizer, cfg.n_samples
+    encoded = [tok(ex.prompt, add_special_tokens=False)["input_ids"] for ex in examples]
+    ids, mask = pad_prompts([p for p in encoded for _ in range(n)], dlm.spec.pad_token_id)
+    generator = torch.Generator(device=dlm.device).manual_seed(
+        derive_seed(cfg.seed, "group", group)
+    )
+    t0 = time.perf_counter()
+    out = decode(
+        dlm,
+        ids.to(dlm.device),
+        mask.to(dlm.device),
+        decode_cfg,
+        mask_token_id=dlm.mask_token_id,
+        generator=generator,
+    )
+    seconds = time.perf_counter() - t0
+    responses = out.response_ids.tolist()  # (B, T)
+    orders = out.decode_step.tolist()  # (B, T)
+    entropies = out.decode_entropy.tolist()  # type: ignore[union-attr]
+    records, correct = [], []
+    for i, ex in enumerate(examples):
+        row_verdicts: list[bool | None] = []
+        for j in range(n):
+            r = i * n + j
+            text = response_text(tok, responses[r], dlm.spec.eos_token_id)
+            verified = None if task is None else _verify(task, ex, text)
+            row_verdicts.append(verified)
+            records.append(
+                TrajectoryRecord(
+                    id=f"{ex.id}#{j}",
+                    prompt_id=ex.id,
+                    sample=j,
+                    prompt=ex.prompt,
+                    prompt_token_ids=encoded[i],
+                    response_token_ids=responses[r],
+                    decoding_order=orders[r],
+                    response_text=text,
+                    method=cfg.score,
+                    data_source=data_source,
+                    verified=verified,
+                    gen=gen,
+                    decode_entropy=entropies[r],
+                )
+            )
+        correct.append(row_verdicts)
+    committed = int((out.decode_step >= 0).sum())
+    stats = GroupStats(
+        group,
+        [ex.id for ex in examples],
+        correct,
+        len(responses),
+        out.nfe,
+        committed,
+        round(seconds, 4),
+    )
+    return records, stats
+
+
+def _verify(task: Task, ex: Example, text: str) -> bool:
+    try:
+        return bool(task.verify(ex, text))
+    except (KeyError, TypeError, ValueError) as e:
+        raise ValueError(
+            f"prompt {ex.id!r}: task {task.name!r} cannot verify it ({e!r}); the prompt's data "
+            "lacks what the verifier reads (use the task's own file format, or task: none)"
+        ) from e
+
+
+# --------------------------------------------------------------------------- files and resume
+
+
+def _paths(output: Path, rank: int | None = None) -> tuple[Path, Path]:
+    """(records, progress) of the output (``rank=None``) or of one shard."""
+    base = output if rank is None else output.with_name(f"{output.name}.shard-{rank}")
+    return base, base.with_name(base.name + ".progress")
+
+
+def read_progress(path: Path, groups: list[list[str]]) -> dict[int, GroupStats]:
+    """The sidecar's finished groups, checked against this run's groups of prompt ids.
+
+    Raises:
+        TrajectoryFileError: a malformed line or a group whose prompts differ from this run's.
+    """
+    out: dict[int, GroupStats] = {}
+    names = [f.name for f in dataclasses.fields(GroupStats)]
+    for line, obj in iter_json_lines(path):
+        if not isinstance(obj, dict) or sorted(obj) != sorted(names):
+            raise TrajectoryFileError(path, line, "<line>", f"expected an object with {names}")
+        stats = GroupStats(**obj)
+        if not 0 <= stats.group < len(groups) or stats.prompt_ids != groups[stats.group]:
+            raise TrajectoryFileError(
+                path,
+                line,
+                "prompt_ids",
+                f"group {stats.group} does not match this run's prompts "
+                "(another command wrote this file: use another output, or the same settings)",
+            )
+        out.setdefault(stats.group, stats)
+    return out
+
+
+def consolidate(
+    output: Path, plan_order: dict[str, int], groups: list[list[str]], gen: dict[str, Any]
+) -> tuple[dict[str, str], dict[int, GroupStats]]:
+    """Main process: repair torn tails, merge shard files into ``output`` in prompt order.
+
+    Returns:
+        ``(lines, stats)``: the file's records as ``id -> line`` and the finished groups.
+
+    Raises:
+        TrajectoryFileError: a bad record, a record of other settings, or an id not in the plan.
+    """
+    shards = sorted(
+        p
+        for p in output.parent.glob(f"{output.name}.shard-*")
+        if not p.name.endswith((".progress", ".tmp"))
+    )
+    sources = [_paths(output)] + [(p, p.with_name(p.name + ".progress")) for p in shards]
+    records: dict[str, TrajectoryRecord] = {}
+    stats: dict[int, GroupStats] = {}
+    main_ids: list[str] = []
+    for records_path, progress_path in sources:
+        for path in (records_path, progress_path):
+            drop_torn_tail(path)
+        if records_path.exists():
+            for rec in read_trajectories(records_path, gen=gen):
+                if rec.id not in plan_order:
+                    raise TrajectoryFileError(
+                        records_path,
+                        rec.line,
+                        "id",
+                        f"{rec.id!r} is not a sample of this run's prompts",
+                    )
+                records.setdefault(rec.id, rec)
+                if records_path == output:
+                    main_ids.append(rec.id)
+        if progress_path.exists():
+            for g, s in read_progress(progress_path, groups).items():
+                stats.setdefault(g, s)
+    ordered = sorted(records.values(), key=lambda r: plan_order[r.id])
+    if shards or main_ids != [r.id for r in ordered]:
+        write_trajectories(output, ordered)
+    progress_path = _paths(output)[1]
+    if stats:
+        tmp = progress_path.with_name(progress_path.name + ".tmp")
+        with TrajectoryWriter(tmp, mode="wb") as w:
+            for g in sorted(stats):
+                w.write(dataclasses.asdict(stats[g]))
+            w.sync()
+        tmp.replace(progress_path)
+    for shard in shards:
+        shard.unlink()
+        shard.with_name(shard.name + ".progress").unlink(missing_ok=True)
+    return {r.id: r.to_line() for r in ordered}, stats
+
+
+# --------------------------------------------------------------------------- the command
+
+
+@dataclass
+class DistillSummary:
+    """What a finished run reports (also ``OUTPUT.summary.json``).
+
+    Attributes:
+        prompts: prompts in the run.
+        samples: answers decoded over the whole run (prompts x n_samples).
+        records: records in the output file.
+        verified: answers the verifier accepted (``None`` without a task).
+        verified_share: ``verified / samples``.
+        pass_at: ``{k: pass@k}`` averaged over prompts (unbiased estimator).
+        nfe_per_answer: forwards per answer (a batched forward counts once per row).
+        tokens_per_forward: response tokens committed per forward per answer.
+        decoded_now: answers decoded by this invocation (0 if the file was complete).
+        decode_seconds: decode time summed over groups and processes (all invocations).
+        wall_seconds: this invocation, start to end.
+        trajectories_per_minute: ``decoded_now`` per minute of this invocation's decode loop.
+        processes: processes of this invocation.
+        output: the trajectory file.
+    """
+
+    prompts: int
+    samples: int
+    records: int
+    verified: int | None
+    verified_share: float | None
+    pass_at: dict[int, float]
+    nfe_per_answer: float
+    tokens_per_forward: float
+    decoded_now: int
+    decode_seconds: float
+    wall_seconds: float
+    trajectories_per_minute: float
+    processes: int
+    output: str
+
+    def format(self) -> str:
+        """A few human-readable lines."""
+        share = "n/a" if self.verified_share is None else f"{self.verified_share:.1%}"
+        passes = " ".join(f"pass@{k} {v:.3f}" for k, v in self.pass_at.items())
+        return (
+            f"distill: {self.prompts} prompts, {self.samples} samples, {self.records} records "
+            f"-> {self.output}\n"
+            f"verified {share}  {passes}\n"
+            f"{self.nfe_per_answer:.2f} forwards/answer, {self.tokens_per_forward:.2f} "
+            f"tokens/forward; decoded {self.decoded_now} now on {self.processes} process(es), "
+            f"{self.trajectories_per_minute:.0f} trajectories/min; wall {self.wall_seconds:.1f} s"
+        )
+
+
+def summarise(
+    stats: dict[int, GroupStats], n_samples: int, ks: list[int], records: int
+) -> dict[str, Any]:
+    """Counts, verified share, pass@k and tokens per forward over all finished groups."""
+    correct = [row for g in sorted(stats) for row in stats[g].correct]
+    samples = sum(len(row) for row in correct)
+    checked = all(v is not None for row in correct for v in row)
+    verified = sum(bool(v) for row in correct for v in row) if checked else None
+    forwards = sum(s.nfe * s.rows for s in stats.values())
+    return {
+        "prompts": len(correct),
+        "samples": samples,
+        "records": records,
+        "verified": verified,
+        "verified_share": None if verified is None else verified / max(1, samples),
+        "pass_at": {
+            k: sum(pass_at_k(n_samples, sum(map(bool, row)), k) for row in correct)
+            / max(1, len(correct))
+            for k in ks
+        }
+        if checked
+        else {},
+        "nfe_per_answer": forwards / max(1, samples),
+        "tokens_per_forward": sum(s.committed for s in stats.values()) / max(1, forwards),
+        "decode_seconds": round(sum(s.seconds for s in stats.values()), 3),
+    }
+
+
+def distill(cfg: DistillConfig) -> DistillSummary | None:
+    """Decode, verify and write trajectories; resumable, sharded under ``accelerate launch``.
+
+    Returns:
+        The summary on the main process (printed and written to ``OUTPUT.summary.json``),
+        ``None`` on the others.
+
+    Raises:
+        TrajectoryFileError: the output holds records of other settings or other prompts.
+    """
+    from accelerate import PartialState
+
+    # 1) setup: processes, model, prompts and their groups, the generation settings
+    t_start = time.perf_counter()
+    if cfg.num_threads:
+        torch.set_num_threads(cfg.num_threads)
+    state = PartialState(cpu=not torch.cuda.is_available())
+    rank, world = state.process_index, state.num_processes
+    output = Path(cfg.output)
+    dlm = load_model(cfg.model)
+    dlm.model.to(state.device)
+    task = make_task(cfg.task) if cfg.task is not None else None
+    examples = load_prompts(cfg, task)
+    G = cfg.prompts_per_batch
+    groups = [examples[i : i + G] for i in range(0, len(examples), G)]
+    group_ids = [[ex.id for ex in grp] for grp in groups]
+    plan_order = {
+        f"{ex.id}#{j}": i * cfg.n_samples + j
+        for i, ex in enumerate(examples)
+        for j in range(cfg.n_samples)
+    }
+    decode_cfg = cfg.decode_config()
+    gen = {
+        "steps": None if cfg.threshold is not None else decode_cfg.steps,
+        "gen_length": decode_cfg.gen_length,
+        "block_length": decode_cfg.block_length,
+        "temperature": float(cfg.temperature),
+        "top_p": float(cfg.top_p),
+        "top_k": cfg.top_k,
+        "threshold": cfg.threshold,
+        "seed": cfg.seed,
+        "n_samples": cfg.n_samples,
+        "prompts_per_batch": G,
+        "model": cfg.model,
+        "backend": dlm.spec.name,
+        "shift_logits": dlm.spec.shift_logits,
+        "vocab_size": dlm.vocab_size,
+        "tokenizer": tokenizer_fingerprint(dlm.tokenizer),
+    }
+    data_source = (
+        cfg.task
+        if cfg.prompts_file is None
+        else f"{cfg.task or 'none'}@{Path(cfg.prompts_file).name}"
+    )
+
+    # 2) resume: the main process merges leftovers (torn lines, shards of a killed run)
+    if state.is_main_process:
+        output.parent.mkdir(parents=True, exist_ok=True)
+        save_config(cfg, output.with_name(output.name + ".config.yaml"))
+        lines, done = consolidate(output, plan_order, group_ids, gen)
+    state.wait_for_everyone()
+    if not state.is_main_process:
+        lines = (
+            {r.id: r.to_line() for r in read_trajectories(output, gen=gen)}
+            if output.exists()
+            else {}
+        )
+        progress = _paths(output)[1]
+        done = read_progress(progress, group_ids) if progress.exists() else {}
+    todo = [g for g in range(len(groups)) if g not in done]
+    mine = todo[rank::world]
+
+    # 3) decode my groups: records first (fsync), then the group's sidecar line (fsync)
+    records_path, progress_path = _paths(output, None if world == 1 else rank)
+    t_loop = time.perf_counter()
+    bar = tqdm(
+        total=sum(len(groups[g]) for g in mine),
+        desc="distill",
+        unit="prompt",
+        disable=not (cfg.progress and state.is_main_process),
+    )
+    n_ok = n_seen = 0
+    with TrajectoryWriter(records_path) as writer, TrajectoryWriter(progress_path) as progress:
+        for g in mine:
+            records, stats = decode_group(
+                dlm, task, groups[g], cfg, decode_cfg, gen, g, data_source
+            )
+            for rec in records:
+                if cfg.keep == "verified" and rec.verified is not True:
+                    continue
+                if rec.id in lines:
+                    if lines[rec.id] != rec.to_line():
+                        warnings.warn(
+                            f"{output}: record {rec.id!r} decoded differently now than when it "
+                            "was written (other hardware or threads?); keeping the file's",
+                            RuntimeWarning,
+                            stacklevel=2,
+                        )
+                    continue
+                writer.write(rec)
+            writer.sync()
+            progress.write(dataclasses.asdict(stats))
+            progress.sync()
+            n_seen += stats.rows
+            n_ok += sum(bool(v) for row in stats.correct for v in row)
+            bar.update(len(groups[g]))
+            bar.set_postfix(verified=f"{n_ok / max(1, n_seen):.0%}")
+    bar.close()
+    state.wait_for_everyone()
+    loop_seconds = time.perf_counter() - t_loop
+
+    # 4) the main process merges the shards and reports
+    if not state.is_main_process:
+        return None
+    lines, done = consolidate(output, plan_order, group_ids, gen)
+    missing = [g for g in range(len(groups)) if g not in done]
+    if missing:
+        raise RuntimeError(f"{output}: groups {missing[:5]} were not decoded (a process failed?)")
+    decoded_now = sum(len(groups[g]) * cfg.n_samples for g in todo)
+    summary = DistillSummary(
+        **summarise(done, cfg.n_samples, cfg.ks, len(lines)),
+        decoded_now=decoded_now,
+        wall_seconds=round(time.perf_counter() - t_start, 3),
+        trajectories_per_minute=round(60 * decoded_now / max(loop_seconds, 1e-9), 1),
+        processes=world,
+        output=str(output),
+    )
+    payload = {"summary": dataclasses.asdict(summary), "config": to_dict(cfg), "gen": gen}
+    output.with_name(output.name + ".summary.json").write_text(json.dumps(payload, indent=1) + "\n")
+    print(summary.format())
+    return summary
+
+
+def run_distill(cfg: DistillConfig) -> int:
+    """CLI runner of ``tabom distill``."""
+    distill(cfg)
+    return 0
+
+
+__all__ = [
+    "DistillConfig",
+    "DistillSummary",
+    "GroupStats",
+    "consolidate",
+    "decode_group",
+    "derive_seed",
+    "distill",
+    "load_prompts",
+    "read_progress",
+    "read_prompt_rows",
+    "run_distill",
+    "summarise",
+]

@@ -1,0 +1,583 @@
+"""Trajectory records and files: JSONL read / validate / append, dataset + collate (DESIGN §4).
+
+One record per line: a self-distilled answer with its trajectory (``decoding_order[p]`` = the
+decode step of response position p, -1 = never decoded), compatible with the reference
+trainer's ``response_token_ids`` / ``decoding_order`` / ``method`` / ``data_source`` and made
+self-describing by ``schema_version``, ``id``, the prompt ids, ``verified`` and ``gen`` (the
+generation settings, with a fingerprint of the tokenizer). Reading validates every record and
+raises one :class:`TrajectoryFileError` naming file, line and field. Writing appends whole lines
+(one unbuffered ``write`` each) and calls ``fsync`` in :meth:`TrajectoryWriter.sync`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import warnings
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+SCHEMA_VERSION = 1
+METHODS = ("confidence", "margin", "entropy", "random")
+"""The scores of DESIGN §3 (``decoding.SCORES``; repeated here so this module imports only torch)."""
+
+_GEN_TYPES: dict[str, tuple[type, ...]] = {
+    "gen_length": (int,),
+    "temperature": (int, float),
+    "top_p": (int, float),
+    "seed": (int,),
+    "model": (str,),
+    "backend": (str,),
+    "shift_logits": (bool,),
+    "tokenizer": (dict,),
+}
+"""Required ``gen`` keys and their JSON types (``steps``, ``block_length`` and ``threshold`` are
+checked on their own: they may be null)."""
+
+
+class TrajectoryFileError(ValueError):
+    """A trajectory file is malformed or does not fit the model; names file, 1-based line, field."""
+
+    def __init__(self, path: str | Path, line: int, field_name: str, reason: str) -> None:
+        self.path, self.line, self.field = str(path), line, field_name
+        super().__init__(f"{path}:{line}: field {field_name!r}: {reason}")
+
+
+def tokenizer_fingerprint(tokenizer: Any) -> dict[str, Any]:
+    """What identifies a tokenizer in ``gen.tokenizer``: its size and a hash of its vocabulary.
+
+    Args:
+        tokenizer: a Hugging Face tokenizer (anything with ``get_vocab()``).
+
+    Returns:
+        ``{"size": len(vocab), "sha256": hex digest of the (id, token) pairs sorted by id}``.
+    """
+    vocab = tokenizer.get_vocab()
+    pairs = sorted((int(i), str(t)) for t, i in vocab.items())
+    digest = hashlib.sha256(json.dumps(pairs, ensure_ascii=False).encode("utf-8")).hexdigest()
+    return {"size": len(pairs), "sha256": digest}
+
+
+@dataclass
+class TrajectoryRecord:
+    """One self-distilled answer and its trajectory (one line of a trajectory file).
+
+    Attributes:
+        id: unique key, ``{prompt_id}#{sample}`` (resume and dedup key).
+        prompt_id: the prompt's stable id (``Example.id``).
+        sample: index of this answer among the prompt's samples.
+        prompt: the user prompt, before any chat template.
+        prompt_token_ids: the exact ids that preceded the response (no padding).
+        response_token_ids: the T committed tokens, EOS tail included.
+        decoding_order: T decode steps d[p]; -1 = never decoded.
+        response_text: the answer cut at the first EOS.
+        method: the score that ordered the unmasking (confidence / margin / entropy / random).
+        data_source: task spec or dataset name.
+        verified: the verifier's verdict, ``None`` where the task has none.
+        gen: generation settings (steps, gen_length, block_length, temperature, top_p,
+            threshold, seed, model, backend, shift_logits, tokenizer, ...).
+        decode_entropy: T entropies of the decoding model's proposal at each position when
+            it was committed (``None`` where never committed), or ``None`` if not recorded.
+        schema_version: format version (1).
+        line: 1-based line the record was read from (0 when built in memory; not written).
+    """
+
+    id: str
+    prompt_id: str
+    sample: int
+    prompt: str
+    prompt_token_ids: list[int]
+    response_token_ids: list[int]
+    decoding_order: list[int]
+    response_text: str
+    method: str
+    data_source: str
+    verified: bool | None
+    gen: dict[str, Any]
+    decode_entropy: list[float | None] | None = None
+    schema_version: int = SCHEMA_VERSION
+    line: int = field(default=0, compare=False, repr=False)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The JSON object of the record, keys in file order (no ``line``)."""
+        out: dict[str, Any] = {
+            "schema_version": self.schema_version,
+            "id": self.id,
+            "prompt_id": self.prompt_id,
+            "sample": self.sample,
+            "prompt": self.prompt,
+            "prompt_token_ids": list(self.prompt_token_ids),
+            "response_token_ids": list(self.response_token_ids),
+            "decoding_order": list(self.decoding_order),
+            "response_text": self.response_text,
+            "method": self.method,
+            "data_source": self.data_source,
+            "verified": self.verified,
+        }
+        if self.decode_entropy is not None:
+            out["decode_entropy"] = [
+                None if v is None or math.isnan(v) else v for v in self.decode_entropy
+            ]
+        out["gen"] = self.gen
+        return out
+
+    def to_line(self) -> str:
+        """One line of strict JSON (no NaN), ending in a newline."""
+        return json.dumps(self.to_dict(), ensure_ascii=False, allow_nan=False) + "\n"
+
+
+# --------------------------------------------------------------------------- validation
+
+
+def _int_list(
+    path: Path, line: int, rec: dict[str, Any], key: str, low: int, high: int | None
+) -> list[int]:
+    """``rec[key]`` as a list of ints in ``[low, high)`` (``high=None``: no upper bound)."""
+    if key not in rec:
+        raise TrajectoryFileError(path, line, key, "missing")
+    value = rec[key]
+    if not isinstance(value, list):
+        raise TrajectoryFileError(path, line, key, f"expected a list, got {type(value).__name__}")
+    for i, v in enumerate(value):
+        if not isinstance(v, int) or isinstance(v, bool):
+            raise TrajectoryFileError(path, line, key, f"item {i} is {v!r}, not an integer")
+        if v < low or (high is not None and v >= high):
+            bound = f"[{low}, {high})" if high is not None else f">= {low}"
+            raise TrajectoryFileError(path, line, key, f"item {i} is {v}, outside {bound}")
+    return value
+
+
+def _typed(
+    path: Path,
+    line: int,
+    rec: dict[str, Any],
+    key: str,
+    types: tuple[type, ...],
+    prefix: str = "",
+) -> Any:
+    """``rec[key]`` if present and of one of ``types`` (bools are not ints here)."""
+    if key not in rec:
+        raise TrajectoryFileError(path, line, prefix + key, "missing")
+    value = rec[key]
+    if (isinstance(value, bool) and bool not in types) or not isinstance(value, types):
+        names = " or ".join(t.__name__ for t in types)
+        raise TrajectoryFileError(path, line, prefix + key, f"expected {names}, got {value!r}")
+    return value
+
+
+def _check_gen(path: Path, line: int, gen: dict[str, Any], length: int) -> int:
+    """Validate ``gen``; return the bound on decode steps (``steps``, or T in threshold mode)."""
+    for key, types in _GEN_TYPES.items():
+        _typed(path, line, gen, key, types, prefix="gen.")
+    for key in ("block_length", "threshold", "steps"):
+        if key not in gen:
+            raise TrajectoryFileError(path, line, f"gen.{key}", "missing (null when unused)")
+    if gen["gen_length"] != length:
+        raise TrajectoryFileError(
+            path,
+            line,
+            "gen.gen_length",
+            f"{gen['gen_length']} but the response has {length} tokens",
+        )
+    if "vocab_size" in gen and (
+        not isinstance(gen["vocab_size"], int) or isinstance(gen["vocab_size"], bool)
+    ):
+        raise TrajectoryFileError(
+            path, line, "gen.vocab_size", f"expected int, got {gen['vocab_size']!r}"
+        )
+    fp = gen["tokenizer"]
+    if not isinstance(fp.get("sha256"), str) or not isinstance(fp.get("size"), int):
+        raise TrajectoryFileError(
+            path, line, "gen.tokenizer", "expected {'size': int, 'sha256': str}"
+        )
+    steps = gen["steps"]
+    if gen["threshold"] is None:
+        if not isinstance(steps, int) or isinstance(steps, bool) or steps < 1:
+            raise TrajectoryFileError(
+                path, line, "gen.steps", f"expected a positive int, got {steps!r}"
+            )
+        return steps
+    if steps is not None:
+        raise TrajectoryFileError(path, line, "gen.steps", "must be null in threshold mode")
+    return length  # every threshold step commits at least one token per row
+
+
+def parse_record(
+    rec: Any,
+    *,
+    path: str | Path = "<memory>",
+    line: int = 0,
+    tokenizer: dict[str, Any] | None = None,
+    vocab_size: int | None = None,
+) -> TrajectoryRecord:
+    """Validate one decoded JSON object and build its record.
+
+    Args:
+        rec: the object of one line.
+        path: file name for error messages.
+        line: 1-based line for error messages.
+        tokenizer: the model's :func:`tokenizer_fingerprint`; ``gen.tokenizer`` must equal it.
+        vocab_size: the model's vocabulary; every id must lie in ``[0, vocab_size)``
+            (default: ``gen.vocab_size`` when recorded, else ``gen.tokenizer.size``).
+
+    Returns:
+        The record (with ``line`` set).
+
+    Raises:
+        TrajectoryFileError: the first problem found, naming the field.
+    """
+    path = Path(path)
+    if not isinstance(rec, dict):
+        raise TrajectoryFileError(path, line, "<line>", "not a JSON object")
+    version = rec.get("schema_version")
+    if version != SCHEMA_VERSION or isinstance(version, bool):
+        raise TrajectoryFileError(
+            path, line, "schema_version", f"unknown schema version {version!r} (this reader: 1)"
+        )
+    rid = _typed(path, line, rec, "id", (str,))
+    if not rid:
+        raise TrajectoryFileError(path, line, "id", "empty")
+    prompt_id = _typed(path, line, rec, "prompt_id", (str,))
+    sample = _typed(path, line, rec, "sample", (int,))
+    if sample < 0:
+        raise TrajectoryFileError(path, line, "sample", f"{sample} is negative")
+    prompt = _typed(path, line, rec, "prompt", (str,))
+    text = _typed(path, line, rec, "response_text", (str,))
+    method = _typed(path, line, rec, "method", (str,))
+    if method not in METHODS:
+        raise TrajectoryFileError(path, line, "method", f"{method!r} is not one of {METHODS}")
+    source = _typed(path, line, rec, "data_source", (str,))
+    if "verified" not in rec:
+        raise TrajectoryFileError(path, line, "verified", "missing (null when unverified)")
+    verified = rec["verified"]
+    if verified is not None and not isinstance(verified, bool):
+        raise TrajectoryFileError(
+            path, line, "verified", f"expected true/false/null, got {verified!r}"
+        )
+
+    # 1) the tokenizer first: ids are only meaningful under the model's vocabulary
+    length = len(_typed(path, line, rec, "response_token_ids", (list,)))
+    gen = _typed(path, line, rec, "gen", (dict,))
+    bound = _check_gen(path, line, gen, length)
+    if tokenizer is not None and gen["tokenizer"] != tokenizer:
+        raise TrajectoryFileError(
+            path,
+            line,
+            "gen.tokenizer",
+            f"tokenizer differs from the model's (file {gen['tokenizer']}, model {tokenizer})",
+        )
+    if vocab_size is None:
+        vocab_size = gen.get("vocab_size", gen["tokenizer"]["size"])
+
+    # 2) ids inside the vocabulary, steps inside [-1, steps), equal lengths
+    prompt_ids = _int_list(path, line, rec, "prompt_token_ids", 0, vocab_size)
+    response = _int_list(path, line, rec, "response_token_ids", 0, vocab_size)
+    if not response:
+        raise TrajectoryFileError(path, line, "response_token_ids", "empty")
+    order = _int_list(path, line, rec, "decoding_order", -1, bound)
+    if len(order) != len(response):
+        raise TrajectoryFileError(
+            path,
+            line,
+            "decoding_order",
+            f"length {len(order)} differs from response_token_ids ({len(response)})",
+        )
+    entropy = rec.get("decode_entropy")
+    if entropy is not None:
+        if not isinstance(entropy, list) or len(entropy) != len(response):
+            raise TrajectoryFileError(
+                path, line, "decode_entropy", f"expected a list of {len(response)} numbers or nulls"
+            )
+        for i, v in enumerate(entropy):
+            if v is not None and (isinstance(v, bool) or not isinstance(v, (int, float))):
+                raise TrajectoryFileError(path, line, "decode_entropy", f"item {i} is {v!r}")
+    return TrajectoryRecord(
+        id=rid,
+        prompt_id=prompt_id,
+        sample=sample,
+        prompt=prompt,
+        prompt_token_ids=prompt_ids,
+        response_token_ids=response,
+        decoding_order=order,
+        response_text=text,
+        method=method,
+        data_source=source,
+        verified=verified,
+        gen=gen,
+        decode_entropy=entropy,
+        line=line,
+    )
+
+
+# --------------------------------------------------------------------------- files
+
+
+def drop_torn_tail(path: str | Path) -> bool:
+    """Cut a last line that has no newline (a write interrupted by a kill), with a warning.
+
+    Returns:
+        Whether anything was cut. The file then ends after its last complete line.
+    """
+    path = Path(path)
+    if not path.exists() or path.stat().st_size == 0:
+        return False
+    chunk = 1 << 20
+    with path.open("rb+") as f:
+        size = f.seek(0, os.SEEK_END)
+        f.seek(size - 1)
+        if f.read(1) == b"\n":
+            return False
+        keep = pos = size
+        while pos > 0 and keep == size:  # scan back for the last newline
+            pos = max(0, pos - chunk)
+            f.seek(pos)
+            last = f.read(min(chunk, size - pos)).rfind(b"\n")
+            keep = pos + last + 1 if last >= 0 else (0 if pos == 0 else size)
+        f.seek(0)
+        line = 1 + sum(f.read(min(chunk, keep - i)).count(b"\n") for i in range(0, keep, chunk))
+        f.truncate(keep)
+        f.flush()
+        os.fsync(f.fileno())
+    warnings.warn(
+        f"{path}:{line}: dropped a truncated last line ({size - keep} bytes, an interrupted "
+        "write); it will be written again",
+        RuntimeWarning,
+        stacklevel=2,
+    )
+    return True
+
+
+def iter_json_lines(path: str | Path) -> Iterable[tuple[int, Any]]:
+    """``(line, object)`` for each non-blank line of a JSONL file.
+
+    Raises:
+        TrajectoryFileError: a line is not valid JSON, or the last line has no newline
+            (truncated: see :func:`drop_torn_tail`).
+    """
+    path = Path(path)
+    with path.open("rb") as f:
+        for i, raw in enumerate(f, start=1):
+            if not raw.endswith(b"\n"):
+                raise TrajectoryFileError(
+                    path,
+                    i,
+                    "<line>",
+                    "truncated last line (an interrupted write); rerun the "
+                    "command that wrote the file to finish it",
+                )
+            if not raw.strip():
+                continue
+            try:
+                yield i, json.loads(raw)
+            except (json.JSONDecodeError, UnicodeDecodeError) as e:
+                raise TrajectoryFileError(path, i, "<line>", f"not valid JSON ({e})") from None
+
+
+def read_trajectories(
+    path: str | Path,
+    *,
+    tokenizer: Any = None,
+    vocab_size: int | None = None,
+    gen: dict[str, Any] | None = None,
+) -> list[TrajectoryRecord]:
+    """Read and validate every record of a trajectory file.
+
+    Args:
+        path: the JSONL file.
+        tokenizer: the model's tokenizer (or its :func:`tokenizer_fingerprint`); every
+            record's ``gen.tokenizer`` must match it.
+        vocab_size: the model's vocabulary size (ids must be below it).
+        gen: when given, every record's ``gen`` must equal it (a file written with other
+            settings is refused: resume safety).
+
+    Returns:
+        The records in file order.
+
+    Raises:
+        FileNotFoundError: no such file.
+        TrajectoryFileError: the first bad line, naming file, line and field (also a
+            duplicate ``id`` and a truncated last line).
+    """
+    path = Path(path)
+    fp = tokenizer if tokenizer is None or isinstance(tokenizer, dict) else None
+    if fp is None and tokenizer is not None:
+        fp = tokenizer_fingerprint(tokenizer)
+    records: list[TrajectoryRecord] = []
+    seen: dict[str, int] = {}
+    for line, obj in iter_json_lines(path):
+        rec = parse_record(obj, path=path, line=line, tokenizer=fp, vocab_size=vocab_size)
+        if rec.id in seen:
+            raise TrajectoryFileError(path, line, "id", f"{rec.id!r} repeats line {seen[rec.id]}")
+        if gen is not None and rec.gen != gen:
+            key = next(k for k in sorted(set(gen) | set(rec.gen)) if gen.get(k) != rec.gen.get(k))
+            raise TrajectoryFileError(
+                path,
+                line,
+                f"gen.{key}",
+                f"written with {key}={rec.gen.get(key)!r}, this run uses {gen.get(key)!r} "
+                "(use another output file, or the settings that wrote this one)",
+            )
+        seen[rec.id] = line
+        records.append(rec)
+    return records
+
+
+def write_trajectories(path: str | Path, records: Iterable[TrajectoryRecord]) -> None:
+    """Write ``records`` to a new file atomically (temporary file, fsync, rename)."""
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    with TrajectoryWriter(tmp, mode="wb") as w:
+        for rec in records:
+            w.write(rec)
+        w.sync()
+    os.replace(tmp, path)
+
+
+class TrajectoryWriter:
+    """Appends whole lines to a JSONL file: one unbuffered ``write`` per line, ``fsync`` on sync.
+
+    Use as a context manager; a kill can at worst leave the last line without its newline,
+    which :func:`drop_torn_tail` removes.
+    """
+
+    def __init__(self, path: str | Path, *, mode: str = "ab") -> None:
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._f = open(self.path, mode, buffering=0)  # noqa: SIM115 (closed in close())
+
+    def write(self, item: TrajectoryRecord | dict[str, Any]) -> None:
+        """Append one record (or any JSON object) as one line."""
+        text = item.to_line() if isinstance(item, TrajectoryRecord) else _json_line(item)
+        data = memoryview(text.encode("utf-8"))
+        while data:
+            written = self._f.write(data)
+            data = data[written:]
+
+    def sync(self) -> None:
+        """Flush to disk (``fsync``)."""
+        os.fsync(self._f.fileno())
+
+    def close(self) -> None:
+        self._f.close()
+
+    def __enter__(self) -> TrajectoryWriter:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def _json_line(obj: dict[str, Any]) -> str:
+    return json.dumps(obj, ensure_ascii=False, allow_nan=False) + "\n"
+
+
+# --------------------------------------------------------------------------- training data
+
+
+class TrajectoryDataset(torch.utils.data.Dataset):
+    """Trajectory records as tensors for training (one item per record).
+
+    Items are dicts with ``prompt_ids`` (P,), ``response_ids`` (T,), ``decoding_order`` (T,)
+    long tensors, ``decode_entropy`` (T,) float (NaN where unknown) or ``None``, and ``id``.
+    """
+
+    def __init__(self, records: Sequence[TrajectoryRecord]) -> None:
+        self.records = list(records)
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        r = self.records[i]
+        entropy = None
+        if r.decode_entropy is not None:
+            vals = [math.nan if v is None else float(v) for v in r.decode_entropy]
+            entropy = torch.tensor(vals, dtype=torch.float)
+        return {
+            "id": r.id,
+            "prompt_ids": torch.tensor(r.prompt_token_ids, dtype=torch.long),
+            "response_ids": torch.tensor(r.response_token_ids, dtype=torch.long),
+            "decoding_order": torch.tensor(r.decoding_order, dtype=torch.long),
+            "decode_entropy": entropy,
+        }
+
+
+@dataclass
+class TrajectoryBatch:
+    """A left-padded batch of ``[prompt | response]`` sequences, all ``(B, L)``.
+
+    Attributes:
+        input_ids: clean ids, pad on the left.
+        attention_mask: 1 on prompt and response tokens.
+        response_mask: True on response positions.
+        decoding_order: d at response positions, -1 at prompt, pad and never-decoded ones
+            (what :func:`tabom.masking.time_delay_mask` takes as ``decode_step``).
+        decode_entropy: entropy at commit time on response positions, NaN elsewhere; ``None``
+            unless every record has it.
+        ids: record ids, in batch order.
+    """
+
+    input_ids: torch.Tensor
+    attention_mask: torch.Tensor
+    response_mask: torch.Tensor
+    decoding_order: torch.Tensor
+    decode_entropy: torch.Tensor | None
+    ids: list[str]
+
+
+def collate_trajectories(items: Sequence[dict[str, Any]], pad_token_id: int) -> TrajectoryBatch:
+    """Left-pad :class:`TrajectoryDataset` items into one batch; ``decoding_order`` pads with -1.
+
+    Raises:
+        ValueError: an empty batch.
+    """
+    if not items:
+        raise ValueError("collate_trajectories needs at least one item")
+    lengths = [len(it["prompt_ids"]) + len(it["response_ids"]) for it in items]
+    B, L = len(items), max(lengths)
+    ids = torch.full((B, L), pad_token_id, dtype=torch.long)
+    attn = torch.zeros((B, L), dtype=torch.long)
+    resp = torch.zeros((B, L), dtype=torch.bool)
+    order = torch.full((B, L), -1, dtype=torch.long)
+    with_entropy = all(it["decode_entropy"] is not None for it in items)
+    entropy = torch.full((B, L), math.nan) if with_entropy else None
+    for b, (it, n) in enumerate(zip(items, lengths, strict=True)):
+        T = len(it["response_ids"])
+        ids[b, L - n :] = torch.cat([it["prompt_ids"], it["response_ids"]])
+        attn[b, L - n :] = 1
+        resp[b, L - T :] = True
+        order[b, L - T :] = it["decoding_order"]
+        if entropy is not None:
+            entropy[b, L - T :] = it["decode_entropy"]
+    return TrajectoryBatch(
+        input_ids=ids,
+        attention_mask=attn,
+        response_mask=resp,
+        decoding_order=order,
+        decode_entropy=entropy,
+        ids=[it["id"] for it in items],
+    )
+
+
+__all__ = [
+    "METHODS",
+    "SCHEMA_VERSION",
+    "TrajectoryBatch",
+    "TrajectoryDataset",
+    "TrajectoryFileError",
+    "TrajectoryRecord",
+    "TrajectoryWriter",
+    "collate_trajectories",
+    "drop_torn_tail",
+    "iter_json_lines",
+    "parse_record",
+    "read_trajectories",
+    "tokenizer_fingerprint",
+    "write_trajectories",
+]
