@@ -45,7 +45,10 @@ from tabom.decoding import DecodeConfig, ScoreName, decode, pad_prompts, respons
 from tabom.evaluate import pass_at_k
 from tabom.models import DEFAULT_MODEL, load_model
 from tabom.models.base import DiffusionLM
-from tabom.tasks import make_task
+from tabom.tasks import (
+    NEW_DOMAIN,  # the shipped base model's new domain: default prompts
+    make_task,
+)
 from tabom.tasks.base import DataFileError, Example, Task, read_jsonl, require_str
 from tabom.trajectory import (
     TrajectoryFileError,
@@ -57,9 +60,6 @@ from tabom.trajectory import (
     tokenizer_fingerprint,
     write_trajectories,
 )
-
-NEW_DOMAIN = "addition:min_digits=4,max_digits=4"
-"""The shipped base model's new domain: the default prompts."""
 
 
 @dataclass
@@ -283,7 +283,7 @@ def decode_group(
         Every sample's record (prompt order, then sample index) and the group's stats.
     """
     tok, n = dlm.tokenizer, cfg.n_samples
-    encoded = [tok(ex.prompt, add_special_tokens=False)["input_ids"] for ex in examples]
+    encoded = [dlm.encode_prompt(ex.prompt) for ex in examples]  # chat template if any
     ids, mask = pad_prompts([p for p in encoded for _ in range(n)], dlm.spec.pad_token_id)
     generator = torch.Generator(device=dlm.device).manual_seed(
         derive_seed(cfg.seed, "group", group)
@@ -306,7 +306,7 @@ def decode_group(
         row_verdicts: list[bool | None] = []
         for j in range(n):
             r = i * n + j
-            text = response_text(tok, responses[r], dlm.spec.eos_token_id)
+            text = response_text(tok, responses[r], dlm.spec.stop_ids)
             verified = None if task is None else _verify(task, ex, text)
             row_verdicts.append(verified)
             records.append(
@@ -538,8 +538,7 @@ def distill(cfg: DistillConfig) -> DistillSummary | None:
     state = PartialState(cpu=not torch.cuda.is_available())
     rank, world = state.process_index, state.num_processes
     output = Path(cfg.output)
-    dlm = load_model(cfg.model)
-    dlm.model.to(state.device)
+    dlm = load_model(cfg.model, device=state.device)  # bf16 weights on a CUDA device
     task = make_task(cfg.task) if cfg.task is not None else None
     examples = load_prompts(cfg, task)
     G = cfg.prompts_per_batch
