@@ -27,7 +27,7 @@ from tabom.tasks import make_task
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default=DEFAULT_MODEL)
-    parser.add_argument("--n", type=int, default=500, help="problems per domain")
+    parser.add_argument("--n", type=int, default=300, help="problems per domain")
     parser.add_argument("--samples", type=int, default=8)
     parser.add_argument("--temperature", type=float, default=1.0)
     parser.add_argument("--seed", type=int, default=1234)

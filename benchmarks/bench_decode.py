@@ -1,6 +1,6 @@
 """Decode speed per budget (DESIGN §3): forwards per answer and tokens per second.
 
-Decodes a fixed set of addition prompts ("123+4567=") with :func:`tabom.decoding.decode` at
+Decodes a fixed set of old-domain addition prompts ("0123+0456=") with :func:`tabom.decoding.decode` at
 one, two and four tokens per step, in semi-autoregressive blocks, and in threshold (parallel)
 mode, and prints a markdown table for docs/benchmarks.md.
 
@@ -22,6 +22,7 @@ import torch
 
 from tabom.decoding import DecodeConfig, DecodeOutput, decode, pad_prompts
 from tabom.models import SHIPPED, DiffusionLM, build_tiny, load_model
+from tabom.tasks import OLD_DOMAIN, make_task
 
 
 @dataclass
@@ -55,15 +56,9 @@ def budgets(gen_length: int) -> list[tuple[str, DecodeConfig]]:
 
 
 def addition_prompts(n: int, seed: int) -> list[str]:
-    """``n`` prompts ``a+b=`` with 1 to 4 digit operands drawn from a seeded generator."""
-    g = torch.Generator().manual_seed(seed)
-    digits = torch.randint(1, 5, (n, 2), generator=g)  # (n, 2) operand lengths
-    prompts = []
-    for da, db in digits.tolist():
-        a = int(torch.randint(10 ** (da - 1), 10**da, (1,), generator=g))
-        b = int(torch.randint(10 ** (db - 1), 10**db, (1,), generator=g))
-        prompts.append(f"{a}+{b}=")
-    return prompts
+    """``n`` old-domain prompts of the shipped model (``0012+0345=``), seeded."""
+    task = make_task(OLD_DOMAIN)
+    return [ex.prompt for ex in task.generate(n, torch.Generator().manual_seed(seed))]
 
 
 def load(name: str) -> tuple[DiffusionLM, str]:

@@ -77,3 +77,12 @@ def test_none_clears_an_optional_string_and_a_scalar_becomes_a_one_item_list():
     assert load_config(WithOptional, None, ["--label", "none"]).label is None
     assert load_config(WithOptional, None, ["--label", "nonesuch"]).label == "nonesuch"
     assert load_config(WithOptional, None, ["--ks", "8"]).ks == [8]
+
+
+@dataclass
+class WithChoice:
+    precision: Literal["no", "bf16"] = "bf16"
+
+
+def test_a_choice_that_yaml_would_read_as_a_bool_stays_a_string():
+    assert load_config(WithChoice, None, ["--precision", "no"]).precision == "no"

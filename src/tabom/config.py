@@ -165,6 +165,8 @@ def parse_overrides(cls: type, argv: list[str]) -> dict[str, Any]:
         value: Any = raw
         if optional and raw.strip().lower() in ("none", "null", "~"):
             value = None
+        elif get_origin(tp) is Literal and raw in get_args(tp):
+            value = raw  # a choice like "no" stays a string, not YAML's false
         elif tp is not str:
             try:
                 value = yaml.safe_load(raw)
