@@ -13,3 +13,13 @@ def _seed_everything() -> None:
     """Seed Python's and torch's global RNGs before each test."""
     random.seed(0)
     torch.manual_seed(0)
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Skip tests marked ``gpu`` on a machine without CUDA (STYLE principle 10)."""
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA device")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)

@@ -105,7 +105,7 @@ def generate(
         range(0, len(prompts), batch_size), desc=desc, disable=not progress, leave=False
     ):
         chunk = prompts[start : start + batch_size]
-        encoded = [tok(p, add_special_tokens=False)["input_ids"] for p in chunk]
+        encoded = [dlm.encode_prompt(p) for p in chunk]  # the chat template, if the backend has one
         ids, mask = pad_prompts(encoded, dlm.spec.pad_token_id)
         out = decode(
             dlm,
@@ -117,7 +117,7 @@ def generate(
         )
         resp = out.response_ids.tolist()
         for row in resp:
-            texts.append(response_text(tok, row, dlm.spec.eos_token_id))
+            texts.append(response_text(tok, row, dlm.spec.stop_ids))
         ids_out.extend(resp)
         steps_out.extend(out.decode_step.tolist())
         nfe_rows += out.nfe * len(chunk)

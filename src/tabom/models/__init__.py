@@ -1,25 +1,60 @@
-"""Model loading: one entry point, backends as data (DESIGN §2)."""
+"""Model loading: one entry point, backends as data (DESIGN §2).
+
+:func:`load_model` takes a shipped name (``tiny-base``), a local folder or a hub id and picks
+the backend: a shipped name or a folder with ``tabom_backend.json`` says it itself; otherwise
+the checkpoint's ``config.json`` does (``model_type`` ``llada`` -> ``llada``, ``Dream`` ->
+``dream``, a ``*ForMaskedLM`` architecture -> ``hf-mlm``). :func:`save_model` writes any
+backend's model so that :func:`load_model` restores it.
+"""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
+from typing import Any
+
+import torch
 
 from tabom.models.base import BackendSpec, DiffusionLM, align_logits
-from tabom.models.tiny import TinyModelConfig, build_tiny, load_tiny, save_tiny
+from tabom.models.dream import DREAM, load_dream
+from tabom.models.hf import HF_MLM, BackendDefaults, load_hf_mlm, load_pretrained, torch_dtype
+from tabom.models.llada import LLADA, load_llada
+from tabom.models.tiny import (
+    BACKEND_FILE,
+    TinyModelConfig,
+    build_tiny,
+    load_tiny,
+    save_tiny,
+)
 
 ASSETS = Path(__file__).resolve().parent.parent / "assets"
 SHIPPED = {"tiny-base": ASSETS / "tiny-base"}
 DEFAULT_MODEL = "tiny-base"
+TINY_BACKENDS = ("tiny", "tiny-dream")
+PRETRAINED: dict[str, BackendDefaults] = {"llada": LLADA, "dream": DREAM, "hf-mlm": HF_MLM}
+"""Backend name -> its family data, for checkpoints loaded through ``transformers``."""
+BACKENDS = (*TINY_BACKENDS, *PRETRAINED)
 
 __all__ = [
+    "BACKENDS",
+    "DREAM",
+    "HF_MLM",
+    "LLADA",
+    "BackendDefaults",
     "BackendSpec",
     "DiffusionLM",
     "TinyModelConfig",
     "align_logits",
+    "backend_from_config",
     "build_tiny",
+    "detect_backend",
+    "load_dream",
+    "load_hf_mlm",
+    "load_llada",
     "load_model",
     "load_tiny",
     "resolve_model_path",
+    "save_model",
     "save_tiny",
 ]
 
@@ -40,10 +75,107 @@ def resolve_model_path(name_or_path: str) -> Path:
     )
 
 
-def load_model(name_or_path: str = DEFAULT_MODEL, **kwargs) -> DiffusionLM:
-    """Load a diffusion LM by shipped name or local folder (tiny backends).
+def backend_from_config(config: dict[str, Any], where: str = "<config>") -> str:
+    """The backend a ``config.json`` (as a dict) belongs to.
+
+    Raises:
+        ValueError: the config names no known diffusion family; says how to choose one.
+    """
+    model_type = config.get("model_type")
+    for name, defaults in PRETRAINED.items():
+        if model_type in defaults.model_types:
+            return name
+    archs = config.get("architectures") or []
+    if any(str(a).endswith("ForMaskedLM") for a in archs):
+        return "hf-mlm"
+    raise ValueError(
+        f"{where}: cannot tell the backend from model_type {model_type!r} and architectures "
+        f"{archs}; pass backend= one of {', '.join(BACKENDS)} (a bidirectional Llama/Qwen2 "
+        f"stand-in needs {BACKEND_FILE} or an explicit backend)"
+    )
+
+
+def detect_backend(name_or_path: str) -> str:
+    """The backend ``load_model(..., backend="auto")`` uses for ``name_or_path``.
+
+    Order: a shipped name -> ``tiny``; a folder with ``tabom_backend.json`` -> its
+    ``backend``; otherwise the checkpoint's ``config.json`` (:func:`backend_from_config`),
+    read from the folder or the hub (the local cache when offline).
+
+    Raises:
+        FileNotFoundError: not a shipped name, a folder or a reachable hub id.
+        ValueError: a config of no known family.
+    """
+    if name_or_path in SHIPPED:
+        return "tiny"
+    path = Path(name_or_path)
+    if path.is_dir() and (path / BACKEND_FILE).is_file():
+        meta = json.loads((path / BACKEND_FILE).read_text())
+        backend = meta.get("backend")
+        if backend not in BACKENDS:
+            raise ValueError(
+                f"{path / BACKEND_FILE}: backend {backend!r} is not one of {', '.join(BACKENDS)}"
+            )
+        return backend
+    if not path.is_dir() and name_or_path.count("/") != 1:  # neither a folder nor a hub id
+        resolve_model_path(name_or_path)  # raises the "not a shipped model" error
+    from transformers import PretrainedConfig
+
+    try:
+        config, _ = PretrainedConfig.get_config_dict(name_or_path)
+    except OSError as e:
+        raise FileNotFoundError(
+            f"model {name_or_path!r}: not a shipped model ({', '.join(SHIPPED)}), not a local "
+            f"folder, and its config cannot be fetched (offline, or no such hub id?): {e}"
+        ) from None
+    return backend_from_config(config, name_or_path)
+
+
+def load_model(
+    name_or_path: str = DEFAULT_MODEL,
+    backend: str = "auto",
+    dtype: str | torch.dtype | None = None,
+    device: torch.device | str | None = None,
+) -> DiffusionLM:
+    """Load a diffusion LM by shipped name, local folder or hub id.
+
+    Args:
+        name_or_path: ``tiny-base``, a folder (``save_model`` / ``tabom train`` output, a
+            downloaded checkpoint) or a hub id (``GSAI-ML/LLaDA-8B-Instruct``).
+        backend: ``auto`` (:func:`detect_backend`) or one of :data:`BACKENDS`.
+        dtype: weights' dtype: ``auto``/``None`` = bf16 on a CUDA device with bf16 for the
+            pretrained backends, fp32 otherwise (the tiny backends: fp32 unless asked).
+        device: where to put the model (``None``: CPU).
+
+    Returns:
+        The model in eval mode with its tokenizer and resolved :class:`BackendSpec`.
+
+    Raises:
+        FileNotFoundError: nothing to load under that name.
+        ValueError: an unknown backend, a checkpoint that is not bidirectional or has no
+            mask token.
 
     Example:
         >>> dlm = load_model("tiny-base")
+        >>> dlm = load_model("GSAI-ML/LLaDA-8B-Instruct", device="cuda")  # doctest: +SKIP
     """
-    return load_tiny(resolve_model_path(name_or_path), **kwargs)
+    if backend == "auto":
+        backend = detect_backend(name_or_path)
+    if backend in TINY_BACKENDS:
+        tiny_dtype = None if dtype in (None, "auto") else torch_dtype(dtype, device)
+        dlm = load_tiny(resolve_model_path(name_or_path), dtype=tiny_dtype)
+        if device is not None:
+            dlm.model.to(device)
+        return dlm
+    if backend not in PRETRAINED:
+        raise ValueError(f"backend must be auto or one of {', '.join(BACKENDS)}, got {backend!r}")
+    return load_pretrained(name_or_path, PRETRAINED[backend], dtype=dtype, device=device)
+
+
+def save_model(dlm: DiffusionLM, path: str | Path) -> None:
+    """Save any backend's model, tokenizer and ``tabom_backend.json`` to a folder.
+
+    :func:`load_model` on that folder restores the same backend (the file names it);
+    remote-code models save their code with them (``save_pretrained``).
+    """
+    save_tiny(dlm, path)

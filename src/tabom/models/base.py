@@ -1,22 +1,27 @@
 """The one interface every backend provides to decoding, training and evaluation (DESIGN §2).
 
 Backends differ by data, not by code paths: a :class:`BackendSpec` holds the mask id, whether
-logits are shifted by one position (Dream), the special ids and the default LoRA targets, and
+logits are shifted by one position (Dream), how padding reaches attention (a 2-D mask, or
+Dream's 4-D mask in which pad queries attend to themselves), whether position ids are passed,
+whether prompts go through the chat template, the special ids and the default LoRA targets.
 :class:`DiffusionLM` turns any Hugging Face model into ``(input_ids, attention_mask) -> logits``
-already aligned so that ``logits[:, j]`` predicts token ``j``.
+already aligned so that ``logits[:, j]`` predicts token ``j``, and
+:meth:`DiffusionLM.encode_prompt` turns a user prompt into the ids the model is conditioned on.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 import torch
+
+AttentionKind = Literal["2d", "4d-self-pad"]
 
 
 @dataclass(frozen=True)
 class BackendSpec:
-    """What a sampler or trainer needs to know about a model family.
+    """What a sampler or trainer needs to know about a model family (resolved per checkpoint).
 
     Attributes:
         name: backend name (``tiny``, ``tiny-dream``, ``llada``, ``dream``, ``hf-mlm``).
@@ -26,6 +31,18 @@ class BackendSpec:
         eos_token_id: end-of-sequence id (the model fills the unused tail with it).
         pad_token_id: padding id (left padding for batched prompts).
         lora_targets: default LoRA target module names.
+        attention: how the padding mask reaches the network: ``2d`` passes the ``(B, L)``
+            mask as is; ``4d-self-pad`` builds Dream's ``(B, 1, L, L)`` mask in which every
+            query attends to the real tokens and a pad query to itself only (never an
+            all-masked row, which gives NaN), and passes none when nothing is padded.
+        position_ids: pass position ids counted from the first real token (``cumsum(mask) -
+            1``); false for networks whose forward takes none (LLaDA's).
+        chat_template: prompts go through the tokenizer's chat template (one user turn and
+            the assistant header) before tokenisation.
+        prompt_special_tokens: without a chat template, tokenise prompts with the tokenizer's
+            special tokens (BERT's ``[CLS] ... [SEP]``); false = the bare text.
+        stop_token_ids: ids besides EOS that end an answer (LLaDA's ``<|eot_id|>``, Dream's
+            ``<|im_end|>``): the response text is cut at the first of any of them.
     """
 
     name: str
@@ -34,6 +51,16 @@ class BackendSpec:
     eos_token_id: int
     pad_token_id: int
     lora_targets: tuple[str, ...] = ("q_proj", "v_proj")
+    attention: AttentionKind = "2d"
+    position_ids: bool = True
+    chat_template: bool = False
+    prompt_special_tokens: bool = False
+    stop_token_ids: tuple[int, ...] = ()
+
+    @property
+    def stop_ids(self) -> tuple[int, ...]:
+        """EOS followed by the other ids that end an answer (what ``response_text`` cuts at)."""
+        return (self.eos_token_id, *(t for t in self.stop_token_ids if t != self.eos_token_id))
 
 
 def align_logits(raw: torch.Tensor, shift: bool) -> torch.Tensor:
@@ -58,13 +85,42 @@ def position_ids_from_mask(attention_mask: torch.Tensor) -> torch.Tensor:
     return pos.clamp(min=0)
 
 
+def self_pad_attention_mask(
+    attention_mask: torch.Tensor, dtype: torch.dtype | None = None
+) -> torch.Tensor:
+    """Dream's 4-D attention mask for a left-padded batch, with pad queries attending to themselves.
+
+    Every query attends to the real tokens of its row; a pad query attends to itself only, so
+    no row of the mask is empty (an all-masked softmax row is NaN in SDPA). Real tokens never
+    see a pad token, so a row's outputs do not depend on its padding.
+
+    Args:
+        attention_mask: ``(B, L)``, 1 on real tokens, 0 on padding.
+        dtype: ``None`` for a boolean mask (True = attend; what SDPA takes); a float dtype for
+            an additive mask (0 = attend, the dtype's minimum = blocked; what eager attention
+            adds to its scores).
+
+    Returns:
+        ``(B, 1, L, L)`` mask indexed ``[batch, 1, query, key]``.
+    """
+    keys = attention_mask.bool()[:, None, None, :]  # (B, 1, 1, L)
+    L = attention_mask.shape[-1]
+    eye = torch.eye(L, dtype=torch.bool, device=attention_mask.device)[None, None]  # (1, 1, L, L)
+    allowed = keys | eye  # (B, 1, L, L)
+    if dtype is None:
+        return allowed
+    blocked = torch.zeros(allowed.shape, dtype=dtype, device=attention_mask.device)
+    return blocked.masked_fill(~allowed, torch.finfo(dtype).min)
+
+
 @dataclass
 class DiffusionLM:
     """A bidirectional Hugging Face model, its tokenizer and its backend data.
 
     Call it like a function: ``dlm(input_ids, attention_mask)`` returns aligned logits
-    ``(B, L, V)``. Left-padded batches get position ids counted from the first real token, so
-    a row decodes the same alone or in a padded batch.
+    ``(B, L, V)``. Left-padded batches get position ids counted from the first real token (when
+    the network takes them) and the padding mask in the form the backend needs, so a row
+    decodes the same alone or in a padded batch.
     """
 
     model: Any
@@ -84,13 +140,56 @@ class DiffusionLM:
     def vocab_size(self) -> int:
         return int(self.model.get_output_embeddings().weight.shape[0])
 
+    def encode_prompt(self, text: str) -> list[int]:
+        """The ids a user prompt conditions the model on (what ``prompt_token_ids`` records).
+
+        With a chat template (``spec.chat_template``) the prompt is one user turn followed by
+        the assistant header (``add_generation_prompt=True``; LLaDA's template appends the
+        header in any case), rendered to text and tokenised without adding special tokens (the
+        template holds them). Otherwise the bare text, with special tokens only when
+        ``spec.prompt_special_tokens`` is set (the tiny backends: exactly one id per character).
+
+        Args:
+            text: the user prompt, before any template.
+
+        Returns:
+            Token ids, no padding.
+        """
+        tok = self.tokenizer
+        if self.spec.chat_template:
+            messages = [{"role": "user", "content": text}]
+            rendered = tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+            return list(tok(rendered, add_special_tokens=False)["input_ids"])
+        return list(tok(text, add_special_tokens=self.spec.prompt_special_tokens)["input_ids"])
+
+    def _mask_dtype(self) -> torch.dtype | None:
+        """Boolean 4-D masks for SDPA-style attention; additive float ones for eager attention."""
+        model = self.model
+        while hasattr(model, "module"):  # DDP / FSDP wrappers (accelerate.prepare)
+            model = model.module
+        impl = getattr(getattr(model, "config", None), "_attn_implementation", None)
+        if impl != "eager":
+            return None
+        return model.get_input_embeddings().weight.dtype
+
     def __call__(
         self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None
     ) -> torch.Tensor:
-        """Aligned logits ``(B, L, V)`` for ``input_ids`` ``(B, L)``."""
+        """Aligned logits ``(B, L, V)`` for ``input_ids`` ``(B, L)``.
+
+        Args:
+            input_ids: ``(B, L)`` token ids, left-padded.
+            attention_mask: ``(B, L)`` 1 on real tokens, 0 on padding (``None``: no padding).
+        """
         kwargs: dict[str, Any] = {}
         if attention_mask is not None:
-            kwargs["attention_mask"] = attention_mask
-            kwargs["position_ids"] = position_ids_from_mask(attention_mask)
+            if self.spec.position_ids:
+                kwargs["position_ids"] = position_ids_from_mask(attention_mask)
+            if self.spec.attention == "2d":
+                kwargs["attention_mask"] = attention_mask
+            elif not bool(attention_mask.all()):  # 4-D only with padding (Dream: "full")
+                kwargs["attention_mask"] = self_pad_attention_mask(
+                    attention_mask, self._mask_dtype()
+                )
         raw = self.model(input_ids=input_ids, **kwargs).logits  # (B, L, V)
         return align_logits(raw, self.spec.shift_logits)

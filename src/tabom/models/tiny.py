@@ -146,11 +146,12 @@ def load_tiny(path: str | Path, *, dtype: torch.dtype | None = None) -> Diffusio
     Raises:
         ValueError: the checkpoint is not bidirectional or its tokenizer has no mask token.
     """
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoModelForCausalLM
+
+    from tabom.models.hf import load_tokenizer
 
     path = Path(path)
-    tok = AutoTokenizer.from_pretrained(path)
-    tok.padding_side = "left"
+    tok = load_tokenizer(path)
     model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype or torch.float32)
     model.eval()
     if getattr(model.config, "is_causal", True):

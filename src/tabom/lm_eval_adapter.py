@@ -1,0 +1,235 @@
+"""An lm-evaluation-harness model ``tabom``: harness generation tasks under diffusion decoding (DESIGN §7).
+
+Importing this module registers the model ``tabom`` with ``lm_eval`` (optional extra ``eval``:
+``pip install 'tabom[eval]'``). ``generate_until`` requests are decoded with
+:func:`tabom.decoding.decode` (any backend ``load_model`` reads: tiny, llada, dream, hf-mlm),
+cut at EOS and at the request's ``until`` strings. ``loglikelihood`` tasks are not supported
+(a diffusion LM needs a Monte-Carlo ELBO for them). The harness has no plugin discovery, so run
+it through this module, which registers the model and then hands over to ``lm_eval``'s CLI::
+
+    python -m tabom.lm_eval_adapter --model tabom \\
+        --model_args pretrained=GSAI-ML/LLaDA-8B-Instruct,backend=llada,gen_length=256,steps=256,block_length=8 \\
+        --tasks gsm8k --apply_chat_template --batch_size 8
+
+or from Python: ``import tabom.lm_eval_adapter`` then ``lm_eval.simple_evaluate(model="tabom",
+...)``. Data-parallel over GPUs with ``accelerate launch -m tabom.lm_eval_adapter ...``.
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import Any
+
+import torch
+from tqdm.auto import tqdm
+
+try:
+    import lm_eval.models  # noqa: F401  (registers the harness's own models first)
+    from lm_eval.api.model import LM
+    from lm_eval.api.registry import register_model
+except ImportError as e:  # pragma: no cover - the message is the point
+    raise ImportError(
+        "tabom.lm_eval_adapter needs lm-evaluation-harness: pip install 'tabom[eval]' "
+        f"(or pip install lm-eval) ({e})"
+    ) from None
+
+from tabom.decoding import DecodeConfig, decode, pad_prompts, response_text
+from tabom.models import load_model
+
+
+def cut_at_stops(text: str, until: list[str]) -> str:
+    """``text`` up to the first occurrence of any of ``until`` (empty strings ignored)."""
+    cuts = [text.index(s) for s in until if s and s in text]
+    return text[: min(cuts)] if cuts else text
+
+
+@register_model("tabom")
+class TabomLM(LM):
+    """``lm_eval`` model: a tabom diffusion LM decoded with :func:`tabom.decoding.decode`.
+
+    Model args (``--model_args key=value,...``):
+        pretrained: shipped name, local folder or hub id (``load_model``).
+        backend: ``auto`` or a backend name (``llada``, ``dream``, ``hf-mlm``, ``tiny``).
+        dtype: ``auto`` (bf16 on CUDA), ``bf16``, ``fp16``, ``fp32``.
+        gen_length: response length T (default: the request's ``max_gen_toks``).
+        steps: forwards per answer (default: T, one token per step: the paper's setting).
+        block_length: semi-autoregressive block length (default: one block).
+        score: confidence, margin, entropy or random (the unmasking order).
+        temperature, top_p, top_k: the proposal (0 = greedy); the request's sampling
+            arguments are not used, its ``until`` and ``max_gen_toks`` are.
+        threshold: parallel decoding by confidence threshold (``steps`` then ignored).
+        seed: seed of sampling.
+        batch_size: prompts per forward (the harness's ``--batch_size``; ``auto`` = 8).
+    """
+
+    def __init__(
+        self,
+        pretrained: str = "tiny-base",
+        backend: str = "auto",
+        dtype: str = "auto",
+        device: str | None = None,
+        gen_length: int | None = None,
+        steps: int | None = None,
+        block_length: int | None = None,
+        score: str = "confidence",
+        temperature: float = 0.0,
+        top_p: float = 1.0,
+        top_k: int = 0,
+        threshold: float | None = None,
+        seed: int = 0,
+        batch_size: int | str | None = 8,
+        max_batch_size: int | None = None,
+    ) -> None:
+        from accelerate import PartialState
+
+        super().__init__()
+        self._state = PartialState(cpu=not torch.cuda.is_available())
+        self._rank, self._world_size = self._state.process_index, self._state.num_processes
+        # one process: the harness's --device; data parallel: each process its own device
+        self._device = torch.device(device) if device and self._world_size == 1 else None
+        if self._device is None:
+            self._device = self._state.device
+        if self._device.type == "cuda" and not torch.cuda.is_available():
+            raise ValueError(f"device {device!r}: no CUDA device here (pass --device cpu)")
+        self.dlm = load_model(str(pretrained), backend=backend, dtype=dtype, device=self._device)
+        self.gen_length = None if gen_length is None else int(gen_length)
+        self.steps = None if steps is None else int(steps)
+        self.block_length = None if block_length is None else int(block_length)
+        self.sampling = {
+            "score": score,
+            "temperature": float(temperature),
+            "top_p": float(top_p),
+            "top_k": int(top_k),
+            "threshold": None if threshold is None else float(threshold),
+        }
+        self.seed = int(seed)
+        auto = batch_size is None or str(batch_size).startswith("auto")
+        self.batch_size = 8 if auto else int(batch_size)  # type: ignore[arg-type]
+        self._templated = False  # set when the harness renders prompts with our template
+        self.decode_config(self.gen_length or 8)  # reject bad settings before any request
+
+    # ----------------------------------------------------------------- decoding
+
+    def decode_config(self, max_gen_toks: int) -> DecodeConfig:
+        """The decode settings of a request allowing ``max_gen_toks`` new tokens."""
+        T = self.gen_length or int(max_gen_toks)
+        return DecodeConfig(
+            gen_length=T,
+            steps=self.steps or T,
+            block_length=self.block_length,
+            **self.sampling,  # type: ignore[arg-type]
+        )
+
+    def encode(self, context: str) -> list[int]:
+        """Prompt ids: special tokens (a BOS) unless the harness applied our chat template."""
+        tok = self.dlm.tokenizer
+        return list(tok(context, add_special_tokens=not self._templated)["input_ids"])
+
+    def generate_until(self, requests: list[Any], disable_tqdm: bool = False) -> list[str]:
+        """Decode each request's context; cut at EOS and at its ``until`` strings.
+
+        Args:
+            requests: instances whose ``args`` are ``(context, gen_kwargs)``.
+            disable_tqdm: no progress bar.
+
+        Returns:
+            One continuation per request, in request order.
+        """
+        dlm = self.dlm
+        gen = torch.Generator(device=dlm.device).manual_seed(self.seed + self._rank)
+        groups: dict[int, list[int]] = {}
+        for i, req in enumerate(requests):
+            groups.setdefault(int(req.args[1].get("max_gen_toks", 256)), []).append(i)
+        out: list[str] = [""] * len(requests)
+        bar = tqdm(total=len(requests), desc="tabom decode", disable=disable_tqdm or self._rank)
+        for max_toks, idx in groups.items():
+            cfg = self.decode_config(max_toks)
+            for start in range(0, len(idx), self.batch_size):
+                chunk = idx[start : start + self.batch_size]
+                ids, mask = pad_prompts(
+                    [self.encode(requests[i].args[0]) for i in chunk], dlm.spec.pad_token_id
+                )
+                res = decode(
+                    dlm,
+                    ids.to(dlm.device),
+                    mask.to(dlm.device),
+                    cfg,
+                    mask_token_id=dlm.mask_token_id,
+                    generator=gen,
+                )
+                for i, row in zip(chunk, res.response_ids.tolist(), strict=True):
+                    text = response_text(dlm.tokenizer, row, dlm.spec.stop_ids)
+                    until = requests[i].args[1].get("until") or []
+                    out[i] = cut_at_stops(text, [until] if isinstance(until, str) else until)
+                    self.cache_hook.add_partial("generate_until", requests[i].args, out[i])
+                bar.update(len(chunk))
+        bar.close()
+        return out
+
+    def loglikelihood(self, requests: list[Any], disable_tqdm: bool = False) -> list[Any]:
+        raise NotImplementedError(
+            "tabom: loglikelihood / multiple-choice tasks need a Monte-Carlo ELBO estimate for a "
+            "diffusion LM, which this adapter does not implement; use generation tasks "
+            "(output_type: generate_until, e.g. gsm8k)"
+        )
+
+    def loglikelihood_rolling(self, requests: list[Any], disable_tqdm: bool = False) -> list[Any]:
+        raise NotImplementedError(
+            "tabom: loglikelihood_rolling (perplexity) is not implemented for diffusion LMs"
+        )
+
+    # ----------------------------------------------------------------- chat templates
+
+    def apply_chat_template(
+        self, chat_history: list[dict[str, str]], add_generation_prompt: bool = True
+    ) -> str:
+        """Render the harness's chat history with the model's template (``--apply_chat_template``).
+
+        LLaDA's template appends the assistant header even when ``add_generation_prompt`` is
+        false. The rendered text holds the special tokens, so it is then tokenised without.
+        """
+        self._templated = True
+        return self.dlm.tokenizer.apply_chat_template(
+            chat_history, tokenize=False, add_generation_prompt=add_generation_prompt
+        )
+
+    @property
+    def tokenizer_name(self) -> str:
+        return str(getattr(self.dlm.tokenizer, "name_or_path", "tabom")).replace("/", "__")
+
+    def chat_template(self, chat_template: bool | str = False) -> str | None:
+        return getattr(self.dlm.tokenizer, "chat_template", None) or ""
+
+    # ----------------------------------------------------------------- data parallel
+
+    def all_gather(self, tensor: torch.Tensor) -> torch.Tensor:
+        from accelerate.utils import gather
+
+        return gather(tensor.to(self._state.device)) if self._world_size > 1 else tensor
+
+    def gather_object(self, obj: Any, dst: int = 0) -> list[Any] | None:
+        if self._world_size == 1:
+            return [obj]
+        from accelerate.utils import gather_object
+
+        objs = gather_object([obj])
+        return objs if self._rank == dst else None
+
+    def barrier(self) -> None:
+        self._state.wait_for_everyone()
+
+
+def main(argv: list[str] | None = None) -> None:
+    """``python -m tabom.lm_eval_adapter ARGS``: the ``lm_eval`` CLI with ``tabom`` registered."""
+    from lm_eval.__main__ import cli_evaluate
+
+    if argv is not None:
+        sys.argv = [sys.argv[0], *argv]
+    cli_evaluate()
+
+
+__all__ = ["TabomLM", "cut_at_stops", "main"]
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,263 @@
+"""Training data of ``tabom train``: trajectories or ground truth, checked, in a resumable order.
+
+Every objective trains on the same kind of item, ``[prompt | response]`` with a decode step per
+response position (DESIGN §4-5): trajectory records as they are, ground-truth answers with
+``decoding_order = -1`` everywhere (never decoded; random masking does not read it). Loading
+checks what can be checked before any compute: an empty file, a tokenizer other than the
+model's (:func:`tabom.trajectory.read_trajectories`), and windows M and W that do not fit the
+trajectories' decode steps. :func:`batch_indices` gives the data order: a seeded permutation
+per epoch, so the order at any optimizer step is a pure function of (seed, step) and resuming
+needs only the step.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from tabom.tasks import make_task
+from tabom.tasks.base import read_jsonl, require_str
+from tabom.trajectory import TrajectoryDataset, TrajectoryRecord, read_trajectories
+
+
+class TrainDataError(ValueError):
+    """Training data that cannot be used with this config; the message names the file and field."""
+
+
+def load_trajectories(
+    path: str | Path, *, tokenizer: Any, vocab_size: int, verified_only: bool = False
+) -> list[TrajectoryRecord]:
+    """Read and validate a trajectory file against the model.
+
+    Args:
+        path: the trajectory JSONL written by ``tabom distill``.
+        tokenizer: the model's tokenizer; every record's ``gen.tokenizer`` must match it.
+        vocab_size: the model's vocabulary size (every id must be below it).
+        verified_only: keep only records the verifier accepted (``verified: true``).
+
+    Returns:
+        The records, in file order.
+
+    Raises:
+        FileNotFoundError: no such file.
+        TrajectoryFileError: a malformed record or another tokenizer (names file, line, field).
+        TrainDataError: no record (an empty file, or none verified with ``verified_only``).
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"data: no such trajectory file {path}")
+    records = read_trajectories(path, tokenizer=tokenizer, vocab_size=vocab_size)
+    if not records:
+        raise TrainDataError(f"{path}: data: the trajectory file holds no records (empty file)")
+    if verified_only:
+        records = [r for r in records if r.verified is True]
+        if not records:
+            raise TrainDataError(f"{path}: verified_only: none of the file's records is verified")
+    return records
+
+
+def check_windows(
+    records: Sequence[TrajectoryRecord],
+    path: str | Path,
+    *,
+    td_window: int,
+    rank_window: int | None,
+    window_unit: str = "steps",
+) -> int:
+    """Refuse windows M and W that no trajectory of the file can fill.
+
+    With ``window_unit="steps"`` a trajectory whose last decode step is s_max can be cut only
+    when M ≤ s_max (the cut range {0, …, s_max − M} is then non-empty; DESIGN §5), and a
+    ranking window wider than the s_max + 1 steps it has is a setting meant for other data.
+    With ``tokens`` the same holds for the number n of decoded tokens: M ≤ n − 1, W ≤ n.
+    Records too short for M while others are long enough are allowed (they are counted as
+    uncut in the logs) and reported in a warning.
+
+    Args:
+        records: the file's records.
+        path: the file, for messages.
+        td_window: M.
+        rank_window: W (``None`` for objectives without ranking).
+        window_unit: ``steps`` or ``tokens``.
+
+    Returns:
+        The number of records that cannot be cut (s_max < M).
+
+    Raises:
+        TrainDataError: M or W larger than every trajectory allows; names the field and file.
+    """
+    if window_unit == "steps":
+        room = [max(r.decoding_order) for r in records]  # s_max per record
+        what = "decode step s_max"
+    else:
+        room = [sum(d >= 0 for d in r.decoding_order) - 1 for r in records]
+        what = "decoded tokens minus one"
+    top = max(room)
+    if td_window > top:
+        raise TrainDataError(
+            f"{path}: td_window: M = {td_window} {window_unit} but the largest {what} in the "
+            f"file is {top}, so no trajectory can be cut (the cut s ranges over "
+            f"{{0, …, s_max − M}}); use td_window <= {top}"
+        )
+    if rank_window is not None and rank_window > top + 1:
+        raise TrainDataError(
+            f"{path}: rank_window: W = {rank_window} {window_unit} but the trajectories have "
+            f"at most {top + 1} {window_unit}; use rank_window <= {top + 1}"
+        )
+    short = sum(r < td_window for r in room)
+    if short:
+        warnings.warn(
+            f"{path}: {short} of {len(records)} trajectories are too short for td_window "
+            f"M = {td_window} and will supervise nothing (logged as n_uncut)",
+            RuntimeWarning,
+            stacklevel=2,
+        )
+    return short
+
+
+def ground_truth_items(
+    *,
+    tokenizer: Any,
+    eos_token_id: int,
+    encode_prompt: Callable[[str], list[int]] | None = None,
+    gt_task: str | None = None,
+    n_examples: int = 0,
+    seed: int = 0,
+    path: str | Path | None = None,
+) -> list[dict[str, Any]]:
+    """Ground-truth ``[prompt | answer + EOS tail]`` items for ``sft``.
+
+    Either ``gt_task``: ``n_examples`` instances generated from ``seed``, responses padded with
+    EOS to the task's ``gen_length`` (as in pretraining); or ``path``: a JSONL file of
+    ``{"prompt": str, "answer": str}`` lines, responses padded with EOS to the longest answer
+    plus one.
+
+    Args:
+        tokenizer: the model's tokenizer (answers are tokenised without special tokens).
+        eos_token_id: the EOS id that pads each response.
+        encode_prompt: prompt text -> ids, as decoding conditions on them
+            (:meth:`tabom.models.base.DiffusionLM.encode_prompt`: the chat template, if any);
+            default the bare text without special tokens.
+        gt_task: task spec to generate instances from.
+        n_examples: instances to generate.
+        seed: seed of the generated instances.
+        path: the ``{prompt, answer}`` JSONL (when ``gt_task`` is None).
+
+    Returns:
+        Items shaped like :class:`tabom.trajectory.TrajectoryDataset`'s, with
+        ``decoding_order = -1`` (nothing was decoded) and no ``decode_entropy``.
+
+    Raises:
+        DataFileError: a line without a string ``prompt`` or ``answer``.
+        TrainDataError: an empty file, or an answer too long for the task's response length.
+    """
+
+    def ids(text: str) -> list[int]:
+        return tokenizer(text, add_special_tokens=False)["input_ids"]
+
+    encode_prompt = encode_prompt or ids
+
+    if gt_task is not None:
+        task = make_task(gt_task)
+        gen = torch.Generator().manual_seed(seed)
+        rows = [(ex.id, ex.prompt, ex.answer) for ex in task.generate(n_examples, gen)]
+        length = task.gen_length
+        source = f"gt_task {gt_task!r}"
+    else:
+        lines = read_jsonl(path)  # type: ignore[arg-type]
+        if not lines:
+            raise TrainDataError(f"{path}: data: the ground-truth file holds no lines (empty file)")
+        stem = Path(path).stem  # type: ignore[arg-type]
+        rows = [
+            (f"{stem}-{i}", require_str(path, i, r, "prompt"), require_str(path, i, r, "answer"))
+            for i, r in lines
+        ]
+        length = max(len(ids(a)) for _, _, a in rows) + 1
+        source = str(path)
+    items = []
+    for rid, prompt, answer in rows:
+        answer_ids = ids(answer)
+        if len(answer_ids) >= length:
+            raise TrainDataError(
+                f"{source}: answer of {rid} has {len(answer_ids)} tokens; the response length "
+                f"{length} leaves no room for EOS"
+            )
+        response = answer_ids + [eos_token_id] * (length - len(answer_ids))
+        items.append(
+            {
+                "id": rid,
+                "prompt_ids": torch.tensor(encode_prompt(prompt), dtype=torch.long),
+                "response_ids": torch.tensor(response, dtype=torch.long),
+                "decoding_order": torch.full((length,), -1, dtype=torch.long),
+                "decode_entropy": None,
+            }
+        )
+    return items
+
+
+def as_items(records: Sequence[TrajectoryRecord]) -> TrajectoryDataset:
+    """Trajectory records as training items (a :class:`TrajectoryDataset`)."""
+    return TrajectoryDataset(records)
+
+
+def steps_per_epoch(n: int, global_batch: int) -> int:
+    """Optimizer steps in one pass over ``n`` items, ``global_batch`` items a step (last padded)."""
+    return math.ceil(n / global_batch)
+
+
+def batch_indices(
+    n: int,
+    *,
+    step: int,
+    micro: int,
+    process: int,
+    seed: int,
+    batch_size: int,
+    grad_accum: int,
+    num_processes: int,
+) -> tuple[int, list[int]]:
+    """Which items one process reads at one micro-batch of one optimizer step.
+
+    Epoch e visits the items in ``randperm(n)`` drawn from ``seed + e``, wrapped around to a
+    multiple of the global batch G = ``batch_size × grad_accum × num_processes`` (the last
+    step of an epoch repeats its first items, like ``DistributedSampler``'s padding), so every
+    micro-batch of every process has exactly ``batch_size`` items. Optimizer step t covers
+    positions [t·G, (t+1)·G) of the epoch's order; micro-batch a of process r reads the
+    slice starting at (a·num_processes + r)·batch_size.
+
+    Args:
+        n: items in the data.
+        step: global optimizer step (0-based, counting every epoch).
+        micro: micro-batch within the step, in [0, grad_accum).
+        process: process index.
+        seed: data-order seed.
+        batch_size: items per micro-batch per process.
+        grad_accum: micro-batches per optimizer step.
+        num_processes: data-parallel processes.
+
+    Returns:
+        ``(epoch, indices)``.
+    """
+    G = batch_size * grad_accum * num_processes
+    spe = steps_per_epoch(n, G)
+    epoch, t = divmod(step, spe)
+    order = torch.randperm(n, generator=torch.Generator().manual_seed(seed + epoch))
+    order = order.repeat(math.ceil(spe * G / n))[: spe * G]  # wrap around to spe·G items
+    start = t * G + (micro * num_processes + process) * batch_size
+    return epoch, order[start : start + batch_size].tolist()
+
+
+__all__ = [
+    "TrainDataError",
+    "as_items",
+    "batch_indices",
+    "check_windows",
+    "ground_truth_items",
+    "load_trajectories",
+    "steps_per_epoch",
+]

@@ -1,0 +1,620 @@
+"""``tabom train``: post-training with sft, traj-sft, td or tabom in one explicit loop (DESIGN §5-6).
+
+The loop runs on Hugging Face Accelerate: one CPU process here, DDP / FSDP / DeepSpeed under
+``accelerate launch`` with the same code. LoRA via peft or full fine-tuning; gradient
+accumulation; clipping; linear warmup then cosine decay counted in optimizer steps; bf16 where
+the device has it. Every micro-batch runs backward, even one with nothing supervised (its loss
+is 0 with a graph), so every process joins every gradient all-reduce.
+
+Resume is exact: a checkpoint (``output_dir/checkpoints/step-N``, written to a temporary folder
+and renamed when complete) holds Accelerate's state (weights or adapter, optimizer, scheduler,
+RNG) and ``trainer_state.json``. The data order and the masking draws are pure functions of
+(seed, optimizer step, micro-batch, process), so the step alone restores the data position.
+Run: ``tabom train --config configs/tiny_tabom.yaml --data runs/distill/trajectories.jsonl``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+from tqdm.auto import tqdm
+
+from tabom.config import ConfigError, save_config, to_dict
+from tabom.decoding import DecodeConfig
+from tabom.evaluate import evaluate_task
+from tabom.losses import RankTies
+from tabom.masking import WindowUnit
+from tabom.models import DEFAULT_MODEL, load_model, save_model
+from tabom.models.base import DiffusionLM
+from tabom.objectives import OBJECTIVES, Objective, compute_objective
+from tabom.pretrain import lr_factor
+from tabom.tasks import make_task
+from tabom.tasks.base import DataFileError
+from tabom.train_data import (
+    TrainDataError,
+    as_items,
+    batch_indices,
+    check_windows,
+    ground_truth_items,
+    load_trajectories,
+    steps_per_epoch,
+)
+from tabom.trajectory import TrajectoryFileError, collate_trajectories
+
+STATE_FILE = "trainer_state.json"
+LOG_KEYS = (
+    "ce",
+    "rank",
+    "total",
+    "n_supervised",
+    "n_pairs",
+    "n_rank_samples",
+    "n_uncut",
+    "samples",
+)
+
+
+@dataclass
+class TrainConfig:
+    """Config of ``tabom train``. Defaults are the paper's reference setting (DESIGN §5).
+
+    Attributes:
+        model: shipped model name (``tiny-base``) or a local model folder.
+        data: for ``traj-sft`` / ``td`` / ``tabom``: the trajectory JSONL (``tabom distill``);
+            for ``sft`` without ``gt_task``: a JSONL of ``{"prompt", "answer"}`` lines
+            (responses are the answer plus EOS up to the longest answer + 1).
+        objective: ``sft`` (ground truth, random masking), ``traj-sft`` (trajectories' tokens,
+            random masking), ``td`` (time-delay masking) or ``tabom`` (td + ranking).
+        gt_task: ``sft`` only: a task spec whose generated instances are the ground truth
+            (answers padded with EOS to the task's gen_length); instead of ``data``.
+        gt_examples: ``sft`` with ``gt_task``: instances generated from ``seed``.
+        verified_only: train only on records the verifier accepted (``verified: true``).
+        output_dir: final model (``model/``), LoRA adapter (``adapter/``), ``checkpoints/``,
+            ``log.jsonl`` and the resolved ``config.yaml``.
+        epochs: passes over the data (ignored when ``max_steps`` > 0).
+        max_steps: optimizer steps to run (0 = ``epochs`` passes).
+        batch_size: sequences per micro-batch per process.
+        grad_accum: micro-batches per optimizer step; the global batch is
+            ``batch_size × grad_accum × processes``.
+        lr: peak AdamW learning rate.
+        weight_decay: AdamW weight decay (not applied to biases and norm weights).
+        warmup_steps: linear warmup, in optimizer steps.
+        min_lr_ratio: final learning rate as a fraction of ``lr`` (cosine decay).
+        grad_clip: max global gradient norm (0 = off).
+        lora_rank: LoRA rank r (0 = full fine-tuning).
+        lora_alpha: LoRA scale α (the update is scaled by α / r).
+        lora_dropout: dropout on the LoRA input.
+        lora_targets: module names that get adapters (default: the backend's, q_proj, v_proj).
+        merge_lora: with LoRA, also save the merged model to ``model/`` (loadable by
+            ``load_model``); the adapter alone is always saved to ``adapter/``.
+        td_window: M, the supervision window after the cut (``td``, ``tabom``).
+        rank_window: W, the ranking window after the cut (``tabom``); effective min(W, M).
+        rank_margin: m, the hinge margin of the ranking loss (the paper's γ).
+        rank_weight: λ, the weight of the ranking loss.
+        rank_ties: same-step pairs: ``strict`` (excluded, Eq. 8), ``decode-entropy`` (ordered by
+            the recorded entropy, Definition 1), ``reference`` (by position, the authors' code).
+        window_unit: the unit of M and W: ``steps`` (decode steps, the authors' code) or
+            ``tokens`` (the paper's text); the same at one token per step.
+        nelbo_weight: ``sft`` / ``traj-sft``: weight CE by 1/t over the response length (the
+            MDLM NELBO of Eq. 1) instead of the plain token mean.
+        mixed_precision: ``fp32``, ``bf16`` (autocast; weights and optimizer stay fp32), or
+            ``auto``: bf16 on a GPU that has it, else fp32. (Not ``no``: YAML reads it as false.)
+        save_every: write a checkpoint every N optimizer steps (0 = only at the end).
+        log_every: log every N optimizer steps (the values of that step, summed over processes).
+        eval_every: evaluate on ``eval_tasks`` every N optimizer steps (0 = never).
+        eval_tasks: task specs for the periodic eval (greedy, one token per step).
+        eval_examples: instances per eval task (generated from ``seed + 10000``).
+        seed: seed of LoRA init, data order and masking.
+        report_to: also log to ``tensorboard`` or ``wandb`` (needs the package).
+        resume: continue from the latest complete checkpoint in ``output_dir``.
+        num_threads: torch CPU threads (0 = torch's default).
+        progress: show a progress bar.
+    """
+
+    model: str = DEFAULT_MODEL
+    data: str | None = None
+    objective: Objective = "tabom"
+    gt_task: str | None = None
+    gt_examples: int = 256
+    verified_only: bool = False
+    output_dir: str = "runs/train"
+    epochs: int = 5
+    max_steps: int = 0
+    batch_size: int = 4
+    grad_accum: int = 8
+    lr: float = 2e-5
+    weight_decay: float = 0.01
+    warmup_steps: int = 50
+    min_lr_ratio: float = 0.0
+    grad_clip: float = 1.0
+    lora_rank: int = 16
+    lora_alpha: float = 16.0
+    lora_dropout: float = 0.05
+    lora_targets: list[str] | None = None
+    merge_lora: bool = True
+    td_window: int = 32
+    rank_window: int = 32
+    rank_margin: float = 0.1
+    rank_weight: float = 1.0
+    rank_ties: RankTies = "strict"
+    window_unit: WindowUnit = "steps"
+    nelbo_weight: bool = False
+    mixed_precision: Literal["auto", "bf16", "fp32"] = "auto"
+    save_every: int = 0
+    log_every: int = 1
+    eval_every: int = 0
+    eval_tasks: list[str] = field(default_factory=list)
+    eval_examples: int = 64
+    seed: int = 0
+    report_to: Literal["none", "tensorboard", "wandb"] = "none"
+    resume: bool = False
+    num_threads: int = 0
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        for name in ("data", "gt_task"):  # the CLI passes ``--data none`` as a string
+            value = getattr(self, name)
+            if isinstance(value, str) and value.strip().lower() in ("", "none", "null"):
+                setattr(self, name, None)
+        if self.objective not in OBJECTIVES:
+            raise ValueError(f"objective must be one of {OBJECTIVES}, got {self.objective!r}")
+        if self.objective == "sft":
+            if (self.gt_task is None) == (self.data is None):
+                raise ValueError(
+                    "objective sft: give exactly one of gt_task (a task spec) and data "
+                    "(a JSONL of prompt/answer lines)"
+                )
+        else:
+            if self.data is None:
+                raise ValueError(f"data: objective {self.objective!r} needs a trajectory file")
+            if self.gt_task is not None:
+                raise ValueError(f"gt_task: only objective sft uses it, not {self.objective!r}")
+        if self.nelbo_weight and self.objective in ("td", "tabom"):
+            raise ValueError(f"nelbo_weight: applies to sft / traj-sft, not {self.objective!r}")
+        positive = ("batch_size", "grad_accum", "td_window", "rank_window", "log_every")
+        for name in (*positive, "gt_examples"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        for name in ("epochs", "max_steps", "warmup_steps", "save_every", "eval_every"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
+        if self.epochs == 0 and self.max_steps == 0:
+            raise ValueError("epochs / max_steps: one of them must be positive")
+        if self.lr <= 0 or self.grad_clip < 0 or self.weight_decay < 0:
+            raise ValueError("lr must be > 0, grad_clip and weight_decay >= 0")
+        if not 0 <= self.min_lr_ratio <= 1:
+            raise ValueError(f"min_lr_ratio must be in [0, 1], got {self.min_lr_ratio}")
+        if self.lora_rank < 0 or not 0 <= self.lora_dropout < 1:
+            raise ValueError(
+                "lora_rank must be >= 0 (0 = full fine-tuning), lora_dropout in [0, 1)"
+            )
+        if self.rank_margin < 0 or self.rank_weight < 0:
+            raise ValueError("rank_margin (m) and rank_weight (λ) must be >= 0")
+        if self.eval_every and not self.eval_tasks:
+            raise ValueError("eval_every: set eval_tasks (task specs) to evaluate on")
+
+
+# --------------------------------------------------------------------------- setup helpers
+
+
+def load_train_items(cfg: TrainConfig, dlm: DiffusionLM) -> tuple[Any, int]:
+    """The training items of ``cfg.data`` / ``cfg.gt_task``, checked against the model and M, W.
+
+    Returns:
+        ``(items, n_short)``: indexable items (:class:`tabom.trajectory.TrajectoryDataset`
+        shape) and the number of trajectories too short for M.
+
+    Raises:
+        FileNotFoundError, TrajectoryFileError, DataFileError, TrainDataError: bad data.
+    """
+    if cfg.objective == "sft":
+        items = ground_truth_items(
+            tokenizer=dlm.tokenizer,
+            eos_token_id=dlm.spec.eos_token_id,
+            encode_prompt=dlm.encode_prompt,
+            gt_task=cfg.gt_task,
+            n_examples=cfg.gt_examples,
+            seed=cfg.seed,
+            path=cfg.data,
+        )
+        return items, 0
+    records = load_trajectories(
+        cfg.data,  # type: ignore[arg-type]
+        tokenizer=dlm.tokenizer,
+        vocab_size=dlm.vocab_size,
+        verified_only=cfg.verified_only,
+    )
+    n_short = 0
+    if cfg.objective in ("td", "tabom"):
+        n_short = check_windows(
+            records,
+            cfg.data,  # type: ignore[arg-type]
+            td_window=cfg.td_window,
+            rank_window=cfg.rank_window if cfg.objective == "tabom" else None,
+            window_unit=cfg.window_unit,
+        )
+    if cfg.rank_ties == "decode-entropy" and cfg.objective == "tabom":
+        missing = next((r for r in records if r.decode_entropy is None), None)
+        if missing is not None:
+            raise TrainDataError(
+                f"{cfg.data}:{missing.line}: rank_ties: 'decode-entropy' needs decode_entropy "
+                "in every record"
+            )
+    return as_items(records), n_short
+
+
+def _check_tracker(report_to: str) -> str | None:
+    """The Accelerate tracker name, after checking that its package is installed."""
+    if report_to == "none":
+        return None
+    module = {"tensorboard": "torch.utils.tensorboard", "wandb": "wandb"}[report_to]
+    try:
+        __import__(module)
+    except ImportError:
+        raise ImportError(
+            f"report_to: {report_to!r} needs the {report_to} package (pip install {report_to})"
+        ) from None
+    return report_to
+
+
+def latest_checkpoint(output_dir: str | Path) -> Path | None:
+    """The complete checkpoint with the highest step in ``output_dir/checkpoints``, if any.
+
+    Complete = renamed from its temporary folder, so it holds ``trainer_state.json``.
+    """
+    root = Path(output_dir) / "checkpoints"
+    done = [p for p in root.glob("step-*") if (p / STATE_FILE).is_file()]
+    return max(done, key=lambda p: int(p.name.split("-")[1]), default=None)
+
+
+def micro_seed(seed: int, step: int, slot: int) -> int:
+    """The masking seed of one micro-batch slot of one optimizer step.
+
+    A hash of (seed, step, slot), slot = micro-batch × processes + process: the draws never
+    depend on resume history, and a global batch split as 2 processes × 1 micro-batch draws
+    the same masks as 1 process × 2 micro-batches (:func:`tabom.train_data.batch_indices`
+    gives both the same items).
+    """
+    key = f"tabom-train:{seed}:{step}:{slot}".encode()
+    return int.from_bytes(hashlib.sha256(key).digest()[:8], "little") & (2**63 - 1)
+
+
+def _with_lora(model: Any, cfg: TrainConfig, default_targets: tuple[str, ...]) -> Any:
+    """``model`` wrapped by peft with LoRA adapters; only the adapters require grad."""
+    try:
+        from peft import LoraConfig, get_peft_model
+    except ImportError:
+        raise ImportError("lora_rank > 0 needs peft (pip install peft)") from None
+    lora = LoraConfig(
+        r=cfg.lora_rank,
+        lora_alpha=cfg.lora_alpha,
+        lora_dropout=cfg.lora_dropout,
+        target_modules=list(cfg.lora_targets or default_targets),
+        bias="none",
+    )
+    return get_peft_model(model, lora)
+
+
+def _param_groups(model: Any, weight_decay: float) -> list[dict[str, Any]]:
+    """Trainable parameters; matrices decay, biases and norm weights (1-D) do not."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    return [
+        {"params": [p for p in params if p.ndim >= 2], "weight_decay": weight_decay},
+        {"params": [p for p in params if p.ndim < 2], "weight_decay": 0.0},
+    ]
+
+
+def _save_checkpoint(accelerator: Any, out: Path, state: dict[str, Any]) -> Path:
+    """Accelerate state + ``trainer_state.json`` into ``checkpoints/step-N``, atomically."""
+    root = out / "checkpoints"
+    final, tmp = root / f"step-{state['step']}", root / f".tmp-step-{state['step']}"
+    if accelerator.is_main_process:
+        shutil.rmtree(tmp, ignore_errors=True)
+    accelerator.wait_for_everyone()
+    accelerator.save_state(str(tmp))  # every process: its RNG file; main: weights, optimizer
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        with open(tmp / STATE_FILE, "w") as f:
+            f.write(json.dumps(state, indent=1) + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+        shutil.rmtree(final, ignore_errors=True)  # re-saving the last step of a finished run
+        os.replace(tmp, final)
+    accelerator.wait_for_everyone()
+    return final
+
+
+def _truncate_log(path: Path, step: int) -> None:
+    """Drop log lines past ``step`` (written by the killed run after its last checkpoint)."""
+    if not path.exists():
+        return
+    keep = []
+    for line in path.read_text().splitlines():
+        try:
+            if json.loads(line)["step"] <= step:
+                keep.append(line + "\n")
+        except (json.JSONDecodeError, KeyError):
+            pass  # a line torn by the kill
+    path.write_text("".join(keep))
+
+
+def _run_eval(dlm: DiffusionLM, eval_sets: dict[str, Any]) -> dict[str, float]:
+    """Greedy accuracy at one token per step (confidence order) on each eval task."""
+    cfg = DecodeConfig(gen_length=8, steps=8, score="confidence")  # rescaled to each task
+    dlm.model.eval()
+    return {spec: evaluate_task(dlm, t, exs, cfg).accuracy for spec, (t, exs) in eval_sets.items()}
+
+
+# --------------------------------------------------------------------------- the loop
+
+
+def train(cfg: TrainConfig) -> Path:
+    """Post-train a DLM with ``cfg.objective``; resumable, data-parallel under accelerate.
+
+    Returns:
+        ``output_dir``; the model loadable by ``load_model`` is in ``output_dir/model``
+        (full fine-tuning, or the merged LoRA model), the adapter in ``output_dir/adapter``.
+
+    Raises:
+        ConfigError: checkpoints exist without ``resume``, or a checkpoint of other data.
+        TrajectoryFileError, DataFileError, TrainDataError, FileNotFoundError: bad data,
+            raised before any training step.
+    """
+    from accelerate import Accelerator
+    from accelerate.utils import set_seed
+
+    # 1) model and data, checked before any compute; trackers; where to start
+    if cfg.num_threads:
+        torch.set_num_threads(cfg.num_threads)
+    out = Path(cfg.output_dir)
+    # full fine-tuning keeps fp32 master weights; under LoRA the frozen base may load in bf16
+    # (the backend's default on a GPU) while peft keeps the adapters in fp32
+    dlm = load_model(cfg.model, dtype=None if cfg.lora_rank else torch.float32)
+    items, _ = load_train_items(cfg, dlm)  # too-short trajectories: a warning
+    tracker = _check_tracker(cfg.report_to)
+    ckpt = latest_checkpoint(out)
+    if ckpt is not None and not cfg.resume:
+        raise ConfigError(
+            f"resume: {out} already holds checkpoints ({ckpt.name}); pass --resume to continue "
+            "that run, or use another output_dir"
+        )
+    eval_gen = torch.Generator().manual_seed(cfg.seed + 10_000)
+    eval_sets = {}
+    for spec in cfg.eval_tasks:
+        task = make_task(spec)
+        eval_sets[spec] = (task, task.generate(cfg.eval_examples, eval_gen))
+
+    # 2) accelerator, seeds, LoRA or full fine-tuning, optimizer, warmup + cosine schedule
+    precision = {"fp32": "no", "bf16": "bf16"}.get(cfg.mixed_precision)
+    if precision is None:  # auto
+        bf16 = torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+        precision = "bf16" if bf16 else "no"
+    accelerator = Accelerator(
+        cpu=not torch.cuda.is_available(),
+        gradient_accumulation_steps=cfg.grad_accum,
+        mixed_precision=precision,
+        step_scheduler_with_optimizer=False,  # stepped once per optimizer step, below
+        log_with=tracker,
+        project_dir=str(out),
+    )
+    rank, world = accelerator.process_index, accelerator.num_processes
+    set_seed(cfg.seed)
+    lora = cfg.lora_rank > 0
+    model = _with_lora(dlm.model, cfg, dlm.spec.lora_targets) if lora else dlm.model
+    optimizer = torch.optim.AdamW(_param_groups(model, cfg.weight_decay), lr=cfg.lr)
+    spe = steps_per_epoch(len(items), cfg.batch_size * cfg.grad_accum * world)
+    total = cfg.max_steps or cfg.epochs * spe
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda s: lr_factor(s, total, cfg.warmup_steps, cfg.min_lr_ratio)
+    )
+    model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
+    if lora:  # checkpoints hold the adapter only: the frozen base comes from cfg.model
+        trainable = {
+            n for n, p in accelerator.unwrap_model(model).named_parameters() if p.requires_grad
+        }
+
+        def keep_adapter(models, weights, _dir):
+            for w in weights:
+                for key in [k for k in w if k.removeprefix("module.") not in trainable]:
+                    del w[key]
+
+        accelerator.register_save_state_pre_hook(keep_adapter)
+    meta = {  # what a resumed run must share with the checkpoint to continue it exactly
+        "n_items": len(items),
+        "objective": cfg.objective,
+        "seed": cfg.seed,
+        "batch_size": cfg.batch_size,
+        "grad_accum": cfg.grad_accum,
+        "world": world,
+        "lora_rank": cfg.lora_rank,
+        "total": total,
+    }
+    start = 0
+    if accelerator.is_main_process:
+        out.mkdir(parents=True, exist_ok=True)
+        save_config(cfg, out / "config.yaml")
+        if cfg.resume and ckpt is None:
+            print(f"train: no complete checkpoint in {out}; starting at step 0")
+    if ckpt is not None:
+        state = json.loads((ckpt / STATE_FILE).read_text())
+        changed = {k: (state.get(k), v) for k, v in meta.items() if state.get(k) != v}
+        if changed:
+            raise ConfigError(f"resume: {ckpt} was written for other settings {changed}")
+        accelerator.load_state(str(ckpt), **({"strict": False} if lora else {}))
+        start = state["step"]
+        if accelerator.is_main_process:
+            _truncate_log(out / "log.jsonl", start)
+            print(f"train: resuming {out} from {ckpt.name}")
+    if tracker:
+        flat = {
+            k: v if isinstance(v, (int, float, str, bool)) else str(v)
+            for k, v in to_dict(cfg).items()
+        }
+        accelerator.init_trackers("tabom", config=flat)
+    train_dlm = DiffusionLM(model=model, tokenizer=dlm.tokenizer, spec=dlm.spec)
+    log = (out / "log.jsonl").open("a") if accelerator.is_main_process else None
+
+    # 3) the loop: per optimizer step, grad_accum micro-batches of batch_size per process
+    bar = tqdm(
+        total=total,
+        initial=start,
+        desc=f"train {cfg.objective}",
+        disable=not (cfg.progress and accelerator.is_main_process),
+    )
+    t0 = time.perf_counter()
+    for step in range(start, total):
+        model.train()
+        lr = scheduler.get_last_lr()[0]
+        sums = torch.zeros(len(LOG_KEYS), dtype=torch.float64)
+        grad_norm = None
+        for micro in range(cfg.grad_accum):
+            # 3a) this process's items and masking draws: functions of (seed, step, slot)
+            epoch, idx = batch_indices(
+                len(items),
+                step=step,
+                micro=micro,
+                process=rank,
+                seed=cfg.seed,
+                batch_size=cfg.batch_size,
+                grad_accum=cfg.grad_accum,
+                num_processes=world,
+            )
+            batch = collate_trajectories([items[i] for i in idx], dlm.spec.pad_token_id)
+            dev = accelerator.device
+            gen = torch.Generator(device=dev).manual_seed(
+                micro_seed(cfg.seed, step, micro * world + rank)
+            )
+            with accelerator.accumulate(model):
+                # 3b) mask, one forward, loss (0 with a graph when nothing is supervised)
+                res = compute_objective(
+                    train_dlm,
+                    batch.input_ids.to(dev),
+                    batch.attention_mask.to(dev),
+                    batch.response_mask.to(dev),
+                    batch.decoding_order.to(dev),
+                    None if batch.decode_entropy is None else batch.decode_entropy.to(dev),
+                    objective=cfg.objective,
+                    mask_token_id=dlm.mask_token_id,
+                    generator=gen,
+                    td_window=cfg.td_window,
+                    rank_window=cfg.rank_window,
+                    rank_margin=cfg.rank_margin,
+                    rank_weight=cfg.rank_weight,
+                    rank_ties=cfg.rank_ties,
+                    window_unit=cfg.window_unit,
+                    nelbo_weight=cfg.nelbo_weight,
+                )
+                # 3c) backward on every micro-batch of every process: never skipped, so the
+                # gradient all-reduce always has every rank
+                accelerator.backward(res.total)
+                if accelerator.sync_gradients and cfg.grad_clip:
+                    grad_norm = accelerator.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+                optimizer.step()  # a no-op until the last micro-batch of the step
+                if accelerator.sync_gradients:
+                    scheduler.step()
+                optimizer.zero_grad(set_to_none=True)
+            sums += torch.tensor(
+                [
+                    res.ce.item(),
+                    res.rank.item(),
+                    res.total.item(),
+                    res.n_supervised,
+                    res.n_pairs,
+                    res.n_rank_samples,
+                    res.n_uncut,
+                    len(idx),
+                ],
+                dtype=torch.float64,
+            )
+        done = step + 1
+        bar.update(1)
+
+        # 3d) log (a collective: every process reduces its sums), eval, checkpoint
+        record: dict[str, Any] | None = None
+        if done % cfg.log_every == 0 or done == total:
+            tot = accelerator.reduce(sums.to(accelerator.device), reduction="sum").cpu()
+            s = dict(zip(LOG_KEYS, tot.tolist(), strict=True))
+            n_micro = cfg.grad_accum * world
+            record = {
+                "step": done,
+                "epoch": epoch,
+                "ce": s["ce"] / n_micro,
+                "rank": s["rank"] / n_micro,
+                "total": s["total"] / n_micro,
+                "lr": lr,
+                "grad_norm": None if grad_norm is None else float(grad_norm),
+                "n_supervised": int(s["n_supervised"]),
+                "pairs_per_sample": s["n_pairs"] / s["samples"],
+                "n_rank_samples": int(s["n_rank_samples"]),
+                "n_uncut": int(s["n_uncut"]),
+            }
+        if eval_sets and (done % cfg.eval_every == 0 or done == total):
+            record = record or {"step": done}
+            record["eval"] = _run_eval(train_dlm, eval_sets)  # every process (FSDP-safe)
+        if record is not None:
+            record["elapsed_s"] = round(time.perf_counter() - t0, 2)
+            if log is not None:
+                log.write(json.dumps(record) + "\n")
+                log.flush()
+            if tracker:
+                scalars = {k: v for k, v in record.items() if isinstance(v, (int, float))}
+                scalars.update({f"eval/{k}": v for k, v in record.get("eval", {}).items()})
+                accelerator.log(scalars, step=done)
+            if "ce" in record:
+                bar.set_postfix(
+                    ce=f"{record['ce']:.3f}", rank=f"{record['rank']:.3f}", lr=f"{lr:.2e}"
+                )
+        if (cfg.save_every and done % cfg.save_every == 0) or done == total:
+            _save_checkpoint(accelerator, out, {"step": done, "epoch": epoch, **meta})
+    bar.close()
+    if log is not None:
+        log.close()
+
+    # 4) final save: the adapter, and a full model that load_model reads
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        final = accelerator.unwrap_model(model)
+        if lora:
+            final.save_pretrained(out / "adapter")
+            final = final.merge_and_unload() if cfg.merge_lora else None
+        if final is not None:
+            save_model(DiffusionLM(final, dlm.tokenizer, dlm.spec, dlm.extra), out / "model")
+    accelerator.wait_for_everyone()
+    if tracker:
+        accelerator.end_training()
+    return out
+
+
+def run_train(cfg: TrainConfig) -> int:
+    """CLI runner of ``tabom train``: bad data is a one-line error and exit code 2."""
+    try:
+        train(cfg)
+    except (
+        ConfigError,
+        TrainDataError,
+        TrajectoryFileError,
+        DataFileError,
+        FileNotFoundError,
+    ) as e:
+        print(f"tabom train: error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+__all__ = [
+    "TrainConfig",
+    "latest_checkpoint",
+    "load_train_items",
+    "micro_seed",
+    "run_train",
+    "train",
+]
