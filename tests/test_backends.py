@@ -19,7 +19,7 @@ import pytest
 import torch
 
 from tabom.cli import main
-from tabom.decoding import DecodeConfig, decode, pad_prompts
+from tabom.decoding import DecodeConfig, decode, decode_texts, pad_prompts
 from tabom.models import (
     backend_from_config,
     detect_backend,
@@ -27,8 +27,16 @@ from tabom.models import (
     save_model,
 )
 from tabom.models.base import DiffusionLM, self_pad_attention_mask
-from tabom.models.standin import STANDINS, build_standin, make_standin, save_standin
+from tabom.models.standin import (
+    DREAM_STYLE_TEMPLATE,
+    LLADA_STYLE_TEMPLATE,
+    STANDINS,
+    build_standin,
+    make_standin,
+    save_standin,
+)
 from tabom.models.tiny import build_char_tokenizer
+from tabom.trainer import TrainConfig, load_train_items
 
 PROMPTS = ["7+5=", "12+30=", "1+1="]  # different lengths: left padding in every batch
 EXPECTED = {
@@ -480,6 +488,84 @@ def test_accelerate_configs_are_valid():
         "multi_gpu_ddp": ("MULTI_GPU", "bf16"),
         "fsdp": ("FSDP", "bf16"),
     }
+
+
+# --------------------------------------------------------------------------- end-of-turn tokens
+
+STOP_TOKEN = {"llada": "<|eot_id|>", "dream": "<|im_end|>"}
+
+
+@pytest.fixture(scope="module")
+def chat_standins(tmp_path_factory) -> dict[str, str]:
+    """LLaDA and Dream stand-ins whose tokenizer has the family's end-of-turn token."""
+    root = tmp_path_factory.mktemp("chat")
+    out = {}
+    for kind, stop in STOP_TOKEN.items():
+        tok = build_char_tokenizer()
+        tok.add_special_tokens({"additional_special_tokens": [stop]})
+        tok.chat_template = LLADA_STYLE_TEMPLATE if kind == "llada" else DREAM_STYLE_TEMPLATE
+        model, tok = build_standin(kind, tokenizer=tok, seed=1)
+        out[kind] = str(save_standin(model, tok, root / kind, backend=kind))
+    return out
+
+
+@pytest.mark.parametrize("kind", ["llada", "dream"])
+def test_sft_ground_truth_ends_with_the_stop_token_before_the_eos_tail(
+    chat_standins, tmp_path, kind
+):
+    dlm = load_model(chat_standins[kind])
+    tok, eos = dlm.tokenizer, dlm.spec.eos_token_id
+    stop = tok.convert_tokens_to_ids(STOP_TOKEN[kind])
+    assert dlm.spec.stop_token_ids == (stop,) and stop != eos
+    rows = [("1+2=", "3"), ("9+9=", "18")]
+    data = tmp_path / "gt.jsonl"
+    data.write_text("".join(json.dumps({"prompt": q, "answer": a}) + "\n" for q, a in rows))
+    cfg = TrainConfig(model=chat_standins[kind], objective="sft", data=str(data))
+    items, _ = load_train_items(cfg, dlm)
+    for item, (prompt, answer) in zip(items, rows, strict=True):
+        ids = tok(answer, add_special_tokens=False)["input_ids"]
+        assert item["prompt_ids"].tolist() == dlm.encode_prompt(prompt)  # the chat template
+        # longest answer (2 tokens) + the stop token + one EOS: 4 response positions
+        assert item["response_ids"].tolist() == ids + [stop] + [eos] * (3 - len(ids))
+        assert tok.decode(item["response_ids"][: len(ids)]) == answer
+
+
+class ScriptedLM(torch.nn.Module):
+    """Proposes ``script[j]`` at response position j whatever the input; records its inputs."""
+
+    def __init__(self, script: list[int], vocab_size: int, shift: bool) -> None:
+        super().__init__()
+        self.script, self.vocab_size, self.shift = script, vocab_size, shift
+        self.anchor = torch.nn.Parameter(torch.zeros(()))  # where DiffusionLM.device looks
+        self.inputs: list[torch.Tensor] = []
+
+    def forward(self, input_ids, **kwargs):
+        self.inputs.append(input_ids.clone())
+        B, L = input_ids.shape
+        T = len(self.script)
+        raw = torch.zeros(B, L, self.vocab_size)
+        pos = torch.arange(L - T, L) - int(self.shift)  # raw[j - 1] predicts token j (Dream)
+        raw[:, pos, torch.tensor(self.script)] = 10.0
+        return SimpleNamespace(logits=raw)
+
+
+@pytest.mark.parametrize("kind", ["llada", "dream"])
+def test_decode_texts_uses_the_chat_template_and_cuts_at_the_stop_token(chat_standins, kind):
+    loaded = load_model(chat_standins[kind])
+    tok, spec = loaded.tokenizer, loaded.spec
+    ab, cd = (tok(t, add_special_tokens=False)["input_ids"] for t in ("ab", "cd"))
+    script = ab + [spec.stop_token_ids[0]] + cd + [spec.eos_token_id] * 3
+    net = ScriptedLM(script, len(tok), spec.shift_logits)
+    dlm = DiffusionLM(model=net, tokenizer=tok, spec=spec)
+    cfg = DecodeConfig(gen_length=len(script), steps=len(script))
+    texts, out = decode_texts(dlm, PROMPTS, cfg)
+    assert out.response_ids.tolist() == [script] * len(PROMPTS)
+    assert texts == ["ab"] * len(PROMPTS)  # not "abcd": cut at the end of turn, not at EOS
+    P = out.prompt_length
+    for row, prompt in enumerate(PROMPTS):
+        real = out.attention_mask[row, :P].bool()
+        assert out.sequences[row, :P][real].tolist() == loaded.encode_prompt(prompt)
+        assert loaded.encode_prompt(prompt) != tok(prompt, add_special_tokens=False)["input_ids"]
 
 
 # --------------------------------------------------------------------------- GPU (skipped on CPU)

@@ -4,6 +4,7 @@ bad input refused before any step, recipes validate."""
 from __future__ import annotations
 
 import json
+import math
 import os
 import shutil
 import socket
@@ -154,6 +155,23 @@ def test_ground_truth_items_pad_answers_with_eos(tmp_path):
         ground_truth_items(tokenizer=tok, eos_token_id=1, path=tmp_path / "empty.jsonl")
 
 
+def test_ground_truth_items_end_with_the_stop_token_when_the_backend_has_one(tmp_path):
+    tok = build_tiny(SMALL).tokenizer
+    path = tmp_path / "gt.jsonl"
+    path.write_text('{"prompt": "1+2=", "answer": "3"}\n{"prompt": "9+9=", "answer": "18"}\n')
+    items = ground_truth_items(tokenizer=tok, eos_token_id=1, stop_token_id=3, path=path)
+    ids = [tok(a, add_special_tokens=False)["input_ids"] for a in ("3", "18")]
+    assert [it["response_ids"].tolist() for it in items] == [
+        ids[0] + [3, 1, 1],  # answer, stop, EOS tail to the longest answer + stop + one EOS
+        ids[1] + [3, 1],
+    ]
+    # a 5-digit sum fills 5 of the task's 6 positions: no room for the stop token and EOS
+    with pytest.raises(TrainDataError, match="leaves no room for the stop token and EOS"):
+        ground_truth_items(
+            tokenizer=tok, eos_token_id=1, stop_token_id=3, gt_task=TASK, n_examples=3, seed=0
+        )
+
+
 @pytest.mark.parametrize("objective", ["sft", "traj-sft", "td", "tabom"])
 def test_a_few_steps_lower_the_loss_and_change_every_parameter(
     model_dir, traj, tmp_path, objective
@@ -251,6 +269,70 @@ def test_kill_and_resume_equals_an_uninterrupted_run(model_dir, traj, tmp_path, 
     if lora:
         assert (killed / "adapter" / "adapter_model.safetensors").is_file()
         load_model(str(killed / "model"))  # the merged model loads like any other
+
+
+@pytest.mark.parametrize("sharded", [False, True], ids=["one-process", "sharded"])
+@pytest.mark.parametrize("lora", [0, 4])
+def test_the_final_save_is_the_trained_model_bit_for_bit(
+    model_dir, traj, tmp_path, monkeypatch, lora, sharded
+):
+    # sharded: as under FSDP / ZeRO-3, the final save rebuilds a whole copy of the model from
+    # the gathered state dict instead of using the prepared model's modules (which hold shards)
+    rebuilt = []
+    real_rebuild = trainer_mod._rebuild
+
+    def rebuild(cfg, state):
+        rebuilt.append(len(state))
+        return real_rebuild(cfg, state)
+
+    monkeypatch.setattr(trainer_mod, "_is_sharded", lambda accelerator: sharded)
+    monkeypatch.setattr(trainer_mod, "_rebuild", rebuild)
+    cfg = config(model_dir, traj, tmp_path / "run", lora_rank=lora, max_steps=2, grad_accum=1)
+    out = train(cfg)
+    assert bool(rebuilt) == sharded
+    trained = weights(latest_checkpoint(out))  # the in-memory weights at the last step
+    if lora:
+        adapter = load_file(str(out / "adapter" / "adapter_model.safetensors"))
+        assert adapter.keys() == {k.replace(".default", "") for k in trained}
+        assert all(torch.equal(adapter[k.replace(".default", "")], v) for k, v in trained.items())
+        ref = trainer_mod._with_lora(load_model(model_dir).model, cfg, ("q_proj", "v_proj"))
+        assert not ref.load_state_dict(trained, strict=False).unexpected_keys
+        trained = ref.merge_and_unload().state_dict()  # the in-memory merge of those weights
+    final = weights(out / "model")
+    assert final.keys() == weights(Path(model_dir)).keys()
+    assert all(torch.equal(final[k], trained[k]) for k in final)
+
+
+def test_backend_and_dtype_reach_load_model(model_dir, traj, tmp_path, monkeypatch):
+    calls, seen = [], {}
+    real_load, real_lora = trainer_mod.load_model, trainer_mod._with_lora
+
+    def load(name, **kwargs):
+        calls.append(kwargs)
+        return real_load(name, **kwargs)
+
+    def capture(model, cfg, targets):
+        seen["model"] = real_lora(model, cfg, targets)
+        seen["init"] = {n: p.detach().clone() for n, p in seen["model"].named_parameters()}
+        return seen["model"]
+
+    monkeypatch.setattr(trainer_mod, "load_model", load)
+    monkeypatch.setattr(trainer_mod, "_with_lora", capture)
+    short = {"max_steps": 2, "grad_accum": 1}
+    train(config(model_dir, traj, tmp_path / "full", **short))  # full fine-tuning: fp32
+    assert calls == [{"backend": "auto", "dtype": torch.float32}]
+    # LoRA on a frozen bf16 base (CPU: no autocast): the adapters stay fp32 and learn
+    lora = {"lora_rank": 4, "backend": "tiny", "dtype": "bfloat16", "merge_lora": False}
+    out = train(config(model_dir, traj, tmp_path / "lora", **lora, **short))
+    assert calls[1] == {"backend": "tiny", "dtype": "bfloat16"}
+    params = dict(seen["model"].named_parameters())
+    for n, p in params.items():
+        assert p.dtype == (torch.float32 if p.requires_grad else torch.bfloat16), n
+        assert torch.equal(p, seen["init"][n]) != p.requires_grad, n
+    log = [json.loads(x) for x in (out / "log.jsonl").read_text().splitlines()]
+    assert all(math.isfinite(r["total"]) and r["grad_norm"] > 0 for r in log)
+    adapter = load_file(str(out / "adapter" / "adapter_model.safetensors"))
+    assert adapter and all(v.dtype == torch.float32 for v in adapter.values())
 
 
 def test_a_micro_batch_with_nothing_supervised_still_runs_backward(
@@ -394,6 +476,8 @@ def test_verified_only_with_nothing_verified_is_refused(model_dir, traj, tmp_pat
         ({"td_window": 0}, "td_window must be >= 1"),
         ({"epochs": 0, "max_steps": 0}, "epochs / max_steps"),
         ({"eval_every": 5}, "eval_every: set eval_tasks"),
+        ({"backend": "llama"}, "backend must be auto or one of"),
+        ({"lora_rank": 0, "dtype": "bfloat16"}, "dtype: full fine-tuning .* fp32 master"),
     ],
 )
 def test_bad_combinations_name_the_field(over, message):
@@ -439,6 +523,14 @@ def test_every_recipe_is_a_valid_train_config(name):
     }
     if name in expected:
         assert (cfg.rank_weight, cfg.rank_margin, cfg.lr) == expected[name]
+        # the backend named, the frozen LoRA base in bf16; full fine-tuning must ask for fp32
+        assert (cfg.backend, cfg.dtype) == (name.split("_")[0], "bfloat16")
+        path = CONFIGS / f"{name}.yaml"
+        with pytest.raises(ConfigError, match="dtype: full fine-tuning"):
+            load_config(TrainConfig, path, ["--lora_rank", "0"])
+        assert load_config(TrainConfig, path, ["--lora_rank", "0", "--dtype", "float32"]).dtype
+    else:
+        assert (cfg.backend, cfg.dtype) == ("auto", "auto")
 
 
 # --------------------------------------------------------------------------- two processes

@@ -440,20 +440,22 @@ def decode_texts(
     generator: torch.Generator | None = None,
     batch_size: int = 64,
 ) -> tuple[list[str], DecodeOutput]:
-    """Tokenise (no special tokens), decode in batches and return the answers.
+    """Encode the prompts as the backend does, decode in batches and return the answers.
 
     Args:
         dlm: the model, its tokenizer and backend ids.
-        prompts: prompt strings, already in the model's chat format.
+        prompts: user prompts, before any template: :meth:`DiffusionLM.encode_prompt` applies
+            the backend's chat template (the tiny backends: the bare text).
         cfg: decode settings.
         generator: all randomness, on ``dlm.device``.
         batch_size: prompts per forward.
 
     Returns:
-        ``(texts, output)``: the responses cut at the first EOS, and the batches' outputs
+        ``(texts, output)``: the responses cut at the first stop id (``dlm.spec.stop_ids``:
+        EOS, LLaDA's ``<|eot_id|>``, Dream's ``<|im_end|>``), and the batches' outputs
         concatenated in prompt order (:func:`concat_outputs`; ``nfe`` summed over batches).
     """
-    encoded = [dlm.tokenizer(p, add_special_tokens=False)["input_ids"] for p in prompts]
+    encoded = [dlm.encode_prompt(p) for p in prompts]  # the chat template, if the backend has one
     outputs = []
     for start in range(0, len(encoded), batch_size):
         ids, mask = pad_prompts(encoded[start : start + batch_size], dlm.spec.pad_token_id)
@@ -468,7 +470,5 @@ def decode_texts(
             )
         )
     out = concat_outputs(outputs, dlm.spec.pad_token_id)
-    texts = [
-        response_text(dlm.tokenizer, r, dlm.spec.eos_token_id) for r in out.response_ids.tolist()
-    ]
+    texts = [response_text(dlm.tokenizer, r, dlm.spec.stop_ids) for r in out.response_ids.tolist()]
     return texts, out

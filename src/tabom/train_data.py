@@ -124,22 +124,28 @@ def ground_truth_items(
     *,
     tokenizer: Any,
     eos_token_id: int,
+    stop_token_id: int | None = None,
     encode_prompt: Callable[[str], list[int]] | None = None,
     gt_task: str | None = None,
     n_examples: int = 0,
     seed: int = 0,
     path: str | Path | None = None,
 ) -> list[dict[str, Any]]:
-    """Ground-truth ``[prompt | answer + EOS tail]`` items for ``sft``.
+    """Ground-truth ``[prompt | answer + stop + EOS tail]`` items for ``sft``.
 
     Either ``gt_task``: ``n_examples`` instances generated from ``seed``, responses padded with
     EOS to the task's ``gen_length`` (as in pretraining); or ``path``: a JSONL file of
     ``{"prompt": str, "answer": str}`` lines, responses padded with EOS to the longest answer
-    plus one.
+    plus the stop token (if any) plus one EOS. A chat model ends its turn with a stop token
+    before the EOS tail (LLaDA ``<|eot_id|>``, Dream ``<|im_end|>``; the first of
+    ``BackendSpec.stop_token_ids``); the ground truth ends the same way, so that ``sft`` teaches
+    the answers the model is decoded and evaluated on. Without one (the tiny backends) the
+    answer is followed by EOS directly.
 
     Args:
         tokenizer: the model's tokenizer (answers are tokenised without special tokens).
         eos_token_id: the EOS id that pads each response.
+        stop_token_id: the id that ends the answer before the EOS tail (``None``: none).
         encode_prompt: prompt text -> ids, as decoding conditions on them
             (:meth:`tabom.models.base.DiffusionLM.encode_prompt`: the chat template, if any);
             default the bare text without special tokens.
@@ -154,13 +160,15 @@ def ground_truth_items(
 
     Raises:
         DataFileError: a line without a string ``prompt`` or ``answer``.
-        TrainDataError: an empty file, or an answer too long for the task's response length.
+        TrainDataError: an empty file, or an answer too long for the task's response length
+            (it needs room for the stop token and one EOS).
     """
 
     def ids(text: str) -> list[int]:
         return tokenizer(text, add_special_tokens=False)["input_ids"]
 
     encode_prompt = encode_prompt or ids
+    end = [] if stop_token_id is None else [stop_token_id]  # the turn's end, before EOS
 
     if gt_task is not None:
         task = make_task(gt_task)
@@ -177,15 +185,16 @@ def ground_truth_items(
             (f"{stem}-{i}", require_str(path, i, r, "prompt"), require_str(path, i, r, "answer"))
             for i, r in lines
         ]
-        length = max(len(ids(a)) for _, _, a in rows) + 1
+        length = max(len(ids(a)) for _, _, a in rows) + len(end) + 1
         source = str(path)
     items = []
     for rid, prompt, answer in rows:
-        answer_ids = ids(answer)
+        answer_ids = ids(answer) + end
         if len(answer_ids) >= length:
+            what = "the stop token and EOS" if end else "EOS"
             raise TrainDataError(
-                f"{source}: answer of {rid} has {len(answer_ids)} tokens; the response length "
-                f"{length} leaves no room for EOS"
+                f"{source}: answer of {rid} has {len(answer_ids) - len(end)} tokens; the "
+                f"response length {length} leaves no room for {what}"
             )
         response = answer_ids + [eos_token_id] * (length - len(answer_ids))
         items.append(

@@ -10,6 +10,8 @@ Resume is exact: a checkpoint (``output_dir/checkpoints/step-N``, written to a t
 and renamed when complete) holds Accelerate's state (weights or adapter, optimizer, scheduler,
 RNG) and ``trainer_state.json``. The data order and the masking draws are pure functions of
 (seed, optimizer step, micro-batch, process), so the step alone restores the data position.
+The final ``model/`` and ``adapter/`` come from the full state dict gathered on the main
+process, so they are whole under FSDP / DeepSpeed ZeRO-3 too.
 Run: ``tabom train --config configs/tiny_tabom.yaml --data runs/distill/trajectories.jsonl``.
 """
 
@@ -33,7 +35,7 @@ from tabom.decoding import DecodeConfig
 from tabom.evaluate import evaluate_task
 from tabom.losses import RankTies
 from tabom.masking import WindowUnit
-from tabom.models import DEFAULT_MODEL, load_model, save_model
+from tabom.models import BACKENDS, DEFAULT_MODEL, load_model, save_model
 from tabom.models.base import DiffusionLM
 from tabom.objectives import OBJECTIVES, Objective, compute_objective
 from tabom.pretrain import lr_factor
@@ -68,14 +70,26 @@ class TrainConfig:
     """Config of ``tabom train``. Defaults are the paper's reference setting (DESIGN §5).
 
     Attributes:
-        model: shipped model name (``tiny-base``) or a local model folder.
+        model: shipped model name (``tiny-base``), a local model folder or a hub id
+            (``GSAI-ML/LLaDA-8B-Instruct``).
+        backend: ``auto`` (from the folder's ``tabom_backend.json`` or the checkpoint's
+            ``config.json``) or a backend name: ``tiny``, ``tiny-dream``, ``llada``, ``dream``,
+            ``hf-mlm`` (``tabom.models.load_model``).
+        dtype: the dtype the weights are loaded in. Full fine-tuning (``lora_rank: 0``)
+            keeps fp32 master weights: ``auto`` or ``float32`` only (bf16 compute comes from
+            ``mixed_precision``). With LoRA it is the frozen base's dtype (peft keeps the
+            adapters in fp32): ``bfloat16`` halves a 7-8B base's memory on a GPU; ``auto``
+            is ``load_model``'s default for a model loaded on the CPU, fp32 (the model is
+            loaded there, then moved to the device by Accelerate).
         data: for ``traj-sft`` / ``td`` / ``tabom``: the trajectory JSONL (``tabom distill``);
             for ``sft`` without ``gt_task``: a JSONL of ``{"prompt", "answer"}`` lines
-            (responses are the answer plus EOS up to the longest answer + 1).
+            (responses are the answer, the backend's end-of-turn token if it has one, LLaDA's
+            ``<|eot_id|>`` or Dream's ``<|im_end|>``, then EOS up to the longest such + 1).
         objective: ``sft`` (ground truth, random masking), ``traj-sft`` (trajectories' tokens,
             random masking), ``td`` (time-delay masking) or ``tabom`` (td + ranking).
         gt_task: ``sft`` only: a task spec whose generated instances are the ground truth
-            (answers padded with EOS to the task's gen_length); instead of ``data``.
+            (answers, plus the end-of-turn token if any, padded with EOS to the task's
+            gen_length); instead of ``data``.
         gt_examples: ``sft`` with ``gt_task``: instances generated from ``seed``.
         verified_only: train only on records the verifier accepted (``verified: true``).
         output_dir: final model (``model/``), LoRA adapter (``adapter/``), ``checkpoints/``,
@@ -121,6 +135,8 @@ class TrainConfig:
     """
 
     model: str = DEFAULT_MODEL
+    backend: str = "auto"
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
     data: str | None = None
     objective: Objective = "tabom"
     gt_task: str | None = None
@@ -165,6 +181,15 @@ class TrainConfig:
             value = getattr(self, name)
             if isinstance(value, str) and value.strip().lower() in ("", "none", "null"):
                 setattr(self, name, None)
+        if self.backend != "auto" and self.backend not in BACKENDS:
+            raise ValueError(
+                f"backend must be auto or one of {', '.join(BACKENDS)}, got {self.backend!r}"
+            )
+        if self.lora_rank == 0 and self.dtype not in ("auto", "float32"):
+            raise ValueError(
+                f"dtype: full fine-tuning (lora_rank 0) keeps fp32 master weights, not "
+                f"{self.dtype!r}; use dtype auto or float32 (bf16 compute: mixed_precision bf16)"
+            )
         if self.objective not in OBJECTIVES:
             raise ValueError(f"objective must be one of {OBJECTIVES}, got {self.objective!r}")
         if self.objective == "sft":
@@ -220,6 +245,7 @@ def load_train_items(cfg: TrainConfig, dlm: DiffusionLM) -> tuple[Any, int]:
         items = ground_truth_items(
             tokenizer=dlm.tokenizer,
             eos_token_id=dlm.spec.eos_token_id,
+            stop_token_id=next(iter(dlm.spec.stop_token_ids), None),  # LLaDA, Dream: end of turn
             encode_prompt=dlm.encode_prompt,
             gt_task=cfg.gt_task,
             n_examples=cfg.gt_examples,
@@ -288,6 +314,15 @@ def micro_seed(seed: int, step: int, slot: int) -> int:
     return int.from_bytes(hashlib.sha256(key).digest()[:8], "little") & (2**63 - 1)
 
 
+def _load_dtype(cfg: TrainConfig) -> str | torch.dtype:
+    """``load_model``'s dtype: fp32 master weights for full fine-tuning, else ``cfg.dtype``.
+
+    With LoRA, ``auto`` is ``load_model``'s default for a model loaded on the CPU (fp32); a
+    half-precision frozen base must be asked for (``dtype: bfloat16``).
+    """
+    return cfg.dtype if cfg.lora_rank else torch.float32
+
+
 def _with_lora(model: Any, cfg: TrainConfig, default_targets: tuple[str, ...]) -> Any:
     """``model`` wrapped by peft with LoRA adapters; only the adapters require grad."""
     try:
@@ -302,6 +337,31 @@ def _with_lora(model: Any, cfg: TrainConfig, default_targets: tuple[str, ...]) -
         bias="none",
     )
     return get_peft_model(model, lora)
+
+
+def _is_sharded(accelerator: Any) -> bool:
+    """Whether the prepared model's modules may hold parameter shards (FSDP, DeepSpeed)."""
+    from accelerate.utils import DistributedType
+
+    return accelerator.distributed_type in (DistributedType.FSDP, DistributedType.DEEPSPEED)
+
+
+def _rebuild(cfg: TrainConfig, state: dict[str, torch.Tensor]) -> Any:
+    """A whole CPU copy of the trained model: ``cfg.model`` (with LoRA) loaded with ``state``.
+
+    Under FSDP / DeepSpeed ZeRO-3 the prepared modules hold shards, which neither peft's merge
+    nor ``save_pretrained`` can use; the state dict gathered from them
+    (``accelerator.get_state_dict``) is the trained model under the same parameter names
+    (ZeRO-3 gathers it in 16 bits). Costs a second copy of the model in the main process's CPU
+    memory.
+
+    Raises:
+        RuntimeError: ``state`` does not name exactly the model's parameters.
+    """
+    dlm = load_model(cfg.model, backend=cfg.backend, dtype=_load_dtype(cfg))
+    model = _with_lora(dlm.model, cfg, dlm.spec.lora_targets) if cfg.lora_rank else dlm.model
+    model.load_state_dict(state)  # strict
+    return model
 
 
 def _param_groups(model: Any, weight_decay: float) -> list[dict[str, Any]]:
@@ -376,9 +436,7 @@ def train(cfg: TrainConfig) -> Path:
     if cfg.num_threads:
         torch.set_num_threads(cfg.num_threads)
     out = Path(cfg.output_dir)
-    # full fine-tuning keeps fp32 master weights; under LoRA the frozen base may load in bf16
-    # (the backend's default on a GPU) while peft keeps the adapters in fp32
-    dlm = load_model(cfg.model, dtype=None if cfg.lora_rank else torch.float32)
+    dlm = load_model(cfg.model, backend=cfg.backend, dtype=_load_dtype(cfg))
     items, _ = load_train_items(cfg, dlm)  # too-short trajectories: a warning
     tracker = _check_tracker(cfg.report_to)
     ckpt = latest_checkpoint(out)
@@ -579,12 +637,17 @@ def train(cfg: TrainConfig) -> Path:
     if log is not None:
         log.close()
 
-    # 4) final save: the adapter, and a full model that load_model reads
+    # 4) final save: the adapter, and a full model that load_model reads. The full state dict
+    # is gathered on the main process (a collective: every process calls it); under FSDP /
+    # DeepSpeed the modules hold shards, so a whole copy is rebuilt from it to merge and save
     accelerator.wait_for_everyone()
+    state = accelerator.get_state_dict(model)
     if accelerator.is_main_process:
         final = accelerator.unwrap_model(model)
+        if _is_sharded(accelerator):  # its modules hold shards: a whole copy from the state
+            final = _rebuild(cfg, state)
         if lora:
-            final.save_pretrained(out / "adapter")
+            final.save_pretrained(out / "adapter", state_dict=state)  # peft keeps the adapter
             final = final.merge_and_unload() if cfg.merge_lora else None
         if final is not None:
             save_model(DiffusionLM(final, dlm.tokenizer, dlm.spec, dlm.extra), out / "model")
