@@ -143,3 +143,45 @@ def test_token_window_unit():
         assert plan.supervise[row].nonzero().flatten().tolist() == sorted(p for _, p in after[:3])
     window = window_mask(ds, torch.tensor([0, 1, -1]), width=3, unit="tokens")
     assert window.sum(1).tolist() == [3, 3, 0]
+
+
+def test_inclusive_cut_range_adds_the_last_window_and_supervises_the_last_step():
+    ids, resp, ds = trajectory_batch([10] * 400)  # s_max = 9, M = 4
+    kw = dict(response_mask=resp, window=4, mask_token_id=MASK)
+    design = time_delay_mask(ids, ds, generator=torch.Generator().manual_seed(3), **kw)
+    incl = time_delay_mask(
+        ids, ds, generator=torch.Generator().manual_seed(3), cut_range="inclusive", **kw
+    )
+    assert int(design.cut.max()) == 5 and int(incl.cut.max()) == 6  # {0..5} vs {0..6}
+    last = ds == 9
+    assert not (design.supervise & last).any()  # the design range never reaches s_max
+    assert (incl.supervise & last).any()
+    # same invariants: revealed exactly d < s, supervised exactly s <= d < s + M
+    s = incl.cut[:, None]
+    assert torch.equal(incl.input_ids != MASK, ~resp | ((ds >= 0) & (ds < s)))
+    assert torch.equal(incl.supervise, (ds >= s) & (ds < s + 4))
+    # a trajectory of exactly M steps (s_max = M - 1) can now be cut, at 0
+    ids, resp, ds = trajectory_batch([4, 3])
+    plan = time_delay_mask(
+        ids, ds, response_mask=resp, window=4, mask_token_id=MASK, cut_range="inclusive"
+    )
+    assert plan.cut.tolist() == [0, -1] and plan.n_uncut == 1
+    with pytest.raises(ValueError, match="cut_range"):
+        time_delay_mask(ids, ds, response_mask=resp, window=4, mask_token_id=MASK, cut_range="x")
+
+
+def test_inclusive_cut_range_in_token_units():
+    ids, resp, ds = trajectory_batch([12])  # 12 tokens decoded, one per step
+    kw = dict(response_mask=resp, window=3, mask_token_id=MASK, window_unit="tokens")
+    cuts = {
+        rng: {
+            int(
+                time_delay_mask(
+                    ids, ds, generator=torch.Generator().manual_seed(i), cut_range=rng, **kw
+                ).cut
+            )
+            for i in range(200)
+        }
+        for rng in ("design", "inclusive")
+    }
+    assert cuts["design"] == set(range(9)) and cuts["inclusive"] == set(range(10))

@@ -82,6 +82,16 @@ def _commands() -> dict[str, tuple[str, Callable[[], tuple[type, Callable[[Any],
 
         return TrainConfig, run_train
 
+    def demo():
+        from tabom.demo import DemoConfig, run_demo
+
+        return DemoConfig, run_demo
+
+    def sweep():
+        from tabom.sweep import SweepConfig, run_sweep
+
+        return SweepConfig, run_sweep
+
     return {
         "pretrain": ("train a tiny DLM from scratch on built-in tasks (the old domain)", pretrain),
         "eval": ("accuracy and pass@k under diffusion decoding on tasks", evaluate),
@@ -94,6 +104,12 @@ def _commands() -> dict[str, tuple[str, Callable[[], tuple[type, Callable[[Any],
             inspect,
         ),
         "train": ("post-train on trajectories or ground truth: sft, traj-sft, td, tabom", train),
+        "demo": (
+            "the whole pipeline on the shipped base model: distill, train 4 objectives, "
+            "evaluate, report.md (--quick: a smoke run)",
+            demo,
+        ),
+        "sweep": ("a small validation-only sweep of TABOM's settings around the demo", sweep),
     }
 
 

@@ -1,8 +1,13 @@
 """``tabom eval``: a model's accuracy and pass@k on tasks under diffusion decoding (DESIGN §7).
 
 An eval set is ``SPEC`` (seeded generated instances) or ``SPEC@FILE`` (a data file read by the
-task's loader, e.g. ``countdown:n_operands=4@data/cd4_test.jsonl``). Results go to a table on
-stdout and, when ``output`` is set, to JSON.
+task's loader, e.g. ``countdown:n_operands=4@data/cd4_test.jsonl``). The model is a shipped
+name or a folder, optionally with a peft LoRA ``adapter`` on top. Per set: the main run
+(``n_samples`` answers at the first score and budget: accuracy, pass@k, forwards per answer),
+one-sample accuracy at every score x tokens-per-step budget, and, with a ``baseline`` model,
+forgetting and per-item flips on the same items (:mod:`tabom.metrics`); with ``trajectories``,
+Kendall τ alignment and TDS over that file. Results go to tables on stdout and, when
+``output`` is set, to JSON. Run: ``tabom eval --tokens_per_step 1,2,3 --baseline tiny-base``.
 """
 
 from __future__ import annotations
@@ -14,9 +19,11 @@ from typing import Literal
 
 import torch
 
-from tabom.decoding import DecodeConfig
+from tabom.decoding import DecodeConfig, ScoreName
 from tabom.evaluate import TaskResult, evaluate_task
+from tabom.metrics import Alignment, Forgetting, forgetting, trajectory_alignment
 from tabom.models import DEFAULT_MODEL, load_model
+from tabom.models.base import DiffusionLM
 from tabom.tasks import NEW_DOMAIN, OLD_DOMAIN, make_task
 from tabom.tasks.base import Example, Task
 
@@ -27,44 +34,78 @@ class EvalConfig:
 
     Attributes:
         model: shipped model name (``tiny-base``) or a local model folder.
+        adapter: a peft LoRA adapter folder (``tabom train`` writes ``OUTPUT/adapter``) merged
+            into ``model`` before evaluation; ``None`` = the model as it is.
         tasks: eval sets, ``SPEC`` or ``SPEC@FILE``.
         n_examples: problems per set (a seeded subset of a file; generated sets default to 200).
             The default sets are the shipped model's old and new domain.
         n_samples: answers per problem (pass@k needs n_samples >= k; use temperature > 0).
         ks: the k of pass@k.
-        tokens_per_step: response tokens committed per forward (1 = the paper's setting).
+        tokens_per_step: response tokens committed per forward (1 = the paper's setting); a list
+            gives several budgets: the first is the main run's, each gets a one-sample
+            accuracy (``--tokens_per_step 1,2,3``).
         block_length: semi-autoregressive block length (None = one block).
-        score: unmasking order: confidence, margin, entropy or random.
-        temperature: proposal temperature (0 = argmax).
+        score: unmasking order(s): confidence, margin, entropy or random; the first is the main
+            run's, each gets a one-sample accuracy at every budget.
+        temperature: proposal temperature of the one-sample budget runs and, unless
+            ``sample_temperature`` is set, of the main run (0 = argmax).
+        sample_temperature: temperature of the main run's ``n_samples`` answers (pass@k), so
+            that one command gives greedy accuracies and sampled pass@k; ``None`` = ``temperature``.
         top_p: nucleus filter of the proposal.
         seed: seed of example selection and sampling.
         batch_size: prompts per forward.
+        baseline: a model (name or folder) evaluated on the same items with the first score
+            and budget, one sample: forgetting = its accuracy minus the model's, and per-item
+            correct→wrong / wrong→correct flips (use temperature 0 so items compare).
+        trajectories: a trajectory JSONL (``tabom distill``): Kendall τ alignment between the
+            model's entropy order and the file's decode orders, and TDS (docs/method.md).
         output: write results as JSON here.
         num_threads: torch CPU threads (0 = default).
     """
 
     model: str = DEFAULT_MODEL
+    adapter: str | None = None
     tasks: list[str] = field(default_factory=lambda: [OLD_DOMAIN, NEW_DOMAIN])
     n_examples: int | None = None
     n_samples: int = 1
     ks: list[int] = field(default_factory=lambda: [1])
-    tokens_per_step: int = 1
+    tokens_per_step: list[int] = field(default_factory=lambda: [1])
     block_length: int | None = None
-    score: Literal["confidence", "margin", "entropy", "random"] = "confidence"
+    score: list[Literal["confidence", "margin", "entropy", "random"]] = field(
+        default_factory=lambda: ["confidence"]
+    )
     temperature: float = 0.0
+    sample_temperature: float | None = None
     top_p: float = 1.0
     seed: int = 0
     batch_size: int = 64
+    baseline: str | None = None
+    trajectories: str | None = None
     output: str | None = None
     num_threads: int = 0
 
     def __post_init__(self) -> None:
+        for name in ("adapter", "baseline", "trajectories", "output"):  # ``--x none``
+            value = getattr(self, name)
+            if isinstance(value, str) and value.strip().lower() in ("", "none", "null"):
+                setattr(self, name, None)
+        if isinstance(self.tokens_per_step, int):
+            self.tokens_per_step = [self.tokens_per_step]
+        if isinstance(self.score, str):
+            self.score = [self.score]  # type: ignore[list-item]
         if any(k > self.n_samples for k in self.ks):
             raise ValueError(f"ks {self.ks}: every k must be <= n_samples ({self.n_samples})")
-        if self.n_samples > 1 and self.temperature == 0:
+        if self.n_samples > 1 and self.main_temperature == 0:
             raise ValueError("n_samples > 1 with temperature 0 decodes the same answer n times")
-        if self.tokens_per_step < 1:
-            raise ValueError(f"tokens_per_step must be >= 1, got {self.tokens_per_step}")
+        if not self.tokens_per_step or any(t < 1 for t in self.tokens_per_step):
+            raise ValueError(f"tokens_per_step must be >= 1 each, got {self.tokens_per_step}")
+        if not self.score:
+            raise ValueError("score: give at least one unmasking order")
+
+    @property
+    def main_temperature(self) -> float:
+        """The temperature of the main (``n_samples``) run."""
+        return self.temperature if self.sample_temperature is None else self.sample_temperature
 
 
 def load_eval_set(spec: str, n: int | None, seed: int) -> tuple[Task, list[Example]]:
@@ -83,6 +124,52 @@ def load_eval_set(spec: str, n: int | None, seed: int) -> tuple[Task, list[Examp
     return task, examples
 
 
+def load_eval_model(model: str, adapter: str | None = None) -> DiffusionLM:
+    """``model`` (name or folder), with a peft LoRA ``adapter`` merged in when given.
+
+    Raises:
+        ImportError: an adapter without peft installed.
+    """
+    dlm = load_model(model)
+    if adapter is None:
+        return dlm
+    try:
+        from peft import PeftModel
+    except ImportError:
+        raise ImportError(
+            "adapter: loading a LoRA adapter needs peft (pip install 'tabom[lora]')"
+        ) from None
+    if not Path(adapter).is_dir():
+        raise FileNotFoundError(f"adapter: no such folder {adapter}")
+    merged = PeftModel.from_pretrained(dlm.model, adapter).merge_and_unload()
+    merged.eval()
+    return DiffusionLM(merged, dlm.tokenizer, dlm.spec, dlm.extra)
+
+
+def budget_config(
+    score: ScoreName,
+    tokens_per_step: int,
+    *,
+    temperature: float = 0.0,
+    top_p: float = 1.0,
+    block_length: int | None = None,
+) -> DecodeConfig:
+    """A decode config committing ``tokens_per_step`` tokens a forward (rescaled to each task)."""
+    return DecodeConfig(
+        gen_length=tokens_per_step * 8,
+        steps=8,
+        block_length=block_length,
+        score=score,
+        temperature=temperature,
+        top_p=top_p,
+    )
+
+
+def budget_key(score: str, tokens_per_step: int) -> str:
+    """``confidence@1``: the key of one budget's accuracy in the results."""
+    return f"{score}@{tokens_per_step}"
+
+
 def format_table(results: dict[str, TaskResult]) -> str:
     """A markdown table of accuracy, pass@k and decode statistics."""
     ks = sorted({k for r in results.values() for k in r.pass_at})
@@ -96,38 +183,105 @@ def format_table(results: dict[str, TaskResult]) -> str:
     return "\n".join(rows)
 
 
+def format_budgets(budgets: dict[str, dict[str, float]]) -> str:
+    """A markdown table: one row per set, one column per ``score@tokens_per_step`` accuracy."""
+    keys = list(next(iter(budgets.values()))) if budgets else []
+    rows = [
+        "| set | " + " | ".join(f"acc {k}" for k in keys) + " |",
+        "|" + "---|" * (1 + len(keys)),
+    ]
+    for name, accs in budgets.items():
+        rows.append(f"| {name} | " + " | ".join(f"{accs[k]:.3f}" for k in keys) + " |")
+    return "\n".join(rows)
+
+
+def format_forgetting(forgot: dict[str, Forgetting]) -> str:
+    """A markdown table of accuracy before/after, forgetting and flips per set."""
+    head = "| set | n | baseline acc | model acc | forgetting | correct→wrong | wrong→correct |"
+    rows = [head, "|---|---|---|---|---|---|---|"]
+    for name, f in forgot.items():
+        rows.append(
+            f"| {name} | {f.n_items} | {f.before:.3f} | {f.after:.3f} | {f.forgetting:+.3f} | "
+            f"{f.correct_to_wrong} | {f.wrong_to_correct} |"
+        )
+    return "\n".join(rows)
+
+
 def run_eval_command(cfg: EvalConfig) -> int:
-    """Evaluate ``cfg.model`` on every set; print the table, write JSON if asked."""
+    """Evaluate ``cfg.model`` on every set; print the tables, write JSON if asked."""
     if cfg.num_threads:
         torch.set_num_threads(cfg.num_threads)
-    dlm = load_model(cfg.model)
-    decode_cfg = DecodeConfig(
-        gen_length=cfg.tokens_per_step * 8,
-        steps=8,
-        block_length=cfg.block_length,
-        score=cfg.score,
-        temperature=cfg.temperature,
+    dlm = load_eval_model(cfg.model, cfg.adapter)
+    base = load_model(cfg.baseline) if cfg.baseline else None
+    score0, tps0 = cfg.score[0], cfg.tokens_per_step[0]
+    main_cfg = budget_config(
+        score0,
+        tps0,
+        temperature=cfg.main_temperature,
         top_p=cfg.top_p,
+        block_length=cfg.block_length,
     )
     results: dict[str, TaskResult] = {}
+    budgets: dict[str, dict[str, float]] = {}
+    forgot: dict[str, Forgetting] = {}
     for spec in cfg.tasks:
         task, examples = load_eval_set(spec, cfg.n_examples, cfg.seed)
+        kwargs = {"seed": cfg.seed, "batch_size": cfg.batch_size, "progress": True}
         results[spec] = evaluate_task(
-            dlm,
-            task,
-            examples,
-            decode_cfg,
-            n_samples=cfg.n_samples,
-            ks=tuple(cfg.ks),
-            seed=cfg.seed,
-            batch_size=cfg.batch_size,
-            progress=True,
+            dlm, task, examples, main_cfg, n_samples=cfg.n_samples, ks=tuple(cfg.ks), **kwargs
         )
+        one: dict[str, TaskResult] = {}
+        for score in cfg.score:
+            for tps in cfg.tokens_per_step:
+                bcfg = budget_config(
+                    score,
+                    tps,
+                    temperature=cfg.temperature,
+                    top_p=cfg.top_p,
+                    block_length=cfg.block_length,
+                )
+                same_as_main = cfg.n_samples == 1 and cfg.main_temperature == cfg.temperature
+                if (score, tps) == (score0, tps0) and same_as_main:
+                    one[budget_key(score, tps)] = results[spec]
+                else:
+                    one[budget_key(score, tps)] = evaluate_task(dlm, task, examples, bcfg, **kwargs)
+        budgets[spec] = {k: r.accuracy for k, r in one.items()}
+        if base is not None:
+            bcfg = budget_config(
+                score0,
+                tps0,
+                temperature=cfg.temperature,
+                top_p=cfg.top_p,
+                block_length=cfg.block_length,
+            )
+            before = evaluate_task(base, task, examples, bcfg, **kwargs)
+            after = one[budget_key(score0, tps0)]
+            forgot[spec] = forgetting([c[0] for c in before.correct], [c[0] for c in after.correct])
+    alignment: Alignment | None = None
+    if cfg.trajectories:
+        from tabom.trajectory import read_trajectories
+
+        records = read_trajectories(cfg.trajectories, tokenizer=dlm.tokenizer)
+        alignment = trajectory_alignment(dlm, records)
     print(format_table(results))
+    print()
+    print(format_budgets(budgets))
+    if forgot:
+        print()
+        print(format_forgetting(forgot))
+    if alignment is not None:
+        print(
+            f"\nalignment over {alignment.n_records} trajectories ({cfg.trajectories}): "
+            f"Kendall tau-b {alignment.tau:.3f} (all states), {alignment.tau_initial:.3f} "
+            f"(all-masked state); TDS {alignment.tds:.4f}"
+        )
     if cfg.output:
         payload = {
             "config": asdict(cfg),
-            "results": {k: {f: v for f, v in asdict(r).items()} for k, r in results.items()},
+            "results": {k: dict(asdict(r).items()) for k, r in results.items()},
+            "budgets": budgets,
+            "forgetting": {k: asdict(f) for k, f in forgot.items()},
+            "alignment": None if alignment is None else asdict(alignment),
         }
         Path(cfg.output).parent.mkdir(parents=True, exist_ok=True)
         Path(cfg.output).write_text(json.dumps(payload, indent=1) + "\n")

@@ -15,6 +15,7 @@ from typing import Literal
 
 import torch
 
+CutRange = Literal["design", "inclusive"]
 WindowUnit = Literal["steps", "tokens"]
 
 
@@ -121,11 +122,13 @@ def time_delay_mask(
     mask_token_id: int,
     generator: torch.Generator | None = None,
     window_unit: WindowUnit = "steps",
+    cut_range: CutRange = "design",
 ) -> MaskPlan:
     """Cut each trajectory at a random step s: reveal d < s, supervise the next window.
 
     Per sample, s_max = max d over decoded positions and s is drawn uniformly from
-    {0, …, s_max − M} (DESIGN §5). The input shows the clean token where 0 ≤ d < s and
+    {0, …, s_max − M} (DESIGN §5; ``cut_range="inclusive"``: {0, …, s_max − M + 1}, so the
+    window can reach the last step). The input shows the clean token where 0 ≤ d < s and
     [MASK] at every other response position (never-decoded ones included): exactly a state
     the sampler passed through. CE supervises s ≤ d < s + M, so the last step d = s_max is
     never supervised. A sample with s_max < M cannot be cut: it keeps a fully masked response,
@@ -143,6 +146,9 @@ def time_delay_mask(
         generator: source of randomness (on ``input_ids``'s device); one uniform is drawn
             per sample whether or not it can be cut, so the draws do not depend on the data.
         window_unit: ``steps`` (default, the authors' code) or ``tokens`` (the paper).
+        cut_range: ``design`` (DESIGN §5: the last decode step is never supervised, and a
+            trajectory of exactly M steps cannot be cut) or ``inclusive`` (one more cut per
+            sample: every window of M steps that fits, the last one included).
 
     Returns:
         A :class:`MaskPlan` with ``cut``, ``valid`` and ``n_uncut`` set.
@@ -159,12 +165,18 @@ def time_delay_mask(
     b = input_ids.shape[0]
     device = input_ids.device
 
-    # 1) the last cut each sample allows: s_hi = s_max − M (steps) or the (M+1)-th largest d
+    # 1) the last cut each sample allows: s_hi = s_max − M (steps) or the (M+1)-th largest d;
+    #    one more with the inclusive range (s_max − M + 1, or the M-th largest d)
+    if cut_range not in ("design", "inclusive"):
+        raise ValueError(f"cut_range must be 'design' or 'inclusive', got {cut_range!r}")
+    extra = int(cut_range == "inclusive")
     if window_unit == "steps":
-        s_hi = decode_step.max(dim=1).values - window  # (B,); all -1 -> < 0
+        s_max = decode_step.max(dim=1).values  # (B,); -1 when nothing was decoded
+        s_hi = torch.where(s_max >= 0, s_max - window + extra, torch.full_like(s_max, -1))
     elif window_unit == "tokens":
         desc = decode_step.sort(dim=1, descending=True).values  # (B, L), -1 last
-        s_hi = desc[:, window] if window < desc.shape[1] else torch.full_like(desc[:, 0], -1)
+        k = window - extra  # index of the (M+1)-th (design) or M-th (inclusive) largest d
+        s_hi = desc[:, k] if k < desc.shape[1] else torch.full_like(desc[:, 0], -1)
     else:
         raise ValueError(f"window_unit must be 'steps' or 'tokens', got {window_unit!r}")
     valid = s_hi >= 0  # (B,)

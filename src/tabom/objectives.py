@@ -15,7 +15,7 @@ from typing import Literal
 import torch
 
 from tabom.losses import RankTies, entropy_rank_loss, masked_ce
-from tabom.masking import WindowUnit, random_mask, time_delay_mask
+from tabom.masking import CutRange, WindowUnit, random_mask, time_delay_mask
 
 Objective = Literal["sft", "traj-sft", "td", "tabom"]
 OBJECTIVES: tuple[str, ...] = ("sft", "traj-sft", "td", "tabom")
@@ -61,6 +61,7 @@ def compute_objective(
     rank_weight: float = 1.0,
     rank_ties: RankTies = "strict",
     window_unit: WindowUnit = "steps",
+    td_cut_range: CutRange = "design",
     nelbo_weight: bool = False,
 ) -> LossOutput:
     """Mask the batch, run one forward and return the objective's loss.
@@ -82,6 +83,8 @@ def compute_objective(
         rank_weight: λ, the ranking weight.
         rank_ties: how same-step pairs are ranked (see :func:`entropy_rank_loss`).
         window_unit: ``steps`` or ``tokens``, the unit of M and W.
+        td_cut_range: ``design`` ({0, …, s_max − M}) or ``inclusive`` ({0, …, s_max − M + 1}):
+            see :func:`tabom.masking.time_delay_mask`.
         nelbo_weight: weight CE by 1/t and divide by the response length (the NELBO of
             Eq. 1); random-mask objectives only.
 
@@ -110,6 +113,7 @@ def compute_objective(
             mask_token_id=mask_token_id,
             generator=generator,
             window_unit=window_unit,
+            cut_range=td_cut_range,
         )
     else:
         plan = random_mask(

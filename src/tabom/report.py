@@ -1,14 +1,17 @@
-"""Tables and plots (DESIGN §8): the trajectory heat map of one decoded answer (DESIGN §3-4).
+"""Tables and plots (DESIGN §8): the trajectory heat map of one decoded answer (DESIGN §3-4)
+and the comparison plots of ``tabom demo`` (DESIGN §7).
 
 ``plot_trajectory`` draws the response positions as a strip of cells (wrapped every ``wrap``
 positions), each labelled with its token and coloured by the step at which the sampler
-committed it, so an easy-to-hard order reads at a glance. matplotlib is an optional extra
-(``pip install 'tabom[plot]'``) imported inside the function.
+committed it, so an easy-to-hard order reads at a glance. ``plot_metric_bars`` (a metric per
+model, mean ± std over seeds), ``plot_budgets`` (accuracy against tokens per step) and
+``plot_entropy_curves`` (entropy against decode step) draw the demo's comparison.
+matplotlib is an optional extra (``pip install 'tabom[plot]'``) imported inside each function.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from tabom.trajectory import TrajectoryRecord
@@ -101,4 +104,133 @@ def plot_trajectory(
     return path
 
 
-__all__ = ["plot_trajectory"]
+MeanStd = tuple[float, float]
+"""``(mean, std)`` of a metric over seeds (std 0 for a single run)."""
+
+
+def _figure(width: float, height: float, dpi: int):
+    try:
+        from matplotlib.figure import Figure
+    except ImportError:
+        raise ImportError("plotting needs matplotlib: pip install 'tabom[plot]'") from None
+    return Figure(figsize=(width, height), dpi=dpi)
+
+
+def _save(fig, path: str | Path) -> Path:
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path)
+    return path
+
+
+def plot_metric_bars(
+    panels: Mapping[str, Mapping[str, MeanStd]],
+    path: str | Path,
+    *,
+    title: str = "",
+    dpi: int = 120,
+) -> Path:
+    """One bar panel per metric: a bar per model with its mean and a ± std error bar.
+
+    Args:
+        panels: ``{metric title: {model: (mean, std)}}``; models in display order.
+        path: the PNG to write.
+        title: figure title.
+        dpi: resolution.
+
+    Returns:
+        The path written.
+    """
+    fig = _figure(3.3 * len(panels) + 0.6, 3.4, dpi)
+    for i, (metric, values) in enumerate(panels.items()):
+        ax = fig.add_subplot(1, len(panels), i + 1)
+        names = list(values)
+        means = [values[n][0] for n in names]
+        stds = [values[n][1] for n in names]
+        colors = [f"C{j}" for j in range(len(names))]
+        ax.bar(range(len(names)), means, yerr=stds, color=colors, capsize=3)
+        for j, m in enumerate(means):
+            ax.text(j, m, f"{m:.3f}", ha="center", va="bottom", fontsize=7)
+        ax.set_xticks(range(len(names)))
+        ax.set_xticklabels(names, rotation=30, ha="right", fontsize=8)
+        ax.set_title(metric, fontsize=9)
+        ax.set_ylim(0, max(1e-3, max(m + s for m, s in zip(means, stds, strict=True))) * 1.18)
+    if title:
+        fig.suptitle(title, fontsize=10)
+    return _save(fig, path)
+
+
+def plot_budgets(
+    curves: Mapping[str, Mapping[int, MeanStd]],
+    path: str | Path,
+    *,
+    title: str = "accuracy against step budget",
+    dpi: int = 120,
+) -> Path:
+    """Accuracy against tokens committed per forward, one line (± std) per model.
+
+    Args:
+        curves: ``{model: {tokens_per_step: (mean, std)}}``.
+        path: the PNG to write.
+        title: axes title.
+        dpi: resolution.
+
+    Returns:
+        The path written.
+    """
+    fig = _figure(5.6, 3.8, dpi)
+    ax = fig.add_subplot()
+    for j, (name, points) in enumerate(curves.items()):
+        xs = sorted(points)
+        ax.errorbar(
+            xs,
+            [points[x][0] for x in xs],
+            yerr=[points[x][1] for x in xs],
+            marker="o",
+            capsize=3,
+            color=f"C{j}",
+            label=name,
+        )
+        ax.set_xticks(xs)
+    ax.set_xlabel("tokens committed per forward (1 = full diffusion decoding)", fontsize=8)
+    ax.set_ylabel("greedy accuracy")
+    ax.set_title(title, fontsize=9)
+    ax.legend(fontsize=7)
+    return _save(fig, path)
+
+
+def plot_entropy_curves(
+    curves: Mapping[str, Sequence[float]],
+    path: str | Path,
+    *,
+    ylabel: str = "entropy of the next-decoded token (nats)",
+    title: str = "",
+    dpi: int = 120,
+) -> Path:
+    """A per-decode-step curve (e.g. entropy of the token committed next) for each model.
+
+    Args:
+        curves: ``{model: [value at decode step s]}``; NaN values are left out.
+        path: the PNG to write.
+        ylabel: y-axis label.
+        title: axes title.
+        dpi: resolution.
+
+    Returns:
+        The path written.
+    """
+    fig = _figure(5.0, 3.6, dpi)
+    ax = fig.add_subplot()
+    for j, (name, ys) in enumerate(curves.items()):
+        pts = [(s, y) for s, y in enumerate(ys) if y == y]  # y == y drops NaN
+        ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", color=f"C{j}", label=name)
+    ax.set_xlabel("decode step s (state before step s)")
+    ax.set_ylabel(ylabel, fontsize=8)
+    if title:
+        ax.set_title(title, fontsize=9)
+    ax.legend(fontsize=7)
+    return _save(fig, path)
+
+
+__all__ = ["plot_budgets", "plot_entropy_curves", "plot_metric_bars", "plot_trajectory"]

@@ -68,6 +68,7 @@ def check_windows(
     td_window: int,
     rank_window: int | None,
     window_unit: str = "steps",
+    cut_range: str = "design",
 ) -> int:
     """Refuse windows M and W that no trajectory of the file can fill.
 
@@ -75,6 +76,7 @@ def check_windows(
     when M ≤ s_max (the cut range {0, …, s_max − M} is then non-empty; DESIGN §5), and a
     ranking window wider than the s_max + 1 steps it has is a setting meant for other data.
     With ``tokens`` the same holds for the number n of decoded tokens: M ≤ n − 1, W ≤ n.
+    ``cut_range="inclusive"`` allows one more cut, so M ≤ s_max + 1 (steps) or M ≤ n (tokens).
     Records too short for M while others are long enough are allowed (they are counted as
     uncut in the logs) and reported in a warning.
 
@@ -84,9 +86,10 @@ def check_windows(
         td_window: M.
         rank_window: W (``None`` for objectives without ranking).
         window_unit: ``steps`` or ``tokens``.
+        cut_range: ``design`` or ``inclusive`` (:func:`tabom.masking.time_delay_mask`).
 
     Returns:
-        The number of records that cannot be cut (s_max < M).
+        The number of records that cannot be cut.
 
     Raises:
         TrainDataError: M or W larger than every trajectory allows; names the field and file.
@@ -98,18 +101,20 @@ def check_windows(
         room = [sum(d >= 0 for d in r.decoding_order) - 1 for r in records]
         what = "decoded tokens minus one"
     top = max(room)
-    if td_window > top:
+    extra = int(cut_range == "inclusive")
+    if td_window > top + extra:
+        rng = "{0, …, s_max − M + 1}" if extra else "{0, …, s_max − M}"
         raise TrainDataError(
             f"{path}: td_window: M = {td_window} {window_unit} but the largest {what} in the "
             f"file is {top}, so no trajectory can be cut (the cut s ranges over "
-            f"{{0, …, s_max − M}}); use td_window <= {top}"
+            f"{rng}); use td_window <= {top + extra}"
         )
     if rank_window is not None and rank_window > top + 1:
         raise TrainDataError(
             f"{path}: rank_window: W = {rank_window} {window_unit} but the trajectories have "
             f"at most {top + 1} {window_unit}; use rank_window <= {top + 1}"
         )
-    short = sum(r < td_window for r in room)
+    short = sum(r + extra < td_window for r in room)
     if short:
         warnings.warn(
             f"{path}: {short} of {len(records)} trajectories are too short for td_window "

@@ -34,7 +34,7 @@ from tabom.config import ConfigError, save_config, to_dict
 from tabom.decoding import DecodeConfig
 from tabom.evaluate import evaluate_task
 from tabom.losses import RankTies
-from tabom.masking import WindowUnit
+from tabom.masking import CutRange, WindowUnit
 from tabom.models import BACKENDS, DEFAULT_MODEL, load_model, save_model
 from tabom.models.base import DiffusionLM
 from tabom.objectives import OBJECTIVES, Objective, compute_objective
@@ -118,6 +118,9 @@ class TrainConfig:
             the recorded entropy, Definition 1), ``reference`` (by position, the authors' code).
         window_unit: the unit of M and W: ``steps`` (decode steps, the authors' code) or
             ``tokens`` (the paper's text); the same at one token per step.
+        td_cut_range: the cut s of time-delay masking: ``design`` draws from
+            {0, …, s_max − M} (DESIGN §5; the last decode step is never supervised),
+            ``inclusive`` from {0, …, s_max − M + 1} (every window that fits, the last too).
         nelbo_weight: ``sft`` / ``traj-sft``: weight CE by 1/t over the response length (the
             MDLM NELBO of Eq. 1) instead of the plain token mean.
         mixed_precision: ``fp32``, ``bf16`` (autocast; weights and optimizer stay fp32), or
@@ -163,6 +166,7 @@ class TrainConfig:
     rank_weight: float = 1.0
     rank_ties: RankTies = "strict"
     window_unit: WindowUnit = "steps"
+    td_cut_range: CutRange = "design"
     nelbo_weight: bool = False
     mixed_precision: Literal["auto", "bf16", "fp32"] = "auto"
     save_every: int = 0
@@ -267,6 +271,7 @@ def load_train_items(cfg: TrainConfig, dlm: DiffusionLM) -> tuple[Any, int]:
             td_window=cfg.td_window,
             rank_window=cfg.rank_window if cfg.objective == "tabom" else None,
             window_unit=cfg.window_unit,
+            cut_range=cfg.td_cut_range,
         )
     if cfg.rank_ties == "decode-entropy" and cfg.objective == "tabom":
         missing = next((r for r in records if r.decode_entropy is None), None)
@@ -569,6 +574,7 @@ def train(cfg: TrainConfig) -> Path:
                     rank_weight=cfg.rank_weight,
                     rank_ties=cfg.rank_ties,
                     window_unit=cfg.window_unit,
+                    td_cut_range=cfg.td_cut_range,
                     nelbo_weight=cfg.nelbo_weight,
                 )
                 # 3c) backward on every micro-batch of every process: never skipped, so the

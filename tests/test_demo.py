@@ -1,0 +1,100 @@
+"""``tabom demo``: stage skipping, held-out splits, verdict arithmetic, and the quick run end to end."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import pytest
+
+from tabom.cli import main
+from tabom.demo import QUICK, DemoConfig, make_splits, mean_std, run_stage
+from tabom.demo_report import compare
+
+
+def test_run_stage_skips_a_finished_stage_and_reruns_a_changed_one(tmp_path):
+    calls = []
+
+    def fn(folder):
+        calls.append(folder)
+        (folder / "out.txt").write_text("x")
+        return {"n": len(calls)}
+
+    first = run_stage(tmp_path / "s", {"a": 1}, fn)
+    again = run_stage(tmp_path / "s", {"a": 1}, fn)
+    assert len(calls) == 1 and again["cached"] and again["result"] == first["result"]
+    changed = run_stage(tmp_path / "s", {"a": 2}, fn)
+    assert len(calls) == 2 and not changed["cached"] and changed["result"] == {"n": 2}
+
+
+def test_quick_fills_only_fields_left_at_default():
+    cfg = DemoConfig(quick=True, seeds=[5]).resolved()
+    assert cfg.seeds == [5] and cfg.distill_prompts == QUICK["distill_prompts"]
+    assert cfg.output_dir == QUICK["output_dir"]
+    assert DemoConfig().resolved() == DemoConfig()
+
+
+def test_splits_are_disjoint_from_the_distillation_prompts():
+    cfg = DemoConfig(distill_prompts=300, test_examples=200, val_examples=100, old_examples=50)
+    s = make_splits(cfg)
+    ids = {k: {ex.id for ex in v} for k, v in s.items()}
+    assert len(ids["test"]) == 200 and len(ids["val"]) == 100 and len(ids["old_test"]) == 50
+    assert not ids["distill"] & ids["test"] and not ids["distill"] & ids["val"]
+    assert not ids["test"] & ids["val"]
+
+
+def test_compare_uses_two_standard_errors():
+    assert mean_std([1.0, 3.0]) == (2.0, pytest.approx(2**0.5))
+    assert compare([0.5, 0.5, 0.5], [0.2, 0.2, 0.2])[1] == "better"
+    assert compare([0.1, 0.9], [0.4, 0.5])[1] == "no clear difference"
+    diff, word = compare([0.1, 0.1], [0.3, 0.3], higher_is_better=False)
+    assert diff == pytest.approx(-0.2) and word == "better"  # less forgetting is better
+
+
+@pytest.mark.slow
+def test_demo_quick_end_to_end(tmp_path, capsys):
+    out = tmp_path / "demo"
+    t0 = time.perf_counter()
+    assert main(["demo", "--quick", "--output_dir", str(out), "--progress", "false"]) == 0
+    assert time.perf_counter() - t0 < 120
+    report = (out / "report.md").read_text()
+    for png in ("accuracy.png", "budgets.png", "entropy.png", "trajectory.png"):
+        assert (out / png).stat().st_size > 1000 and f"({png})" in report
+    table = [line for line in report.splitlines() if line.startswith("| ")]
+    for model in ("base", "sft", "traj-sft", "td", "**tabom**"):
+        assert any(line.startswith(f"| {model} |") for line in table), model
+    assert "Verdict" in report and "pass@8" in report
+    rows = json.loads((out / "report.json").read_text())["rows"]
+    assert len(rows["tabom"]["old"]) == 2 and rows["base"]["forgetting"] == [0.0]
+    # a second run skips every finished stage
+    t1 = time.perf_counter()
+    assert main(["demo", "--quick", "--output_dir", str(out), "--progress", "false"]) == 0
+    assert time.perf_counter() - t1 < 30
+    assert "cached" in (out / "report.md").read_text()
+
+
+def test_inclusive_cut_range_reaches_the_last_decode_step():
+    import torch
+
+    from tabom.masking import time_delay_mask
+
+    ids = torch.tensor([[5, 6, 1, 1, 1, 1, 1, 1]])  # prompt of 2, response of 6
+    resp = torch.tensor([[False, False] + [True] * 6])
+    d = torch.tensor([[-1, -1, 3, 0, 5, 1, 2, 4]])
+    kw = {"response_mask": resp, "window": 3, "mask_token_id": 9}
+    plans = [
+        time_delay_mask(
+            ids, d, generator=torch.Generator().manual_seed(i), cut_range="inclusive", **kw
+        )
+        for i in range(64)
+    ]
+    assert {int(p.cut) for p in plans} == {0, 1, 2, 3}  # DESIGN §5's range is {0, 1, 2}
+    for p in plans:
+        s = int(p.cut)
+        assert torch.equal(p.supervise, (d >= s) & (d < s + 3))
+        assert torch.equal(p.input_ids == 9, resp & (d >= s))
+    assert any(bool(p.supervise[0, 4]) for p in plans)  # d = 5, the last step, is supervised
+    plain = [
+        time_delay_mask(ids, d, generator=torch.Generator().manual_seed(i), **kw) for i in range(64)
+    ]
+    assert not any(bool(p.supervise[0, 4]) for p in plain)
