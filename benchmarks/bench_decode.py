@@ -4,7 +4,7 @@ Decodes a fixed set of old-domain addition prompts ("0123+0456=") with :func:`ta
 one, two and four tokens per step, in semi-autoregressive blocks, and in threshold (parallel)
 mode, and prints a markdown table for docs/benchmarks.md.
 
-    python benchmarks/bench_decode.py                      # shipped tiny-base, else random tiny
+    python benchmarks/bench_decode.py                      # the shipped tiny-base
     python benchmarks/bench_decode.py --gen-length 16 --threads 2 --repeats 5
 """
 
@@ -21,7 +21,7 @@ from dataclasses import dataclass
 import torch
 
 from tabom.decoding import DecodeConfig, DecodeOutput, decode, pad_prompts
-from tabom.models import SHIPPED, DiffusionLM, build_tiny, load_model
+from tabom.models import DiffusionLM, load_model
 from tabom.tasks import OLD_DOMAIN, make_task
 
 
@@ -61,13 +61,6 @@ def addition_prompts(n: int, seed: int) -> list[str]:
     return [ex.prompt for ex in task.generate(n, torch.Generator().manual_seed(seed))]
 
 
-def load(name: str) -> tuple[DiffusionLM, str]:
-    """The named model, or a random tiny one when ``tiny-base`` has not been shipped yet."""
-    if name == "tiny-base" and not SHIPPED["tiny-base"].exists():
-        return build_tiny(), "random tiny (build_tiny(), tiny-base not shipped)"
-    return load_model(name), name
-
-
 def run_budget(
     dlm: DiffusionLM,
     batches: list[tuple[torch.Tensor, torch.Tensor]],
@@ -92,7 +85,7 @@ def measure(
     dlm: DiffusionLM, prompts: list[str], cfgs: list[tuple[str, DecodeConfig]], args
 ) -> list[Row]:
     """Warm up once per budget, then keep the median wall time of ``args.repeats`` runs."""
-    encoded = [dlm.tokenizer(p, add_special_tokens=False)["input_ids"] for p in prompts]
+    encoded = [dlm.encode_prompt(p) for p in prompts]  # as tabom eval encodes them
     batches = []
     for start in range(0, len(encoded), args.batch_size):
         ids, mask = pad_prompts(encoded[start : start + args.batch_size], dlm.spec.pad_token_id)
@@ -105,8 +98,7 @@ def measure(
             wall, outs = run_budget(dlm, batches, cfg, args.seed)
             walls.append(wall)
         wall = statistics.median(walls)
-        steps = torch.cat([o.decode_step for o in outs])  # (N, T)
-        per_answer = (steps.max(dim=1).values + 1).float()  # forwards until the answer is full
+        per_answer = torch.cat([o.forwards_per_row for o in outs]).float()  # (N,)
         rows.append(
             Row(
                 budget=name,
@@ -149,7 +141,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     torch.set_num_threads(args.threads)
-    dlm, model_name = load(args.model)
+    dlm, model_name = load_model(args.model), args.model
     dlm.model.to(args.device)
     prompts = addition_prompts(args.num_prompts, args.seed)
     cfgs = [

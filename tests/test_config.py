@@ -86,3 +86,26 @@ class WithChoice:
 
 def test_a_choice_that_yaml_would_read_as_a_bool_stays_a_string():
     assert load_config(WithChoice, None, ["--precision", "no"]).precision == "no"
+
+
+@dataclass
+class NeedsBoth:
+    source: str | None = None
+    target: str | None = None
+    inner: Inner = field(default_factory=Inner)
+
+    def __post_init__(self) -> None:
+        if (self.source is None) != (self.target is None):
+            raise ValueError("source and target go together")
+
+
+def test_a_file_completed_by_a_flag_is_checked_only_once_merged(tmp_path):
+    f = tmp_path / "half.yaml"
+    f.write_text("source: a\ninner:\n  width: 4\n")
+    cfg = load_config(NeedsBoth, f, ["--target", "b"])
+    assert (cfg.source, cfg.target, cfg.inner.width) == ("a", "b", 4)
+    with pytest.raises(ConfigError, match="source and target go together"):
+        load_config(NeedsBoth, f)  # still incomplete once merged: refused
+    f.write_text("source: a\ninner:\n  width: wide\n")  # types are still checked in the file
+    with pytest.raises(ConfigError, match=r"half.yaml: inner.width: expected an integer"):
+        load_config(NeedsBoth, f, ["--target", "b"])

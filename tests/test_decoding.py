@@ -16,12 +16,14 @@ from tabom.decoding import (
     DecodeConfig,
     concat_outputs,
     decode,
+    decode_batches,
     decode_texts,
     filter_logits,
     pad_prompts,
     response_text,
     select_top_k,
     step_schedule,
+    steps_for,
     transfer_schedule,
 )
 from tabom.models import build_tiny
@@ -527,3 +529,90 @@ def test_pad_prompts_left():
     assert mask.tolist() == [[1, 1], [0, 1], [0, 0]]
     with pytest.raises(ValueError):
         pad_prompts([], pad_token_id=0)
+
+
+# ---------------------------------------------------------------- budgets and forwards per row
+
+
+@pytest.mark.parametrize(
+    ("T", "tps", "block", "steps"),
+    [
+        (8, 1, None, 8),  # one token per step
+        (8, 2, None, 4),
+        (8, 3, None, 3),  # ceil(8 / 3)
+        (8, 16, None, 1),  # at least one step
+        (8, 3, 4, 4),  # ceil(8 / 3) = 3, rounded up to 2 blocks: 4
+        (6, 2, 3, 4),  # 3 steps, rounded up to 2 blocks: 4 (2 per block)
+        (8, 8, 2, 4),  # 1 step, but 4 blocks need one each
+        (8, 1, 8, 8),  # one block of T
+    ],
+)
+def test_steps_for_hand_cases(T, tps, block, steps):
+    assert steps_for(T, tps, block) == steps
+    cfg = DecodeConfig(gen_length=T, steps=steps, block_length=block)  # always a valid budget
+    assert max(step_schedule(cfg)) <= tps  # no step commits more than tokens_per_step
+
+
+def test_steps_for_names_the_bad_setting():
+    with pytest.raises(ValueError, match="tokens_per_step must be >= 1, got 0"):
+        steps_for(8, 0)
+    with pytest.raises(
+        ValueError, match=r"block_length \(3\) must divide the response length \(8\)"
+    ):
+        steps_for(8, 1, 3)
+    with pytest.raises(ValueError, match=r"block_length \(16\) must divide"):
+        steps_for(8, 1, 16)  # longer than T: no ZeroDivisionError
+    with pytest.raises(ValueError, match="block_length"):
+        steps_for(8, 1, 0)
+
+
+def test_forwards_per_row_is_steps_in_fixed_mode(tiny):
+    encoded = [tiny.encode_prompt(p) for p in PROMPTS]
+    for steps in (8, 4):  # one and two tokens per step
+        cfg = DecodeConfig(gen_length=8, steps=steps)
+        out = decode_batches(tiny, encoded, cfg, batch_size=2)
+        assert out.forwards_per_row.tolist() == [steps] * 3
+        assert out.nfe == 2 * steps  # forwards of the two batches
+
+
+def test_forwards_per_row_is_the_last_commit_in_threshold_mode(tiny):
+    encoded = [tiny.encode_prompt(p) for p in PROMPTS]
+    cfg = DecodeConfig(gen_length=8, threshold=0.3, block_length=4)
+    batch = decode_batches(tiny, encoded, cfg, batch_size=3)
+    assert torch.equal(batch.forwards_per_row, batch.decode_step.max(dim=-1).values + 1)
+    alone = decode_batches(tiny, encoded, cfg, batch_size=1)  # each row its own batch
+    assert torch.equal(alone.forwards_per_row, batch.forwards_per_row)  # batch-independent
+    assert alone.nfe == int(alone.forwards_per_row.sum())
+    assert batch.nfe == int(batch.forwards_per_row.max())
+
+
+def test_decode_batches_keeps_prompt_order_and_rejects_bad_calls(tiny):
+    cfg = DecodeConfig(gen_length=8, steps=8)
+    texts, out = decode_texts(tiny, PROMPTS, cfg, batch_size=2)
+    encoded = [tiny.encode_prompt(p) for p in PROMPTS]
+    again = decode_batches(tiny, encoded, cfg, batch_size=2)
+    assert torch.equal(again.sequences, out.sequences) and again.nfe == out.nfe
+    with pytest.raises(ValueError, match="at least one prompt"):
+        decode_batches(tiny, [], cfg)
+    with pytest.raises(ValueError, match="batch_size must be >= 1"):
+        decode_batches(tiny, encoded, cfg, batch_size=0)
+
+
+@pytest.mark.parametrize("score", ["entropy", "confidence", "margin"])
+def test_recorded_entropy_matches_the_proposal(tiny, score):
+    # the entropy recorded at commit is the proposal's at that step, whatever the score
+    cfg = DecodeConfig(gen_length=8, steps=8, score=score, record_entropy=True)
+    ids, mask = pad_prompts([tiny.encode_prompt(PROMPTS[0])], tiny.spec.pad_token_id)
+    out = decode(tiny, ids, mask, cfg, mask_token_id=tiny.mask_token_id)
+    assert out.decode_entropy is not None
+    assert bool((out.decode_entropy >= 0).all())
+    x = torch.cat([ids, torch.full((1, 8), tiny.mask_token_id)], dim=1)
+    attn = torch.ones_like(x)
+    for step in range(8):
+        logits = tiny(x, attn)[0, ids.shape[1] :].float()
+        logits[:, tiny.mask_token_id] = float("-inf")
+        q = logits.softmax(-1)
+        pos = int((out.decode_step[0] == step).nonzero()[0])
+        h = -torch.special.xlogy(q[pos], q[pos]).sum()
+        assert out.decode_entropy[0, pos].item() == pytest.approx(h.item(), abs=1e-5)
+        x[0, ids.shape[1] + pos] = out.response_ids[0, pos]

@@ -8,7 +8,17 @@ import time
 import pytest
 
 from tabom.cli import main
-from tabom.demo import QUICK, DemoConfig, make_splits, mean_std, run_stage
+from tabom.demo import (
+    QUICK,
+    TRAIN_SETTINGS,
+    DemoConfig,
+    distill_settings,
+    draw,
+    make_splits,
+    mean_std,
+    run_stage,
+    train_settings,
+)
 from tabom.demo_report import compare
 
 
@@ -41,6 +51,43 @@ def test_splits_are_disjoint_from_the_distillation_prompts():
     assert len(ids["test"]) == 200 and len(ids["val"]) == 100 and len(ids["old_test"]) == 50
     assert not ids["distill"] & ids["test"] and not ids["distill"] & ids["val"]
     assert not ids["test"] & ids["val"]
+
+
+def test_draw_refuses_too_few_held_out_problems():
+    import torch
+
+    from tabom.tasks import make_task
+
+    task = make_task("addition")
+    taken = {ex.id for ex in task.generate(205, torch.Generator().manual_seed(0))}
+    assert len(draw(task, 5, 0, set())) == 5
+    with pytest.raises(ValueError, match="only 0 held-out problems"):
+        draw(task, 5, 0, taken)
+
+
+def test_stage_keys_follow_what_the_stages_depend_on():
+    cfg = DemoConfig(distill_prompts=50, test_examples=20, val_examples=10, pass_examples=5)
+    splits = make_splits(cfg)
+    key = distill_settings(cfg, splits)
+    # the validation ids (alignment prompts) enter the distill stage's key
+    other = {**splits, "val": splits["val"][:-1]}
+    assert distill_settings(cfg, other) != key
+    assert "td_cut_range" in TRAIN_SETTINGS
+    a = train_settings(cfg, "td", 0, 10, "k")
+    b = train_settings(DemoConfig(td_cut_range="inclusive"), "td", 0, 10, "k")
+    assert a != b and a["td_cut_range"] == "design"
+
+
+def test_sweep_points_override_demo_fields():
+    import dataclasses
+
+    from tabom.sweep import SweepConfig, sweep_points
+
+    for _, point in sweep_points(SweepConfig()):
+        over = {k: v for k, v in point.items() if k != "data_fraction"}
+        dataclasses.replace(DemoConfig(), **over)  # every key is a DemoConfig field
+    with pytest.raises(ValueError, match="data_fraction"):
+        SweepConfig(data_fraction=[1.5])
 
 
 def test_compare_uses_two_standard_errors():

@@ -228,6 +228,13 @@ def test_config_rejects_bad_combinations():
         load_config(DistillConfig, argv=["--temperature", "0"])
     cfg = load_config(DistillConfig, argv=["--tokens_per_step", "2", "--block_length", "3"])
     assert cfg.decode_config().steps == 4  # T = 6 in 2 blocks of 3: ceil(3 / 2) = 2 per block
+    # ceil(6 / 4) = 2 steps, rounded up to the 3 blocks of 2 (steps_for, as tabom eval)
+    cfg = load_config(DistillConfig, argv=["--tokens_per_step", "4", "--block_length", "2"])
+    assert cfg.decode_config().steps == 3
+    with pytest.raises(ConfigError, match=r"block_length \(16\) must divide the response"):
+        load_config(DistillConfig, argv=["--block_length", "16"])  # longer than T = 6
+    with pytest.raises(ConfigError, match="block_length"):
+        load_config(DistillConfig, argv=["--block_length", "4"])
     assert derive_seed(0, "group", 1) != derive_seed(0, "group", 2) != derive_seed(1, "group", 1)
 
 

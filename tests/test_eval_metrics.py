@@ -195,3 +195,12 @@ def test_eval_loads_a_lora_adapter(tmp_path, tiny_model, capsys):
         outs.append(json.loads(out.read_text())["results"]["addition:max_digits=2"])
     # a fresh LoRA adapter has B = 0: merged, it leaves the model's answers unchanged
     assert outs[0]["responses"] == outs[1]["responses"]
+
+
+def test_eval_set_file_for_a_task_without_data_files_names_the_spec(tmp_path):
+    from tabom.eval_cli import load_eval_set
+
+    path = tmp_path / "x.jsonl"
+    path.write_text("{}\n")
+    with pytest.raises(ValueError, match=r"eval set 'addition@.*x\.jsonl'.*no data files"):
+        load_eval_set(f"addition@{path}", None, 0)

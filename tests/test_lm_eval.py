@@ -72,6 +72,20 @@ def test_unsupported_requests_say_why(model_dir):
     assert cut_at_stops("abc", ["", "x"]) == "abc"
 
 
+def test_settings_are_checked_at_init_without_a_placeholder_length(model_dir):
+    from tabom.lm_eval_adapter import TabomLM
+
+    lm = TabomLM(pretrained=model_dir, block_length=16)  # T comes with each request
+    cfg = lm.decode_config(32)
+    assert (cfg.gen_length, cfg.steps, cfg.block_length) == (32, 32, 16)
+    with pytest.raises(ValueError, match=r"block_length \(16\) must divide"):
+        lm.decode_config(8)
+    with pytest.raises(ValueError, match="decode.score"):
+        TabomLM(pretrained=model_dir, score="nope")
+    with pytest.raises(ValueError, match="block_length"):
+        TabomLM(pretrained=model_dir, gen_length=8, block_length=16)  # T fixed: checked now
+
+
 @pytest.mark.slow
 def test_simple_evaluate_runs_a_local_gsm8k_task(model_dir, tmp_path):
     from lm_eval.tasks import TaskManager

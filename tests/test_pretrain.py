@@ -10,7 +10,9 @@ import torch
 from tabom.losses import masked_ce
 from tabom.masking import random_mask
 from tabom.models import TinyModelConfig, build_tiny, load_model
-from tabom.pretrain import PretrainConfig, collate, encode_example, lr_factor, pretrain
+from tabom.objectives import compute_objective
+from tabom.pretrain import PretrainConfig, collate, encode_example, pretrain
+from tabom.schedule import lr_factor
 from tabom.tasks import make_task
 
 SMALL = TinyModelConfig(
@@ -50,6 +52,40 @@ def test_lr_schedule_warms_up_then_decays_to_the_floor():
     assert f[0] == pytest.approx(0.1) and f[9] == pytest.approx(1.0)
     assert all(a >= b for a, b in zip(f[9:], f[10:], strict=False))
     assert f[-1] == pytest.approx(0.1, abs=1e-3)
+
+
+@pytest.mark.parametrize("nelbo", [True, False])
+def test_the_sft_objective_is_the_hand_written_mdlm_loss(nelbo):
+    """pretrain's loss (compute_objective, sft) = random_mask + masked_ce with 1/t over the
+    response length (or the token mean): the same draws, the same value."""
+    dlm = build_tiny(SMALL, seed=1)
+    task = make_task("addition:min_digits=1,max_digits=2")
+    pairs = [encode_example(dlm.tokenizer, task, e, 1) for e in task.generate(16, _gen(5))]
+    ids, attn, resp = collate(pairs, 0)
+    plan = random_mask(ids, resp, mask_token_id=dlm.mask_token_id, generator=_gen(7))
+    with torch.no_grad():
+        expected = masked_ce(
+            dlm(plan.input_ids, attn),
+            ids,
+            plan.supervise,
+            t=plan.t if nelbo else None,
+            normalizer=resp.sum() if nelbo else None,
+        )
+        got = compute_objective(
+            dlm,
+            ids,
+            attn,
+            resp,
+            objective="sft",
+            mask_token_id=dlm.mask_token_id,
+            generator=_gen(7),
+            nelbo_weight=nelbo,
+        ).total
+    assert torch.equal(got, expected)
+
+
+def _gen(seed):
+    return torch.Generator().manual_seed(seed)
 
 
 def _fixed_batch_loss(dlm, task):

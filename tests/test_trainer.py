@@ -478,6 +478,13 @@ def test_verified_only_with_nothing_verified_is_refused(model_dir, traj, tmp_pat
         ({"eval_every": 5}, "eval_every: set eval_tasks"),
         ({"backend": "llama"}, "backend must be auto or one of"),
         ({"lora_rank": 0, "dtype": "bfloat16"}, "dtype: full fine-tuning .* fp32 master"),
+        ({"lr": 0}, r"\blr must be > 0, got 0.0$"),
+        ({"grad_clip": -1}, r"\bgrad_clip must be >= 0, got -1.0$"),
+        ({"weight_decay": -0.1}, r"\bweight_decay must be >= 0, got -0.1$"),
+        ({"rank_margin": -1}, r"\brank_margin must be >= 0, got -1.0$"),
+        ({"rank_weight": -1}, r"\brank_weight must be >= 0, got -1.0$"),
+        ({"lora_rank": -1}, r"\blora_rank must be >= 0 \(0 = full fine-tuning\), got -1$"),
+        ({"lora_dropout": 1}, r"\blora_dropout must be in \[0, 1\), got 1.0$"),
     ],
 )
 def test_bad_combinations_name_the_field(over, message):
@@ -495,15 +502,24 @@ def test_mixed_precision_choices():
         load_config(TrainConfig, None, ["--data", "t", "--mixed_precision", "no"])
 
 
-def test_report_to_a_missing_tracker_is_a_clear_error(model_dir, traj, tmp_path, no_step):
-    try:
-        import torch.utils.tensorboard  # noqa: F401
+def test_report_to_a_missing_tracker_is_a_one_line_error(
+    model_dir, traj, tmp_path, no_step, monkeypatch, capsys
+):
+    monkeypatch.setitem(sys.modules, "wandb", None)  # import wandb -> ImportError
+    cfg = config(model_dir, traj, tmp_path / "run", report_to="wandb")
+    with pytest.raises(ConfigError, match=r"report_to: 'wandb' needs .*\(pip install wandb\)"):
+        train(cfg)
+    assert trainer_mod.run_train(cfg) == 2
+    errors = [x for x in capsys.readouterr().err.splitlines() if "error" in x]
+    assert len(errors) == 1 and errors[0].startswith("tabom train: error: report_to: 'wandb'")
 
-        pytest.skip("tensorboard is installed")
-    except ImportError:
-        pass
-    with pytest.raises(ImportError, match="report_to: 'tensorboard' needs the tensorboard"):
-        train(config(model_dir, traj, tmp_path / "run", report_to="tensorboard"))
+
+def test_lora_without_peft_is_a_one_line_error(model_dir, traj, tmp_path, no_step, monkeypatch):
+    monkeypatch.setitem(sys.modules, "peft", None)
+    cfg = config(model_dir, traj, tmp_path / "run", lora_rank=4)
+    with pytest.raises(ConfigError, match=r"lora_rank: 4 .*\(pip install peft\)"):
+        train(cfg)
+    assert trainer_mod.run_train(cfg) == 2
 
 
 @pytest.mark.parametrize("name", RECIPES)

@@ -23,8 +23,12 @@ class ConfigError(ValueError):
     """A config value is unknown, mistyped or out of range; the message names where it came from."""
 
 
-def _convert(value: Any, tp: Any, where: str) -> Any:
-    """Check/coerce ``value`` against the annotation ``tp``; ``where`` names the source."""
+def _convert(value: Any, tp: Any, where: str, construct: bool = True) -> Any:
+    """Check/coerce ``value`` against the annotation ``tp``; ``where`` names the source.
+
+    With ``construct=False`` nested dataclass groups are checked field by field (names and
+    types) but not built, so their ``__post_init__`` cross-field checks do not run.
+    """
     origin = get_origin(tp)
     if tp is Any:
         return value
@@ -37,7 +41,7 @@ def _convert(value: Any, tp: Any, where: str) -> Any:
             if arg is type(None):
                 continue
             try:
-                return _convert(value, arg, where)
+                return _convert(value, arg, where, construct)
             except ConfigError as e:
                 errors.append(str(e))
         raise ConfigError(errors[0] if errors else f"{where}: bad value {value!r}")
@@ -54,7 +58,7 @@ def _convert(value: Any, tp: Any, where: str) -> Any:
         if not isinstance(value, (list, tuple)):
             raise ConfigError(f"{where}: expected a list, got {value!r}")
         (inner, *_) = get_args(tp) or (Any,)
-        items = [_convert(v, inner, f"{where}[{i}]") for i, v in enumerate(value)]
+        items = [_convert(v, inner, f"{where}[{i}]", construct) for i, v in enumerate(value)]
         return items if origin is list else tuple(items)
     if origin is dict:
         if not isinstance(value, dict):
@@ -65,7 +69,7 @@ def _convert(value: Any, tp: Any, where: str) -> Any:
             return value
         if not isinstance(value, dict):
             raise ConfigError(f"{where}: expected a mapping of {tp.__name__} fields")
-        return _build(tp, value, where)
+        return _build(tp, value, where, construct=construct)
     if tp is bool:
         if isinstance(value, bool):
             return value
@@ -93,7 +97,13 @@ def _convert(value: Any, tp: Any, where: str) -> Any:
     return value
 
 
-def _build(cls: type[C], values: dict[str, Any], where: str) -> C:
+def _build(cls: type[C], values: dict[str, Any], where: str, construct: bool = True) -> Any:
+    """``cls(**values)`` with every value checked against its annotation.
+
+    With ``construct=False`` only the keys and types are checked (recursively into nested
+    groups) and the converted mapping is returned: ``cls`` is not instantiated, so a partial
+    tree (a YAML file that a flag completes) is not refused by ``__post_init__``.
+    """
     hints = get_type_hints(cls)
     names = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
     kwargs = {}
@@ -103,7 +113,9 @@ def _build(cls: type[C], values: dict[str, Any], where: str) -> C:
                 f"{where}: unknown field {key!r} for {cls.__name__} "
                 f"(known: {', '.join(sorted(names))})"
             )
-        kwargs[key] = _convert(value, hints[key], f"{where}.{key}" if where else key)
+        kwargs[key] = _convert(value, hints[key], f"{where}.{key}" if where else key, construct)
+    if not construct:
+        return kwargs
     try:
         return cls(**kwargs)
     except (TypeError, ValueError) as e:
@@ -204,8 +216,8 @@ def load_config(
         loaded = yaml.safe_load(path.read_text()) or {}
         if not isinstance(loaded, dict):
             raise ConfigError(f"{path}: expected a mapping of config fields at the top level")
-        try:
-            _build(cls, loaded, "")  # validate the file on its own so errors name it
+        try:  # keys and types of the file alone, so errors name it; no __post_init__ yet
+            _build(cls, loaded, "", construct=False)
         except ConfigError as e:
             raise ConfigError(f"{path}: {e}") from None
         tree = loaded

@@ -13,17 +13,80 @@ when none does, the single best position under the selected score.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal, get_args
 
 import torch
+from tqdm.auto import tqdm
 
 if TYPE_CHECKING:
     from tabom.models.base import DiffusionLM
 
 ScoreName = Literal["confidence", "margin", "entropy", "random"]
 SCORES: tuple[str, ...] = get_args(ScoreName)
+
+
+def check_settings(
+    *,
+    steps: int | None = None,
+    block_length: int | None = None,
+    score: str = "confidence",
+    temperature: float = 0.0,
+    top_p: float = 1.0,
+    top_k: int = 0,
+    threshold: float | None = None,
+) -> None:
+    """Reject decode settings that are wrong whatever the response length (``None`` = unset).
+
+    :class:`DecodeConfig` runs this and then the checks that need ``gen_length``; callers that
+    learn the length later (per task, per request) run it up front.
+
+    Raises:
+        ValueError: naming the bad ``decode.*`` setting.
+    """
+    if steps is not None and steps <= 0:
+        raise ValueError(f"decode.steps must be positive, got {steps}")
+    if block_length is not None and block_length <= 0:
+        raise ValueError(f"decode.block_length must be positive, got {block_length}")
+    if score not in SCORES:
+        raise ValueError(f"decode.score must be one of {SCORES}, got {score!r}")
+    if temperature < 0:
+        raise ValueError(f"decode.temperature must be >= 0, got {temperature}")
+    if not 0 < top_p <= 1:
+        raise ValueError(f"decode.top_p must be in (0, 1], got {top_p}")
+    if top_k < 0:
+        raise ValueError(f"decode.top_k must be >= 0, got {top_k}")
+    if threshold is not None and not 0 < threshold <= 1:
+        raise ValueError(f"decode.threshold must be in (0, 1], got {threshold}")
+
+
+def steps_for(gen_length: int, tokens_per_step: int, block_length: int | None = None) -> int:
+    """The fixed-budget ``steps`` that commit about ``tokens_per_step`` tokens a forward.
+
+    ``ceil(gen_length / tokens_per_step)``, at least one step per block and rounded up to a
+    multiple of the number of blocks (each block gets the same steps), so no step commits more
+    than ``tokens_per_step`` tokens. The one rule of every caller that derives a budget from
+    tokens per step (``tabom eval``, ``tabom distill``, the lm-eval adapter).
+
+    Raises:
+        ValueError: ``tokens_per_step`` < 1, or a ``block_length`` that does not divide
+            ``gen_length`` (or exceeds it).
+    """
+    if gen_length <= 0:
+        raise ValueError(f"gen_length must be positive, got {gen_length}")
+    if tokens_per_step < 1:
+        raise ValueError(f"tokens_per_step must be >= 1, got {tokens_per_step}")
+    n_blocks = 1
+    if block_length is not None:
+        if not 0 < block_length <= gen_length or gen_length % block_length:
+            raise ValueError(
+                f"block_length ({block_length}) must divide the response length ({gen_length})"
+            )
+        n_blocks = gen_length // block_length
+    steps = max(n_blocks, math.ceil(gen_length / tokens_per_step))
+    return math.ceil(steps / n_blocks) * n_blocks
 
 
 @dataclass
@@ -57,31 +120,25 @@ class DecodeConfig:
     def __post_init__(self) -> None:
         if self.gen_length <= 0:
             raise ValueError(f"decode.gen_length must be positive, got {self.gen_length}")
-        if self.steps <= 0:
-            raise ValueError(f"decode.steps must be positive, got {self.steps}")
-        if self.block_length is not None:
-            if self.block_length <= 0:
-                raise ValueError(f"decode.block_length must be positive, got {self.block_length}")
-            if self.gen_length % self.block_length:
-                raise ValueError(
-                    f"decode.gen_length ({self.gen_length}) must be divisible by "
-                    f"decode.block_length ({self.block_length})"
-                )
+        check_settings(
+            steps=self.steps,
+            block_length=self.block_length,
+            score=self.score,
+            temperature=self.temperature,
+            top_p=self.top_p,
+            top_k=self.top_k,
+            threshold=self.threshold,
+        )
+        if self.block_length is not None and self.gen_length % self.block_length:
+            raise ValueError(
+                f"decode.gen_length ({self.gen_length}) must be divisible by "
+                f"decode.block_length ({self.block_length})"
+            )
         if self.threshold is None and self.steps % self.n_blocks:
             raise ValueError(
                 f"decode.steps ({self.steps}) must be divisible by the number of blocks "
                 f"({self.n_blocks})"
             )
-        if self.score not in SCORES:
-            raise ValueError(f"decode.score must be one of {SCORES}, got {self.score!r}")
-        if self.temperature < 0:
-            raise ValueError(f"decode.temperature must be >= 0, got {self.temperature}")
-        if not 0 < self.top_p <= 1:
-            raise ValueError(f"decode.top_p must be in (0, 1], got {self.top_p}")
-        if self.top_k < 0:
-            raise ValueError(f"decode.top_k must be >= 0, got {self.top_k}")
-        if self.threshold is not None and not 0 < self.threshold <= 1:
-            raise ValueError(f"decode.threshold must be in (0, 1], got {self.threshold}")
 
     @property
     def block_size(self) -> int:
@@ -101,7 +158,8 @@ class DecodeOutput:
         sequences: ``(B, P + T)`` the left-padded prompt followed by the committed response.
         decode_step: ``(B, T)`` long, the step at which each response position was committed
             (-1 if never).
-        nfe: forwards run (one forward serves the whole batch).
+        nfe: forwards the batch ran (one forward serves the whole batch; summed over batches
+            by :func:`concat_outputs`). Per answer: :attr:`forwards_per_row`.
         prompt_length: P, the padded prompt width.
         attention_mask: ``(B, P + T)``, 0 on left padding.
         decode_entropy: ``(B, T)`` float, entropy of the proposal distribution at each
@@ -124,6 +182,16 @@ class DecodeOutput:
     def prompt_ids(self) -> torch.Tensor:
         """``(B, P)`` the left-padded prompts."""
         return self.sequences[:, : self.prompt_length]
+
+    @property
+    def forwards_per_row(self) -> torch.Tensor:
+        """``(B,)`` long, the forwards each answer needed: the step of its last commit + 1.
+
+        ``steps`` in fixed-budget mode when every step commits a token (at most one block of
+        tokens per step); in threshold mode a row's own count, whatever else is in its batch.
+        0 for a row that committed nothing.
+        """
+        return self.decode_step.max(dim=-1).values + 1
 
 
 def pad_prompts(prompts: list[list[int]], pad_token_id: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -358,7 +426,18 @@ def decode(
             top_k=cfg.top_k,
             generator=generator,
         )  # (B, Lb), (B, Lb, V)
-        scores = score_proposals(q, tokens, cfg.score, generator=generator)  # (B, Lb)
+        # q(token) and sum q log q once per step, shared by the score, threshold and record
+        confidence = neg_entropy = None
+        if cfg.score == "confidence" or not fixed:
+            confidence = q.gather(-1, tokens.unsqueeze(-1)).squeeze(-1)  # (B, Lb)
+        if cfg.score == "entropy" or entropy is not None:
+            neg_entropy = torch.special.xlogy(q, q).sum(dim=-1)  # (B, Lb), 0 log 0 = 0
+        if cfg.score == "confidence":
+            scores = confidence
+        elif cfg.score == "entropy":
+            scores = neg_entropy
+        else:
+            scores = score_proposals(q, tokens, cfg.score, generator=generator)  # (B, Lb)
         candidates = decode_step.gather(1, pos) < 0  # (B, Lb) still masked
         if bool(torch.isnan(scores).any()):
             raise ValueError(f"decode step {step}: the model's logits give NaN scores")
@@ -368,7 +447,6 @@ def decode(
             k = torch.full((B,), schedule[step], dtype=torch.long, device=device)
             commit = select_top_k(scores, candidates, k)  # (B, Lb)
         else:
-            confidence = q.gather(-1, tokens.unsqueeze(-1)).squeeze(-1)  # (B, Lb)
             passed = candidates & (confidence >= cfg.threshold)
             best = select_top_k(scores, candidates, torch.ones(B, dtype=torch.long, device=device))
             commit = passed | (best & ~passed.any(dim=-1, keepdim=True))
@@ -377,7 +455,7 @@ def decode(
         response.scatter_(1, pos, torch.where(commit, tokens, response.gather(1, pos)))
         decode_step.scatter_(1, pos, torch.where(commit, step, decode_step.gather(1, pos)))
         if entropy is not None:
-            h = -torch.special.xlogy(q, q).sum(dim=-1)  # (B, Lb)
+            h = -neg_entropy  # (B, Lb)
             entropy.scatter_(1, pos, torch.where(commit, h, entropy.gather(1, pos)))
         step += 1
 
@@ -432,33 +510,45 @@ def response_text(
     return tokenizer.decode(ids[:cut], skip_special_tokens=True)
 
 
-def decode_texts(
+def decode_batches(
     dlm: DiffusionLM,
-    prompts: list[str],
+    encoded: Sequence[list[int]],
     cfg: DecodeConfig,
     *,
     generator: torch.Generator | None = None,
     batch_size: int = 64,
-) -> tuple[list[str], DecodeOutput]:
-    """Encode the prompts as the backend does, decode in batches and return the answers.
+    progress: bool = False,
+    desc: str = "decode",
+) -> DecodeOutput:
+    """Decode encoded prompts in batches of ``batch_size`` (left-padded, in order).
+
+    The one batched decode loop of the package (``tabom eval``, ``tabom distill``, the lm-eval
+    adapter). Batches run in order and share ``generator``.
 
     Args:
         dlm: the model, its tokenizer and backend ids.
-        prompts: user prompts, before any template: :meth:`DiffusionLM.encode_prompt` applies
-            the backend's chat template (the tiny backends: the bare text).
+        encoded: prompt token ids, already templated (:meth:`DiffusionLM.encode_prompt`).
         cfg: decode settings.
         generator: all randomness, on ``dlm.device``.
         batch_size: prompts per forward.
+        progress: show a progress bar over batches, labelled ``desc``.
 
     Returns:
-        ``(texts, output)``: the responses cut at the first stop id (``dlm.spec.stop_ids``:
-        EOS, LLaDA's ``<|eot_id|>``, Dream's ``<|im_end|>``), and the batches' outputs
-        concatenated in prompt order (:func:`concat_outputs`; ``nfe`` summed over batches).
+        The batches' outputs concatenated in prompt order (:func:`concat_outputs`: ``nfe``
+        summed over batches, prompts left-padded to the widest batch).
+
+    Raises:
+        ValueError: no prompts, or ``batch_size`` < 1.
     """
-    encoded = [dlm.encode_prompt(p) for p in prompts]  # the chat template, if the backend has one
+    if not encoded:
+        raise ValueError("decode_batches needs at least one prompt")
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    pad = dlm.spec.pad_token_id
     outputs = []
-    for start in range(0, len(encoded), batch_size):
-        ids, mask = pad_prompts(encoded[start : start + batch_size], dlm.spec.pad_token_id)
+    starts = range(0, len(encoded), batch_size)
+    for start in tqdm(starts, desc=desc, disable=not progress, leave=False):
+        ids, mask = pad_prompts(list(encoded[start : start + batch_size]), pad)
         outputs.append(
             decode(
                 dlm,
@@ -469,6 +559,38 @@ def decode_texts(
                 generator=generator,
             )
         )
-    out = concat_outputs(outputs, dlm.spec.pad_token_id)
+    return outputs[0] if len(outputs) == 1 else concat_outputs(outputs, pad)
+
+
+def decode_texts(
+    dlm: DiffusionLM,
+    prompts: list[str],
+    cfg: DecodeConfig,
+    *,
+    generator: torch.Generator | None = None,
+    batch_size: int = 64,
+    progress: bool = False,
+    desc: str = "decode",
+) -> tuple[list[str], DecodeOutput]:
+    """Encode the prompts as the backend does, decode in batches and return the answers.
+
+    Args:
+        dlm: the model, its tokenizer and backend ids.
+        prompts: user prompts, before any template: :meth:`DiffusionLM.encode_prompt` applies
+            the backend's chat template (the tiny backends: the bare text).
+        cfg: decode settings.
+        generator: all randomness, on ``dlm.device``.
+        batch_size: prompts per forward.
+        progress: show a progress bar over batches, labelled ``desc``.
+
+    Returns:
+        ``(texts, output)``: the responses cut at the first stop id (``dlm.spec.stop_ids``:
+        EOS, LLaDA's ``<|eot_id|>``, Dream's ``<|im_end|>``), and :func:`decode_batches`'s
+        output (prompt order; ``nfe`` summed over batches).
+    """
+    encoded = [dlm.encode_prompt(p) for p in prompts]  # the chat template, if the backend has one
+    out = decode_batches(
+        dlm, encoded, cfg, generator=generator, batch_size=batch_size, progress=progress, desc=desc
+    )
     texts = [response_text(dlm.tokenizer, r, dlm.spec.stop_ids) for r in out.response_ids.tolist()]
     return texts, out

@@ -4,7 +4,7 @@ Stages, each in its own folder under ``output_dir`` with a ``stage.json`` marker
 and result): a rerun with the same settings skips every finished stage.
 
 1. ``splits``: the new-domain test and validation sets and the old-domain test set, drawn with
-   fixed seeds and filtered so that no id appears in the distillation prompts (asserted).
+   fixed seeds and filtered so that no id appears in the distillation prompts (checked).
 2. ``distill``: the base model decodes the distillation prompts (temperature 1, one token per
    step) and keeps the verified trajectories; the ground-truth answers of the same prompts are
    the ``sft`` data. ``align``: the same on the validation prompts, for the alignment metric.
@@ -59,6 +59,24 @@ QUICK: dict[str, Any] = {
     "align_samples": 4,
 }
 """What ``--quick`` sets, for every field still at its default."""
+WARMUP_STEPS = 5
+"""Linear warmup steps of every training run."""
+MIN_LR_RATIO = 0.1
+"""The cosine schedule ends at this share of the peak lr."""
+WEIGHT_DECAY = 0.01
+"""AdamW weight decay of every training run."""
+TRAIN_SETTINGS = (
+    "epochs",
+    "batch_size",
+    "lr",
+    "td_window",
+    "rank_window",
+    "td_cut_range",
+    "rank_margin",
+    "rank_weight",
+)
+"""The :class:`DemoConfig` fields a training run depends on (besides objective, seed, steps and
+data): part of the key of every ``train`` stage, in the demo and in ``tabom sweep``."""
 
 
 @dataclass
@@ -82,7 +100,8 @@ class DemoConfig:
         epochs: passes over the trajectories; every objective runs the same number of optimizer
             steps, ``epochs × ceil(trajectories / batch_size)``.
         batch_size: sequences per optimizer step.
-        lr: peak learning rate (full fine-tuning, warmup 5 steps, cosine to 0.1 lr).
+        lr: peak learning rate (full fine-tuning, :data:`WARMUP_STEPS` warmup steps, cosine
+            to :data:`MIN_LR_RATIO` × lr, weight decay :data:`WEIGHT_DECAY`).
         td_window: M (decode steps).
         rank_window: W (decode steps).
         td_cut_range: the cut range of time-delay masking, ``design`` (DESIGN §5) or
@@ -187,6 +206,19 @@ def run_stage(folder: Path, settings: dict[str, Any], fn: Callable[[Path], Any])
     return {**done, "cached": False}
 
 
+def draw(task: Task, n: int, seed: int, exclude: set[str]) -> list[Example]:
+    """``n`` seeded problems of ``task`` whose ids are not in ``exclude`` (generation order).
+
+    Raises:
+        ValueError: fewer than ``n`` are left after the exclusion.
+    """
+    pool = task.generate(n + 200, torch.Generator().manual_seed(seed))
+    kept = [ex for ex in pool if ex.id not in exclude][:n]
+    if len(kept) < n:
+        raise ValueError(f"{task.name}: only {len(kept)} held-out problems, asked for {n}")
+    return kept
+
+
 def make_splits(cfg: DemoConfig) -> dict[str, list[Example]]:
     """Distillation prompts and held-out sets; no held-out id is a distillation prompt.
 
@@ -194,27 +226,59 @@ def make_splits(cfg: DemoConfig) -> dict[str, list[Example]]:
         ``{"distill", "test", "val", "old_test"}`` example lists.
 
     Raises:
-        AssertionError: overlapping ids (never expected; the filter removes them).
+        ValueError: too few held-out problems, or two of distill / test / val sharing ids
+            (never expected: the filter removes them).
     """
     from tabom.distill import load_prompts
 
     new, old = make_task(cfg.new_task), make_task(cfg.old_task)
     distill = load_prompts(_distill_config(cfg, "unused"), new)
     taken = {ex.id for ex in distill}
-
-    def draw(task: Task, n: int, seed: int, exclude: set[str]) -> list[Example]:
-        pool = task.generate(n + 200, torch.Generator().manual_seed(seed))
-        kept = [ex for ex in pool if ex.id not in exclude][:n]
-        if len(kept) < n:
-            raise ValueError(f"{task.name}: only {len(kept)} held-out problems, asked for {n}")
-        return kept
-
     test = draw(new, cfg.test_examples, cfg.split_seed, taken)
     val = draw(new, cfg.val_examples, cfg.split_seed + 1, taken | {ex.id for ex in test})
     old_test = draw(old, cfg.old_examples, cfg.split_seed, set())
-    ids = {name: {ex.id for ex in exs} for name, exs in [("d", distill), ("t", test), ("v", val)]}
-    assert not ids["d"] & ids["t"] and not ids["d"] & ids["v"] and not ids["t"] & ids["v"]
+    ids = {
+        name: {ex.id for ex in exs}
+        for name, exs in [("distill", distill), ("test", test), ("val", val)]
+    }
+    for a, b in (("distill", "test"), ("distill", "val"), ("test", "val")):
+        shared = ids[a] & ids[b]
+        if shared:
+            raise ValueError(
+                f"splits {a!r} and {b!r} share {len(shared)} ids, e.g. {sorted(shared)[:3]}"
+            )
     return {"distill": distill, "test": test, "val": val, "old_test": old_test}
+
+
+def distill_settings(cfg: DemoConfig, splits: dict[str, list[Example]]) -> dict[str, Any]:
+    """The key of the ``distill`` stage (the demo's and ``tabom sweep``'s): what it depends on.
+
+    The distillation run's settings and a key of the distillation and validation ids (the
+    ground-truth file and the alignment prompts), however the splits were drawn.
+    """
+    fields = (
+        "model",
+        "new_task",
+        "distill_prompts",
+        "distill_samples",
+        "distill_temperature",
+        "distill_seed",
+        "align_samples",
+        "num_threads",
+    )
+    ids = {k: [ex.id for ex in splits[k]] for k in ("distill", "val")}
+    return {**{k: getattr(cfg, k) for k in fields}, "split_ids": _key(ids)}
+
+
+def train_settings(
+    cfg: DemoConfig, objective: str, seed: int, steps: int, distill_key: str, **extra: Any
+) -> dict[str, Any]:
+    """The key of a ``train`` stage: the distill stage's key, the run and :data:`TRAIN_SETTINGS`.
+
+    ``extra``: anything else the run depends on (``tabom sweep``'s data fraction).
+    """
+    tset = {"distill": distill_key, "objective": objective, "seed": seed, "steps": steps}
+    return {**tset, **{k: getattr(cfg, k) for k in TRAIN_SETTINGS}, **extra}
 
 
 def _distill_config(cfg: DemoConfig, output: str, **over: Any):
@@ -291,9 +355,9 @@ def _train_stage(cfg: DemoConfig, objective: str, seed: int, steps: int, data: P
             batch_size=cfg.batch_size,
             grad_accum=1,
             lr=cfg.lr,
-            weight_decay=0.01,
-            warmup_steps=5,
-            min_lr_ratio=0.1,
+            weight_decay=WEIGHT_DECAY,
+            warmup_steps=WARMUP_STEPS,
+            min_lr_ratio=MIN_LR_RATIO,
             lora_rank=0,
             td_window=cfg.td_window,
             rank_window=cfg.rank_window,
@@ -351,8 +415,8 @@ def evaluate_model(
     out["val"] = evaluate_task(
         dlm, new, splits["val"], budget_config("confidence", 1), **kw
     ).accuracy
-    records = read_trajectories(align_file, tokenizer=dlm.tokenizer)
-    out["alignment"] = asdict(trajectory_alignment(dlm, records))
+    records = read_trajectories(align_file, tokenizer=dlm.tokenizer, vocab_size=dlm.vocab_size)
+    out["alignment"] = asdict(trajectory_alignment(dlm, records, batch_size=cfg.batch_size))
     return out
 
 
@@ -377,26 +441,19 @@ def run_demo(cfg: DemoConfig) -> int:
     (root / "splits.json").write_text(json.dumps(split_ids) + "\n")
 
     # 2) self-distillation (+ the sft ground truth and the held-out alignment trajectories)
-    dkeys = [
-        "model", "new_task", "distill_prompts", "distill_samples", "distill_temperature",
-        "distill_seed", "val_examples", "split_seed", "align_samples", "num_threads",
-    ]  # fmt: skip
-    dset = {k: settings[k] for k in dkeys}
     print(f"demo: [1/4] self-distillation on {cfg.new_task} ({cfg.distill_prompts} prompts)")
-    dist = run_stage(root / "distill", dset, _distill_stage(cfg, splits))
+    dist = run_stage(root / "distill", distill_settings(cfg, splits), _distill_stage(cfg, splits))
     timings["distill"] = (dist["seconds"], dist["cached"])
     n_traj = dist["result"]["trajectories"]
     steps = cfg.epochs * math.ceil(n_traj / cfg.batch_size)
 
     # 3) post-training: every objective, every seed, the same steps and batch
-    tkeys = ["epochs", "batch_size", "lr", "td_window", "rank_window", "rank_margin", "rank_weight"]
     runs = [(o, s) for o in cfg.objectives for s in cfg.seeds]
     print(f"demo: [2/4] post-training {len(runs)} runs x {steps} steps on {n_traj} trajectories")
     train_s, train_cached = 0.0, True
     models: dict[str, list[str]] = {"base": [cfg.model]}
     for objective, seed in tqdm(runs, desc="train runs", disable=not cfg.progress):
-        tset = {"distill": dist["key"], "objective": objective, "seed": seed, "steps": steps}
-        tset.update({k: settings[k] for k in tkeys})
+        tset = train_settings(cfg, objective, seed, steps, dist["key"])
         folder = root / "train" / objective / f"seed{seed}"
         done = run_stage(folder, tset, _train_stage(cfg, objective, seed, steps, root / "distill"))
         train_s += done["seconds"]
@@ -463,10 +520,17 @@ __all__ = [
     "MODELS",
     "QUICK",
     "DemoConfig",
+    "MIN_LR_RATIO",
+    "TRAIN_SETTINGS",
+    "WARMUP_STEPS",
+    "WEIGHT_DECAY",
+    "distill_settings",
+    "draw",
     "evaluate_model",
     "flips_against_base",
     "make_splits",
     "mean_std",
     "run_demo",
     "run_stage",
+    "train_settings",
 ]

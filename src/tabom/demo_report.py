@@ -17,7 +17,16 @@ from typing import Any
 
 import torch
 
-from tabom.demo import MODELS, DemoConfig, flips_against_base, mean_std
+from tabom.config import to_dict
+from tabom.demo import (
+    MIN_LR_RATIO,
+    MODELS,
+    WARMUP_STEPS,
+    WEIGHT_DECAY,
+    DemoConfig,
+    flips_against_base,
+    mean_std,
+)
 from tabom.report import plot_budgets, plot_entropy_curves, plot_metric_bars, plot_trajectory
 
 
@@ -114,27 +123,29 @@ def verdicts(rows: dict[str, Any], cfg: DemoConfig) -> list[str]:
         return f"vs {other} {_fmt(rows[other][metric], digits)}: {diff:+.{digits}f} ({word})"
 
     others = [o for o in ("sft", "traj-sft", "td", "base") if o in rows]
-    acc = "; ".join(versus(f"new@{t1}", o) for o in others)
-    d, word = compare(t[f"new@{t1}"], rows["sft"][f"new@{t1}"]) if "sft" in rows else (0, "n/a")
     claim = {"better": "holds", "worse": "does not hold", "no clear difference": "is not shown"}
+
+    def against(metric: str, higher: bool = True, with_base: bool = True) -> tuple[str, str]:
+        """The claim's verdict (TABOM against sft) and TABOM against every other model."""
+        held = "n/a"
+        if "sft" in rows:
+            held = claim[compare(t[metric], rows["sft"][metric], higher)[1]]
+        vs = "; ".join(versus(metric, o, higher) for o in others if with_base or o != "base")
+        return held, vs
+
+    held, acc = against(f"new@{t1}")
     out.append(
-        f"1. **Higher new-domain accuracy than SFT: {claim.get(word, 'n/a')}.** TABOM's greedy "
-        f"accuracy (one token per step) is {_fmt(t[f'new@{t1}'])}; {acc}."
+        f"1. **Higher new-domain accuracy than SFT: {held}.** TABOM's greedy "
+        f"accuracy ({t1} token(s) per step) is {_fmt(t[f'new@{t1}'])}; {acc}."
     )
-    d, word = compare(t[f"pass@{k}"], rows["sft"][f"pass@{k}"]) if "sft" in rows else (0, "n/a")
-    pk = "; ".join(versus(f"pass@{k}", o) for o in others)
+    held, pk = against(f"pass@{k}")
     out.append(
-        f"2. **Wider knowledge boundary (pass@{k}) than SFT: {claim.get(word, 'n/a')}.** "
+        f"2. **Wider knowledge boundary (pass@{k}) than SFT: {held}.** "
         f"TABOM's pass@{k} at temperature 1 is {_fmt(t[f'pass@{k}'])}; {pk}."
     )
-    d, word = (
-        compare(t["forgetting"], rows["sft"]["forgetting"], higher_is_better=False)
-        if "sft" in rows
-        else (0, "n/a")
-    )
-    fg = "; ".join(versus("forgetting", o, higher=False) for o in others if o != "base")
+    held, fg = against("forgetting", higher=False, with_base=False)
     out.append(
-        f"3. **Less forgetting than SFT: {claim.get(word, 'n/a')}.** TABOM's old-domain "
+        f"3. **Less forgetting than SFT: {held}.** TABOM's old-domain "
         f"accuracy is {_fmt(t['old'])} against the base model's "
         f"{_fmt(rows['base']['old'])}: forgetting {_fmt(t['forgetting'], sign=True)} "
         f"with {_fmt(t['c2w'], 1)} correct→wrong and {_fmt(t['w2c'], 1)} "
@@ -232,12 +243,15 @@ def write_report(
         f"({distill['verified_share']:.1%} of samples) shared by every seed.",
         f"- Post-training from the same base, full fine-tuning, {steps} optimizer steps × batch "
         f"{cfg.batch_size} for every objective ({cfg.epochs} epochs of the trajectories), lr "
-        f"{cfg.lr}, warmup 5, cosine to 0.1 lr; M = {cfg.td_window}, W = {cfg.rank_window}, "
-        f"m = {cfg.rank_margin}, λ = {cfg.rank_weight}; seeds {cfg.seeds} (data order, masking). "
+        f"{cfg.lr}, {WARMUP_STEPS} warmup steps, cosine to {MIN_LR_RATIO} × lr, weight decay "
+        f"{WEIGHT_DECAY}; M = {cfg.td_window}, W = {cfg.rank_window}, time-delay cut range "
+        f"`{cfg.td_cut_range}`, m = {cfg.rank_margin}, λ = {cfg.rank_weight}; seeds "
+        f"{cfg.seeds} (data order, masking). "
         "`sft` trains on the ground-truth answers of all distillation prompts, the others on "
         "the verified trajectories. No checkpoint picking: the final model of each run.",
-        f"- Test sets, disjoint from the distillation prompts (asserted): {cfg.test_examples} "
-        f"new-domain problems (greedy, confidence order, 1/2/3 tokens per step; the first "
+        f"- Test sets, disjoint from the distillation prompts (checked): {cfg.test_examples} "
+        f"new-domain problems (greedy, confidence order, "
+        f"{'/'.join(map(str, cfg.tokens_per_step))} tokens per step; the first "
         f"{cfg.pass_examples} also sampled {cfg.n_samples}× at T = 1 for pass@k with the "
         f"unbiased estimator), {cfg.old_examples} old-domain problems (greedy; forgetting = base "
         f"accuracy − model accuracy, flips per item against the base). Validation: "
@@ -274,7 +288,7 @@ def write_report(
     ]
     path = root / "report.md"
     path.write_text("\n".join(lines))
-    payload = {"config": {k: v for k, v in vars(cfg).items()}, "rows": rows, "steps": steps}
+    payload = {"config": to_dict(cfg), "rows": rows, "steps": steps}
     (root / "report.json").write_text(json.dumps(payload, indent=1, default=str) + "\n")
     return path
 

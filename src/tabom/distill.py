@@ -30,7 +30,6 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-import math
 import time
 import warnings
 from dataclasses import dataclass, field
@@ -41,7 +40,7 @@ import torch
 from tqdm.auto import tqdm
 
 from tabom.config import save_config, to_dict
-from tabom.decoding import DecodeConfig, ScoreName, decode, pad_prompts, response_text
+from tabom.decoding import DecodeConfig, ScoreName, decode_batches, response_text, steps_for
 from tabom.evaluate import pass_at_k
 from tabom.models import DEFAULT_MODEL, load_model
 from tabom.models.base import DiffusionLM
@@ -149,13 +148,13 @@ class DistillConfig:
     def decode_config(self) -> DecodeConfig:
         """The decode settings: T from the task unless set, steps from the budget."""
         T = self.gen_length or make_task(self.task).gen_length  # type: ignore[arg-type]
-        n_blocks = T // self.block_length if self.block_length else 1
-        steps = self.steps or math.ceil(T / self.tokens_per_step)
-        if self.steps is None and self.threshold is None:
-            steps = max(n_blocks, math.ceil(steps / n_blocks) * n_blocks)
+        if self.threshold is not None:
+            steps = T  # ignored: the threshold decides
+        else:
+            steps = self.steps or steps_for(T, self.tokens_per_step, self.block_length)
         return DecodeConfig(
             gen_length=T,
-            steps=T if self.threshold is not None else steps,
+            steps=steps,
             block_length=self.block_length,
             score=self.score,
             temperature=self.temperature,
@@ -284,19 +283,13 @@ def decode_group(
     """
     tok, n = dlm.tokenizer, cfg.n_samples
     encoded = [dlm.encode_prompt(ex.prompt) for ex in examples]  # chat template if any
-    ids, mask = pad_prompts([p for p in encoded for _ in range(n)], dlm.spec.pad_token_id)
+    rows = [p for p in encoded for _ in range(n)]
     generator = torch.Generator(device=dlm.device).manual_seed(
         derive_seed(cfg.seed, "group", group)
     )
     t0 = time.perf_counter()
-    out = decode(
-        dlm,
-        ids.to(dlm.device),
-        mask.to(dlm.device),
-        decode_cfg,
-        mask_token_id=dlm.mask_token_id,
-        generator=generator,
-    )
+    # the whole group is one batch with its own generator (a group decodes the same alone)
+    out = decode_batches(dlm, rows, decode_cfg, generator=generator, batch_size=len(rows))
     seconds = time.perf_counter() - t0
     responses = out.response_ids.tolist()  # (B, T)
     orders = out.decode_step.tolist()  # (B, T)

@@ -19,8 +19,8 @@ from typing import Literal
 
 import torch
 
-from tabom.decoding import DecodeConfig, ScoreName
-from tabom.evaluate import TaskResult, evaluate_task
+from tabom.decoding import ScoreName
+from tabom.evaluate import Budget, TaskResult, evaluate_task
 from tabom.metrics import Alignment, Forgetting, forgetting, trajectory_alignment
 from tabom.models import DEFAULT_MODEL, load_model
 from tabom.models.base import DiffusionLM
@@ -109,7 +109,15 @@ class EvalConfig:
 
 
 def load_eval_set(spec: str, n: int | None, seed: int) -> tuple[Task, list[Example]]:
-    """``SPEC`` -> n generated examples; ``SPEC@FILE`` -> the file (a seeded subset of n)."""
+    """``SPEC`` -> n generated examples; ``SPEC@FILE`` -> the file (a seeded subset of n).
+
+    Raises:
+        FileNotFoundError: no such file.
+        ValueError: a bad spec, or a file given for a task without data files (names ``spec``).
+        DataFileError: a malformed file.
+    """
+    from tabom.tasks import DataFileError, load_examples
+
     task_spec, _, path = spec.partition("@")
     task = make_task(task_spec)
     gen = torch.Generator().manual_seed(seed)
@@ -117,7 +125,12 @@ def load_eval_set(spec: str, n: int | None, seed: int) -> tuple[Task, list[Examp
         return task, task.generate(n or 200, gen)
     if not Path(path).is_file():
         raise FileNotFoundError(f"eval set {spec!r}: no such file {path}")
-    examples = task.load(path)  # type: ignore[attr-defined]
+    try:
+        examples = load_examples(task_spec, path)
+    except DataFileError:
+        raise  # names the file, line and field
+    except ValueError as e:  # a task without data files (``addition@x.jsonl``)
+        raise ValueError(f"eval set {spec!r}: {e}") from e
     if n is not None and n < len(examples):
         keep = torch.randperm(len(examples), generator=gen)[:n].sort().values.tolist()
         examples = [examples[i] for i in keep]
@@ -153,13 +166,16 @@ def budget_config(
     temperature: float = 0.0,
     top_p: float = 1.0,
     block_length: int | None = None,
-) -> DecodeConfig:
-    """A decode config committing ``tokens_per_step`` tokens a forward (rescaled to each task)."""
-    return DecodeConfig(
-        gen_length=tokens_per_step * 8,
-        steps=8,
-        block_length=block_length,
+) -> Budget:
+    """Decode settings committing ``tokens_per_step`` tokens a forward; each task gives T.
+
+    The steps at a task's response length are :func:`tabom.decoding.steps_for`'s
+    (:func:`tabom.evaluate.budget_for`); ``block_length`` is checked against each task's T.
+    """
+    return Budget(
         score=score,
+        tokens_per_step=tokens_per_step,
+        block_length=block_length,
         temperature=temperature,
         top_p=top_p,
     )
@@ -261,8 +277,10 @@ def run_eval_command(cfg: EvalConfig) -> int:
     if cfg.trajectories:
         from tabom.trajectory import read_trajectories
 
-        records = read_trajectories(cfg.trajectories, tokenizer=dlm.tokenizer)
-        alignment = trajectory_alignment(dlm, records)
+        records = read_trajectories(
+            cfg.trajectories, tokenizer=dlm.tokenizer, vocab_size=dlm.vocab_size
+        )
+        alignment = trajectory_alignment(dlm, records, batch_size=cfg.batch_size)
     print(format_table(results))
     print()
     print(format_budgets(budgets))

@@ -7,15 +7,13 @@ Chen et al. (2021) from n samples per problem: 1 - C(n - c, k) / C(n, k).
 
 from __future__ import annotations
 
-import dataclasses
 import math
 import time
 from dataclasses import dataclass, field
 
 import torch
-from tqdm.auto import tqdm
 
-from tabom.decoding import DecodeConfig, decode, pad_prompts, response_text
+from tabom.decoding import DecodeConfig, ScoreName, check_settings, decode_texts, steps_for
 from tabom.models.base import DiffusionLM
 from tabom.tasks.base import Example, Task
 
@@ -63,72 +61,77 @@ class TaskResult:
     seconds: float = 0.0
 
 
-def budget_for(task: Task, cfg: DecodeConfig) -> DecodeConfig:
-    """``cfg`` with the task's response length; ``steps`` scaled to keep tokens per step."""
-    tokens_per_step = cfg.gen_length / cfg.steps
-    steps = max(1, round(task.gen_length / tokens_per_step))
-    block = cfg.block_length
-    if block is not None and task.gen_length % block:
-        raise ValueError(
-            f"decode.block_length ({block}) must divide the response length of task "
-            f"{task.name!r} ({task.gen_length})"
-        )
-    if block is not None:
-        n_blocks = task.gen_length // block
-        steps = max(n_blocks, steps - steps % n_blocks)
-    return dataclasses.replace(cfg, gen_length=task.gen_length, steps=steps)
+@dataclass(frozen=True)
+class Budget:
+    """Decode settings without a response length: each task gives T (:func:`budget_for`).
 
-
-@torch.no_grad()
-def generate(
-    dlm: DiffusionLM,
-    prompts: list[str],
-    cfg: DecodeConfig,
-    *,
-    generator: torch.Generator | None = None,
-    batch_size: int = 64,
-    progress: bool = False,
-    desc: str = "decode",
-) -> tuple[list[str], list[list[int]], list[list[int]], int]:
-    """Decode ``prompts`` in batches.
-
-    Returns:
-        ``(texts, response_ids, decode_steps, nfe_rows)``: response texts cut at EOS, the raw
-        response ids and decode steps per prompt, and the forwards summed over rows.
+    Attributes:
+        score: unmasking order (confidence, margin, entropy or random).
+        tokens_per_step: tokens committed per forward; steps = :func:`~tabom.decoding.steps_for`.
+        block_length: semi-autoregressive block length (``None`` = one block); must divide
+            each task's response length.
+        temperature, top_p, top_k: the proposal (see :class:`~tabom.decoding.DecodeConfig`).
     """
-    tok = dlm.tokenizer
-    texts: list[str] = []
-    ids_out: list[list[int]] = []
-    steps_out: list[list[int]] = []
-    nfe_rows = 0
-    for start in tqdm(
-        range(0, len(prompts), batch_size), desc=desc, disable=not progress, leave=False
-    ):
-        chunk = prompts[start : start + batch_size]
-        encoded = [dlm.encode_prompt(p) for p in chunk]  # the chat template, if the backend has one
-        ids, mask = pad_prompts(encoded, dlm.spec.pad_token_id)
-        out = decode(
-            dlm,
-            ids.to(dlm.device),
-            mask.to(dlm.device),
-            cfg,
-            mask_token_id=dlm.mask_token_id,
-            generator=generator,
+
+    score: ScoreName = "confidence"
+    tokens_per_step: int = 1
+    block_length: int | None = None
+    temperature: float = 0.0
+    top_p: float = 1.0
+    top_k: int = 0
+
+    def __post_init__(self) -> None:
+        if self.tokens_per_step < 1:
+            raise ValueError(f"tokens_per_step must be >= 1, got {self.tokens_per_step}")
+        check_settings(
+            block_length=self.block_length,
+            score=self.score,
+            temperature=self.temperature,
+            top_p=self.top_p,
+            top_k=self.top_k,
         )
-        resp = out.response_ids.tolist()
-        for row in resp:
-            texts.append(response_text(tok, row, dlm.spec.stop_ids))
-        ids_out.extend(resp)
-        steps_out.extend(out.decode_step.tolist())
-        nfe_rows += out.nfe * len(chunk)
-    return texts, ids_out, steps_out, nfe_rows
+
+    def config(self, gen_length: int) -> DecodeConfig:
+        """The decode config at response length ``gen_length``."""
+        return DecodeConfig(
+            gen_length=gen_length,
+            steps=steps_for(gen_length, self.tokens_per_step, self.block_length),
+            block_length=self.block_length,
+            score=self.score,
+            temperature=self.temperature,
+            top_p=self.top_p,
+            top_k=self.top_k,
+        )
+
+
+def budget_for(task: Task, budget: Budget | DecodeConfig) -> DecodeConfig:
+    """The decode config of ``budget`` at the task's response length.
+
+    A :class:`DecodeConfig` is accepted only when its ``gen_length`` already is the task's.
+
+    Raises:
+        ValueError: a block length that does not divide the task's response length, or a
+            :class:`DecodeConfig` of another length (pass a :class:`Budget` instead).
+    """
+    T = task.gen_length
+    if isinstance(budget, DecodeConfig):
+        if budget.gen_length != T:
+            raise ValueError(
+                f"task {task.name!r}: decode config of gen_length {budget.gen_length}, but the "
+                f"task's response length is {T}; pass a Budget to scale it to the task"
+            )
+        return budget
+    try:
+        return budget.config(T)
+    except ValueError as e:
+        raise ValueError(f"task {task.name!r}: {e}") from None
 
 
 def evaluate_task(
     dlm: DiffusionLM,
     task: Task,
     examples: list[Example],
-    cfg: DecodeConfig,
+    cfg: Budget | DecodeConfig,
     *,
     n_samples: int = 1,
     ks: tuple[int, ...] = (1,),
@@ -139,14 +142,21 @@ def evaluate_task(
     """Accuracy and pass@k of ``dlm`` on ``examples`` under the decode budget ``cfg``.
 
     ``cfg`` gives the score, temperature and tokens per step; the response length comes from
-    the task (:func:`budget_for`). With ``n_samples > 1`` use a temperature above 0.
+    the task (:func:`budget_for`). With ``n_samples > 1`` use a temperature above 0. Forwards
+    per answer count each row's own (:attr:`~tabom.decoding.DecodeOutput.forwards_per_row`).
     """
-    cfg = budget_for(task, cfg)
+    decode_cfg = budget_for(task, cfg)
     gen = torch.Generator(device=dlm.device).manual_seed(seed)
     prompts = [ex.prompt for ex in examples for _ in range(n_samples)]
     t0 = time.perf_counter()
-    texts, _, steps, nfe_rows = generate(
-        dlm, prompts, cfg, generator=gen, batch_size=batch_size, progress=progress, desc=task.name
+    texts, out = decode_texts(
+        dlm,
+        prompts,
+        decode_cfg,
+        generator=gen,
+        batch_size=batch_size,
+        progress=progress,
+        desc=task.name,
     )
     seconds = time.perf_counter() - t0
     verdicts = [
@@ -156,7 +166,8 @@ def evaluate_task(
     ]
     correct = [verdicts[i * n_samples : (i + 1) * n_samples] for i in range(len(examples))]
     responses = [texts[i * n_samples : (i + 1) * n_samples] for i in range(len(examples))]
-    committed = sum(sum(1 for s in row if s >= 0) for row in steps)
+    forwards = out.forwards_per_row  # (N,)
+    committed = int((out.decode_step >= 0).sum())
     pass_at = {
         k: sum(pass_at_k(n_samples, sum(c), k) for c in correct) / max(1, len(correct))
         for k in ks
@@ -168,9 +179,35 @@ def evaluate_task(
         n_samples=n_samples,
         accuracy=sum(verdicts) / max(1, len(verdicts)),
         pass_at=pass_at,
-        nfe_per_answer=nfe_rows / max(1, len(prompts)),
-        tokens_per_forward=committed / max(1, nfe_rows),
+        nfe_per_answer=float(forwards.float().mean()),
+        tokens_per_forward=committed / max(1, int(forwards.sum())),
         correct=correct,
         responses=responses,
         seconds=seconds,
     )
+
+
+def make_eval_sets(specs: list[str], n: int, seed: int) -> dict[str, tuple[Task, list[Example]]]:
+    """The periodic-eval sets of ``tabom pretrain`` / ``tabom train``: ``n`` instances of each
+    task spec, drawn in order from one generator seeded ``seed + 10_000`` (apart from the
+    training data of ``seed``)."""
+    from tabom.tasks import make_task
+
+    gen = torch.Generator().manual_seed(seed + 10_000)
+    out: dict[str, tuple[Task, list[Example]]] = {}
+    for spec in specs:
+        task = make_task(spec)
+        out[spec] = (task, task.generate(n, gen))
+    return out
+
+
+def greedy_accuracy(
+    dlm: DiffusionLM, eval_sets: dict[str, tuple[Task, list[Example]]]
+) -> dict[str, float]:
+    """Greedy accuracy at one token per step (confidence order) on each eval set.
+
+    Puts the model in eval mode (the caller switches it back to train).
+    """
+    cfg = Budget(score="confidence", tokens_per_step=1)
+    dlm.model.eval()
+    return {spec: evaluate_task(dlm, t, exs, cfg).accuracy for spec, (t, exs) in eval_sets.items()}

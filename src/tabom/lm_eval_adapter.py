@@ -21,7 +21,6 @@ import sys
 from typing import Any
 
 import torch
-from tqdm.auto import tqdm
 
 try:
     import lm_eval.models  # noqa: F401  (registers the harness's own models first)
@@ -33,7 +32,13 @@ except ImportError as e:  # pragma: no cover - the message is the point
         f"(or pip install lm-eval) ({e})"
     ) from None
 
-from tabom.decoding import DecodeConfig, decode, pad_prompts, response_text
+from tabom.decoding import (
+    DecodeConfig,
+    check_settings,
+    decode_batches,
+    response_text,
+    steps_for,
+)
 from tabom.models import load_model
 
 
@@ -106,16 +111,24 @@ class TabomLM(LM):
         auto = batch_size is None or str(batch_size).startswith("auto")
         self.batch_size = 8 if auto else int(batch_size)  # type: ignore[arg-type]
         self._templated = False  # set when the harness renders prompts with our template
-        self.decode_config(self.gen_length or 8)  # reject bad settings before any request
+        # reject bad settings before any request: those T does not change, and all of them
+        # when T is fixed (otherwise T is each request's max_gen_toks)
+        check_settings(steps=self.steps, block_length=self.block_length, **self.sampling)
+        if self.gen_length is not None:
+            self.decode_config(self.gen_length)
 
     # ----------------------------------------------------------------- decoding
 
     def decode_config(self, max_gen_toks: int) -> DecodeConfig:
-        """The decode settings of a request allowing ``max_gen_toks`` new tokens."""
+        """The decode settings of a request allowing ``max_gen_toks`` new tokens.
+
+        Raises:
+            ValueError: ``block_length`` does not divide T, or another bad setting.
+        """
         T = self.gen_length or int(max_gen_toks)
         return DecodeConfig(
             gen_length=T,
-            steps=self.steps or T,
+            steps=self.steps or steps_for(T, 1, self.block_length),  # one token per step
             block_length=self.block_length,
             **self.sampling,  # type: ignore[arg-type]
         )
@@ -141,29 +154,21 @@ class TabomLM(LM):
         for i, req in enumerate(requests):
             groups.setdefault(int(req.args[1].get("max_gen_toks", 256)), []).append(i)
         out: list[str] = [""] * len(requests)
-        bar = tqdm(total=len(requests), desc="tabom decode", disable=disable_tqdm or self._rank)
         for max_toks, idx in groups.items():
-            cfg = self.decode_config(max_toks)
-            for start in range(0, len(idx), self.batch_size):
-                chunk = idx[start : start + self.batch_size]
-                ids, mask = pad_prompts(
-                    [self.encode(requests[i].args[0]) for i in chunk], dlm.spec.pad_token_id
-                )
-                res = decode(
-                    dlm,
-                    ids.to(dlm.device),
-                    mask.to(dlm.device),
-                    cfg,
-                    mask_token_id=dlm.mask_token_id,
-                    generator=gen,
-                )
-                for i, row in zip(chunk, res.response_ids.tolist(), strict=True):
-                    text = response_text(dlm.tokenizer, row, dlm.spec.stop_ids)
-                    until = requests[i].args[1].get("until") or []
-                    out[i] = cut_at_stops(text, [until] if isinstance(until, str) else until)
-                    self.cache_hook.add_partial("generate_until", requests[i].args, out[i])
-                bar.update(len(chunk))
-        bar.close()
+            res = decode_batches(
+                dlm,
+                [self.encode(requests[i].args[0]) for i in idx],
+                self.decode_config(max_toks),
+                generator=gen,
+                batch_size=self.batch_size,
+                progress=not (disable_tqdm or self._rank),
+                desc=f"tabom decode (max_gen_toks {max_toks})",
+            )
+            for i, row in zip(idx, res.response_ids.tolist(), strict=True):
+                text = response_text(dlm.tokenizer, row, dlm.spec.stop_ids)
+                until = requests[i].args[1].get("until") or []
+                out[i] = cut_at_stops(text, [until] if isinstance(until, str) else until)
+                self.cache_hook.add_partial("generate_until", requests[i].args, out[i])
         return out
 
     def loglikelihood(self, requests: list[Any], disable_tqdm: bool = False) -> list[Any]:

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from tabom.decoding import pad_prompts
 from tabom.losses import token_entropy
 from tabom.models.base import DiffusionLM
 from tabom.trajectory import TrajectoryRecord
@@ -186,46 +187,50 @@ def trajectory_alignment(
     tds: list[list[float]] = [[] for _ in range(n_steps)]
     h_next: list[list[float]] = [[] for _ in range(n_steps)]
     h_masked: list[list[float]] = [[] for _ in range(n_steps)]
+    # per record, once: its decode steps and the first stop token's position
+    orders = [torch.tensor(rec.decoding_order) for rec in records]
+    first_stops = [
+        next(
+            (p for p, t in enumerate(rec.response_token_ids) if t in stops), len(rec.decoding_order)
+        )
+        for rec in records
+    ]
     was_training = dlm.model.training
     dlm.model.eval()
-    for start in range(0, len(rows), batch_size):
-        chunk = rows[start : start + batch_size]
-        seqs = []
-        for r, s in chunk:
-            rec = records[r]
-            resp = [
-                t if 0 <= d < s else mask_id
-                for t, d in zip(rec.response_token_ids, rec.decoding_order, strict=True)
-            ]
-            seqs.append(list(rec.prompt_token_ids) + resp)
-        L = max(len(q) for q in seqs)
-        ids = torch.full((len(seqs), L), pad_id, dtype=torch.long)
-        attn = torch.zeros((len(seqs), L), dtype=torch.long)
-        for i, q in enumerate(seqs):
-            ids[i, L - len(q) :] = torch.tensor(q)
-            attn[i, L - len(q) :] = 1
-        logits = dlm(ids.to(dlm.device), attn.to(dlm.device))  # (B, L, V)
-        h_all = token_entropy(logits[:, L - T_max :].float()).cpu()  # (B, T_max)
-        # 2) per state: τ-b, TDS and the entropy curves over the still-masked positions
-        for i, (r, s) in enumerate(chunk):
-            rec = records[r]
-            T = len(rec.response_token_ids)
-            h = h_all[i, T_max - T :]  # (T,) this record's response positions
-            d = torch.tensor(rec.decoding_order)
-            masked = d >= s
-            tau = kendall_tau_b(h[masked], d[masked])
-            if not math.isnan(tau):
-                taus.append(tau)
-                if s == 0:
-                    taus0.append(tau)
-            if bool((d == s).any()):  # a step may commit nothing (more steps than tokens)
-                h_next[s].append(float(h[d == s].mean()))
-            h_masked[s].append(float(h[masked].mean()))
-            first_stop = next((p for p, t in enumerate(rec.response_token_ids) if t in stops), T)
-            content = masked & (torch.arange(T) < first_stop)
-            if int(content.sum()) >= 2:  # a variance needs two positions
-                tds[s].append(float(h[content].var(unbiased=False)))
-    dlm.model.train(was_training)
+    try:
+        for start in range(0, len(rows), batch_size):
+            chunk = rows[start : start + batch_size]
+            seqs = []
+            for r, s in chunk:
+                rec = records[r]
+                resp = [
+                    t if 0 <= d < s else mask_id
+                    for t, d in zip(rec.response_token_ids, rec.decoding_order, strict=True)
+                ]
+                seqs.append(list(rec.prompt_token_ids) + resp)
+            ids, attn = pad_prompts(seqs, pad_id)
+            L = ids.shape[1]
+            logits = dlm(ids.to(dlm.device), attn.to(dlm.device))  # (B, L, V)
+            h_all = token_entropy(logits[:, L - T_max :].float()).cpu()  # (B, T_max)
+            # 2) per state: τ-b, TDS and the entropy curves over the still-masked positions
+            for i, (r, s) in enumerate(chunk):
+                d = orders[r]
+                T = d.numel()
+                h = h_all[i, T_max - T :]  # (T,) this record's response positions
+                masked = d >= s
+                tau = kendall_tau_b(h[masked], d[masked])
+                if not math.isnan(tau):
+                    taus.append(tau)
+                    if s == 0:
+                        taus0.append(tau)
+                if bool((d == s).any()):  # a step may commit nothing (more steps than tokens)
+                    h_next[s].append(float(h[d == s].mean()))
+                h_masked[s].append(float(h[masked].mean()))
+                content = masked & (torch.arange(T) < first_stops[r])
+                if int(content.sum()) >= 2:  # a variance needs two positions
+                    tds[s].append(float(h[content].var(unbiased=False)))
+    finally:
+        dlm.model.train(was_training)
     tds_curve = [_mean(v) for v in tds]
     return Alignment(
         tau=_mean(taus),

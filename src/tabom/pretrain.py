@@ -9,8 +9,8 @@ self-distillation later adapts. Run: ``tabom pretrain --config configs/tiny_pret
 
 from __future__ import annotations
 
+import dataclasses
 import json
-import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,12 +19,11 @@ import torch
 from tqdm.auto import tqdm
 
 from tabom.config import save_config
-from tabom.decoding import DecodeConfig
-from tabom.evaluate import evaluate_task
-from tabom.losses import masked_ce
-from tabom.masking import random_mask
+from tabom.evaluate import greedy_accuracy, make_eval_sets
 from tabom.models import TinyModelConfig, build_tiny, save_tiny
 from tabom.models.base import DiffusionLM
+from tabom.objectives import compute_objective
+from tabom.schedule import lr_factor
 from tabom.tasks import make_task
 from tabom.tasks.base import Example, Task
 
@@ -121,14 +120,6 @@ def collate(
     return ids, attn, resp
 
 
-def lr_factor(step: int, total: int, warmup: int, min_ratio: float) -> float:
-    """Linear warmup then cosine decay to ``min_ratio``, in optimizer steps."""
-    if step < warmup:
-        return (step + 1) / warmup
-    progress = (step - warmup) / max(1, total - warmup)
-    return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
-
-
 def sample_batch(
     tasks: list[Task], weights: torch.Tensor, batch_size: int, generator: torch.Generator
 ) -> list[tuple[Task, Example]]:
@@ -142,15 +133,7 @@ def sample_batch(
     return out
 
 
-def run_eval(
-    dlm: DiffusionLM, eval_sets: dict[str, tuple[Task, list[Example]]]
-) -> dict[str, float]:
-    """Greedy accuracy, one token per step, confidence order, per eval task."""
-    cfg = DecodeConfig(gen_length=8, steps=8, score="confidence")
-    dlm.model.eval()
-    return {
-        spec: evaluate_task(dlm, task, exs, cfg).accuracy for spec, (task, exs) in eval_sets.items()
-    }
+RANK_SEED_STRIDE = 1_000_003  # process r draws data from seed + r·stride, masks from that + 1
 
 
 def pretrain(cfg: PretrainConfig) -> Path:
@@ -161,20 +144,20 @@ def pretrain(cfg: PretrainConfig) -> Path:
     if cfg.num_threads:
         torch.set_num_threads(cfg.num_threads)
     out = Path(cfg.output_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    save_config(cfg, out / "config.yaml")
     accelerator = Accelerator(cpu=not torch.cuda.is_available())
-    dlm = build_tiny(cfg.model, seed=cfg.seed)
+    main = accelerator.is_main_process
+    if main:
+        out.mkdir(parents=True, exist_ok=True)
+        save_config(cfg, out / "config.yaml")
+    dlm = build_tiny(cfg.model, seed=cfg.seed)  # the same initial weights on every process
     tok = dlm.tokenizer
     tasks = [make_task(s) for s in cfg.tasks]
     weights = torch.tensor(cfg.task_weights or [1.0] * len(tasks), dtype=torch.float)
-    data_gen = torch.Generator().manual_seed(cfg.seed)
-    mask_gen = torch.Generator(device=accelerator.device).manual_seed(cfg.seed + 1)
-    eval_gen = torch.Generator().manual_seed(cfg.seed + 10_000)
-    eval_sets = {}
-    for spec in cfg.eval_tasks or cfg.tasks:
-        task = make_task(spec)
-        eval_sets[spec] = (task, task.generate(cfg.eval_examples, eval_gen))
+    # each process its own data and masking draws (process 0: seed and seed + 1)
+    rank_seed = cfg.seed + accelerator.process_index * RANK_SEED_STRIDE
+    data_gen = torch.Generator().manual_seed(rank_seed)
+    mask_gen = torch.Generator(device=accelerator.device).manual_seed(rank_seed + 1)
+    eval_sets = make_eval_sets(cfg.eval_tasks or cfg.tasks, cfg.eval_examples, cfg.seed)
 
     optimizer = torch.optim.AdamW(
         dlm.model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, betas=(0.9, 0.98)
@@ -183,25 +166,30 @@ def pretrain(cfg: PretrainConfig) -> Path:
         optimizer, lambda s: lr_factor(s, cfg.steps, cfg.warmup_steps, cfg.min_lr_ratio)
     )
     dlm.model, optimizer, scheduler = accelerator.prepare(dlm.model, optimizer, scheduler)
-    log = (out / "log.jsonl").open("a")
+
+    def unwrapped(d: DiffusionLM) -> DiffusionLM:
+        return dataclasses.replace(d, model=accelerator.unwrap_model(d.model))
+
+    log = (out / "log.jsonl").open("a") if main else None
 
     # 2) the loop: sample, mask, loss, step, log, eval, save
-    bar = tqdm(range(cfg.steps), desc="pretrain", disable=not accelerator.is_main_process)
+    bar = tqdm(range(cfg.steps), desc="pretrain", disable=not main)
     t0 = time.perf_counter()
     for step in bar:
         dlm.model.train()
         batch = sample_batch(tasks, weights, cfg.batch_size, data_gen)
         pairs = [encode_example(tok, task, ex, dlm.spec.eos_token_id) for task, ex in batch]
         ids, attn, resp = (x.to(accelerator.device) for x in collate(pairs, dlm.spec.pad_token_id))
-        plan = random_mask(ids, resp, mask_token_id=dlm.mask_token_id, generator=mask_gen)
-        logits = dlm(plan.input_ids, attn)  # (B, L, V)
-        loss = masked_ce(
-            logits,
+        loss = compute_objective(  # random ratio t, CE on the masked tokens (1/t: the NELBO)
+            dlm,
             ids,
-            plan.supervise,
-            t=plan.t if cfg.nelbo_weight else None,
-            normalizer=resp.sum() if cfg.nelbo_weight else None,
-        )
+            attn,
+            resp,
+            objective="sft",
+            mask_token_id=dlm.mask_token_id,
+            generator=mask_gen,
+            nelbo_weight=cfg.nelbo_weight,
+        ).total
         accelerator.backward(loss)
         if cfg.grad_clip:
             accelerator.clip_grad_norm_(dlm.model.parameters(), cfg.grad_clip)
@@ -211,28 +199,22 @@ def pretrain(cfg: PretrainConfig) -> Path:
         record = {"step": step + 1, "loss": loss.item(), "lr": scheduler.get_last_lr()[0]}
         done = step + 1
         if (cfg.eval_every and done % cfg.eval_every == 0) or done == cfg.steps:
-            record["eval"] = run_eval(dlm, eval_sets)
-            bar.write(f"step {done}: loss {record['loss']:.4f} eval {record['eval']}")
+            record["eval"] = greedy_accuracy(dlm, eval_sets)  # every process
+            if main:
+                bar.write(f"step {done}: loss {record['loss']:.4f} eval {record['eval']}")
         record["elapsed_s"] = round(time.perf_counter() - t0, 2)
-        if accelerator.is_main_process:
+        if log is not None:
             log.write(json.dumps(record) + "\n")
             log.flush()
         bar.set_postfix(loss=f"{record['loss']:.3f}")
-        if cfg.save_every and done % cfg.save_every == 0 and done != cfg.steps:
-            save_tiny(_unwrapped(accelerator, dlm), out / "checkpoints" / f"step-{done}")
+        if main and cfg.save_every and done % cfg.save_every == 0 and done != cfg.steps:
+            save_tiny(unwrapped(dlm), out / "checkpoints" / f"step-{done}")
 
     # 3) final save
-    log.close()
+    if log is not None:
+        log.close()
     final = out / "model"
-    if accelerator.is_main_process:
-        save_tiny(_unwrapped(accelerator, dlm), final)
+    accelerator.wait_for_everyone()
+    if main:
+        save_tiny(unwrapped(dlm), final)
     return final
-
-
-def _unwrapped(accelerator, dlm: DiffusionLM) -> DiffusionLM:
-    return DiffusionLM(
-        model=accelerator.unwrap_model(dlm.model),
-        tokenizer=dlm.tokenizer,
-        spec=dlm.spec,
-        extra=dlm.extra,
-    )

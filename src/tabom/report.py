@@ -49,16 +49,6 @@ def plot_trajectory(
         ImportError: matplotlib is not installed.
         ValueError: ``labels`` of the wrong length, or ``wrap < 1``.
     """
-    try:
-        import numpy as np
-        from matplotlib import colormaps
-        from matplotlib.figure import Figure
-        from matplotlib.ticker import MaxNLocator
-    except ImportError:
-        raise ImportError(
-            "drawing a trajectory needs matplotlib: pip install 'tabom[plot]' "
-            "(or run `tabom inspect FILE --draw false` for the summary only)"
-        ) from None
     steps = list(record.decoding_order)
     T = len(steps)
     if wrap < 1:
@@ -70,6 +60,16 @@ def plot_trajectory(
     # 1) the grid: rows of `wrap` cells; never-decoded (-1) and padding cells are masked
     cols = min(T, wrap)
     rows = -(-T // cols)
+    fig = _figure(
+        0.5 * cols + 2.0,
+        0.65 * rows + 1.3,
+        dpi,
+        hint="(or run `tabom inspect FILE --draw false` for the summary only)",
+    )
+    import numpy as np
+    from matplotlib import colormaps
+    from matplotlib.ticker import MaxNLocator
+
     grid = np.full((rows, cols), np.nan)
     for p, d in enumerate(steps):
         if d >= 0:
@@ -78,7 +78,6 @@ def plot_trajectory(
     top = max(max(steps), 1)
 
     # 2) the picture: cells, token and step labels, colour bar, title
-    fig = Figure(figsize=(0.5 * cols + 2.0, 0.65 * rows + 1.3), dpi=dpi)
     ax = fig.add_subplot()
     image = ax.imshow(np.ma.masked_invalid(grid), cmap=cmap, vmin=0, vmax=top, aspect="auto")
     for p, (label, d) in enumerate(zip(labels, steps, strict=True)):
@@ -97,22 +96,20 @@ def plot_trajectory(
     verdict = {True: "verified", False: "wrong", None: "unverified"}[record.verified]
     prompt = record.prompt if len(record.prompt) <= 60 else record.prompt[:57] + "..."
     ax.set_title(f"{record.id} ({record.method}, {verdict})\n{prompt!r}", fontsize=8)
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path)
-    return path
+    return _save(fig, path)
 
 
 MeanStd = tuple[float, float]
 """``(mean, std)`` of a metric over seeds (std 0 for a single run)."""
 
 
-def _figure(width: float, height: float, dpi: int):
+def _figure(width: float, height: float, dpi: int, *, hint: str = ""):
+    """A matplotlib Figure; ImportError (ending with ``hint``) when matplotlib is missing."""
     try:
         from matplotlib.figure import Figure
     except ImportError:
-        raise ImportError("plotting needs matplotlib: pip install 'tabom[plot]'") from None
+        msg = "plotting needs matplotlib: pip install 'tabom[plot]'"
+        raise ImportError(f"{msg} {hint}".rstrip()) from None
     return Figure(figsize=(width, height), dpi=dpi)
 
 

@@ -21,8 +21,16 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
-from tabom.config import to_dict
-from tabom.demo import DemoConfig, _distill_stage, make_splits, mean_std, run_stage
+from tabom.demo import (
+    DemoConfig,
+    _distill_stage,
+    distill_settings,
+    draw,
+    make_splits,
+    mean_std,
+    run_stage,
+    train_settings,
+)
 from tabom.eval_cli import budget_config
 from tabom.evaluate import evaluate_task
 from tabom.models import load_model
@@ -44,7 +52,8 @@ class SweepConfig:
         window: M = W values tried (tabom, decode steps).
         lr: learning rates tried (tabom and traj-sft).
         epochs: epoch counts tried (tabom and traj-sft).
-        data_fraction: shares of the verified trajectories used (tabom and traj-sft).
+        data_fraction: shares (in (0, 1]) of the verified trajectories used (tabom and
+            traj-sft): the trajectories of the first prompts, in file order.
         inclusive_cut: also try the inclusive cut range (td and tabom; an experiment).
         old_val_examples: old-domain validation problems (disjoint from the demo's old test set).
     """
@@ -61,6 +70,11 @@ class SweepConfig:
     inclusive_cut: bool = True
     old_val_examples: int = 300
 
+    def __post_init__(self) -> None:
+        bad = [f for f in self.data_fraction if not 0 < f <= 1]
+        if bad:
+            raise ValueError(f"data_fraction: {bad} not in (0, 1]")
+
 
 def sweep_points(cfg: SweepConfig) -> list[tuple[str, dict[str, Any]]]:
     """``(objective, overrides)`` per point: the defaults, then one setting changed at a time."""
@@ -74,8 +88,8 @@ def sweep_points(cfg: SweepConfig) -> list[tuple[str, dict[str, Any]]]:
     if cfg.inclusive_cut:
         pts += [
             ("td", {}),
-            ("td", {"cut_range": "inclusive"}),
-            ("tabom", {"cut_range": "inclusive"}),
+            ("td", {"td_cut_range": "inclusive"}),
+            ("tabom", {"td_cut_range": "inclusive"}),
         ]
     return pts
 
@@ -89,53 +103,40 @@ def run_sweep(cfg: SweepConfig) -> int:
     root = Path(demo.output_dir)
     out = Path(cfg.output_dir or root / "sweep")
     out.mkdir(parents=True, exist_ok=True)
-    settings = to_dict(demo)
 
     # 1) the demo's splits and trajectories (the same stage, so a finished demo is reused)
     splits = make_splits(demo)
-    keys = [
-        "model", "new_task", "distill_prompts", "distill_samples", "distill_temperature",
-        "distill_seed", "val_examples", "split_seed", "align_samples", "num_threads",
-    ]  # fmt: skip
-    dist = run_stage(root / "distill", {k: settings[k] for k in keys}, _distill_stage(demo, splits))
+    dist = run_stage(root / "distill", distill_settings(demo, splits), _distill_stage(demo, splits))
     old = make_task(demo.old_task)
     taken = {ex.id for ex in splits["old_test"]}
-    pool = old.generate(
-        cfg.old_val_examples + 200, torch.Generator().manual_seed(demo.split_seed + 1)
-    )
-    old_val = [ex for ex in pool if ex.id not in taken][: cfg.old_val_examples]
+    old_val = draw(old, cfg.old_val_examples, demo.split_seed + 1, taken)
     new = make_task(demo.new_task)
     records = read_trajectories(root / "distill" / "trajectories.jsonl")
 
     # 2) every point x seed: train from the base, validate
     rows = []
     points = sweep_points(cfg)
-    jobs = [(o, p, s) for o, p in points for s in cfg.seeds]
+    # the data of each fraction (the trajectories of the first prompts, file order), written once
+    data_sets: dict[float, tuple[Path, int]] = {1.0: (root / "distill", len(records))}
+    for frac in sorted({p.get("data_fraction", 1.0) for _, p in points} - {1.0}):
+        n = max(1, int(len(records) * frac))
+        data = out / f"data-{frac}"
+        data.mkdir(exist_ok=True)
+        write_trajectories(data / "trajectories.jsonl", records[:n])
+        data_sets[frac] = (data, n)
+    jobs = [(i, o, p, s) for i, (o, p) in enumerate(points) for s in cfg.seeds]
     results: dict[int, list[dict[str, float]]] = {}
-    for o, p, s in tqdm(jobs, desc="sweep runs", disable=not demo.progress):
-        i = points.index((o, p))
-        over = {k: v for k, v in p.items() if k not in ("data_fraction", "cut_range")}
-        if "cut_range" in p:
-            over["td_cut_range"] = p["cut_range"]
+    for i, o, p, s in tqdm(jobs, desc="sweep runs", disable=not demo.progress):
+        over = {k: v for k, v in p.items() if k != "data_fraction"}
         point_cfg = dataclasses.replace(demo, **over)
         frac = p.get("data_fraction", 1.0)
-        data = root / "distill"
-        if frac < 1.0:  # the trajectories of the first prompts (file order)
-            data = out / f"data-{frac}"
-            data.mkdir(exist_ok=True)
-            n = max(1, int(len(records) * frac))
-            write_trajectories(data / "trajectories.jsonl", records[:n])
-        n_items = int(len(records) * frac)
+        data, n_items = data_sets[frac]
         steps = point_cfg.epochs * math.ceil(n_items / point_cfg.batch_size)
         name = "-".join([o, *(f"{k}{v}" for k, v in p.items())]) or o
-        tset = {"distill": dist["key"], "objective": o, "seed": s, "steps": steps, **p}
-        tset.update(
-            {k: getattr(point_cfg, k) for k in ("lr", "epochs", "td_window", "rank_window")}
-        )
-        tset.update({k: getattr(point_cfg, k) for k in ("rank_margin", "rank_weight")})
+        tset = train_settings(point_cfg, o, s, steps, dist["key"], data_fraction=frac)
         folder = out / name / f"seed{s}"
 
-        def fn(f: Path, o=o, s=s, steps=steps, point_cfg=point_cfg, data=data, p=p) -> dict:
+        def fn(f: Path, o=o, s=s, steps=steps, point_cfg=point_cfg, data=data) -> dict:
             _train_stage(point_cfg, o, s, steps, data)(f)
             dlm = load_model(str(f / "model"))
             greedy = budget_config("confidence", 1)

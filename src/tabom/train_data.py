@@ -178,7 +178,7 @@ def ground_truth_items(
     if gt_task is not None:
         task = make_task(gt_task)
         gen = torch.Generator().manual_seed(seed)
-        rows = [(ex.id, ex.prompt, ex.answer) for ex in task.generate(n_examples, gen)]
+        rows = [(ex.id, None, ex.prompt, ex.answer) for ex in task.generate(n_examples, gen)]
         length = task.gen_length
         source = f"gt_task {gt_task!r}"
     else:
@@ -186,19 +186,29 @@ def ground_truth_items(
         if not lines:
             raise TrainDataError(f"{path}: data: the ground-truth file holds no lines (empty file)")
         stem = Path(path).stem  # type: ignore[arg-type]
-        rows = [
-            (f"{stem}-{i}", require_str(path, i, r, "prompt"), require_str(path, i, r, "answer"))
+        rows = [  # (id, 1-based line, prompt, answer)
+            (
+                f"{stem}-{i}",
+                i,
+                require_str(path, i, r, "prompt"),
+                require_str(path, i, r, "answer"),
+            )
             for i, r in lines
         ]
-        length = max(len(ids(a)) for _, _, a in rows) + len(end) + 1
+        length = max(len(ids(a)) for _, _, _, a in rows) + len(end) + 1
         source = str(path)
     items = []
-    for rid, prompt, answer in rows:
+    for rid, line, prompt, answer in rows:
         answer_ids = ids(answer) + end
         if len(answer_ids) >= length:
             what = "the stop token and EOS" if end else "EOS"
+            where = (
+                f"{source}: answer of {rid}"
+                if line is None
+                else f"{path}:{line}: field 'answer': the answer"
+            )
             raise TrainDataError(
-                f"{source}: answer of {rid} has {len(answer_ids) - len(end)} tokens; the "
+                f"{where} has {len(answer_ids) - len(end)} tokens; the "
                 f"response length {length} leaves no room for {what}"
             )
         response = answer_ids + [eos_token_id] * (length - len(answer_ids))

@@ -31,15 +31,13 @@ import torch
 from tqdm.auto import tqdm
 
 from tabom.config import ConfigError, save_config, to_dict
-from tabom.decoding import DecodeConfig
-from tabom.evaluate import evaluate_task
+from tabom.evaluate import greedy_accuracy, make_eval_sets
 from tabom.losses import RankTies
 from tabom.masking import CutRange, WindowUnit
 from tabom.models import BACKENDS, DEFAULT_MODEL, load_model, save_model
 from tabom.models.base import DiffusionLM
 from tabom.objectives import OBJECTIVES, Objective, compute_objective
-from tabom.pretrain import lr_factor
-from tabom.tasks import make_task
+from tabom.schedule import lr_factor
 from tabom.tasks.base import DataFileError
 from tabom.train_data import (
     TrainDataError,
@@ -217,17 +215,21 @@ class TrainConfig:
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
         if self.epochs == 0 and self.max_steps == 0:
-            raise ValueError("epochs / max_steps: one of them must be positive")
-        if self.lr <= 0 or self.grad_clip < 0 or self.weight_decay < 0:
-            raise ValueError("lr must be > 0, grad_clip and weight_decay >= 0")
+            raise ValueError(
+                f"epochs / max_steps: one of them must be positive, got epochs {self.epochs}, "
+                f"max_steps {self.max_steps}"
+            )
+        if self.lr <= 0:
+            raise ValueError(f"lr must be > 0, got {self.lr}")
+        for name in ("grad_clip", "weight_decay", "rank_margin", "rank_weight"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
         if not 0 <= self.min_lr_ratio <= 1:
             raise ValueError(f"min_lr_ratio must be in [0, 1], got {self.min_lr_ratio}")
-        if self.lora_rank < 0 or not 0 <= self.lora_dropout < 1:
-            raise ValueError(
-                "lora_rank must be >= 0 (0 = full fine-tuning), lora_dropout in [0, 1)"
-            )
-        if self.rank_margin < 0 or self.rank_weight < 0:
-            raise ValueError("rank_margin (m) and rank_weight (λ) must be >= 0")
+        if self.lora_rank < 0:
+            raise ValueError(f"lora_rank must be >= 0 (0 = full fine-tuning), got {self.lora_rank}")
+        if not 0 <= self.lora_dropout < 1:
+            raise ValueError(f"lora_dropout must be in [0, 1), got {self.lora_dropout}")
         if self.eval_every and not self.eval_tasks:
             raise ValueError("eval_every: set eval_tasks (task specs) to evaluate on")
 
@@ -284,14 +286,18 @@ def load_train_items(cfg: TrainConfig, dlm: DiffusionLM) -> tuple[Any, int]:
 
 
 def _check_tracker(report_to: str) -> str | None:
-    """The Accelerate tracker name, after checking that its package is installed."""
+    """The Accelerate tracker name, after checking that its package is installed.
+
+    Raises:
+        ConfigError: the tracker's package is missing (names ``report_to`` and the pip command).
+    """
     if report_to == "none":
         return None
     module = {"tensorboard": "torch.utils.tensorboard", "wandb": "wandb"}[report_to]
     try:
         __import__(module)
     except ImportError:
-        raise ImportError(
+        raise ConfigError(
             f"report_to: {report_to!r} needs the {report_to} package (pip install {report_to})"
         ) from None
     return report_to
@@ -329,11 +335,18 @@ def _load_dtype(cfg: TrainConfig) -> str | torch.dtype:
 
 
 def _with_lora(model: Any, cfg: TrainConfig, default_targets: tuple[str, ...]) -> Any:
-    """``model`` wrapped by peft with LoRA adapters; only the adapters require grad."""
+    """``model`` wrapped by peft with LoRA adapters; only the adapters require grad.
+
+    Raises:
+        ConfigError: peft is missing (names ``lora_rank`` and the pip command).
+    """
     try:
         from peft import LoraConfig, get_peft_model
     except ImportError:
-        raise ImportError("lora_rank > 0 needs peft (pip install peft)") from None
+        raise ConfigError(
+            f"lora_rank: {cfg.lora_rank} (LoRA) needs the peft package (pip install peft); "
+            "lora_rank 0 is full fine-tuning"
+        ) from None
     lora = LoraConfig(
         r=cfg.lora_rank,
         lora_alpha=cfg.lora_alpha,
@@ -412,13 +425,6 @@ def _truncate_log(path: Path, step: int) -> None:
     path.write_text("".join(keep))
 
 
-def _run_eval(dlm: DiffusionLM, eval_sets: dict[str, Any]) -> dict[str, float]:
-    """Greedy accuracy at one token per step (confidence order) on each eval task."""
-    cfg = DecodeConfig(gen_length=8, steps=8, score="confidence")  # rescaled to each task
-    dlm.model.eval()
-    return {spec: evaluate_task(dlm, t, exs, cfg).accuracy for spec, (t, exs) in eval_sets.items()}
-
-
 # --------------------------------------------------------------------------- the loop
 
 
@@ -430,7 +436,8 @@ def train(cfg: TrainConfig) -> Path:
         (full fine-tuning, or the merged LoRA model), the adapter in ``output_dir/adapter``.
 
     Raises:
-        ConfigError: checkpoints exist without ``resume``, or a checkpoint of other data.
+        ConfigError: checkpoints exist without ``resume``, a checkpoint of other data, or
+            the package of ``report_to`` / peft (``lora_rank`` > 0) is missing.
         TrajectoryFileError, DataFileError, TrainDataError, FileNotFoundError: bad data,
             raised before any training step.
     """
@@ -450,11 +457,7 @@ def train(cfg: TrainConfig) -> Path:
             f"resume: {out} already holds checkpoints ({ckpt.name}); pass --resume to continue "
             "that run, or use another output_dir"
         )
-    eval_gen = torch.Generator().manual_seed(cfg.seed + 10_000)
-    eval_sets = {}
-    for spec in cfg.eval_tasks:
-        task = make_task(spec)
-        eval_sets[spec] = (task, task.generate(cfg.eval_examples, eval_gen))
+    eval_sets = make_eval_sets(cfg.eval_tasks, cfg.eval_examples, cfg.seed)
 
     # 2) accelerator, seeds, LoRA or full fine-tuning, optimizer, warmup + cosine schedule
     precision = {"fp32": "no", "bf16": "bf16"}.get(cfg.mixed_precision)
@@ -623,7 +626,7 @@ def train(cfg: TrainConfig) -> Path:
             }
         if eval_sets and (done % cfg.eval_every == 0 or done == total):
             record = record or {"step": done}
-            record["eval"] = _run_eval(train_dlm, eval_sets)  # every process (FSDP-safe)
+            record["eval"] = greedy_accuracy(train_dlm, eval_sets)  # every process (FSDP-safe)
         if record is not None:
             record["elapsed_s"] = round(time.perf_counter() - t0, 2)
             if log is not None:
