@@ -1,8 +1,8 @@
 """Diffusion decoding with recorded trajectories (DESIGN §3).
 
-The state is ``x = [prompt | T x [MASK]]``. Each step runs one forward over the whole sequence,
-proposes a token and a score at every masked position of the current block and commits the
-best ones; a committed token is never remasked. The trajectory is one integer tensor
+The state is ``x = [prompt | T x [MASK]]``. Each step runs one forward over the whole sequence
+to the hidden states, applies the LM head only at the still-masked positions of the current
+block (``tabom.head``), proposes a token and a score there and commits the best ones; a committed token is never remasked. The trajectory is one integer tensor
 ``decode_step (B, T)``. The ``entropy`` score is the paper's Eq. 2 (entropy decoding: commit the
 lowest-entropy masked positions first); ``confidence`` is LLaDA's low-confidence remasking.
 
@@ -20,6 +20,8 @@ from typing import TYPE_CHECKING, Any, Literal, get_args
 
 import torch
 from tqdm.auto import tqdm
+
+from tabom.head import HeadModel, as_head_model, logits_at
 
 if TYPE_CHECKING:
     from tabom.models.base import DiffusionLM
@@ -273,8 +275,12 @@ def propose(
     top_p: float = 1.0,
     top_k: int = 0,
     generator: torch.Generator | None = None,
+    noise_rows: tuple[torch.Tensor, int] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Propose one token per position and return the proposal distribution q.
+
+    A sample is the exponential race ``argmax(q / E)``, ``E ~ Exp(1)`` per token (the Gumbel
+    trick in exponential form; exactly what ``torch.multinomial(q, 1)`` computes, draws included).
 
     Args:
         logits: ``(..., V)`` float logits, [MASK] already at ``-inf``.
@@ -283,6 +289,10 @@ def propose(
         top_p: nucleus filter (only with ``temperature > 0``).
         top_k: top-k filter (only with ``temperature > 0``).
         generator: randomness of the sample.
+        noise_rows: ``(index, n)``: ``logits`` is ``(N, V)``, rows ``index`` of an ``(n, V)``
+            set; the noise is drawn for all n rows and row i uses noise row ``index[i]``, so the
+            draws do not depend on which rows are computed (the sampler computes logits only at
+            still-masked positions and samples what a whole-block proposal would).
 
     Returns:
         ``(tokens, q)``: ``(...)`` long and ``(..., V)`` float.
@@ -291,7 +301,12 @@ def propose(
         return logits.argmax(dim=-1), logits.softmax(dim=-1)
     q = filter_logits(logits / temperature, top_k=top_k, top_p=top_p).softmax(dim=-1)
     flat = q.reshape(-1, q.shape[-1])  # (N, V)
-    tokens = torch.multinomial(flat, 1, generator=generator).view(q.shape[:-1])
+    index, n = noise_rows if noise_rows is not None else (None, flat.shape[0])
+    noise = torch.empty((n, q.shape[-1]), dtype=q.dtype, device=q.device)
+    noise.exponential_(1, generator=generator)  # (n, V)
+    if index is not None:
+        noise = noise[index]  # (N, V)
+    tokens = (flat / noise).argmax(dim=-1).view(q.shape[:-1])
     return tokens, q
 
 
@@ -344,9 +359,20 @@ def select_top_k(scores: torch.Tensor, candidates: torch.Tensor, k: torch.Tensor
     return (rank < k.unsqueeze(-1)) & candidates
 
 
+def _to_block(
+    values: torch.Tensor,
+    where: tuple[torch.Tensor, torch.Tensor],
+    shape: tuple[int, int],
+    fill: float | int,
+) -> torch.Tensor:
+    """``(N,)`` values at the candidates ``where`` -> ``(B, Lb)``, ``fill`` elsewhere."""
+    out = torch.full(shape, fill, dtype=values.dtype, device=values.device)
+    return out.index_put_(where, values)
+
+
 @torch.no_grad()
 def decode(
-    model: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+    model: HeadModel | Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
     prompt_ids: torch.Tensor,
     prompt_mask: torch.Tensor,
     cfg: DecodeConfig,
@@ -360,8 +386,10 @@ def decode(
     mode), so a row decodes the same alone or in a padded batch when the model is row-wise.
 
     Args:
-        model: ``(input_ids, attention_mask) -> logits (B, L, V)`` aligned so that
-            ``logits[:, j]`` predicts token j (a :class:`~tabom.models.base.DiffusionLM`).
+        model: a :class:`~tabom.head.HeadModel` (a :class:`~tabom.models.base.DiffusionLM`:
+            the head runs only at the still-masked positions of the current block) or any
+            ``(input_ids, attention_mask) -> logits (B, L, V)`` aligned so that
+            ``logits[:, j]`` predicts token j. Both give the same tokens and steps.
         prompt_ids: ``(B, P)`` left-padded prompts.
         prompt_mask: ``(B, P)`` 1 on prompt tokens, 0 on padding.
         cfg: budget, score and proposal settings.
@@ -390,8 +418,8 @@ def decode(
     response = x[:, P:]  # (B, T) view: writing it writes x
     decode_step = torch.full((B, T), -1, dtype=torch.long, device=device)
     entropy = torch.full((B, T), float("nan"), device=device) if cfg.record_entropy else None
-    rows = torch.arange(B, device=device).unsqueeze(-1)  # (B, 1)
     offsets = torch.arange(Lb, device=device)  # (Lb,)
+    head_model = as_head_model(model)
 
     fixed = cfg.threshold is None
     schedule = step_schedule(cfg) if fixed else []
@@ -411,43 +439,52 @@ def decode(
             start = masked.long().argmax(dim=-1) // Lb * Lb  # full rows: block 0, no candidates
         pos = start.unsqueeze(-1) + offsets  # (B, Lb) response positions of the current block
 
-        # 3) one forward; proposals only where they can be committed, [MASK] never proposed
-        logits = model(x, attn)  # (B, P+T, V)
-        if logits.dim() != 3 or logits.shape[:2] != x.shape:
+        # 3) one forward to the hidden states; the head, proposals and scores only at the
+        #    still-masked positions of the block (N of B x Lb), [MASK] never proposed
+        hidden = head_model.hidden_states(x, attn)  # (B, P+T, H)
+        if hidden.dim() != 3 or hidden.shape[:2] != x.shape:
             raise ValueError(
-                f"model returned logits {tuple(logits.shape)} for input {tuple(x.shape)}"
+                f"model returned logits {tuple(hidden.shape)} for input {tuple(x.shape)}"
             )
-        block_logits = logits[rows, P + pos].float()  # (B, Lb, V), a copy
-        block_logits[..., mask_token_id] = float("-inf")
-        tokens, q = propose(
-            block_logits,
+        candidates = decode_step.gather(1, pos) < 0  # (B, Lb) still masked
+        b_idx, j_idx = candidates.nonzero(as_tuple=True)  # (N,) each, row-major
+        cand_logits = logits_at(head_model, hidden, b_idx, P + pos[b_idx, j_idx]).float()
+        cand_logits[:, mask_token_id] = float("-inf")  # (N, V)
+        tokens_c, q = propose(
+            cand_logits,
             temperature=cfg.temperature,
             top_p=cfg.top_p,
             top_k=cfg.top_k,
             generator=generator,
-        )  # (B, Lb), (B, Lb, V)
+            noise_rows=(b_idx * Lb + j_idx, B * Lb),  # the same draws as a whole-block proposal
+        )  # (N,), (N, V)
         # q(token) and sum q log q once per step, shared by the score, threshold and record
         confidence = neg_entropy = None
         if cfg.score == "confidence" or not fixed:
-            confidence = q.gather(-1, tokens.unsqueeze(-1)).squeeze(-1)  # (B, Lb)
+            confidence = q.gather(-1, tokens_c.unsqueeze(-1)).squeeze(-1)  # (N,)
         if cfg.score == "entropy" or entropy is not None:
-            neg_entropy = torch.special.xlogy(q, q).sum(dim=-1)  # (B, Lb), 0 log 0 = 0
+            neg_entropy = torch.special.xlogy(q, q).sum(dim=-1)  # (N,), 0 log 0 = 0
         if cfg.score == "confidence":
-            scores = confidence
+            scores_c = confidence
         elif cfg.score == "entropy":
-            scores = neg_entropy
+            scores_c = neg_entropy
+        elif cfg.score == "random":  # drawn for the whole block: the stream does not depend on N
+            scores_c = torch.rand((B, Lb), generator=generator, device=device)[b_idx, j_idx]
         else:
-            scores = score_proposals(q, tokens, cfg.score, generator=generator)  # (B, Lb)
-        candidates = decode_step.gather(1, pos) < 0  # (B, Lb) still masked
-        if bool(torch.isnan(scores).any()):
+            scores_c = score_proposals(q, tokens_c, cfg.score, generator=generator)  # (N,)
+        if bool(torch.isnan(scores_c).any()):
             raise ValueError(f"decode step {step}: the model's logits give NaN scores")
+
+        where = (b_idx, j_idx)
+        scores = _to_block(scores_c, where, (B, Lb), 0.0)  # (B, Lb)
+        tokens = _to_block(tokens_c, where, (B, Lb), mask_token_id)  # (B, Lb)
 
         # 4) choose: the schedule's k best, or every confident one (at least the best)
         if fixed:
             k = torch.full((B,), schedule[step], dtype=torch.long, device=device)
             commit = select_top_k(scores, candidates, k)  # (B, Lb)
         else:
-            passed = candidates & (confidence >= cfg.threshold)
+            passed = candidates & (_to_block(confidence, where, (B, Lb), 0.0) >= cfg.threshold)
             best = select_top_k(scores, candidates, torch.ones(B, dtype=torch.long, device=device))
             commit = passed | (best & ~passed.any(dim=-1, keepdim=True))
 
@@ -455,7 +492,7 @@ def decode(
         response.scatter_(1, pos, torch.where(commit, tokens, response.gather(1, pos)))
         decode_step.scatter_(1, pos, torch.where(commit, step, decode_step.gather(1, pos)))
         if entropy is not None:
-            h = -neg_entropy  # (B, Lb)
+            h = -_to_block(neg_entropy, where, (B, Lb), 0.0)  # (B, Lb)
             entropy.scatter_(1, pos, torch.where(commit, h, entropy.gather(1, pos)))
         step += 1
 

@@ -10,6 +10,7 @@ Torch only; the objectives that combine them live in ``tabom.objectives``.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal
 
@@ -157,25 +158,91 @@ def entropy_rank_loss(
     Raises:
         ValueError: on an unknown ``ties`` or a missing ``decode_entropy``.
     """
+    return _rank_loss(
+        lambda rows, idx: token_entropy(logits[rows, idx]),  # (B, K, V) -> (B, K)
+        logits[:, :0].float().sum(),
+        decode_step,
+        cut,
+        window=window,
+        margin=margin,
+        supervise=supervise,
+        ties=ties,
+        decode_entropy=decode_entropy,
+        window_unit=window_unit,
+    )
+
+
+def entropy_rank_loss_at(
+    entropy: torch.Tensor,
+    decode_step: torch.Tensor,
+    cut: torch.Tensor,
+    *,
+    window: int,
+    margin: float,
+    supervise: torch.Tensor | None = None,
+    ties: RankTies = "strict",
+    decode_entropy: torch.Tensor | None = None,
+    window_unit: WindowUnit = "steps",
+) -> RankOutput:
+    """:func:`entropy_rank_loss` on precomputed entropies (the head applied at N rows only).
+
+    Args:
+        entropy: ``(B, L)`` fp32 entropies, valid (and differentiable) at every candidate
+            position, i.e. every ``supervise`` position in the window; other entries unused.
+        decode_step, cut, window, margin, supervise, ties, decode_entropy, window_unit: as in
+            :func:`entropy_rank_loss`.
+
+    Returns:
+        A :class:`RankOutput`, equal to :func:`entropy_rank_loss` on logits whose entropies
+        these are.
+    """
+    return _rank_loss(
+        lambda rows, idx: entropy[rows, idx],  # (B, K)
+        entropy[:, :0].sum(),
+        decode_step,
+        cut,
+        window=window,
+        margin=margin,
+        supervise=supervise,
+        ties=ties,
+        decode_entropy=decode_entropy,
+        window_unit=window_unit,
+    )
+
+
+def _rank_loss(
+    entropy_at: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+    zero: torch.Tensor,
+    decode_step: torch.Tensor,
+    cut: torch.Tensor,
+    *,
+    window: int,
+    margin: float,
+    supervise: torch.Tensor | None,
+    ties: RankTies,
+    decode_entropy: torch.Tensor | None,
+    window_unit: WindowUnit,
+) -> RankOutput:
+    """The hinge of Eq. 8 given ``entropy_at(rows (B, 1), idx (B, K)) -> (B, K)``."""
     if ties not in ("strict", "reference", "decode-entropy"):
         raise ValueError(f"rank_ties must be strict, reference or decode-entropy, got {ties!r}")
     if ties == "decode-entropy" and decode_entropy is None:
         raise ValueError("rank_ties='decode-entropy' needs decode_entropy (B, L)")
-    b = logits.shape[0]
-    device = logits.device
+    b = decode_step.shape[0]
+    device = decode_step.device
 
     # 1) candidates, gathered first along L in position order: idx (B, K), K = max count
     cand = window_mask(decode_step, cut, width=window, unit=window_unit, eligible=supervise)
     count = cand.sum(1)  # (B,)
     k = int(count.max()) if b else 0
     if k < 2:  # no pair anywhere: 0, still attached to the logits (every rank joins backward)
-        return RankOutput(loss=logits[:, :0].float().sum(), n_pairs=0, n_samples=0)
+        return RankOutput(loss=zero, n_pairs=0, n_samples=0)
     idx = (~cand).to(torch.uint8).argsort(dim=1, stable=True)[:, :k]  # (B, K)
     slot = torch.arange(k, device=device) < count[:, None]  # (B, K) real candidates
 
     # 2) entropies at the candidates only: (B, K, V) -> (B, K)
     rows = torch.arange(b, device=device)[:, None]
-    h = token_entropy(logits[rows, idx])  # (B, K)
+    h = entropy_at(rows, idx)  # (B, K)
 
     # 3) ordered pairs (i before j) as one (B, K, K) mask
     d = decode_step.gather(1, idx)  # (B, K)

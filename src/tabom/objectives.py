@@ -3,7 +3,9 @@
 ``sft`` / ``traj-sft``: random masking + masked CE (the paper's Eq. 1; ``sft`` may weight by
 1/t, the MDLM NELBO). ``td``: time-delay masking at a cut s + CE on the next M steps (Eq. 9
 without its ranking half). ``tabom``: the same plus λ times the entropy ranking loss of
-Eq. 8, i.e. the full Eq. 9. One forward per batch; torch only.
+Eq. 8, i.e. the full Eq. 9. One forward per batch to the hidden states; the head then runs at
+the supervised positions only (the ranked ones are among them), and the CE and the entropies
+come from that one ``(N, V)`` logits tensor, optionally in chunks (``tabom.head``). Torch only.
 """
 
 from __future__ import annotations
@@ -14,7 +16,8 @@ from typing import Literal
 
 import torch
 
-from tabom.losses import RankTies, entropy_rank_loss, masked_ce
+from tabom.head import HeadModel, as_head_model, ce_entropy_at
+from tabom.losses import RankTies, entropy_rank_loss_at
 from tabom.masking import CutRange, WindowUnit, random_mask, time_delay_mask
 
 Objective = Literal["sft", "traj-sft", "td", "tabom"]
@@ -45,7 +48,7 @@ class LossOutput:
 
 
 def compute_objective(
-    model_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+    model_fn: HeadModel | Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
     input_ids: torch.Tensor,
     attention_mask: torch.Tensor,
     response_mask: torch.Tensor,
@@ -63,11 +66,14 @@ def compute_objective(
     window_unit: WindowUnit = "steps",
     td_cut_range: CutRange = "design",
     nelbo_weight: bool = False,
+    loss_chunk: int = 0,
 ) -> LossOutput:
     """Mask the batch, run one forward and return the objective's loss.
 
     Args:
-        model_fn: ``(input_ids, attention_mask) -> (B, L, V)`` aligned logits.
+        model_fn: a :class:`~tabom.head.HeadModel` (a ``DiffusionLM``: hidden states, then the
+            head at the supervised positions only) or any ``(input_ids, attention_mask) ->
+            (B, L, V)`` aligned-logits callable (its rows are gathered once).
         input_ids: ``(B, L)`` clean ids, [left pad | prompt | response].
         attention_mask: ``(B, L)``, passed to ``model_fn`` unchanged.
         response_mask: ``(B, L)`` bool, True on response positions.
@@ -87,6 +93,8 @@ def compute_objective(
             see :func:`tabom.masking.time_delay_mask`.
         nelbo_weight: weight CE by 1/t and divide by the response length (the NELBO of
             Eq. 1); random-mask objectives only.
+        loss_chunk: apply the head to this many supervised rows at a time and recompute them
+            in backward (bounded memory at large V; same values); 0 = all rows at once.
 
     Returns:
         A :class:`LossOutput`.
@@ -102,6 +110,8 @@ def compute_objective(
         raise ValueError(f"objective {objective!r} needs decode_step (trajectories)")
     if trajectory and nelbo_weight:
         raise ValueError(f"nelbo_weight applies to sft / traj-sft, not {objective!r}")
+    if loss_chunk < 0:
+        raise ValueError(f"loss_chunk must be >= 0, got {loss_chunk}")
 
     # 1) mask: random ratio t per sample, or the trajectory state at a cut s
     if trajectory:
@@ -120,25 +130,37 @@ def compute_objective(
             input_ids, response_mask, mask_token_id=mask_token_id, generator=generator
         )
 
-    # 2) one forward
-    logits = model_fn(plan.input_ids, attention_mask)  # (B, L, V)
+    # 2) one forward to the hidden states; the head only at the supervised rows (N, V): the
+    #    ranked positions are supervised ones, so CE and entropies share one gather
+    model = as_head_model(model_fn)
+    hidden = model.hidden_states(plan.input_ids, attention_mask)  # (B, L, H)
+    sel = plan.supervise.bool()
+    rows, cols = sel.nonzero(as_tuple=True)  # (N,), row-major like logits[sel]
+    ce_rows, h_rows = ce_entropy_at(
+        model,
+        hidden,
+        rows,
+        cols,
+        input_ids[rows, cols],
+        chunk=loss_chunk,
+        entropy=objective == "tabom",
+    )  # (N,), (N,)
 
     # 3) CE on the supervised positions (token mean, or the 1/t NELBO)
-    ce = masked_ce(
-        logits,
-        input_ids,
-        plan.supervise,
-        t=plan.t if nelbo_weight else None,
-        normalizer=response_mask.sum().clamp(min=1) if nelbo_weight else None,
-    )
+    if nelbo_weight:
+        ce = (ce_rows * (1.0 / plan.t)[rows]).sum() / response_mask.sum().clamp(min=1)
+    else:
+        ce = ce_rows.sum() / sel.sum().clamp(min=1)
 
-    # 4) ranking on the same logits (tabom only)
-    rank = torch.zeros((), device=logits.device)
+    # 4) ranking on the same rows' entropies (tabom only)
+    rank = torch.zeros((), device=hidden.device)
     n_pairs = n_rank_samples = 0
     total = ce
     if objective == "tabom":
-        out = entropy_rank_loss(
-            logits,
+        entropy = torch.zeros(sel.shape, dtype=h_rows.dtype, device=h_rows.device)
+        entropy = entropy.index_put((rows, cols), h_rows)  # (B, L), valid where supervised
+        out = entropy_rank_loss_at(
+            entropy,
             decode_step,
             plan.cut,
             window=rank_window,

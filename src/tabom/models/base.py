@@ -7,6 +7,9 @@ whether prompts go through the chat template, the special ids and the default Lo
 :class:`DiffusionLM` turns any Hugging Face model into ``(input_ids, attention_mask) -> logits``
 already aligned so that ``logits[:, j]`` predicts token ``j``, and
 :meth:`DiffusionLM.encode_prompt` turns a user prompt into the ids the model is conditioned on.
+For training and decoding it also runs to the final hidden states and applies the head at
+chosen ``(row, position)`` pairs only (:meth:`DiffusionLM.hidden_states`,
+:meth:`DiffusionLM.logits_at`; the :class:`tabom.head.HeadModel` protocol), honouring the shift.
 """
 
 from __future__ import annotations
@@ -17,6 +20,11 @@ from typing import Any, Literal
 import torch
 
 AttentionKind = Literal["2d", "4d-self-pad"]
+
+MIN_HEAD_ROWS = 8
+"""The head runs on at least this many rows (zero rows appended): CPU BLAS takes another kernel
+for a product of fewer rows, whose rounding differs from the whole-sequence product's, so with
+this the logits at chosen positions equal ``dlm(...)[rows, positions]`` bit for bit on CPU."""
 
 
 @dataclass(frozen=True)
@@ -43,6 +51,12 @@ class BackendSpec:
             special tokens (BERT's ``[CLS] ... [SEP]``); false = the bare text.
         stop_token_ids: ids besides EOS that end an answer (LLaDA's ``<|eot_id|>``, Dream's
             ``<|im_end|>``): the response text is cut at the first of any of them.
+        head_at_positions: the network computes its logits with its output-embeddings module
+            (``get_output_embeddings()``) followed by at most a linear rescaling, so the head
+            can be applied at chosen positions only (:meth:`DiffusionLM.hidden_states`). False
+            for remote code, which may compute logits otherwise (LLaDA's tied head): its
+            "hidden states" are then the raw logits and its head the identity (same results,
+            no saving). A network without output embeddings is treated the same way.
     """
 
     name: str
@@ -56,6 +70,7 @@ class BackendSpec:
     chat_template: bool = False
     prompt_special_tokens: bool = False
     stop_token_ids: tuple[int, ...] = ()
+    head_at_positions: bool = True
 
     @property
     def stop_ids(self) -> tuple[int, ...]:
@@ -77,6 +92,15 @@ def align_logits(raw: torch.Tensor, shift: bool) -> torch.Tensor:
     if not shift:
         return raw
     return torch.cat([raw[:, :1], raw[:, :-1]], dim=1)
+
+
+def source_positions(positions: torch.Tensor, shift: bool) -> torch.Tensor:
+    """Where the aligned logits at ``positions`` come from in the network's raw output.
+
+    ``positions`` itself, or ``max(positions - 1, 0)`` with the shift (aligned[:, 0] =
+    raw[:, 0], aligned[:, j] = raw[:, j-1]; the same rule as :func:`align_logits`).
+    """
+    return (positions - 1).clamp(min=0) if shift else positions
 
 
 def position_ids_from_mask(attention_mask: torch.Tensor) -> torch.Tensor:
@@ -118,7 +142,8 @@ class DiffusionLM:
     """A bidirectional Hugging Face model, its tokenizer and its backend data.
 
     Call it like a function: ``dlm(input_ids, attention_mask)`` returns aligned logits
-    ``(B, L, V)``. Left-padded batches get position ids counted from the first real token (when
+    ``(B, L, V)``; or ``h = dlm.hidden_states(input_ids, attention_mask)`` then
+    ``dlm.logits_at(h, rows, positions)`` for the ``(N, V)`` aligned logits at N pairs only. Left-padded batches get position ids counted from the first real token (when
     the network takes them) and the padding mask in the form the backend needs, so a row
     decodes the same alone or in a padded batch.
     """
@@ -172,15 +197,8 @@ class DiffusionLM:
             return None
         return model.get_input_embeddings().weight.dtype
 
-    def __call__(
-        self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None
-    ) -> torch.Tensor:
-        """Aligned logits ``(B, L, V)`` for ``input_ids`` ``(B, L)``.
-
-        Args:
-            input_ids: ``(B, L)`` token ids, left-padded.
-            attention_mask: ``(B, L)`` 1 on real tokens, 0 on padding (``None``: no padding).
-        """
+    def _forward_kwargs(self, attention_mask: torch.Tensor | None) -> dict[str, Any]:
+        """Position ids and the padding mask in the form the backend needs."""
         kwargs: dict[str, Any] = {}
         if attention_mask is not None:
             if self.spec.position_ids:
@@ -191,5 +209,113 @@ class DiffusionLM:
                 kwargs["attention_mask"] = self_pad_attention_mask(
                     attention_mask, self._mask_dtype()
                 )
-        raw = self.model(input_ids=input_ids, **kwargs).logits  # (B, L, V)
-        return align_logits(raw, self.spec.shift_logits)
+        return kwargs
+
+    def __call__(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """Aligned logits ``(B, L, V)`` for ``input_ids`` ``(B, L)``.
+
+        Args:
+            input_ids: ``(B, L)`` token ids, left-padded.
+            attention_mask: ``(B, L)`` 1 on real tokens, 0 on padding (``None``: no padding).
+        """
+        raw = self.model(input_ids=input_ids, **self._forward_kwargs(attention_mask)).logits
+        return align_logits(raw, self.spec.shift_logits)  # (B, L, V)
+
+    def _network(self) -> Any:
+        """The Hugging Face model under DDP / FSDP (``.module``) and peft wrappers."""
+        model = self.model
+        while hasattr(model, "module"):
+            model = model.module
+        if hasattr(model, "get_base_model"):  # peft
+            model = model.get_base_model()
+        return model
+
+    def _head_slot(self) -> tuple[Any, str, torch.nn.Module] | None:
+        """``(parent, attribute, module)`` of the network's output embeddings, or ``None``.
+
+        ``None`` (the head is not separable: hidden states are the raw logits, the head the
+        identity) when ``spec.head_at_positions`` is false or the network has no output
+        embeddings module (a plain ``nn.Module`` returning logits).
+        """
+        if not self.spec.head_at_positions:
+            return None
+        network = self._network()
+        get = getattr(network, "get_output_embeddings", None)
+        head = get() if get is not None else None
+        if head is None:
+            return None
+        for name, module in network.named_modules(remove_duplicate=False):
+            if module is head:
+                parent_name, _, attr = name.rpartition(".")
+                return network.get_submodule(parent_name), attr, head
+        raise ValueError(f"backend {self.spec.name}: output embeddings not found among modules")
+
+    def hidden_states(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """What the LM head takes, ``(B, L, H)``, from one forward of the (wrapped) model.
+
+        The whole forward runs through ``self.model`` (so DDP, peft and autocast wrappers see
+        it) with the output-embeddings module replaced by the identity for its duration: the
+        result is that module's input (the final normalised hidden state; a masked LM's
+        transformed state), times any linear rescaling the network applies to its logits
+        (which commutes with a bias-free head). Not shifted: :meth:`gather_hidden` applies the
+        shift. With ``spec.head_at_positions`` false: the raw ``(B, L, V)`` logits.
+
+        Raises:
+            ValueError: the network's output does not have the head's input width (it does not
+                compute its logits through its output embeddings).
+        """
+        kwargs = self._forward_kwargs(attention_mask)
+        slot = self._head_slot()
+        if slot is None:
+            return self.model(input_ids=input_ids, **kwargs).logits  # (B, L, V) raw
+        parent, attr, head = slot
+        setattr(parent, attr, torch.nn.Identity())
+        try:
+            hidden = self.model(input_ids=input_ids, **kwargs).logits  # (B, L, H)
+        finally:
+            setattr(parent, attr, head)
+        width = getattr(head, "in_features", None)
+        if width is not None and hidden.shape[-1] != width:
+            raise ValueError(
+                f"backend {self.spec.name}: with its output embeddings bypassed the model "
+                f"returned width {hidden.shape[-1]}, not the head's {width}; it computes its "
+                "logits otherwise (set head_at_positions false in its BackendSpec)"
+            )
+        return hidden
+
+    def gather_hidden(
+        self, hidden: torch.Tensor, rows: torch.Tensor, positions: torch.Tensor
+    ) -> torch.Tensor:
+        """``(N, H)`` hidden rows whose head output is the aligned logits at the pairs.
+
+        Args:
+            hidden: ``(B, L, H)`` from :meth:`hidden_states`.
+            rows, positions: ``(N,)`` long; with the shift, position j reads hidden j - 1
+                (position 0 reads itself).
+        """
+        return hidden[rows, source_positions(positions, self.spec.shift_logits)]
+
+    def apply_head(self, hidden_rows: torch.Tensor) -> torch.Tensor:
+        """``(N, V)`` logits of gathered hidden rows (the output-embeddings module itself)."""
+        slot = self._head_slot()
+        if slot is None:
+            return hidden_rows
+        head = slot[2]
+        n = hidden_rows.shape[0]
+        if 0 < n < MIN_HEAD_ROWS:  # BLAS rounds a product of so few rows differently
+            pad = hidden_rows.new_zeros((MIN_HEAD_ROWS - n, *hidden_rows.shape[1:]))
+            return head(torch.cat([hidden_rows, pad]))[:n]
+        return head(hidden_rows)
+
+    def logits_at(
+        self, hidden: torch.Tensor, rows: torch.Tensor, positions: torch.Tensor
+    ) -> torch.Tensor:
+        """``(N, V)`` aligned logits at ``(rows[i], positions[i])``; equal to
+        ``dlm(input_ids, attention_mask)[rows, positions]`` up to float rounding of the head's
+        matrix product on fewer rows.
+        """
+        return self.apply_head(self.gather_hidden(hidden, rows, positions))

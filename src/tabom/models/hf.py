@@ -222,6 +222,7 @@ def resolve_spec(
         and getattr(tokenizer, "chat_template", None) is not None,
         prompt_special_tokens=defaults.prompt_special_tokens,
         stop_token_ids=stops,
+        head_at_positions=model_class(config, defaults).__name__ != "AutoModel",  # remote code
     )
 
 

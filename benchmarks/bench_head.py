@@ -1,0 +1,335 @@
+"""The LM head only where the loss or the sampler needs it (issue 11): memory and time.
+
+Two measurements, each comparing the full-logits path (what tabom did before: the head over
+all B x L positions, then gathers) with the head at chosen positions (``DiffusionLM.hidden_states``
+then ``DiffusionLM.logits_at``):
+
+``train``: one training step of ``tabom`` (time-delay masking, CE + entropy ranking term,
+backward; no optimizer step) on a random bidirectional Llama. ``full`` is the old
+``compute_objective`` body verbatim (``masked_ce`` and ``entropy_rank_loss`` each gather from the
+(B, L, V) logits and each backward fills a (B, L, V) gradient); ``positions`` is today's
+:func:`tabom.objectives.compute_objective` (one (N, V) gather, optionally chunked).
+
+``decode``: one :func:`tabom.decoding.decode` call; ``full`` wraps the model so that it returns
+all (B, L, V) logits (the sampler then takes the block's rows, as before), ``positions`` passes
+the :class:`~tabom.models.base.DiffusionLM` itself (logits only at still-masked positions of the
+active block).
+
+Peak memory: each (path, vocabulary) runs in its own subprocess; the number is the peak
+resident set (``ru_maxrss``) minus the resident set after building the model and the batch,
+i.e. what the step (or the decode) adds. Time: process CPU time with one thread
+(``time.process_time``; the machine is shared, so wall time is not the step's cost), the two
+paths interleaved within each repeat in one process, median and min over repeats after a
+warm-up, plus the median of per-repeat ratios.
+
+    python benchmarks/bench_head.py train --vocab 32000 126464       # memory + time table
+    python benchmarks/bench_head.py decode --vocab 126464            # B=16, L=512
+    python benchmarks/bench_head.py train --one full --vocab 126464 --measure memory  # one cell
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import time
+
+import torch
+
+from tabom.losses import entropy_rank_loss, masked_ce
+from tabom.masking import time_delay_mask
+from tabom.models.base import BackendSpec, DiffusionLM
+
+PATHS = ("full", "positions")
+
+
+def rss_mb() -> float:
+    """Peak resident set of this process so far, MB (Linux: ru_maxrss is in KiB)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def current_rss_mb() -> float:
+    with open("/proc/self/statm") as f:
+        pages = int(f.read().split()[1])
+    return pages * resource.getpagesize() / 2**20
+
+
+def build_model(vocab: int, args: argparse.Namespace, train: bool) -> DiffusionLM:
+    """A random bidirectional Llama with ``vocab`` tokens (mask id = vocab - 1)."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    config = LlamaConfig(
+        vocab_size=vocab,
+        hidden_size=args.hidden,
+        intermediate_size=args.hidden * 3,
+        num_hidden_layers=args.layers,
+        num_attention_heads=args.heads,
+        num_key_value_heads=args.heads,
+        max_position_embeddings=args.prompt + args.gen,
+        is_causal=False,
+        use_cache=False,
+        tie_word_embeddings=False,
+    )
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(config)
+    model.train(train)
+    spec = BackendSpec("bench", vocab - 1, False, eos_token_id=1, pad_token_id=0)
+    return DiffusionLM(model=model, tokenizer=None, spec=spec)
+
+
+class FullLogits:
+    """A model returning all (B, L, V) aligned logits: the sampler's and loss's old input."""
+
+    def __init__(self, dlm: DiffusionLM) -> None:
+        self.dlm = dlm
+
+    def __call__(self, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        return self.dlm(ids, mask)
+
+
+# --------------------------------------------------------------------------- train
+
+
+def train_batch(vocab: int, args: argparse.Namespace) -> dict[str, torch.Tensor]:
+    """Random [prompt | response] ids and a random one-token-per-step decode order."""
+    g = torch.Generator().manual_seed(1)
+    B, P, T = args.batch, args.prompt, args.gen
+    ids = torch.randint(3, vocab - 1, (B, P + T), generator=g)
+    attn = torch.ones(B, P + T, dtype=torch.long)
+    resp = torch.zeros(B, P + T, dtype=torch.bool)
+    resp[:, P:] = True
+    order = torch.full((B, P + T), -1, dtype=torch.long)
+    for b in range(B):
+        order[b, P:] = torch.randperm(T, generator=g)
+    return {"input_ids": ids, "attention_mask": attn, "response_mask": resp, "decode_step": order}
+
+
+def full_objective(dlm: DiffusionLM, batch: dict, args: argparse.Namespace) -> torch.Tensor:
+    """The old ``compute_objective`` body for ``tabom``: full logits, two gathers."""
+    plan = time_delay_mask(
+        batch["input_ids"],
+        batch["decode_step"],
+        response_mask=batch["response_mask"],
+        window=args.window,
+        mask_token_id=dlm.mask_token_id,
+        generator=torch.Generator().manual_seed(2),
+    )
+    logits = dlm(plan.input_ids, batch["attention_mask"])  # (B, L, V)
+    ce = masked_ce(logits, batch["input_ids"], plan.supervise)
+    rank = entropy_rank_loss(
+        logits,
+        batch["decode_step"],
+        plan.cut,
+        window=args.window,
+        margin=0.1,
+        supervise=plan.supervise,
+    ).loss
+    return ce + rank
+
+
+def positions_objective(dlm: DiffusionLM, batch: dict, args: argparse.Namespace) -> torch.Tensor:
+    """Today's ``compute_objective``: the head at the supervised and ranked rows only."""
+    from tabom.objectives import compute_objective
+
+    out = compute_objective(
+        dlm,
+        **batch,
+        objective="tabom",
+        mask_token_id=dlm.mask_token_id,
+        generator=torch.Generator().manual_seed(2),
+        td_window=args.window,
+        rank_window=args.window,
+        rank_margin=0.1,
+        rank_weight=1.0,
+        loss_chunk=args.loss_chunk,
+    )
+    return out.total
+
+
+def train_step(dlm: DiffusionLM, batch: dict, path: str, args: argparse.Namespace) -> float:
+    """compute the objective + backward; returns the loss value."""
+    fn = full_objective if path == "full" else positions_objective
+    loss = fn(dlm, batch, args)
+    loss.backward()
+    for p in dlm.model.parameters():
+        p.grad = None
+    return float(loss.detach())
+
+
+# --------------------------------------------------------------------------- decode
+
+
+def decode_inputs(vocab: int, args: argparse.Namespace) -> tuple[torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(1)
+    ids = torch.randint(3, vocab - 1, (args.dbatch, args.dprompt), generator=g)
+    return ids, torch.ones_like(ids)
+
+
+def decode_cfg(args: argparse.Namespace):
+    from tabom.decoding import DecodeConfig
+
+    return DecodeConfig(
+        gen_length=args.dgen,
+        steps=args.dsteps,
+        block_length=args.dblock,
+        score=args.score,
+        temperature=args.temperature,
+    )
+
+
+def decode_once(dlm: DiffusionLM, inputs, path: str, args: argparse.Namespace):
+    from tabom.decoding import decode
+
+    model = FullLogits(dlm) if path == "full" else dlm
+    g = torch.Generator().manual_seed(3)
+    ids, mask = inputs
+    return decode(model, ids, mask, decode_cfg(args), mask_token_id=dlm.mask_token_id, generator=g)
+
+
+# --------------------------------------------------------------------------- drivers
+
+
+def one(args: argparse.Namespace) -> dict:
+    """One (task, path, vocab) cell in this process: memory or interleaved-free time."""
+    vocab = args.vocab[0]
+    torch.set_num_threads(args.threads)
+    dlm = build_model(vocab, args, train=args.task == "train")
+    inputs = train_batch(vocab, args) if args.task == "train" else decode_inputs(vocab, args)
+    before = current_rss_mb()
+    c0 = time.process_time()
+    if args.task == "train":
+        value = train_step(dlm, inputs, args.one, args)
+        extra = {"loss": value}
+    else:
+        with torch.no_grad():
+            out = decode_once(dlm, inputs, args.one, args)
+        extra = {
+            "nfe": out.nfe,
+            "response_sum": int(out.response_ids.sum()),
+            "decode_step_sum": int(out.decode_step.sum()),
+        }
+    cpu = time.process_time() - c0
+    return {"path": args.one, "vocab": vocab, "peak_mb": rss_mb() - before, "cpu_s": cpu, **extra}
+
+
+def interleaved_time(vocab: int, args: argparse.Namespace) -> dict[str, list[float]]:
+    """CPU seconds per path, the paths interleaved within each repeat (one process)."""
+    torch.set_num_threads(args.threads)
+    dlm = build_model(vocab, args, train=args.task == "train")
+    inputs = train_batch(vocab, args) if args.task == "train" else decode_inputs(vocab, args)
+    times: dict[str, list[float]] = {p: [] for p in PATHS}
+    results: dict[str, object] = {}
+    for i in range(args.warmup + args.repeats):
+        for path in PATHS:
+            c0 = time.process_time()
+            if args.task == "train":
+                results[path] = round(train_step(dlm, inputs, path, args), 6)
+            else:
+                with torch.no_grad():
+                    out = decode_once(dlm, inputs, path, args)
+                results[path] = (out.response_ids.tolist(), out.decode_step.tolist())
+            if i >= args.warmup:
+                times[path].append(time.process_time() - c0)
+    if args.task == "decode":
+        same = results["full"] == results["positions"]
+        print(f"V={vocab}: decode outputs identical across paths: {same}", flush=True)
+    else:
+        print(f"V={vocab}: losses {results}", flush=True)
+    return times
+
+
+def memory(vocab: int, path: str, args: argparse.Namespace) -> dict:
+    """Run one cell in a fresh subprocess (its own peak RSS)."""
+    cmd = [sys.executable, __file__, args.task, "--one", path, "--vocab", str(vocab)]
+    for key in ("hidden", "layers", "heads", "batch", "prompt", "gen", "window", "loss_chunk",
+                "dbatch", "dprompt", "dgen", "dblock", "dsteps", "score", "temperature",
+                "threads"):  # fmt: skip
+        cmd += [f"--{key.replace('_', '-')}", str(getattr(args, key))]
+    res = subprocess.run(cmd, check=True, capture_output=True, text=True)
+    return json.loads(res.stdout.strip().splitlines()[-1])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("task", choices=["train", "decode"])
+    parser.add_argument("--vocab", type=int, nargs="+", default=[32000, 126464])
+    parser.add_argument("--measure", choices=["both", "memory", "time"], default="both")
+    parser.add_argument("--one", choices=PATHS, help="run one cell here and print JSON")
+    parser.add_argument("--hidden", type=int, default=256)
+    parser.add_argument("--layers", type=int, default=2)
+    parser.add_argument("--heads", type=int, default=4)
+    parser.add_argument("--batch", type=int, default=4, help="train: B")
+    parser.add_argument("--prompt", type=int, default=128, help="train: P")
+    parser.add_argument("--gen", type=int, default=256, help="train: T")
+    parser.add_argument("--window", type=int, default=32, help="train: M = W, decode steps")
+    parser.add_argument("--loss-chunk", type=int, default=0, help="train: rows per head chunk")
+    parser.add_argument("--dbatch", type=int, default=16, help="decode: B")
+    parser.add_argument("--dprompt", type=int, default=256, help="decode: P")
+    parser.add_argument("--dgen", type=int, default=256, help="decode: T (L = P + T)")
+    parser.add_argument("--dblock", type=int, default=32, help="decode: block length")
+    parser.add_argument("--dsteps", type=int, default=16, help="decode: steps")
+    parser.add_argument("--score", default="confidence")
+    parser.add_argument("--temperature", type=float, default=0.0)
+    parser.add_argument("--warmup", type=int, default=1)
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--threads", type=int, default=1)
+    args = parser.parse_args()
+    if args.task == "decode":
+        args.prompt, args.gen = args.dprompt, args.dgen  # rotary length of the model
+    if args.one:
+        print(json.dumps(one(args)))
+        return
+
+    shape = (
+        f"B={args.batch} P={args.prompt} T={args.gen} M=W={args.window} loss_chunk={args.loss_chunk}"
+        if args.task == "train"
+        else f"B={args.dbatch} P={args.dprompt} T={args.dgen} block={args.dblock} "
+        f"steps={args.dsteps} score={args.score} temperature={args.temperature}"
+    )
+    print(
+        f"# {args.task}: {platform.machine()}, torch {torch.__version__}, {args.threads} thread(s); "
+        f"Llama d={args.hidden} layers={args.layers}; {shape}; "
+        f"{args.repeats} repeats after {args.warmup} warm-up",
+        flush=True,
+    )
+    rows = []
+    for vocab in args.vocab:
+        row: dict[str, object] = {"vocab": vocab}
+        if args.measure in ("both", "memory"):
+            for path in PATHS:
+                row[f"{path}_mb"] = memory(vocab, path, args)["peak_mb"]
+        if args.measure in ("both", "time"):
+            t = interleaved_time(vocab, args)
+            for path in PATHS:
+                row[f"{path}_ms"] = statistics.median(t[path]) * 1e3
+                row[f"{path}_min_ms"] = min(t[path]) * 1e3
+            row["ratio"] = statistics.median(
+                a / b for a, b in zip(t["full"], t["positions"], strict=True)
+            )
+        rows.append(row)
+        print(json.dumps(row), flush=True)
+    print("| V | full: peak MB | positions: peak MB | memory ratio | full: CPU ms (median/min) "
+          "| positions: CPU ms (median/min) | time ratio (paired median) |")  # fmt: skip
+    print("|---:|---:|---:|---:|---:|---:|---:|")
+    for r in rows:
+        mem = (
+            f"{r['full_mb']:,.0f} | {r['positions_mb']:,.0f} | "
+            f"{r['full_mb'] / max(r['positions_mb'], 1e-9):.1f}x"
+            if "full_mb" in r
+            else "– | – | –"
+        )
+        tim = (
+            f"{r['full_ms']:,.0f} / {r['full_min_ms']:,.0f} | "
+            f"{r['positions_ms']:,.0f} / {r['positions_min_ms']:,.0f} | {r['ratio']:.2f}x"
+            if "full_ms" in r
+            else "– | – | –"
+        )
+        print(f"| {r['vocab']:,} | {mem} | {tim} |")
+
+
+if __name__ == "__main__":
+    main()
