@@ -179,37 +179,46 @@ def test_loss_and_gradient_equal_the_full_logits_path(models, kind, objective, c
     if objective == "tabom":
         assert out.rank.item() > 0 and out.n_pairs > 0
     got_g, want_g = grads(dlm.model, out.total), grads(dlm.model, want_total)
+    # 1e-6 relative to the gradient's scale (its largest entry over all parameters): chunks
+    # sum the head's weight gradient in another order, and a gradient that is zero by symmetry
+    # (a bias the softmax does not see) is rounding noise in both paths
+    scale = max(float(g.abs().max()) for g in want_g if g is not None)
     checked = 0
     for g_new, g_old in zip(got_g, want_g, strict=True):
         if g_old is None:
             assert g_new is None or not g_new.any()
             continue
-        # 1e-6 relative to the tensor's scale: chunks sum the head's weight gradient in
-        # another order, which moves entries near zero by rounding of the large ones
-        torch.testing.assert_close(g_new, g_old, rtol=REL, atol=REL * float(g_old.abs().max()))
-        checked += int(g_old.abs().sum() > 0)
+        torch.testing.assert_close(g_new, g_old, rtol=REL, atol=REL * scale)
+        checked += int(g_old.abs().max() > 1e-3 * scale)
     assert checked > 3
+    if chunk == 0 and kind != "bert":  # unchunked, bias-free head: the same numbers bit for
+        # bit (BERT's head bias gradient is a sum over N rows instead of all B x L)
+        assert all(
+            (a is None and b is None) or torch.equal(a, b)
+            for a, b in zip(got_g, want_g, strict=True)
+        )
 
 
 def test_chunks_bound_the_head_rows(models, monkeypatch):
     dlm = models["tiny"]
     ids, attn, resp, steps = padded_batch(dlm)
+    head_weight = dlm.model.get_output_embeddings().weight
     sizes: list[int] = []
-    apply_head = dlm.apply_head
+    linear = torch.nn.functional.linear
 
-    def recording(rows):
-        sizes.append(rows.shape[0])
-        return apply_head(rows)
+    def recording(x, weight, bias=None):
+        if weight is head_weight:
+            sizes.append(x.shape[0])
+        return linear(x, weight, bias)
 
-    monkeypatch.setattr(dlm, "apply_head", recording)
+    monkeypatch.setattr(torch.nn.functional, "linear", recording)
     kw = dict(objective="traj-sft", mask_token_id=dlm.mask_token_id, loss_chunk=4)
-    out = compute_objective(
-        dlm, ids, attn, resp, steps, generator=torch.Generator().manual_seed(1), **kw
-    )
+    gen = torch.Generator().manual_seed(1)
+    out = compute_objective(dlm, ids, attn, resp, steps, generator=gen, **kw)
     n_forward = len(sizes)
     assert max(sizes) <= 4 and sum(sizes) == out.n_supervised > 8
-    out.total.backward()  # each chunk's head is recomputed in backward
-    assert len(sizes) == 2 * n_forward
+    out.total.backward()  # each chunk's logits are recomputed in backward
+    assert len(sizes) == 2 * n_forward and max(sizes) <= 4
 
 
 def test_callables_and_head_models_give_one_loss(models):

@@ -21,9 +21,10 @@ from typing import Protocol, runtime_checkable
 
 import torch
 import torch.nn.functional as F
-from torch.utils.checkpoint import checkpoint
 
 from tabom.losses import token_entropy
+
+_LOG_ZERO = -1e4  # exp(-1e4) == 0 in fp32: below this, p log p is exactly 0 (as token_entropy)
 
 
 @runtime_checkable
@@ -46,12 +47,18 @@ class HeadModel(Protocol):
         """``(N, V)`` logits of ``(N, H)`` gathered hidden rows."""
         ...
 
+    def linear_head(self) -> tuple[torch.Tensor, torch.Tensor | None] | None:
+        """``(weight (V, H), bias (V,) | None)`` when ``apply_head`` is exactly that linear map
+        (what the chunked loss needs), ``None`` when the head is the identity."""
+        ...
+
 
 class LogitsModel:
     """A callable that returns aligned ``(B, L, V)`` logits, seen as a :class:`HeadModel`.
 
     Its hidden states are the logits themselves and its head is the identity: nothing is saved,
-    and the result is exactly the callable's logits at each position.
+    and the result is exactly the callable's logits at each position (``loss_chunk`` has
+    nothing to chunk: the logits exist already).
     """
 
     def __init__(self, fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]) -> None:
@@ -69,6 +76,9 @@ class LogitsModel:
 
     def apply_head(self, hidden_rows: torch.Tensor) -> torch.Tensor:
         return hidden_rows
+
+    def linear_head(self) -> None:
+        return None
 
 
 def as_head_model(model: HeadModel | Callable) -> HeadModel:
@@ -105,6 +115,77 @@ def ce_entropy(
     return ce, h
 
 
+class _ChunkedLinearCE(torch.autograd.Function):
+    """Per-row CE and entropy of ``linear(h, W, b)`` computed ``chunk`` rows at a time.
+
+    Nothing of size V is kept for backward: it recomputes each chunk's logits, forms their
+    gradient g_ce (p - onehot) - g_H p (log p + H) in one buffer and accumulates the weight's
+    gradient in place (one ``(V, H)`` buffer however many chunks), as Liger's fused linear CE.
+    The matrix products run in the autocast dtype when autocast is on (as the head would),
+    the softmax in fp32.
+    """
+
+    @staticmethod
+    def forward(ctx, h, weight, bias, targets, chunk: int, want_entropy: bool):
+        device = h.device.type
+        mm = torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else h.dtype
+        n = h.shape[0]
+        ce = torch.empty(n, dtype=torch.float32, device=h.device)
+        ent = torch.zeros(n, dtype=torch.float32, device=h.device)
+        with torch.autocast(device, enabled=False):
+            w, b = weight.to(mm), None if bias is None else bias.to(mm)
+            for i in range(0, n, chunk):
+                logp = torch.log_softmax(F.linear(h[i : i + chunk].to(mm), w, b).float(), -1)
+                ce[i : i + chunk] = -logp.gather(-1, targets[i : i + chunk, None]).squeeze(-1)
+                if want_entropy:
+                    p = logp.exp()
+                    ent[i : i + chunk] = -p.mul_(logp.clamp_(min=_LOG_ZERO)).sum(-1)
+        ctx.chunk, ctx.want_entropy, ctx.mm = chunk, want_entropy, mm
+        ctx.save_for_backward(h, weight, bias, targets, ent)
+        return ce, ent
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad_ce, grad_h):
+        h, weight, bias, targets, ent = ctx.saved_tensors
+        need_h, need_w, need_b = ctx.needs_input_grad[:3]
+        mm, chunk, device = ctx.mm, ctx.chunk, h.device.type
+        gx = torch.empty_like(h) if need_h else None
+        gw = torch.zeros(weight.shape, dtype=torch.float32, device=h.device) if need_w else None
+        gb = (
+            torch.zeros(bias.shape, dtype=torch.float32, device=h.device)
+            if need_b and bias is not None
+            else None
+        )
+        with torch.autocast(device, enabled=False):
+            w, b = weight.to(mm), None if bias is None else bias.to(mm)
+            for i in range(0, h.shape[0], chunk):
+                hc, t = h[i : i + chunk], targets[i : i + chunk]
+                g_ce = grad_ce[i : i + chunk, None].float()
+                logp = torch.log_softmax(F.linear(hc.to(mm), w, b).float(), -1)  # (C, V)
+                p = logp.exp()
+                if ctx.want_entropy:  # -g_H p (log p + H) + g_ce p, then - g_ce at the target
+                    gz = logp.clamp_(min=_LOG_ZERO).add_(ent[i : i + chunk, None])
+                    gz.mul_(-grad_h[i : i + chunk, None].float()).add_(g_ce).mul_(p)
+                else:
+                    gz = p.mul_(g_ce)
+                gz.scatter_add_(-1, t[:, None], -g_ce)
+                if gx is not None:
+                    gx[i : i + chunk] = (gz.to(mm) @ w).to(h.dtype)
+                if gw is not None:
+                    gw.addmm_(gz.t(), hc.float())  # (V, C) @ (C, H), in place
+                if gb is not None:
+                    gb.add_(gz.sum(0))
+        return (
+            gx,
+            None if gw is None else gw.to(weight.dtype),
+            None if gb is None else gb.to(bias.dtype),
+            None,
+            None,
+            None,
+        )
+
+
 def ce_entropy_at(
     model: HeadModel,
     hidden: torch.Tensor,
@@ -117,11 +198,13 @@ def ce_entropy_at(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """CE against ``targets`` and entropy of the aligned logits at each ``(row, position)``.
 
-    The head runs on the N gathered rows only. With ``chunk > 0`` and more than ``chunk`` rows it
-    runs ``chunk`` rows at a time and each chunk's logits are recomputed in backward instead of
-    kept (``torch.utils.checkpoint``), so at most about three ``chunk x V`` fp32 buffers live at
-    once; the values and gradients are those of the unchunked computation (each row's logits
-    are computed alone; only the order in which the head's weight gradient is summed differs).
+    The head runs on the N gathered rows only. Unchunked, CE and H are the full-logits path's
+    own operations on those rows (the same numbers bit for bit). With ``chunk > 0``, more than
+    ``chunk`` rows and a linear head, the head runs ``chunk`` rows at a time and each chunk's
+    logits are recomputed in backward instead of kept (:class:`_ChunkedLinearCE`), so about
+    three ``chunk x V`` fp32 buffers and one weight gradient live at once; values and
+    gradients equal the unchunked ones up to float rounding (the gradient is formed in one
+    expression, the weight gradient summed chunk by chunk).
 
     Args:
         model: the :class:`HeadModel` that produced ``hidden``.
@@ -140,15 +223,8 @@ def ce_entropy_at(
     if chunk < 0:
         raise ValueError(f"loss.loss_chunk must be >= 0, got {chunk}")
     h_rows = model.gather_hidden(hidden, rows, positions)  # (N, H)
-    n = h_rows.shape[0]
-    if chunk == 0 or n <= chunk:
+    linear = model.linear_head() if chunk else None
+    if linear is None or h_rows.shape[0] <= chunk:
         return ce_entropy(model.apply_head(h_rows), targets, entropy=entropy)
-
-    def piece(h: torch.Tensor, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        return ce_entropy(model.apply_head(h), t, entropy=entropy)
-
-    parts = [
-        checkpoint(piece, h_rows[i : i + chunk], targets[i : i + chunk], use_reentrant=False)
-        for i in range(0, n, chunk)
-    ]
-    return torch.cat([c for c, _ in parts]), torch.cat([h for _, h in parts])
+    weight, bias = linear
+    return _ChunkedLinearCE.apply(h_rows, weight, bias, targets, chunk, entropy)

@@ -560,26 +560,28 @@ def train(cfg: TrainConfig) -> Path:
                 micro_seed(cfg.seed, step, micro * world + rank)
             )
             with accelerator.accumulate(model):
-                # 3b) mask, one forward, loss (0 with a graph when nothing is supervised)
-                res = compute_objective(
-                    train_dlm,
-                    batch.input_ids.to(dev),
-                    batch.attention_mask.to(dev),
-                    batch.response_mask.to(dev),
-                    batch.decoding_order.to(dev),
-                    None if batch.decode_entropy is None else batch.decode_entropy.to(dev),
-                    objective=cfg.objective,
-                    mask_token_id=dlm.mask_token_id,
-                    generator=gen,
-                    td_window=cfg.td_window,
-                    rank_window=cfg.rank_window,
-                    rank_margin=cfg.rank_margin,
-                    rank_weight=cfg.rank_weight,
-                    rank_ties=cfg.rank_ties,
-                    window_unit=cfg.window_unit,
-                    td_cut_range=cfg.td_cut_range,
-                    nelbo_weight=cfg.nelbo_weight,
-                )
+                # 3b) mask, one forward, loss (0 with a graph when nothing is supervised);
+                # autocast: the LM head runs at the supervised rows, outside the model's forward
+                with accelerator.autocast():
+                    res = compute_objective(
+                        train_dlm,
+                        batch.input_ids.to(dev),
+                        batch.attention_mask.to(dev),
+                        batch.response_mask.to(dev),
+                        batch.decoding_order.to(dev),
+                        None if batch.decode_entropy is None else batch.decode_entropy.to(dev),
+                        objective=cfg.objective,
+                        mask_token_id=dlm.mask_token_id,
+                        generator=gen,
+                        td_window=cfg.td_window,
+                        rank_window=cfg.rank_window,
+                        rank_margin=cfg.rank_margin,
+                        rank_weight=cfg.rank_weight,
+                        rank_ties=cfg.rank_ties,
+                        window_unit=cfg.window_unit,
+                        td_cut_range=cfg.td_cut_range,
+                        nelbo_weight=cfg.nelbo_weight,
+                    )
                 # 3c) backward on every micro-batch of every process: never skipped, so the
                 # gradient all-reduce always has every rank
                 accelerator.backward(res.total)

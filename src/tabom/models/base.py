@@ -311,6 +311,25 @@ class DiffusionLM:
             return head(torch.cat([hidden_rows, pad]))[:n]
         return head(hidden_rows)
 
+    def linear_head(self) -> tuple[torch.Tensor, torch.Tensor | None] | None:
+        """``(weight, bias)`` of the output embeddings for the chunked loss; ``None`` when the
+        head is not separable (the identity on raw logits).
+
+        Raises:
+            ValueError: the output embeddings are not a plain ``nn.Linear`` (e.g. LoRA on the
+                LM head), so ``loss_chunk`` cannot recompute them from their weight.
+        """
+        slot = self._head_slot()
+        if slot is None:
+            return None
+        head = slot[2]
+        if type(head) is not torch.nn.Linear:
+            raise ValueError(
+                f"loss_chunk: the LM head of backend {self.spec.name} is a "
+                f"{type(head).__name__}, not a plain Linear; use loss_chunk 0"
+            )
+        return head.weight, head.bias
+
     def logits_at(
         self, hidden: torch.Tensor, rows: torch.Tensor, positions: torch.Tensor
     ) -> torch.Tensor:
