@@ -234,6 +234,7 @@ def interleaved_time(vocab: int, args: argparse.Namespace) -> dict[str, list[flo
                 results[path] = (out.response_ids.tolist(), out.decode_step.tolist())
             if i >= args.warmup:
                 times[path].append(time.process_time() - c0)
+            print(f"  V={vocab} {path}: {time.process_time() - c0:.2f} s CPU", flush=True)
     if args.task == "decode":
         same = results["full"] == results["positions"]
         print(f"V={vocab}: decode outputs identical across paths: {same}", flush=True)

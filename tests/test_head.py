@@ -74,6 +74,7 @@ def padded_batch(dlm: DiffusionLM, per_step: int = 1, seed: int = 0):
 @pytest.mark.parametrize("kind", ["tiny", "tiny-dream", "llada", "dream", "bert", "modernbert"])
 def test_logits_at_equal_the_full_forward(models, kind):
     dlm = models[kind]
+    assert dlm.spec.head_at_positions  # every backend's loader: not remote code
     ids, attn, _, _ = padded_batch(dlm)
     full = dlm(ids, attn)  # (B, L, V) aligned
     hidden = dlm.hidden_states(ids, attn)
@@ -401,3 +402,24 @@ def test_a_plain_logits_callable_decodes_like_the_head_model(models):
     a = decode(dlm, ids, mask, cfg, mask_token_id=dlm.mask_token_id)
     b = decode(lambda i, m: dlm(i, m), ids, mask, cfg, mask_token_id=dlm.mask_token_id)
     assert torch.equal(a.sequences, b.sequences) and torch.equal(a.decode_step, b.decode_step)
+
+
+def test_chunked_and_unchunked_agree_under_bf16_autocast(models):
+    """Mixed precision (``tabom train --mixed_precision bf16``): the head's products in bf16."""
+    dlm = models["tiny"]
+    ids, attn, resp, steps = padded_batch(dlm)
+    kw = dict(objective="tabom", mask_token_id=dlm.mask_token_id, td_window=3, rank_window=3)
+    outs, gs = [], []
+    for chunk in (0, 3):
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            gen = torch.Generator().manual_seed(3)
+            out = compute_objective(
+                dlm, ids, attn, resp, steps, generator=gen, loss_chunk=chunk, **kw
+            )
+        outs.append(out)
+        gs.append(grads(dlm.model, out.total))
+    assert outs[0].total.dtype == torch.float32 and torch.isfinite(outs[0].total)
+    torch.testing.assert_close(outs[1].total, outs[0].total, rtol=1e-2, atol=0)
+    for a, b in zip(gs[1], gs[0], strict=True):
+        if b is not None:
+            torch.testing.assert_close(a, b, rtol=5e-2, atol=5e-2 * float(b.abs().max()) + 1e-6)
