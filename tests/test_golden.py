@@ -20,6 +20,7 @@ import torch
 from tabom.decoding import DecodeConfig, decode_texts
 from tabom.distill import DistillConfig, distill
 from tabom.models import DEFAULT_MODEL, load_model
+from tabom.objectives import LossConfig
 from tabom.trainer import TrainConfig, train
 
 GOLDEN = Path(__file__).resolve().parent / "golden"
@@ -92,10 +93,7 @@ def train_config(objective: str, data: str | None, out: Path) -> TrainConfig:
         lr=1e-3,
         warmup_steps=1,
         lora_rank=0,
-        td_window=3,
-        rank_window=3,
-        rank_margin=0.2,
-        rank_weight=2.0,
+        loss=LossConfig(td_window=3, rank_window=3, rank_margin=0.2, rank_weight=2.0),
         seed=5,
         progress=False,
         num_threads=1,
