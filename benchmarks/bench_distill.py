@@ -1,6 +1,6 @@
 """Self-distillation throughput (DESIGN §3-4): trajectories per minute of ``tabom distill``.
 
-Runs :func:`tabom.distill.distill` end to end (decode, verify, write + fsync, progress sidecar)
+Runs :func:`tabom.commands.distill.distill` end to end (decode, verify, write + fsync, progress sidecar)
 on the shipped base model's new domain (4-digit addition) at several budgets and batch sizes,
 and prints a markdown table for docs/benchmarks.md.
 
@@ -20,7 +20,7 @@ from pathlib import Path
 
 import torch
 
-from tabom.distill import NEW_DOMAIN, DistillConfig, distill
+from tabom.commands.distill import NEW_DOMAIN, DistillConfig, distill
 from tabom.models import SHIPPED, build_tiny, save_tiny
 
 PRETRAINED = Path("runs/tiny_pretrain/model")

@@ -36,7 +36,7 @@ from tabom.models.standin import (
     save_standin,
 )
 from tabom.models.tiny import build_char_tokenizer
-from tabom.trainer import TrainConfig, load_train_items
+from tabom.commands.train import TrainConfig, load_train_items
 
 PROMPTS = ["7+5=", "12+30=", "1+1="]  # different lengths: left padding in every batch
 EXPECTED = {

@@ -12,10 +12,10 @@ import sys
 import pytest
 import torch
 
-from tabom import distill as distill_mod
+from tabom.commands import distill as distill_mod
 from tabom.cli import main
 from tabom.config import ConfigError, load_config
-from tabom.distill import DistillConfig, derive_seed, distill
+from tabom.commands.distill import DistillConfig, derive_seed, distill
 from tabom.models import TinyModelConfig, build_tiny, load_model, save_tiny
 from tabom.trajectory import TrajectoryFileError, TrajectoryWriter, read_trajectories
 

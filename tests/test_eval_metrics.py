@@ -198,7 +198,7 @@ def test_eval_loads_a_lora_adapter(tmp_path, tiny_model, capsys):
 
 
 def test_eval_set_file_for_a_task_without_data_files_names_the_spec(tmp_path):
-    from tabom.eval_cli import load_eval_set
+    from tabom.commands.eval import load_eval_set
 
     path = tmp_path / "x.jsonl"
     path.write_text("{}\n")

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from tabom.decoding import DecodeConfig
-from tabom.eval_cli import budget_config
+from tabom.commands.eval import budget_config
 from tabom.evaluate import Budget, budget_for, evaluate_task, pass_at_k
 from tabom.models import build_tiny
 from tabom.tasks import make_task

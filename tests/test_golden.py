@@ -18,10 +18,10 @@ import pytest
 import torch
 
 from tabom.decoding import DecodeConfig, decode_texts
-from tabom.distill import DistillConfig, distill
+from tabom.commands.distill import DistillConfig, distill
 from tabom.models import DEFAULT_MODEL, load_model
 from tabom.objectives import LossConfig
-from tabom.trainer import TrainConfig, train
+from tabom.commands.train import TrainConfig, train
 
 GOLDEN = Path(__file__).resolve().parent / "golden"
 REGEN = os.environ.get("TABOM_REGEN_GOLDEN") == "1"

@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from tabom.cli import main
-from tabom.eval_cli import load_eval_set
+from tabom.commands.eval import load_eval_set
 from tabom.models import load_model
 from tabom.models.standin import build_standin, save_standin
 from tabom.tasks import make_task

@@ -11,7 +11,7 @@ from tabom.losses import masked_ce
 from tabom.masking import random_mask
 from tabom.models import TinyModelConfig, build_tiny, load_model
 from tabom.objectives import compute_objective
-from tabom.pretrain import PretrainConfig, collate, encode_example, pretrain
+from tabom.commands.pretrain import PretrainConfig, collate, encode_example, pretrain
 from tabom.schedule import lr_factor
 from tabom.tasks import make_task
 

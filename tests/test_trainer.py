@@ -16,10 +16,10 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from tabom import trainer as trainer_mod
+from tabom.commands import train as trainer_mod
 from tabom.cli import main
 from tabom.config import ConfigError, load_config
-from tabom.distill import DistillConfig, distill
+from tabom.commands.distill import DistillConfig, distill
 from tabom.models import TinyModelConfig, build_tiny, load_model, save_tiny
 from tabom.objectives import compute_objective
 from tabom.train_data import (
@@ -29,7 +29,7 @@ from tabom.train_data import (
     load_trajectories,
     steps_per_epoch,
 )
-from tabom.trainer import TrainConfig, latest_checkpoint, load_train_items, train
+from tabom.commands.train import TrainConfig, latest_checkpoint, load_train_items, train
 from tabom.trajectory import TrajectoryFileError, collate_trajectories
 
 SMALL = TinyModelConfig(hidden_size=32, num_layers=1, num_heads=4, intermediate_size=64)

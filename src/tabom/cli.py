@@ -1,7 +1,9 @@
-"""The ``tabom`` command line: argv -> config -> one library call (DESIGN §1).
+"""The ``tabom`` command line: argv -> config -> ``tabom.commands.NAME`` (DESIGN §1, §8).
 
 Each subcommand takes ``--config FILE.yaml`` plus ``--field value`` overrides of its config
-dataclass (dots for nested fields). ``main(argv) -> int`` is what tests call.
+dataclass (dots for nested groups: ``--decode.threshold``, ``--loss.td_window``). Every
+:class:`tabom.errors.TabomError` a command raises is one line on stderr and exit code 2.
+``main(argv) -> int`` is what tests call; ``python -m tabom`` runs it too.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from typing import Any, get_type_hints
 
 from tabom import __version__
 from tabom.config import ConfigError, load_config
+from tabom.errors import TabomError
 
 
 def _field_help(cls: type, prefix: str = "") -> list[str]:
@@ -55,40 +58,41 @@ def _field_help(cls: type, prefix: str = "") -> list[str]:
 
 
 def _commands() -> dict[str, tuple[str, Callable[[], tuple[type, Callable[[Any], Any]]]]]:
-    """name -> (summary, lazy loader of (config class, runner))."""
+    """name -> (summary, lazy loader of (config class, runner)); runners live in tabom.commands."""
 
     def pretrain():
-        from tabom.pretrain import PretrainConfig, pretrain
+        from tabom.commands.pretrain import PretrainConfig, run_pretrain
 
-        return PretrainConfig, pretrain
+        return PretrainConfig, run_pretrain
 
     def evaluate():
-        from tabom.eval_cli import EvalConfig, run_eval_command
+        from tabom.commands.eval import EvalConfig, run_eval
 
-        return EvalConfig, run_eval_command
+        return EvalConfig, run_eval
 
     def distill():
-        from tabom.distill import DistillConfig, run_distill
+        from tabom.commands.distill import DistillConfig, run_distill
 
         return DistillConfig, run_distill
 
     def inspect():
-        from tabom.inspect_cmd import InspectConfig, run_inspect
+        from tabom.commands.inspect import InspectConfig, run_inspect
 
         return InspectConfig, run_inspect
 
     def train():
-        from tabom.trainer import TrainConfig, run_train
+        from tabom.commands.train import TrainConfig, run_train
 
         return TrainConfig, run_train
 
     def demo():
-        from tabom.demo import DemoConfig, run_demo
+        from tabom.commands.demo.config import DemoConfig
+        from tabom.commands.demo.pipeline import run_demo
 
         return DemoConfig, run_demo
 
     def sweep():
-        from tabom.sweep import SweepConfig, run_sweep
+        from tabom.commands.demo.sweep import SweepConfig, run_sweep
 
         return SweepConfig, run_sweep
 
@@ -111,6 +115,17 @@ def _commands() -> dict[str, tuple[str, Callable[[], tuple[type, Callable[[Any],
         ),
         "sweep": ("a small validation-only sweep of TABOM's settings around the demo", sweep),
     }
+
+
+def run_command(name: str, runner: Callable[[Any], Any], cfg: Any) -> int:
+    """``runner(cfg)`` as command ``name``: a :class:`TabomError` or a missing file is one line
+    on stderr and exit code 2, for every command."""
+    try:
+        result = runner(cfg)
+    except (TabomError, FileNotFoundError) as e:
+        print(f"tabom {name}: error: {e}", file=sys.stderr)
+        return 2
+    return result if isinstance(result, int) else 0
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -159,8 +174,7 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as e:
         print(f"tabom {name}: error: {e}", file=sys.stderr)
         return 2
-    result = runner(cfg)
-    return result if isinstance(result, int) else 0
+    return run_command(name, runner, cfg)
 
 
 if __name__ == "__main__":

@@ -21,12 +21,13 @@ from typing import Any
 
 import torch
 
+from tabom.errors import TabomError
 from tabom.tasks import make_task
 from tabom.tasks.base import read_jsonl, require_str
 from tabom.trajectory import TrajectoryRecord, read_trajectories
 
 
-class TrainDataError(ValueError):
+class TrainDataError(TabomError):
     """Training data that cannot be used with this config; the message names the file and field."""
 
 

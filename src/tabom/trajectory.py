@@ -21,6 +21,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from tabom.errors import TabomError
+
 SCHEMA_VERSION = 1
 METHODS = ("confidence", "margin", "entropy", "random")
 """The scores of DESIGN §3 (``decoding.SCORES``; repeated here so this module imports only torch)."""
@@ -39,7 +41,7 @@ _GEN_TYPES: dict[str, tuple[type, ...]] = {
 checked on their own: they may be null)."""
 
 
-class TrajectoryFileError(ValueError):
+class TrajectoryFileError(TabomError):
     """A trajectory file is malformed or does not fit the model; names file, 1-based line, field."""
 
     def __init__(self, path: str | Path, line: int, field_name: str, reason: str) -> None:

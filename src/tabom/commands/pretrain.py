@@ -199,3 +199,9 @@ def pretrain(cfg: PretrainConfig) -> Path:
     if main:
         save_tiny(unwrapped(dlm), final)
     return final
+
+
+def run_pretrain(cfg: PretrainConfig) -> int:
+    """CLI runner of ``tabom pretrain``."""
+    pretrain(cfg)
+    return 0

@@ -19,9 +19,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import shutil
-import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,13 +27,14 @@ from typing import Any, Literal
 import torch
 from tqdm.auto import tqdm
 
+from tabom.checkpoint import latest_checkpoint, read_state, save_checkpoint
 from tabom.config import ConfigError, save_config, to_dict
 from tabom.evaluate import greedy_accuracy, make_eval_sets
 from tabom.models import BACKENDS, DEFAULT_MODEL, load_model, save_model
 from tabom.models.base import DiffusionLM
+from tabom.models.lora import with_lora
 from tabom.objectives import OBJECTIVES, LossConfig, Objective, compute_objective
 from tabom.schedule import lr_factor
-from tabom.tasks.base import DataFileError
 from tabom.train_data import (
     TrainDataError,
     TrajectoryDataset,
@@ -47,9 +45,7 @@ from tabom.train_data import (
     load_trajectories,
     steps_per_epoch,
 )
-from tabom.trajectory import TrajectoryFileError
 
-STATE_FILE = "trainer_state.json"
 LOG_KEYS = (
     "ce",
     "rank",
@@ -286,16 +282,6 @@ def _check_tracker(report_to: str) -> str | None:
     return report_to
 
 
-def latest_checkpoint(output_dir: str | Path) -> Path | None:
-    """The complete checkpoint with the highest step in ``output_dir/checkpoints``, if any.
-
-    Complete = renamed from its temporary folder, so it holds ``trainer_state.json``.
-    """
-    root = Path(output_dir) / "checkpoints"
-    done = [p for p in root.glob("step-*") if (p / STATE_FILE).is_file()]
-    return max(done, key=lambda p: int(p.name.split("-")[1]), default=None)
-
-
 def micro_seed(seed: int, step: int, slot: int) -> int:
     """The masking seed of one micro-batch slot of one optimizer step.
 
@@ -318,26 +304,25 @@ def _load_dtype(cfg: TrainConfig) -> str | torch.dtype:
 
 
 def _with_lora(model: Any, cfg: TrainConfig, default_targets: tuple[str, ...]) -> Any:
-    """``model`` wrapped by peft with LoRA adapters; only the adapters require grad.
+    """``model`` with LoRA adapters of ``cfg`` (targets: ``lora_targets`` or the backend's).
 
     Raises:
-        ConfigError: peft is missing (names ``lora_rank`` and the pip command).
+        ConfigError: peft (a core dependency) is not importable; names ``lora_rank``.
     """
     try:
-        from peft import LoraConfig, get_peft_model
+        import peft  # noqa: F401
     except ImportError:
         raise ConfigError(
-            f"lora_rank: {cfg.lora_rank} (LoRA) needs the peft package (pip install peft); "
-            "lora_rank 0 is full fine-tuning"
+            f"lora_rank: {cfg.lora_rank} (LoRA) needs the peft package, a dependency of tabom "
+            "(pip install peft); lora_rank 0 is full fine-tuning"
         ) from None
-    lora = LoraConfig(
-        r=cfg.lora_rank,
-        lora_alpha=cfg.lora_alpha,
-        lora_dropout=cfg.lora_dropout,
-        target_modules=list(cfg.lora_targets or default_targets),
-        bias="none",
+    return with_lora(
+        model,
+        rank=cfg.lora_rank,
+        alpha=cfg.lora_alpha,
+        dropout=cfg.lora_dropout,
+        targets=cfg.lora_targets or default_targets,
     )
-    return get_peft_model(model, lora)
 
 
 def _is_sharded(accelerator: Any) -> bool:
@@ -374,26 +359,6 @@ def _param_groups(model: Any, weight_decay: float) -> list[dict[str, Any]]:
     ]
 
 
-def _save_checkpoint(accelerator: Any, out: Path, state: dict[str, Any]) -> Path:
-    """Accelerate state + ``trainer_state.json`` into ``checkpoints/step-N``, atomically."""
-    root = out / "checkpoints"
-    final, tmp = root / f"step-{state['step']}", root / f".tmp-step-{state['step']}"
-    if accelerator.is_main_process:
-        shutil.rmtree(tmp, ignore_errors=True)
-    accelerator.wait_for_everyone()
-    accelerator.save_state(str(tmp))  # every process: its RNG file; main: weights, optimizer
-    accelerator.wait_for_everyone()
-    if accelerator.is_main_process:
-        with open(tmp / STATE_FILE, "w") as f:
-            f.write(json.dumps(state, indent=1) + "\n")
-            f.flush()
-            os.fsync(f.fileno())
-        shutil.rmtree(final, ignore_errors=True)  # re-saving the last step of a finished run
-        os.replace(tmp, final)
-    accelerator.wait_for_everyone()
-    return final
-
-
 def _truncate_log(path: Path, step: int) -> None:
     """Drop log lines past ``step`` (written by the killed run after its last checkpoint)."""
     if not path.exists():
@@ -420,7 +385,7 @@ def train(cfg: TrainConfig) -> Path:
 
     Raises:
         ConfigError: checkpoints exist without ``resume``, a checkpoint of other data, or
-            the package of ``report_to`` / peft (``lora_rank`` > 0) is missing.
+            the package of ``report_to`` is missing.
         TrajectoryFileError, DataFileError, TrainDataError, FileNotFoundError: bad data,
             raised before any training step.
     """
@@ -494,10 +459,7 @@ def train(cfg: TrainConfig) -> Path:
         if cfg.resume and ckpt is None:
             print(f"train: no complete checkpoint in {out}; starting at step 0")
     if ckpt is not None:
-        state = json.loads((ckpt / STATE_FILE).read_text())
-        changed = {k: (state.get(k), v) for k, v in meta.items() if state.get(k) != v}
-        if changed:
-            raise ConfigError(f"resume: {ckpt} was written for other settings {changed}")
+        state = read_state(ckpt, meta)
         accelerator.load_state(str(ckpt), **({"strict": False} if lora else {}))
         start = state["step"]
         if accelerator.is_main_process:
@@ -561,19 +523,17 @@ def train(cfg: TrainConfig) -> Path:
                 if accelerator.sync_gradients:
                     scheduler.step()
                 optimizer.zero_grad(set_to_none=True)
-            sums += torch.tensor(
-                [
-                    res.ce.item(),
-                    res.rank.item(),
-                    res.total.item(),
-                    res.n_supervised,
-                    res.n_pairs,
-                    res.n_rank_samples,
-                    res.n_uncut,
-                    len(idx),
-                ],
-                dtype=torch.float64,
-            )
+            values = {
+                "ce": res.ce.item(),
+                "rank": res.rank.item(),
+                "total": res.total.item(),
+                "n_supervised": res.n_supervised,
+                "n_pairs": res.n_pairs,
+                "n_rank_samples": res.n_rank_samples,
+                "n_uncut": res.n_uncut,
+                "samples": len(idx),
+            }
+            sums += torch.tensor([values[k] for k in LOG_KEYS], dtype=torch.float64)
         done = step + 1
         bar.update(1)
 
@@ -613,7 +573,7 @@ def train(cfg: TrainConfig) -> Path:
                     ce=f"{record['ce']:.3f}", rank=f"{record['rank']:.3f}", lr=f"{lr:.2e}"
                 )
         if (cfg.save_every and done % cfg.save_every == 0) or done == total:
-            _save_checkpoint(accelerator, out, {"step": done, "epoch": epoch, **meta})
+            save_checkpoint(accelerator, out, {"step": done, "epoch": epoch, **meta})
     bar.close()
     if log is not None:
         log.close()
@@ -639,18 +599,8 @@ def train(cfg: TrainConfig) -> Path:
 
 
 def run_train(cfg: TrainConfig) -> int:
-    """CLI runner of ``tabom train``: bad data is a one-line error and exit code 2."""
-    try:
-        train(cfg)
-    except (
-        ConfigError,
-        TrainDataError,
-        TrajectoryFileError,
-        DataFileError,
-        FileNotFoundError,
-    ) as e:
-        print(f"tabom train: error: {e}", file=sys.stderr)
-        return 2
+    """CLI runner of ``tabom train`` (``tabom.cli`` turns a :class:`TabomError` into exit 2)."""
+    train(cfg)
     return 0
 
 
