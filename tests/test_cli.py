@@ -31,7 +31,7 @@ def test_eval_writes_json_and_a_table(tmp_path, capsys):
     save_tiny(build_tiny(cfg), tmp_path / "m")
     out = tmp_path / "res.json"
     argv = ["eval", "--model", str(tmp_path / "m"), "--tasks", "addition:max_digits=2"]
-    argv += ["--n_examples", "6", "--n_samples", "2", "--ks", "1,2", "--temperature", "1.0"]
+    argv += ["--n_examples", "6", "--n_samples", "2", "--ks", "1,2", "--decode.temperature", "1.0"]
     assert main([*argv, "--output", str(out)]) == 0
     table = capsys.readouterr().out
     assert "pass@2" in table and "addition:max_digits=2" in table
@@ -40,3 +40,24 @@ def test_eval_writes_json_and_a_table(tmp_path, capsys):
     assert len(res["correct"]) == 6 and all(len(c) == 2 for c in res["correct"])
     # a random model decodes one token per step: T forwards per answer
     assert res["nfe_per_answer"] == 4.0 and res["tokens_per_forward"] == 1.0
+
+
+def test_eval_threshold_and_top_k_reach_the_decoder(tmp_path, capsys):
+    """``tabom eval --decode.threshold 0.9`` decodes in parallel and reports tokens per forward."""
+    cfg = TinyModelConfig(hidden_size=32, num_layers=1, num_heads=4, intermediate_size=64)
+    save_tiny(build_tiny(cfg), tmp_path / "m")
+    out = tmp_path / "res.json"
+    argv = ["eval", "--model", str(tmp_path / "m"), "--tasks", "addition:max_digits=2"]
+    argv += ["--n_examples", "6", "--decode.threshold", "0.01", "--decode.top_k", "3"]
+    assert main([*argv, "--output", str(out)]) == 0
+    table = capsys.readouterr().out
+    assert "tok/fwd" in table and "acc confidence@t0.01" in table
+    res = json.loads(out.read_text())
+    assert res["config"]["decode"]["threshold"] == 0.01 and res["config"]["decode"]["top_k"] == 3
+    r = res["results"]["addition:max_digits=2"]
+    # a threshold every proposal passes commits the whole response in one forward
+    assert r["nfe_per_answer"] == 1.0 and r["tokens_per_forward"] == 4.0
+    assert main([*argv[:-4], "--decode.threshold", "0.9"]) == 0
+    assert "tok/fwd" in capsys.readouterr().out
+    assert main([*argv[:-4], "--decode.threshold", "1.5"]) == 2
+    assert "decode.threshold must be in (0, 1]" in capsys.readouterr().err

@@ -12,15 +12,17 @@ import sys
 import pytest
 import torch
 
-from tabom.commands import distill as distill_mod
 from tabom.cli import main
-from tabom.config import ConfigError, load_config
+from tabom.commands import distill as distill_mod
 from tabom.commands.distill import DistillConfig, derive_seed, distill
+from tabom.config import ConfigError, load_config
+from tabom.decoding import DecodeConfig
 from tabom.models import TinyModelConfig, build_tiny, load_model, save_tiny
 from tabom.trajectory import TrajectoryFileError, TrajectoryWriter, read_trajectories
 
 SMALL = TinyModelConfig(hidden_size=32, num_layers=1, num_heads=4, intermediate_size=64)
 TASK = "addition:min_digits=1,max_digits=2"  # gen_length 4
+DECODE_FIELDS = set(DecodeConfig.__dataclass_fields__)
 
 
 @pytest.fixture(scope="module")
@@ -57,7 +59,9 @@ def config(model_dir: str, output, **over) -> DistillConfig:
         "progress": False,
         "num_threads": 1,
     }
-    return DistillConfig(**{**base, **over})
+    decode = {"temperature": 1.0} | {k: v for k, v in over.items() if k in DECODE_FIELDS}
+    rest = {k: v for k, v in over.items() if k not in DECODE_FIELDS}
+    return DistillConfig(**{**base, **rest}, decode=DecodeConfig(**decode))
 
 
 def test_same_seed_same_file_and_every_sample_once(model_dir, tmp_path, capsys):
@@ -225,16 +229,16 @@ def test_config_rejects_bad_combinations():
     with pytest.raises(ConfigError, match="ks"):
         load_config(DistillConfig, argv=["--n_samples", "2", "--ks", "1,4"])
     with pytest.raises(ConfigError, match="temperature 0"):
-        load_config(DistillConfig, argv=["--temperature", "0"])
-    cfg = load_config(DistillConfig, argv=["--tokens_per_step", "2", "--block_length", "3"])
+        load_config(DistillConfig, argv=["--decode.temperature", "0"])
+    cfg = load_config(DistillConfig, argv=["--decode.tokens_per_step", "2", "--decode.block_length", "3"])
     assert cfg.decode_config().steps == 4  # T = 6 in 2 blocks of 3: ceil(3 / 2) = 2 per block
     # ceil(6 / 4) = 2 steps, rounded up to the 3 blocks of 2 (steps_for, as tabom eval)
-    cfg = load_config(DistillConfig, argv=["--tokens_per_step", "4", "--block_length", "2"])
+    cfg = load_config(DistillConfig, argv=["--decode.tokens_per_step", "4", "--decode.block_length", "2"])
     assert cfg.decode_config().steps == 3
     with pytest.raises(ConfigError, match=r"block_length \(16\) must divide the response"):
-        load_config(DistillConfig, argv=["--block_length", "16"])  # longer than T = 6
+        load_config(DistillConfig, argv=["--decode.block_length", "16"])  # longer than T = 6
     with pytest.raises(ConfigError, match="block_length"):
-        load_config(DistillConfig, argv=["--block_length", "4"])
+        load_config(DistillConfig, argv=["--decode.block_length", "4"])
     assert derive_seed(0, "group", 1) != derive_seed(0, "group", 2) != derive_seed(1, "group", 1)
 
 

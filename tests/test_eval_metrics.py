@@ -161,11 +161,11 @@ def tiny_model(tmp_path):
 def test_eval_budgets_forgetting_and_alignment(tmp_path, tiny_model, capsys):
     traj = tmp_path / "traj.jsonl"
     argv = ["distill", "--model", tiny_model, "--task", "addition:max_digits=2", "--n_prompts"]
-    argv += ["3", "--n_samples", "1", "--temperature", "0", "--keep", "all", "--ks", "1"]
+    argv += ["3", "--n_samples", "1", "--decode.temperature", "0", "--keep", "all", "--ks", "1"]
     assert main([*argv, "--output", str(traj), "--progress", "false"]) == 0
     out = tmp_path / "res.json"
     argv = ["eval", "--model", tiny_model, "--tasks", "addition:max_digits=2", "--n_examples"]
-    argv += ["5", "--tokens_per_step", "1,2", "--score", "confidence,entropy"]
+    argv += ["5", "--budget_tokens_per_step", "1,2", "--budget_scores", "confidence,entropy"]
     argv += ["--baseline", tiny_model, "--trajectories", str(traj), "--output", str(out)]
     capsys.readouterr()
     assert main(argv) == 0

@@ -17,11 +17,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from tabom.decoding import DecodeConfig, decode_texts
 from tabom.commands.distill import DistillConfig, distill
+from tabom.commands.train import TrainConfig, train
+from tabom.decoding import DecodeConfig, decode_texts
 from tabom.models import DEFAULT_MODEL, load_model
 from tabom.objectives import LossConfig
-from tabom.commands.train import TrainConfig, train
 
 GOLDEN = Path(__file__).resolve().parent / "golden"
 REGEN = os.environ.get("TABOM_REGEN_GOLDEN") == "1"

@@ -112,6 +112,7 @@ def _build(cls: type[C], values: dict[str, Any], where: str, construct: bool = T
     """
     hints = get_type_hints(cls)
     names = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+    values = _onto_group_defaults(cls, values)
     kwargs = {}
     for key, value in values.items():
         if key not in names:
@@ -142,6 +143,24 @@ def _name_the_flag(message: str, where: str, names: set[str], cls_name: str) -> 
     if head.split(".")[0].split("[")[0] in names:
         return f"{where}.{message}"
     return f"{where}: {message}"
+
+
+def _onto_group_defaults(cls: type, values: dict[str, Any]) -> dict[str, Any]:
+    """Overrides of a nested group start from the *field's* default group, not the group class's.
+
+    ``DistillConfig.decode`` defaults to ``DecodeConfig(temperature=1.0)``: ``--decode.score
+    entropy`` keeps that temperature.
+    """
+    out = dict(values)
+    for f in dataclasses.fields(cls):  # type: ignore[arg-type]
+        given = out.get(f.name)
+        if not isinstance(given, dict) or f.default_factory is dataclasses.MISSING:
+            continue
+        default = f.default_factory()
+        if dataclasses.is_dataclass(default):
+            base = {g.name: getattr(default, g.name) for g in dataclasses.fields(default)}
+            out[f.name] = {**base, **given}
+    return out
 
 
 def _set_dotted(tree: dict[str, Any], dotted: str, value: Any) -> None:

@@ -74,8 +74,10 @@ class LossConfig:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         for name in ("rank_margin", "rank_weight"):
             value = getattr(self, name)
-            if not (value >= 0 and value < float("inf")):
-                raise ValueError(f"{name} must be finite and >= 0, got {value}")
+            if not value >= 0:
+                raise ValueError(f"{name} must be >= 0, got {value}")
+            if value == float("inf"):
+                raise ValueError(f"{name} must be finite, got {value}")
         if self.rank_loss not in RANK_LOSSES:
             raise ValueError(
                 f"rank_loss must be one of {', '.join(RANK_LOSSES)}, got {self.rank_loss!r}"

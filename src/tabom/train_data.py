@@ -204,19 +204,19 @@ def check_windows(
     if td_window > top + extra:
         rng = "{0, …, s_max − M + 1}" if extra else "{0, …, s_max − M}"
         raise TrainDataError(
-            f"{path}: td_window: M = {td_window} {window_unit} but the largest {what} in the "
+            f"{path}: loss.td_window: M = {td_window} {window_unit} but the largest {what} in the "
             f"file is {top}, so no trajectory can be cut (the cut s ranges over "
-            f"{rng}); use td_window <= {top + extra}"
+            f"{rng}); use loss.td_window <= {top + extra}"
         )
     if rank_window is not None and rank_window > top + 1:
         raise TrainDataError(
-            f"{path}: rank_window: W = {rank_window} {window_unit} but the trajectories have "
-            f"at most {top + 1} {window_unit}; use rank_window <= {top + 1}"
+            f"{path}: loss.rank_window: W = {rank_window} {window_unit} but the trajectories have "
+            f"at most {top + 1} {window_unit}; use loss.rank_window <= {top + 1}"
         )
     short = sum(r + extra < td_window for r in room)
     if short:
         warnings.warn(
-            f"{path}: {short} of {len(records)} trajectories are too short for td_window "
+            f"{path}: {short} of {len(records)} trajectories are too short for loss.td_window "
             f"M = {td_window} and will supervise nothing (logged as n_uncut)",
             RuntimeWarning,
             stacklevel=2,
