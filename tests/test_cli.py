@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 
 from tabom.cli import main
-from tabom.models import TinyModelConfig, build_tiny, save_tiny
 
 
 def test_help_lists_the_commands(capsys):
@@ -26,11 +25,9 @@ def test_unknown_field_is_rejected_with_the_flag_named(capsys):
     assert "--stepz: unknown field 'stepz'" in capsys.readouterr().err
 
 
-def test_eval_writes_json_and_a_table(tmp_path, capsys):
-    cfg = TinyModelConfig(hidden_size=32, num_layers=1, num_heads=4, intermediate_size=64)
-    save_tiny(build_tiny(cfg), tmp_path / "m")
+def test_eval_writes_json_and_a_table(tmp_path, model_dir, capsys):
     out = tmp_path / "res.json"
-    argv = ["eval", "--model", str(tmp_path / "m"), "--tasks", "addition:max_digits=2"]
+    argv = ["eval", "--model", model_dir, "--tasks", "addition:max_digits=2"]
     argv += ["--n_examples", "6", "--n_samples", "2", "--ks", "1,2", "--decode.temperature", "1.0"]
     assert main([*argv, "--output", str(out)]) == 0
     table = capsys.readouterr().out
@@ -42,12 +39,10 @@ def test_eval_writes_json_and_a_table(tmp_path, capsys):
     assert res["nfe_per_answer"] == 4.0 and res["tokens_per_forward"] == 1.0
 
 
-def test_eval_threshold_and_top_k_reach_the_decoder(tmp_path, capsys):
+def test_eval_threshold_and_top_k_reach_the_decoder(tmp_path, model_dir, capsys):
     """``tabom eval --decode.threshold 0.9`` decodes in parallel and reports tokens per forward."""
-    cfg = TinyModelConfig(hidden_size=32, num_layers=1, num_heads=4, intermediate_size=64)
-    save_tiny(build_tiny(cfg), tmp_path / "m")
     out = tmp_path / "res.json"
-    argv = ["eval", "--model", str(tmp_path / "m"), "--tasks", "addition:max_digits=2"]
+    argv = ["eval", "--model", model_dir, "--tasks", "addition:max_digits=2"]
     argv += ["--n_examples", "6", "--decode.threshold", "0.01", "--decode.top_k", "3"]
     assert main([*argv, "--output", str(out)]) == 0
     table = capsys.readouterr().out

@@ -12,7 +12,6 @@ import torch
 
 from tabom.cli import main
 from tabom.metrics import forgetting, kendall_tau_b, trajectory_alignment
-from tabom.models import TinyModelConfig, build_tiny, save_tiny
 from tabom.models.base import BackendSpec, DiffusionLM
 from tabom.trajectory import TrajectoryRecord
 
@@ -152,10 +151,8 @@ def test_alignment_left_to_right_matches_rising_entropy():
 
 
 @pytest.fixture
-def tiny_model(tmp_path):
-    cfg = TinyModelConfig(hidden_size=32, num_layers=1, num_heads=4, intermediate_size=64)
-    save_tiny(build_tiny(cfg), tmp_path / "m")
-    return str(tmp_path / "m")
+def tiny_model(model_dir):
+    return model_dir
 
 
 def test_eval_budgets_forgetting_and_alignment(tmp_path, tiny_model, capsys):

@@ -31,12 +31,7 @@ OBJECTIVES = ("sft", "traj-sft", "td", "tabom")
 REL = 1e-6
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def check(name: str, got: dict) -> None:

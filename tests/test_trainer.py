@@ -7,7 +7,6 @@ import json
 import math
 import os
 import shutil
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -21,7 +20,7 @@ from tabom.commands import train as trainer_mod
 from tabom.commands.distill import DistillConfig, distill
 from tabom.commands.train import TrainConfig, latest_checkpoint, load_train_items, train
 from tabom.config import ConfigError, load_config
-from tabom.models import TinyModelConfig, build_tiny, load_model, save_tiny
+from tabom.models import TinyModelConfig, build_tiny, load_model
 from tabom.objectives import LossConfig, compute_objective
 from tabom.train_data import (
     TrainDataError,
@@ -40,19 +39,7 @@ CONFIGS = Path(__file__).resolve().parent.parent / "configs"
 LOSS_FIELDS = set(LossConfig.__dataclass_fields__)
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-@pytest.fixture(scope="module")
-def model_dir(tmp_path_factory) -> str:
-    path = tmp_path_factory.mktemp("model") / "m"
-    save_tiny(build_tiny(SMALL, seed=0), path)
-    return str(path)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
@@ -560,12 +547,6 @@ def test_every_recipe_is_a_valid_train_config(name):
 # --------------------------------------------------------------------------- two processes
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _mixed_file(traj: str, path: Path) -> str:
     """Every second record decoded only 2 tokens: too short for M = 3, nothing supervised."""
     rows = [json.loads(x) for x in Path(traj).read_text().splitlines()]
@@ -578,11 +559,22 @@ def _mixed_file(traj: str, path: Path) -> str:
 
 @pytest.mark.slow
 @pytest.mark.filterwarnings("ignore:.*too short for td_window")
-def test_two_processes_equal_one_process_with_accumulation_and_resume(model_dir, traj, tmp_path):
+def test_two_processes_equal_one_process_with_accumulation_and_resume(
+    model_dir, traj, tmp_path, free_port
+):
     # 2 processes x 1 micro-batch read the same items and masks as 1 process x 2 micro-batches;
     # with batch_size 1 some micro-batches supervise nothing, on one rank but not the other
     data = _mixed_file(traj, tmp_path / "mixed.jsonl")
-    args = ["--model", model_dir, "--data", data, "--loss.td_window", "3", "--loss.rank_window", "3"]
+    args = [
+        "--model",
+        model_dir,
+        "--data",
+        data,
+        "--loss.td_window",
+        "3",
+        "--loss.rank_window",
+        "3",
+    ]
     args += ["--max_steps", "4", "--save_every", "2", "--batch_size", "1", "--lr", "0.01"]
     args += ["--lora_rank", "4", "--lora_dropout", "0", "--progress", "false"]
     args += ["--num_threads", "1"]
@@ -590,7 +582,7 @@ def test_two_processes_equal_one_process_with_accumulation_and_resume(model_dir,
     assert main(["train", *args, "--grad_accum", "2", "--output_dir", str(one)]) == 0
     launch = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu"]
     launch += ["--num_processes", "2", "--num_machines", "1", "--mixed_precision", "no"]
-    launch += ["--dynamo_backend", "no", "--main_process_port", str(_free_port())]
+    launch += ["--dynamo_backend", "no", "--main_process_port", str(free_port)]
     env = {**os.environ, "CUDA_VISIBLE_DEVICES": "", "OMP_NUM_THREADS": "1"}
     two = tmp_path / "two"
     cmd = [*launch, "-m", "tabom.cli", "train", *args, "--grad_accum", "1"]

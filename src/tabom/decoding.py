@@ -149,8 +149,7 @@ class DecodeConfig:
             )
         if self.threshold is None and self.steps is not None and self.steps % self.n_blocks:
             raise ValueError(
-                f"steps ({self.steps}) must be divisible by the number of blocks "
-                f"({self.n_blocks})"
+                f"steps ({self.steps}) must be divisible by the number of blocks ({self.n_blocks})"
             )
 
     def resolve(self, gen_length: int | None = None) -> DecodeConfig:

@@ -52,7 +52,6 @@ def mean_std(values: list[float]) -> tuple[float, float]:
     return statistics.fmean(vals), statistics.stdev(vals) if len(vals) > 1 else 0.0
 
 
-
 @dataclass
 class Forgetting:
     """Forgetting of one model against a baseline on the same items.

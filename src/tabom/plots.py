@@ -252,4 +252,9 @@ def plot_entropy_curves(
 
 
 __all__ = [
-    "token_labels","plot_budgets", "plot_entropy_curves", "plot_metric_bars", "plot_trajectory"]
+    "token_labels",
+    "plot_budgets",
+    "plot_entropy_curves",
+    "plot_metric_bars",
+    "plot_trajectory",
+]

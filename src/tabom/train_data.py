@@ -127,7 +127,6 @@ def collate_trajectories(items: Sequence[dict[str, Any]], pad_token_id: int) -> 
     )
 
 
-
 def load_trajectories(
     path: str | Path, *, tokenizer: Any, vocab_size: int, verified_only: bool = False
 ) -> list[TrajectoryRecord]:

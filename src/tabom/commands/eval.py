@@ -215,7 +215,13 @@ def run_eval(cfg: EvalConfig) -> int:
         task, examples = load_eval_set(spec, cfg.n_examples, cfg.seed)
         kwargs = {"seed": cfg.seed, "batch_size": cfg.batch_size, "progress": True}
         results[spec] = evaluate_task(
-            dlm, task, examples, cfg.main_decode, n_samples=cfg.n_samples, ks=tuple(cfg.ks), **kwargs
+            dlm,
+            task,
+            examples,
+            cfg.main_decode,
+            n_samples=cfg.n_samples,
+            ks=tuple(cfg.ks),
+            **kwargs,
         )
         one: dict[str, TaskResult] = {}
         same_as_main = cfg.n_samples == 1 and cfg.main_decode == cfg.decode

@@ -20,7 +20,7 @@ from tqdm.auto import tqdm
 
 from tabom.config import save_config
 from tabom.evaluate import greedy_accuracy, make_eval_sets
-from tabom.models import TinyModelConfig, build_tiny, save_tiny
+from tabom.models import TinyModelConfig, build_tiny, save_model
 from tabom.models.base import DiffusionLM
 from tabom.objectives import LossConfig, compute_objective
 from tabom.schedule import lr_factor
@@ -189,7 +189,7 @@ def pretrain(cfg: PretrainConfig) -> Path:
             log.flush()
         bar.set_postfix(loss=f"{record['loss']:.3f}")
         if main and cfg.save_every and done % cfg.save_every == 0 and done != cfg.steps:
-            save_tiny(unwrapped(dlm), out / "checkpoints" / f"step-{done}")
+            save_model(unwrapped(dlm), out / "checkpoints" / f"step-{done}")
 
     # 3) final save
     if log is not None:
@@ -197,7 +197,7 @@ def pretrain(cfg: PretrainConfig) -> Path:
     final = out / "model"
     accelerator.wait_for_everyone()
     if main:
-        save_tiny(unwrapped(dlm), final)
+        save_model(unwrapped(dlm), final)
     return final
 
 

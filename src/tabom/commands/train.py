@@ -156,10 +156,6 @@ class TrainConfig:
     progress: bool = True
 
     def __post_init__(self) -> None:
-        for name in ("data", "gt_task"):  # the CLI passes ``--data none`` as a string
-            value = getattr(self, name)
-            if isinstance(value, str) and value.strip().lower() in ("", "none", "null"):
-                setattr(self, name, None)
         if self.backend != "auto" and self.backend not in BACKENDS:
             raise ValueError(
                 f"backend must be auto or one of {', '.join(BACKENDS)}, got {self.backend!r}"

@@ -284,9 +284,7 @@ def evaluate_model(
     out["sampled_accuracy"] = sampled.accuracy
     r = evaluate_task(dlm, old, splits["old_test"], DecodeConfig(), **kw)
     out["old"], out["old_correct"] = r.accuracy, [c[0] for c in r.correct]
-    out["val"] = evaluate_task(
-        dlm, new, splits["val"], DecodeConfig(), **kw
-    ).accuracy
+    out["val"] = evaluate_task(dlm, new, splits["val"], DecodeConfig(), **kw).accuracy
     records = read_trajectories(align_file, tokenizer=dlm.tokenizer, vocab_size=dlm.vocab_size)
     out["alignment"] = asdict(trajectory_alignment(dlm, records, batch_size=cfg.batch_size))
     return out
