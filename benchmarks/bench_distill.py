@@ -21,6 +21,7 @@ from pathlib import Path
 import torch
 
 from tabom.commands.distill import NEW_DOMAIN, DistillConfig, distill
+from tabom.decoding import DecodeConfig
 from tabom.models import SHIPPED, build_tiny, save_tiny
 
 PRETRAINED = Path("runs/tiny_pretrain/model")
@@ -77,7 +78,7 @@ def main() -> None:
                 ks=[1, args.samples],
                 keep=keep,
                 tokens_per_step=tps,
-                temperature=args.temperature,
+                decode=DecodeConfig(temperature=args.temperature),
                 prompts_per_batch=ppb,
                 seed=args.seed,
                 output=str(Path(tmp) / f"run{i}.jsonl"),

@@ -29,7 +29,7 @@ ScoreName = Literal["confidence", "margin", "entropy", "random"]
 SCORES: tuple[str, ...] = get_args(ScoreName)
 
 
-def check_settings(
+def _check_settings(
     *,
     steps: int | None = None,
     block_length: int | None = None,
@@ -41,8 +41,8 @@ def check_settings(
 ) -> None:
     """Reject decode settings that are wrong whatever the response length (``None`` = unset).
 
-    :class:`DecodeConfig` runs this and then the checks that need ``gen_length``; callers that
-    learn the length later (per task, per request) run it up front.
+    :class:`DecodeConfig` runs this, then the checks that need ``gen_length`` once it is known
+    (at construction or in :meth:`DecodeConfig.resolve`).
 
     Raises:
         ValueError: naming the bad setting (the field of :class:`DecodeConfig`).
@@ -131,7 +131,7 @@ class DecodeConfig:
             raise ValueError(f"gen_length must be positive, got {self.gen_length}")
         if self.tokens_per_step < 1:
             raise ValueError(f"tokens_per_step must be >= 1, got {self.tokens_per_step}")
-        check_settings(
+        _check_settings(
             steps=self.steps,
             block_length=self.block_length,
             score=self.score,

@@ -44,6 +44,21 @@ class MaskPlan:
     n_uncut: int = 0
 
 
+def cut_extra(cut_range: CutRange) -> int:
+    """The one cut-range rule: how many cuts past DESIGN §5's range a sample allows (0 or 1).
+
+    ``design``: s ∈ {0, …, s_max − M} (the last decode step is never supervised);
+    ``inclusive``: s ∈ {0, …, s_max − M + 1}. A trajectory with ``room`` (s_max in steps, the
+    decoded tokens minus one in tokens) can be cut iff ``room + cut_extra(...) >= M``.
+
+    Raises:
+        ValueError: another name.
+    """
+    if cut_range not in ("design", "inclusive"):
+        raise ValueError(f"cut_range must be 'design' or 'inclusive', got {cut_range!r}")
+    return int(cut_range == "inclusive")
+
+
 def random_mask(
     input_ids: torch.Tensor,
     response_mask: torch.Tensor,
@@ -167,9 +182,7 @@ def time_delay_mask(
 
     # 1) the last cut each sample allows: s_hi = s_max − M (steps) or the (M+1)-th largest d;
     #    one more with the inclusive range (s_max − M + 1, or the M-th largest d)
-    if cut_range not in ("design", "inclusive"):
-        raise ValueError(f"cut_range must be 'design' or 'inclusive', got {cut_range!r}")
-    extra = int(cut_range == "inclusive")
+    extra = cut_extra(cut_range)
     if window_unit == "steps":
         s_max = decode_step.max(dim=1).values  # (B,); -1 when nothing was decoded
         s_hi = torch.where(s_max >= 0, s_max - window + extra, torch.full_like(s_max, -1))

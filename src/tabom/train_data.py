@@ -22,6 +22,7 @@ from typing import Any
 import torch
 
 from tabom.errors import TabomError
+from tabom.masking import cut_extra
 from tabom.tasks import make_task
 from tabom.tasks.base import read_jsonl, require_str
 from tabom.trajectory import TrajectoryRecord, read_trajectories
@@ -199,7 +200,7 @@ def check_windows(
         room = [sum(d >= 0 for d in r.decoding_order) - 1 for r in records]
         what = "decoded tokens minus one"
     top = max(room)
-    extra = int(cut_range == "inclusive")
+    extra = cut_extra(cut_range)  # type: ignore[arg-type]
     if td_window > top + extra:
         rng = "{0, …, s_max − M + 1}" if extra else "{0, …, s_max − M}"
         raise TrainDataError(
@@ -258,7 +259,7 @@ def ground_truth_items(
         path: the ``{prompt, answer}`` JSONL (when ``gt_task`` is None).
 
     Returns:
-        Items shaped like :class:`tabom.trajectory.TrajectoryDataset`'s, with
+        Items shaped like :class:`TrajectoryDataset`'s, with
         ``decoding_order = -1`` (nothing was decoded) and no ``decode_entropy``.
 
     Raises:

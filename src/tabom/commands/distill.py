@@ -128,7 +128,10 @@ class DistillConfig:
             raise ValueError(f"ks {self.ks}: every k must be in [1, n_samples={self.n_samples}]")
         if self.n_samples > 1 and self.decode.temperature == 0:
             raise ValueError("n_samples > 1 with temperature 0 decodes the same answer n times")
-        self.decode_config()  # DecodeConfig rejects a bad budget before any work starts
+        try:  # the task's T against the decode budget, before any work starts
+            self.decode_config()
+        except ValueError as e:
+            raise ValueError(f"decode.{e}") from None
 
     def decode_config(self) -> DecodeConfig:
         """The decode settings: T from the task unless set, steps from the budget."""
