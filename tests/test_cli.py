@@ -56,3 +56,26 @@ def test_eval_threshold_and_top_k_reach_the_decoder(tmp_path, model_dir, capsys)
     assert "tok/fwd" in capsys.readouterr().out
     assert main([*argv[:-4], "--decode.threshold", "1.5"]) == 2
     assert "decode.threshold must be in (0, 1]" in capsys.readouterr().err
+
+
+def test_every_commands_tabom_error_is_one_line_and_exit_2(tmp_path, capsys):
+    """``cli.main`` maps a :class:`tabom.errors.TabomError` to exit 2, whatever the command."""
+    from tabom.errors import TabomError
+    from tabom.trajectory import TrajectoryFileError
+
+    assert issubclass(TrajectoryFileError, TabomError) and issubclass(TabomError, ValueError)
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text("{not json}\n")
+    assert main(["inspect", str(bad)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("tabom inspect: error: ") and "bad.jsonl:1" in err[0]
+
+
+def test_python_dash_m_tabom_is_the_cli():
+    import subprocess
+    import sys
+
+    done = subprocess.run(
+        [sys.executable, "-m", "tabom", "--version"], capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 0 and done.stdout.startswith("tabom ")

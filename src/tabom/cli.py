@@ -19,8 +19,12 @@ from tabom.config import ConfigError, load_config
 from tabom.errors import TabomError
 
 
-def _field_help(cls: type, prefix: str = "") -> list[str]:
-    """One line per config field, from the class docstring's Attributes section."""
+def _field_help(cls: type, prefix: str = "", defaults: Any = None) -> list[str]:
+    """One line per config field, from the class docstring's Attributes section.
+
+    ``defaults``: the enclosing field's default group (the demo's ``loss`` is not
+    ``LossConfig()``), whose values are shown instead of the class defaults.
+    """
     doc = cls.__doc__ or ""
     described: dict[str, str] = {}
     if "Attributes:" in doc:
@@ -44,15 +48,17 @@ def _field_help(cls: type, prefix: str = "") -> list[str]:
     hints = get_type_hints(cls)
     for f in fields(cls):
         tp = hints[f.name]
-        if is_dataclass(tp):
-            lines.extend(_field_help(tp, prefix=f"{prefix}{f.name}."))
-            continue
-        if f.default is not MISSING:
+        if defaults is not None:
+            default = getattr(defaults, f.name)
+        elif f.default is not MISSING:
             default = f.default
         elif f.default_factory is not MISSING:
             default = f.default_factory()
         else:
             default = None
+        if is_dataclass(tp):
+            lines.extend(_field_help(tp, prefix=f"{prefix}{f.name}.", defaults=default))
+            continue
         lines.append(f"  --{prefix}{f.name} (default {default!r}): {described.get(f.name, '')}")
     return lines
 
