@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -36,14 +36,22 @@ def write_jsonl(path: str | Path, rows: Iterable[dict[str, Any]]) -> Path:
     return path
 
 
-def read_jsonl(path: str | Path) -> list[tuple[int, dict[str, Any]]]:
+def read_jsonl(
+    path: str | Path, *, error: Callable[[Path, int, str], Exception] | None = None
+) -> list[tuple[int, dict[str, Any]]]:
     """``(line_number, object)`` for each non-blank line.
+
+    Args:
+        path: the file.
+        error: builds the exception for a bad line from ``(path, line, reason)``; default a
+            :class:`JsonlError` ``"FILE:LINE: reason"`` (tasks pass their ``DataFileError``).
 
     Raises:
         FileNotFoundError: no such file.
-        JsonlError: a line is not a JSON object (names file and line).
+        JsonlError: (or ``error``'s exception) a line is not a JSON object; names file and line.
     """
     path = Path(path)
+    make = error or (lambda p, i, why: JsonlError(f"{p}:{i}: {why}"))
     out: list[tuple[int, dict[str, Any]]] = []
     with path.open(encoding="utf-8") as f:
         for i, line in enumerate(f, start=1):
@@ -52,9 +60,9 @@ def read_jsonl(path: str | Path) -> list[tuple[int, dict[str, Any]]]:
             try:
                 rec = json.loads(line)
             except json.JSONDecodeError as e:
-                raise JsonlError(f"{path}:{i}: not valid JSON ({e.msg})") from None
+                raise make(path, i, f"not valid JSON ({e.msg})") from None
             if not isinstance(rec, dict):
-                raise JsonlError(f"{path}:{i}: not a JSON object")
+                raise make(path, i, "not a JSON object")
             out.append((i, rec))
     return out
 
