@@ -290,3 +290,35 @@ def test_compute_objective_nelbo_and_errors():
         LossConfig(rank_loss="nope")
     with pytest.raises(ValueError, match="td_window must be >= 1"):
         LossConfig(td_window=0)
+
+
+def test_a_ranking_variant_is_one_table_entry(monkeypatch):
+    """``--loss.rank_loss NAME`` dispatches through RANK_LOSSES with the variant's own keywords."""
+    import tabom.objectives as obj
+
+    ids, resp, ds = trajectories()
+    attn = torch.ones_like(ids)
+    model = FakeModel(ids.shape[1])
+    seen = {}
+
+    def doubled_hinge(logits, decode_step, cut, *, scale, **common):
+        seen.update(common, scale=scale)
+        out = entropy_rank_loss(logits, decode_step, cut, margin=0.2, **common)
+        return type(out)(loss=scale * out.loss, n_pairs=out.n_pairs, n_samples=out.n_samples)
+
+    monkeypatch.setitem(obj.RANK_LOSSES, "doubled", (doubled_hinge, lambda c: {"scale": 2.0}))
+    kw = dict(objective="tabom", mask_token_id=MASK)
+    base = LossConfig(td_window=3, rank_window=2, rank_margin=0.2)
+    runs = {}
+    for name in ("hinge", "doubled"):
+        loss = LossConfig(td_window=3, rank_window=2, rank_margin=0.2, rank_loss=name)
+        runs[name] = compute_objective(
+            model,
+            as_batch(ids, attn, resp, ds),
+            loss=loss,
+            generator=torch.Generator().manual_seed(7),
+            **kw,
+        )
+    torch.testing.assert_close(runs["doubled"].rank, 2 * runs["hinge"].rank)
+    assert runs["hinge"].rank.item() > 0 and seen["window"] == base.rank_window == 2
+    assert seen["ties"] == "strict" and seen["scale"] == 2.0

@@ -27,15 +27,6 @@ if TYPE_CHECKING:
 Objective = Literal["sft", "traj-sft", "td", "tabom"]
 OBJECTIVES: tuple[str, ...] = ("sft", "traj-sft", "td", "tabom")
 
-# name -> ranking loss with entropy_rank_loss's signature
-# ``(logits, decode_step, cut, *, window, margin, supervise, ties, decode_entropy, window_unit)``
-# returning an object with ``loss``, ``n_pairs`` and ``n_samples``. A new variant: a function
-# in losses.py and one line here.
-RANK_LOSSES: dict[str, Callable[..., Any]] = {
-    "hinge": entropy_rank_loss,
-}
-
-
 @dataclass
 class LossConfig:
     """The loss settings of ``td`` / ``tabom`` / ``sft`` (DESIGN §5), one group: ``--loss.*``.
@@ -49,6 +40,9 @@ class LossConfig:
             the recorded entropy, Definition 1), ``reference`` (by position, the authors' code).
         rank_loss: the ranking term, a name of ``tabom.objectives.RANK_LOSSES`` (``hinge``:
             the paper's Eq. 8).
+        rank_beta: β, the inverse temperature of likelihood-based ranking variants (DESIGN
+            §5's later extensions: logistic, Plackett-Luce); the hinge does not use it (β is
+            absorbed into m and λ there).
         window_unit: the unit of M and W: ``steps`` (decode steps, the authors' code) or
             ``tokens`` (the paper's text); the same at one token per step.
         td_cut_range: the cut s of time-delay masking: ``design`` draws from
@@ -64,6 +58,7 @@ class LossConfig:
     rank_weight: float = 1.0
     rank_ties: RankTies = "strict"
     rank_loss: str = "hinge"
+    rank_beta: float = 1.0
     window_unit: WindowUnit = "steps"
     td_cut_range: CutRange = "design"
     nelbo_weight: bool = False
@@ -78,6 +73,8 @@ class LossConfig:
                 raise ValueError(f"{name} must be >= 0, got {value}")
             if value == float("inf"):
                 raise ValueError(f"{name} must be finite, got {value}")
+        if not 0 < self.rank_beta < float("inf"):
+            raise ValueError(f"rank_beta must be > 0 and finite, got {self.rank_beta}")
         if self.rank_loss not in RANK_LOSSES:
             raise ValueError(
                 f"rank_loss must be one of {', '.join(RANK_LOSSES)}, got {self.rank_loss!r}"
@@ -91,6 +88,16 @@ class LossConfig:
         """
         if self.nelbo_weight and objective in ("td", "tabom"):
             raise ValueError(f"nelbo_weight: applies to sft / traj-sft, not {objective!r}")
+
+
+RANK_LOSSES: dict[str, tuple[Callable[..., Any], Callable[[LossConfig], dict[str, Any]]]] = {
+    "hinge": (entropy_rank_loss, lambda loss: {"margin": loss.rank_margin}),  # Eq. 8
+}
+"""``--loss.rank_loss`` name -> (function in :mod:`tabom.losses`, its own keywords from the
+:class:`LossConfig`). Every function takes ``(logits, decode_step, cut, *, window, supervise,
+ties, decode_entropy, window_unit, **own)`` and returns an object with ``loss``, ``n_pairs``
+and ``n_samples``. A new variant is that function in losses.py plus one line here, e.g.
+``"logistic": (logistic_rank_loss, lambda loss: {"beta": loss.rank_beta})``."""
 
 
 @dataclass
@@ -189,16 +196,17 @@ def compute_objective(
     n_pairs = n_rank_samples = 0
     total = ce
     if objective == "tabom":
-        out = RANK_LOSSES[loss.rank_loss](
+        rank_fn, own = RANK_LOSSES[loss.rank_loss]
+        out = rank_fn(
             logits,
             decode_step,
             plan.cut,
             window=loss.rank_window,
-            margin=loss.rank_margin,
             supervise=plan.supervise,
             ties=loss.rank_ties,
             decode_entropy=batch.decode_entropy,
             window_unit=loss.window_unit,
+            **own(loss),
         )
         rank, n_pairs, n_rank_samples = out.loss, out.n_pairs, out.n_samples
         total = ce + loss.rank_weight * rank
