@@ -433,16 +433,8 @@ def test_distill_train_eval_through_the_cli(standins, tmp_path, kind, capsys):
     out = tmp_path / "train"
     argv = ["train", "--model", model, "--data", str(traj), "--objective", "tabom"]
     argv += ["--max_steps", "2", "--batch_size", "4", "--grad_accum", "1", "--lr", "1e-2"]
-    argv += [
-        "--warmup_steps",
-        "0",
-        "--lora_rank",
-        "0",
-        "--loss.td_window",
-        "2",
-        "--loss.rank_window",
-        "2",
-    ]
+    argv += ["--warmup_steps", "0", "--lora_rank", "0"]
+    argv += ["--loss.td_window", "2", "--loss.rank_window", "2"]
     argv += ["--mixed_precision", "fp32", "--output_dir", str(out), "--progress", "false"]
     assert main([*argv, *common]) == 0
     log = _log(out / "log.jsonl")

@@ -565,16 +565,8 @@ def test_two_processes_equal_one_process_with_accumulation_and_resume(
     # 2 processes x 1 micro-batch read the same items and masks as 1 process x 2 micro-batches;
     # with batch_size 1 some micro-batches supervise nothing, on one rank but not the other
     data = _mixed_file(traj, tmp_path / "mixed.jsonl")
-    args = [
-        "--model",
-        model_dir,
-        "--data",
-        data,
-        "--loss.td_window",
-        "3",
-        "--loss.rank_window",
-        "3",
-    ]
+    args = ["--model", model_dir, "--data", data]
+    args += ["--loss.td_window", "3", "--loss.rank_window", "3"]
     args += ["--max_steps", "4", "--save_every", "2", "--batch_size", "1", "--lr", "0.01"]
     args += ["--lora_rank", "4", "--lora_dropout", "0", "--progress", "false"]
     args += ["--num_threads", "1"]

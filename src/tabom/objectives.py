@@ -27,6 +27,7 @@ if TYPE_CHECKING:
 Objective = Literal["sft", "traj-sft", "td", "tabom"]
 OBJECTIVES: tuple[str, ...] = ("sft", "traj-sft", "td", "tabom")
 
+
 @dataclass
 class LossConfig:
     """The loss settings of ``td`` / ``tabom`` / ``sft`` (DESIGN §5), one group: ``--loss.*``.
