@@ -420,3 +420,91 @@ def rank_loss(
     loss = (per_sample * has).sum() / has.sum().clamp(min=1)
     n_pairs = win.before.sum((1, 2))
     return RankOutput(loss=loss, n_pairs=int(n_pairs.sum()), n_samples=int(has.sum()))
+
+
+PlannerScore = Literal["target", "confidence"]
+
+
+def planner_weights(
+    logits: torch.Tensor,
+    targets: torch.Tensor,
+    supervise: torch.Tensor,
+    *,
+    tau: float = 1.0,
+    mix: float = 1.0,
+    score: PlannerScore = "target",
+    mask_token_id: int | None = None,
+) -> torch.Tensor:
+    """PAPL's planner weights (arXiv 2509.23405), detached, one per supervised token.
+
+    A softmax planner picks the next position to decode among the masked ones with
+    probability π_p = softmax_{p masked}(log c_p / τ), c_p the model's confidence at p.
+    PAPL weights each masked token's CE by how likely the planner is to decode it next, so
+    that training concentrates on the paths a confidence planner takes. Our reading (the
+    exact form of the paper's weight could not be checked here): per sample b with n_b
+    supervised tokens, w_p = (1 − mix) + mix · n_b π_p, so the weights have mean 1 over the
+    sample's supervised tokens (the CE keeps its scale) and ``mix = 0`` is plain random-mask
+    training; the weights carry no gradient.
+
+    Args:
+        logits: ``(B, L, V)`` aligned logits of the one forward.
+        targets: ``(B, L)`` clean token ids.
+        supervise: ``(B, L)`` bool, the masked (supervised) positions.
+        tau: τ > 0, the planner's temperature (small: greedy, large: uniform).
+        mix: share of the planner weight in [0, 1].
+        score: c_p = q(x_p), the probability of the clean token (``target``), or
+            max_v q(v), the sampler's confidence (``confidence``).
+        mask_token_id: when given, [MASK] is left out of q (the sampler never proposes it).
+
+    Returns:
+        ``(B, L)`` float weights, 0 outside ``supervise``.
+
+    Raises:
+        ValueError: τ not finite and > 0, ``mix`` outside [0, 1], or an unknown score.
+    """
+    if not (0 < tau < float("inf")):
+        raise ValueError(f"papl_tau must be finite and > 0, got {tau}")
+    if not 0 <= mix <= 1:
+        raise ValueError(f"papl_mix must be in [0, 1], got {mix}")
+    if score not in ("target", "confidence"):
+        raise ValueError(f"papl_score must be 'target' or 'confidence', got {score!r}")
+    sel = supervise.bool()
+    with torch.no_grad():
+        z = _at_least_fp32(logits.detach()).clone()
+        if mask_token_id is not None:
+            z[..., mask_token_id] = float("-inf")
+        logq = z.log_softmax(-1)  # (B, L, V)
+        if score == "target":
+            log_c = logq.gather(-1, targets.unsqueeze(-1)).squeeze(-1)  # (B, L)
+        else:
+            log_c = logq.max(-1).values
+        keyed = (log_c / tau).clamp(min=torch.finfo(log_c.dtype).min).masked_fill(~sel, -torch.inf)
+        pi = keyed.softmax(-1).nan_to_num(0.0)  # (B, L); a row with nothing supervised -> 0
+        n = sel.sum(1, keepdim=True)  # (B, 1)
+        w = (1 - mix) + mix * n * pi
+        return torch.where(sel, w, 0.0).float()
+
+
+def planner_weighted_ce(
+    logits: torch.Tensor,
+    targets: torch.Tensor,
+    supervise: torch.Tensor,
+    *,
+    tau: float = 1.0,
+    mix: float = 1.0,
+    score: PlannerScore = "target",
+    mask_token_id: int | None = None,
+) -> torch.Tensor:
+    """The ``papl`` CE: Σ_p w_p CE_p / (number of supervised tokens), w from
+    :func:`planner_weights` (mean 1 per sample, detached); ``mix = 0`` gives
+    :func:`masked_ce` exactly.
+
+    Returns:
+        A scalar; 0 (with a graph) when nothing is supervised.
+    """
+    w = planner_weights(
+        logits, targets, supervise, tau=tau, mix=mix, score=score, mask_token_id=mask_token_id
+    )
+    sel = supervise.bool()
+    ce = F.cross_entropy(logits[sel].float(), targets[sel], reduction="none")  # (N,)
+    return (ce * w[sel]).sum() / sel.sum().clamp(min=1)
