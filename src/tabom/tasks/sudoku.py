@@ -309,5 +309,17 @@ class SudokuTask:
     def verify(self, example: Example, response: str) -> bool:
         """Whether ``response`` is a valid grid keeping the puzzle's givens (never raises)."""
         grid = parse(response)
-        puzzle = tuple(int(ch) for ch in example.data["puzzle"])
-        return grid is not None and is_solution(puzzle, grid)
+        return grid is not None and is_solution(_puzzle(example), grid)
+
+    def difficulty(self, example: Example) -> dict[str, int]:
+        """:func:`difficulty` of the example's puzzle as a dict (``n_blanks``,
+        ``n_unforced``, ``n_rounds``)."""
+        return difficulty(_puzzle(example))._asdict()
+
+    def oracle_rank(self, example: Example) -> list[int]:
+        """:func:`oracle_response_rank` of the example's puzzle (``gen_length`` positions)."""
+        return oracle_response_rank(_puzzle(example), self.gen_length)
+
+
+def _puzzle(example: Example) -> Grid:
+    return tuple(int(ch) for ch in example.data["puzzle"])
