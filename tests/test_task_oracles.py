@@ -12,8 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from tabom.tasks import AdditionTask, SudokuTask, make_task
-from tabom.tasks import addition, sudoku
+from tabom.tasks import AdditionTask, SudokuTask, addition, make_task, sudoku
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "sudoku4x4"
 
