@@ -27,7 +27,7 @@ from tabom.models.tiny import (
 )
 
 ASSETS = Path(__file__).resolve().parent.parent / "assets"
-SHIPPED = {"tiny-base": ASSETS / "tiny-base"}
+SHIPPED = {"tiny-base": ASSETS / "tiny-base", "tiny-sudoku": ASSETS / "tiny-sudoku"}
 DEFAULT_MODEL = "tiny-base"
 TINY_BACKENDS = ("tiny", "tiny-dream")
 PRETRAINED: dict[str, BackendDefaults] = {"llada": LLADA, "dream": DREAM, "hf-mlm": HF_MLM}
