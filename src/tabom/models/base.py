@@ -113,6 +113,29 @@ def self_pad_attention_mask(
     return blocked.masked_fill(~allowed, torch.finfo(dtype).min)
 
 
+def enable_gradient_checkpointing(model: Any) -> None:
+    """Recompute each decoder layer's activations in backward instead of storing them.
+
+    Works on a transformers model or a peft wrapper of one (the native Llama / Qwen2 classes
+    of every llada / dream / tiny backend); non-reentrant checkpointing, so a frozen base with
+    LoRA adapters needs no input gradients. Active in train mode only.
+
+    Raises:
+        ValueError: the model does not support gradient checkpointing (names its class).
+    """
+    inner = model
+    while hasattr(inner, "module"):  # DDP / FSDP wrappers
+        inner = inner.module
+    base = inner.get_base_model() if hasattr(inner, "get_base_model") else inner
+    if not getattr(base, "supports_gradient_checkpointing", False):
+        raise ValueError(
+            f"gradient_checkpointing: {type(base).__name__} does not support it (the native "
+            "llada / dream backends do; remote code may not)"
+        )
+    base.config.use_cache = False
+    base.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+
+
 @dataclass
 class DiffusionLM:
     """A bidirectional Hugging Face model, its tokenizer and its backend data.
