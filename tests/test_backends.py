@@ -156,7 +156,7 @@ def test_a_causal_checkpoint_is_refused(tmp_path):
     model, tok = build_standin("llada")
     model.config.is_causal = True
     save_standin(model, tok, tmp_path / "causal", backend="llada")
-    with pytest.raises(ValueError, match=r"causal LM.*llada backend needs a bidirectional"):
+    with pytest.raises(ValueError, match=r"is_causal true; the llada backend needs is_causal false"):
         load_model(str(tmp_path / "causal"))
     bert, tok = build_standin("bert")
     bert.config.is_decoder = True
@@ -389,9 +389,9 @@ def test_remote_code_checkpoints_load_by_model_type(tmp_path, family):
     }[family]
     path = _fake_remote_checkpoint(tmp_path / family, model_type, forward, template)
     assert detect_backend(str(path)) == family  # from config.json alone, no tabom file
-    dlm = load_model(str(path))
+    dlm = load_model(str(path), trust_remote_code=True)  # the explicit remote-code choice
     assert type(dlm.model).__name__ == "FakeLM"  # AutoModel through auto_map
-    assert dlm.spec.name == family and dlm.mask_token_id == 2  # llada: from the config
+    assert dlm.spec.name == f"{family}-remote" and dlm.mask_token_id == 2  # llada: config
     assert dlm.spec.position_ids is (family == "dream")  # LLaDA's forward takes none
     assert dlm.spec.chat_template
     out = greedy(dlm, PROMPTS, gen_length=4)

@@ -296,8 +296,8 @@ def tolerant_generation_config(model: Any) -> None:
     """Let a remote generation config whose ``validate`` takes no ``strict`` be saved.
 
     Dream's ``DreamGenerationConfig.validate(self, is_init=False)`` predates the ``strict``
-    keyword that ``save_pretrained`` passes (transformers 4.57: a ``TypeError`` after the
-    folder was created). The instance gets a ``validate`` that drops unknown keywords.
+    keyword that ``save_pretrained`` passes (transformers 4.57 and later: a ``TypeError`` after
+    the folder was created). The instance gets a ``validate`` that drops unknown keywords.
     """
     gen = getattr(model, "generation_config", None)
     if gen is None:
@@ -305,12 +305,13 @@ def tolerant_generation_config(model: Any) -> None:
     params = inspect.signature(type(gen).validate).parameters
     if "strict" in params or any(p.kind is p.VAR_KEYWORD for p in params.values()):
         return
-    original = type(gen).validate
+    cls = type(gen)
 
-    def validate(*args: Any, **kwargs: Any) -> Any:
-        return original(gen, *args, **{k: v for k, v in kwargs.items() if k in params})
+    def validate(self: Any, *args: Any, **kwargs: Any) -> Any:
+        return cls.validate(self, *args, **{k: v for k, v in kwargs.items() if k in params})
 
-    gen.validate = validate
+    # a subclass, not an instance attribute: ``to_dict`` serialises the instance's __dict__
+    gen.__class__ = type(cls.__name__, (cls,), {"validate": validate})
 
 
 def load_pretrained(

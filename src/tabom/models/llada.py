@@ -122,6 +122,9 @@ def llada_config(hub: dict[str, Any], where: str = "config.json") -> Any:
                 f"{where}: {key} = {hub[key]!r} is not supported by the native llada backend "
                 f"(needs one of {list(allowed)}); try backend llada-remote"
             )
+    for key in ("d_model", "n_heads", "n_layers"):
+        if key not in hub:
+            raise ValueError(f"{where}: no {key!r}; not a LLaDA config (try backend llada-remote)")
     d_model, n_heads = int(hub["d_model"]), int(hub["n_heads"])
     hidden = hub.get("mlp_hidden_size") or int(hub.get("mlp_ratio", 4)) * d_model
     return LlamaConfig(

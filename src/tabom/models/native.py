@@ -57,8 +57,10 @@ class NativeFamily:
             folder whose ``config.json`` has it is already in native layout.
         build_config: hub ``config.json`` (dict) and a location for errors -> native config
             (bidirectional, no cache); raises ``ValueError`` naming an unsupported field.
-        to_native: ``(hub regex, native replacement)`` pairs, first match wins; empty: the
-            names are the same in both layouts (Dream).
+        to_native: ``(hub regex, native replacement)`` pairs (``\\1`` the only group
+            reference); empty: the names are the same in both layouts (Dream). No pattern may
+            match another pair's output: transformers 5 applies every matching pair in turn,
+            4.x the first only, and :func:`rename` the first only.
         to_hub: the inverse pairs (export).
         model_class: ``LlamaForCausalLM`` / ``Qwen2ForCausalLM`` (the name in transformers).
         load_tokenizer: folder -> tokenizer, without remote code.
@@ -310,7 +312,9 @@ def export_hub(
         weight_map = dict.fromkeys(state, "model.safetensors")
     with atomic_dir(out) as tmp:
         for shard in sorted(set(weight_map.values())):
-            tensors = {k: v.detach().contiguous().cpu() for k, v in state.items() if weight_map[k] == shard}
+            tensors = {
+                k: v.detach().contiguous().cpu() for k, v in state.items() if weight_map[k] == shard
+            }
             save_file(tensors, str(tmp / shard), metadata={"format": "pt"})
         for f in hub_files(hub_dir):
             if f.name == INDEX_FILE:

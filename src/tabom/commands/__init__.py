@@ -1,0 +1,1 @@
+"""One module per ``tabom`` command: a config dataclass and ``run(cfg) -> int`` (DESIGN §8)."""
