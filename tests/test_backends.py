@@ -156,7 +156,9 @@ def test_a_causal_checkpoint_is_refused(tmp_path):
     model, tok = build_standin("llada")
     model.config.is_causal = True
     save_standin(model, tok, tmp_path / "causal", backend="llada")
-    with pytest.raises(ValueError, match=r"is_causal true; the llada backend needs is_causal false"):
+    with pytest.raises(
+        ValueError, match=r"is_causal true; the llada backend needs is_causal false"
+    ):
         load_model(str(tmp_path / "causal"))
     bert, tok = build_standin("bert")
     bert.config.is_decoder = True
