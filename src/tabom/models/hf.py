@@ -1,11 +1,13 @@
 """Loading Hugging Face checkpoints as diffusion LMs; the ``hf-mlm`` backend (DESIGN §2).
 
-One loader serves every pretrained backend: a :class:`BackendDefaults` (static data per model
-family: remote code or not, model class, logit shift, attention kind, chat template, where the
-mask id lives, stop tokens, LoRA targets) is resolved against a checkpoint's config and
-tokenizer into a :class:`~tabom.models.base.BackendSpec`. ``llada.py`` and ``dream.py`` hold
-their families' data; this module holds ``hf-mlm``: any ``AutoModelForMaskedLM`` (BERT,
-RoBERTa, ModernBERT), bidirectional by construction, unshifted, 2-D padding mask.
+A :class:`BackendDefaults` (static data per model family: remote code or not, model class,
+logit shift, attention kind, chat template, where the mask id lives, stop tokens, LoRA
+targets) is resolved against a checkpoint's config and tokenizer into a
+:class:`~tabom.models.base.BackendSpec`. ``llada.py`` and ``dream.py`` hold their families'
+data (loaded natively by ``native.py``); :func:`load_pretrained` here serves ``hf-mlm`` (any
+``AutoModelForMaskedLM``: BERT, RoBERTa, ModernBERT; bidirectional, unshifted, 2-D mask) and
+the remote-code backends ``llada-remote`` / ``dream-remote``, with the dtype keyword of the
+installed transformers and a clear error when remote code fails to import.
 """
 
 from __future__ import annotations
