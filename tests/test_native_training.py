@@ -106,18 +106,23 @@ def test_dtype_keyword_follows_the_installed_transformers(monkeypatch):
 
 @pytest.mark.parametrize("family", ["llada", "dream"])
 def test_remote_code_that_fails_to_import_names_the_working_range(tmp_path, family):
+    """The checkpoint's auto_map points at a file of ours that fails like a 4.x file on 5.x.
+
+    (No LLaDA / Dream file is ever run with ``trust_remote_code``: only this stand-in.)
+    """
     folder = tmp_path / family
-    shutil.copytree(FIXTURES / ("llada" if family == "llada" else "dream"), folder)
-    code = "configuration_llada.py" if family == "llada" else "configuration_dream.py"
-    (folder / code).write_text(  # what a file written for transformers 4.x hits on 5.x
+    shutil.copytree(FIXTURES / family, folder)
+    (folder / "configuration_broken.py").write_text(
         "from transformers.modeling_rope_utils import NO_SUCH_NAME_IN_THIS_VERSION\n"
-        + (folder / code).read_text()
     )
+    config = json.loads((folder / "config.json").read_text())
+    config["auto_map"] = {"AutoConfig": "configuration_broken.BrokenConfig"}
+    (folder / "config.json").write_text(json.dumps(config))
     with pytest.raises(RuntimeError) as err:
         load_model(str(folder), backend=f"{family}-remote")
     msg = str(err.value)
     assert f"transformers{REMOTE_CODE_TRANSFORMERS}" in msg and f"backend '{family}'" in msg
-    assert str(folder) in msg
+    assert str(folder) in msg and "NO_SUCH_NAME_IN_THIS_VERSION" in msg
     assert load_model(str(folder)).spec.name == family  # the native default is unaffected
 
 

@@ -323,3 +323,18 @@ def test_a_failed_save_leaves_no_complete_looking_folder(loaded, tmp_path, monke
 def test_export_refuses_a_model_without_a_hub_layout():
     with pytest.raises(ValueError, match="no hub layout"):
         export_model(load_model("tiny-base"), "unused")
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("name", ["llada-masked", "dream"])
+def test_bf16_on_cuda_stays_close_to_the_real_code(name):
+    dlm = load_model(str(FIXTURES / name), device="cuda")  # dtype auto: bf16 weights
+    assert next(dlm.model.parameters()).dtype == torch.bfloat16
+    saved = load_file(str(FIXTURES / name / "cases.safetensors"))
+    ids, mask = saved["padded_batch.input_ids"].cuda(), saved["padded_batch.attention_mask"].cuda()
+    ref = load_model(str(FIXTURES / name), dtype="fp32", device="cuda")
+    with torch.no_grad():
+        got, full = dlm(ids, mask).float(), ref(ids, mask)
+    assert bool(torch.isfinite(got).all())
+    real = mask.bool()
+    torch.testing.assert_close(got[real], full[real], atol=0.1, rtol=0.1)
