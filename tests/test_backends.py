@@ -401,6 +401,9 @@ def test_remote_code_checkpoints_load_by_model_type(tmp_path, family):
     if family == "dream":  # 4-D mask and positions: a padded row decodes as alone
         alone = greedy(dlm, PROMPTS[:1], gen_length=4)
         assert torch.equal(out.response_ids[0], alone.response_ids[0])
+    # commands without a backend field (distill, eval) take the choice from the folder
+    (path / "tabom_backend.json").write_text(json.dumps({"backend": f"{family}-remote"}))
+    assert load_model(str(path)).spec == dlm.spec
     # a saved copy (what tabom train writes) loads as the same backend with its code
     save_model(dlm, tmp_path / "copy")
     again = load_model(str(tmp_path / "copy"))

@@ -216,3 +216,13 @@ def test_export_command_refuses_a_model_without_hub_layout(tmp_path, capsys):
     assert main(["export", "--model", "tiny-base", "--output", str(tmp_path / "x")]) == 2
     assert "no hub layout" in capsys.readouterr().err
     assert not (tmp_path / "x").exists()
+
+
+@pytest.mark.parametrize("recipe", ["llada_math", "llada_code", "dream_math", "dream_code"])
+def test_the_7_8b_recipes_use_the_native_backends_with_gradient_checkpointing(recipe):
+    from tabom.config import load_config
+
+    path = Path(__file__).resolve().parents[1] / "configs" / f"{recipe}.yaml"
+    cfg = load_config(TrainConfig, str(path), [])
+    assert cfg.gradient_checkpointing and cfg.backend == recipe.split("_")[0]
+    assert cfg.lora_targets == ["q_proj", "v_proj"] and cfg.lora_rank == 16
