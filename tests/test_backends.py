@@ -41,10 +41,14 @@ from tabom.trainer import TrainConfig, load_train_items
 PROMPTS = ["7+5=", "12+30=", "1+1="]  # different lengths: left padding in every batch
 EXPECTED = {
     "llada": dict(
-        name="llada", shift=False, attention="2d", template=True, lora=("q_proj", "v_proj")
+        name="llada",
+        shift=False,
+        attention="4d",
+        template=True,
+        lora=("q_proj", "v_proj"),
     ),
     "dream": dict(
-        name="dream", shift=True, attention="4d-self-pad", template=True, lora=("q_proj", "v_proj")
+        name="dream", shift=True, attention="4d", template=True, lora=("q_proj", "v_proj")
     ),
     "bert": dict(
         name="hf-mlm", shift=False, attention="2d", template=False, lora=("query", "value")
@@ -247,7 +251,7 @@ def test_dream_path_equals_an_unshifted_model_by_construction(standins, attn):
     torch.testing.assert_close(la[:, 1:], lb[:, 1:], rtol=0, atol=0)
 
 
-def test_dream_standin_sees_a_4d_mask_only_when_padded(standins, monkeypatch):
+def test_native_dream_always_sees_a_4d_mask(standins, monkeypatch):
     dlm = load_model(standins["dream"])
     seen = []
     forward = dlm.model.forward
@@ -260,7 +264,8 @@ def test_dream_standin_sees_a_4d_mask_only_when_padded(standins, monkeypatch):
     x = torch.full((2, 6), 40)
     dlm(x, torch.ones_like(x))
     dlm(x, torch.tensor([[0, 1, 1, 1, 1, 1], [1] * 6]))
-    assert seen == [None, (2, 1, 6, 6)]
+    dlm(x)  # no mask given: all true
+    assert seen == [(2, 1, 6, 6)] * 3
 
 
 def test_lora_default_targets_wrap_every_backend(standins):

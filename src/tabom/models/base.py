@@ -16,7 +16,7 @@ from typing import Any, Literal
 
 import torch
 
-AttentionKind = Literal["2d", "4d-self-pad"]
+AttentionKind = Literal["2d", "4d-self-pad", "4d"]
 
 
 @dataclass(frozen=True)
@@ -111,6 +111,25 @@ def self_pad_attention_mask(
         return allowed
     blocked = torch.zeros(allowed.shape, dtype=dtype, device=attention_mask.device)
     return blocked.masked_fill(~allowed, torch.finfo(dtype).min)
+
+
+def make_bidirectional(model: Any) -> Any:
+    """Turn off causal attention in a transformers Llama / Qwen2 model, on any version.
+
+    transformers 5 builds a bidirectional mask from ``config.is_causal = False``; 4.x ignores
+    that field and lets SDPA apply a causal mask whenever it gets no mask (its attention
+    modules carry ``is_causal = True``). Setting both makes a model without a mask
+    bidirectional on either; with padding, the backends pass their own 4-D mask, which both
+    versions use as is.
+
+    Returns:
+        ``model``.
+    """
+    model.config.is_causal = False
+    for module in model.modules():
+        if isinstance(getattr(module, "is_causal", None), bool):
+            module.is_causal = False
+    return model
 
 
 def enable_gradient_checkpointing(model: Any) -> None:
@@ -214,9 +233,14 @@ class DiffusionLM:
                 kwargs["position_ids"] = position_ids_from_mask(attention_mask)
             if self.spec.attention == "2d":
                 kwargs["attention_mask"] = attention_mask
-            elif not bool(attention_mask.all()):  # 4-D only with padding (Dream: "full")
+            elif self.spec.attention == "4d" or not bool(attention_mask.all()):
+                # "4d-self-pad": 4-D only with padding (Dream's remote code: "full")
                 kwargs["attention_mask"] = self_pad_attention_mask(
                     attention_mask, self._mask_dtype()
                 )
+        elif self.spec.attention == "4d":
+            kwargs["attention_mask"] = self_pad_attention_mask(
+                torch.ones_like(input_ids), self._mask_dtype()
+            )
         raw = self.model(input_ids=input_ids, **kwargs).logits  # (B, L, V)
         return align_logits(raw, self.spec.shift_logits)

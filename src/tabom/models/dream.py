@@ -11,8 +11,8 @@ through the checkpoint's ``tokenization_dream.py``. What differs from the other 
 - logits: shifted by one position (token j is predicted at j-1);
   :class:`~tabom.models.base.DiffusionLM` realigns them;
 - padding: a 4-D ``(B, 1, L, L)`` mask in which every query sees the real tokens and a pad
-  query itself (never an all-masked row: NaN), position ids ``cumsum(mask) - 1``; none
-  unpadded (Dream's own ``"full"``);
+  query itself (never an all-masked row: NaN), all true when unpadded, and position ids
+  ``cumsum(mask) - 1``; the remote path passes none when unpadded (Dream's own ``"full"``);
 - chat template: Qwen2.5's; answers end with ``<|im_end|>`` then ``<|endoftext|>`` (EOS, pad);
 - LoRA targets: ``q_proj``, ``v_proj``.
 
@@ -38,7 +38,7 @@ DREAM = BackendDefaults(
     trust_remote_code=False,
     model_class="causal-lm",
     shift_logits=True,
-    attention="4d-self-pad",
+    attention="4d",
     chat_template=True,
     prompt_special_tokens=False,
     mask_sources=("tokenizer", "token:<|mask|>", "config:mask_token_id"),
@@ -49,7 +49,7 @@ DREAM = BackendDefaults(
 """``dream``: the data that makes Dream a backend (native Qwen2 class)."""
 
 DREAM_REMOTE = dataclasses.replace(
-    DREAM, name="dream-remote", trust_remote_code=True, model_class="auto"
+    DREAM, name="dream-remote", trust_remote_code=True, model_class="auto", attention="4d-self-pad"
 )
 """``dream-remote``: the checkpoint's own modeling file (``trust_remote_code=True``)."""
 
@@ -108,7 +108,14 @@ def _dream_tokenizer(folder: Path) -> Any:
         declared = json.loads((folder / "tokenizer_config.json").read_text())
     if declared.get("tokenizer_class") != "DreamTokenizer":
         return load_tokenizer(folder)  # saved by tabom (Qwen2Tokenizer) or a stand-in
-    tok = Qwen2Tokenizer.from_pretrained(folder)
+    from transformers.utils import logging as hf_logging
+
+    verbosity = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()  # "DreamTokenizer is not Qwen2Tokenizer": on purpose
+    try:
+        tok = Qwen2Tokenizer.from_pretrained(folder)
+    finally:
+        hf_logging.set_verbosity(verbosity)
     tok.init_kwargs.pop("auto_map", None)  # a save must not point back at the remote class
     return tok
 

@@ -8,8 +8,9 @@ untied head) with bidirectional attention and OLMo-style parameter names, so the
 
 - mask id: ``config.mask_token_id`` (126336, ``<|mdm_mask|>``); the tokenizer has none;
 - logits: not shifted;
-- padding: the native class takes the 2-D mask and position ids ``cumsum(mask) - 1``, so a
-  left-padded row equals the row alone (the mid-2025 hub file ignored the mask);
+- padding: the 4-D self-pad mask (as Dream's; all true unpadded: a mask every transformers
+  version uses as is) and position ids ``cumsum(mask) - 1``, so a left-padded row equals the row alone (the
+  mid-2025 hub file ignored the mask); the remote path passes the 2-D mask;
 - chat template: Llama-3 style, appends the assistant header whatever
   ``add_generation_prompt`` says; answers end with ``<|eot_id|>`` then ``<|endoftext|>``;
 - LoRA targets: ``q_proj``, ``v_proj`` (the same names in LLaDA's blocks and in Llama's).
@@ -36,7 +37,7 @@ LLADA = BackendDefaults(
     trust_remote_code=False,
     model_class="causal-lm",
     shift_logits=False,
-    attention="2d",
+    attention="4d",
     chat_template=True,
     prompt_special_tokens=False,
     mask_sources=("config:mask_token_id", "tokenizer", "token:<|mdm_mask|>"),
@@ -47,7 +48,7 @@ LLADA = BackendDefaults(
 """``llada``: the data that makes LLaDA a backend (native Llama class)."""
 
 LLADA_REMOTE = dataclasses.replace(
-    LLADA, name="llada-remote", trust_remote_code=True, model_class="auto"
+    LLADA, name="llada-remote", trust_remote_code=True, model_class="auto", attention="2d"
 )
 """``llada-remote``: the checkpoint's own modeling file (``trust_remote_code=True``)."""
 

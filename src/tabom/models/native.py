@@ -26,7 +26,7 @@ from typing import Any
 
 import torch
 
-from tabom.models.base import DiffusionLM
+from tabom.models.base import DiffusionLM, make_bidirectional
 
 HUB_DIR = "hub"
 """Subfolder of a saved native model holding the original checkpoint's non-weight files."""
@@ -156,7 +156,7 @@ def load_native(
     """
     from transformers.utils import logging as hf_logging
 
-    from tabom.models.hf import resolve_spec
+    from tabom.models.hf import dtype_keyword, resolve_spec
 
     folder = checkpoint_dir(name_or_path)
     where = str(name_or_path)
@@ -184,7 +184,7 @@ def load_native(
             folder,
             config=config,
             key_mapping=key_mapping,
-            dtype=dtype,
+            **{dtype_keyword(): dtype},
             attn_implementation="sdpa",
             output_loading_info=True,
         )
@@ -196,6 +196,7 @@ def load_native(
             f"{where}: the {family.name} name map does not fit this checkpoint: "
             + "; ".join(f"{k} {v}" for k, v in bad.items() if v)
         )
+    make_bidirectional(model)
     if device is not None:
         model.to(device)
     model.eval()
