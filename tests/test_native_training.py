@@ -43,7 +43,6 @@ def _loss(model, dlm, ids, mask):
 
 @pytest.mark.parametrize("name", NATIVE_FIXTURES)
 def test_gradient_checkpointing_recomputes_and_keeps_lora_gradients(name):
-    torch.set_num_threads(1)
     saved = load_file(str(FIXTURES / name / "cases.safetensors"))
     ids, mask = saved["padded_batch.input_ids"], saved["padded_batch.attention_mask"]
     grads, calls = {}, {}

@@ -57,9 +57,11 @@ def fixture_diff(dlm, folder: Path, cases: tuple[str, ...]) -> float:
 
 
 @pytest.fixture(scope="module")
-def loaded() -> dict:
-    torch.set_num_threads(1)
-    return {name: load_model(str(FIXTURES / name), dtype="float32") for name in FOLDERS}
+def loaded():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # the fixtures' logits were made with one thread
+    yield {name: load_model(str(FIXTURES / name), dtype="float32") for name in FOLDERS}
+    torch.set_num_threads(threads)
 
 
 # --------------------------------------------------------------------------- parity
