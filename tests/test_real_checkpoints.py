@@ -340,3 +340,26 @@ def test_bf16_on_cuda_stays_close_to_the_real_code(name):
     assert bool(torch.isfinite(got).all())
     real = mask.bool()
     torch.testing.assert_close(got[real], full[real], atol=0.1, rtol=0.1)
+
+
+@pytest.mark.parametrize(
+    ("hub_id", "name"),
+    [("GSAI-ML/LLaDA-8B-Instruct", "llada-masked"), ("Dream-org/Dream-v0-Instruct-7B", "dream")],
+)
+def test_a_hub_id_loads_natively_from_the_local_cache(tmp_path, monkeypatch, hub_id, name):
+    """``load_model(hub id)`` as a user calls it, served offline from a hub-cache snapshot."""
+    import huggingface_hub.constants as hub_constants
+
+    repo = tmp_path / ("models--" + hub_id.replace("/", "--"))
+    rev = "0" * 40
+    shutil.copytree(FIXTURES / name, repo / "snapshots" / rev)
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text(rev)
+    monkeypatch.setattr(hub_constants, "HF_HUB_CACHE", str(tmp_path))
+    monkeypatch.setattr(hub_constants, "HF_HUB_OFFLINE", True)
+    dlm = load_model(hub_id, dtype="float32")
+    assert dlm.spec.name == FOLDERS[name][0]
+    assert Path(dlm.extra["hub_dir"]) == repo / "snapshots" / rev
+    assert fixture_diff(dlm, FIXTURES / name, FOLDERS[name][1]) <= TOL
+    with pytest.raises(FileNotFoundError, match="cannot be fetched"):
+        load_model("no-such-org/no-such-model", backend=FOLDERS[name][0])
