@@ -356,6 +356,10 @@ def test_a_hub_id_loads_natively_from_the_local_cache(tmp_path, monkeypatch, hub
     (repo / "refs").mkdir()
     (repo / "refs" / "main").write_text(rev)
     monkeypatch.setattr(hub_constants, "HF_HUB_CACHE", str(tmp_path))
+    import transformers.utils.hub as transformers_hub
+
+    if hasattr(transformers_hub, "TRANSFORMERS_CACHE"):  # transformers 4.x's own copy
+        monkeypatch.setattr(transformers_hub, "TRANSFORMERS_CACHE", str(tmp_path))
     monkeypatch.setattr(hub_constants, "HF_HUB_OFFLINE", True)
     dlm = load_model(hub_id, dtype="float32")
     assert dlm.spec.name == FOLDERS[name][0]
