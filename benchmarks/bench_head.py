@@ -133,19 +133,29 @@ def full_objective(dlm: DiffusionLM, batch: dict, args: argparse.Namespace) -> t
 
 def positions_objective(dlm: DiffusionLM, batch: dict, args: argparse.Namespace) -> torch.Tensor:
     """Today's ``compute_objective``: the head at the supervised and ranked rows only."""
-    from tabom.objectives import compute_objective
+    from tabom.objectives import LossConfig, compute_objective
+    from tabom.train_data import TrajectoryBatch
 
     out = compute_objective(
         dlm,
-        **batch,
+        TrajectoryBatch(
+            batch["input_ids"],
+            batch["attention_mask"],
+            batch["response_mask"],
+            batch["decode_step"],
+            decode_entropy=None,
+            ids=[],
+        ),
         objective="tabom",
+        loss=LossConfig(
+            td_window=args.window,
+            rank_window=args.window,
+            rank_margin=0.1,
+            rank_weight=1.0,
+            loss_chunk=args.loss_chunk,
+        ),
         mask_token_id=dlm.mask_token_id,
         generator=torch.Generator().manual_seed(2),
-        td_window=args.window,
-        rank_window=args.window,
-        rank_margin=0.1,
-        rank_weight=1.0,
-        loss_chunk=args.loss_chunk,
     )
     return out.total
 

@@ -19,6 +19,7 @@ import pytest
 import torch
 
 from tabom.cli import main
+from tabom.commands.train import TrainConfig, load_train_items
 from tabom.decoding import DecodeConfig, decode, decode_texts, pad_prompts
 from tabom.models import (
     backend_from_config,
@@ -36,15 +37,18 @@ from tabom.models.standin import (
     save_standin,
 )
 from tabom.models.tiny import build_char_tokenizer
-from tabom.trainer import TrainConfig, load_train_items
 
 PROMPTS = ["7+5=", "12+30=", "1+1="]  # different lengths: left padding in every batch
 EXPECTED = {
     "llada": dict(
-        name="llada", shift=False, attention="2d", template=True, lora=("q_proj", "v_proj")
+        name="llada",
+        shift=False,
+        attention="4d",
+        template=True,
+        lora=("q_proj", "v_proj"),
     ),
     "dream": dict(
-        name="dream", shift=True, attention="4d-self-pad", template=True, lora=("q_proj", "v_proj")
+        name="dream", shift=True, attention="4d", template=True, lora=("q_proj", "v_proj")
     ),
     "bert": dict(
         name="hf-mlm", shift=False, attention="2d", template=False, lora=("query", "value")
@@ -156,7 +160,9 @@ def test_a_causal_checkpoint_is_refused(tmp_path):
     model, tok = build_standin("llada")
     model.config.is_causal = True
     save_standin(model, tok, tmp_path / "causal", backend="llada")
-    with pytest.raises(ValueError, match=r"causal LM.*llada backend needs a bidirectional"):
+    with pytest.raises(
+        ValueError, match=r"is_causal true; the llada backend needs is_causal false"
+    ):
         load_model(str(tmp_path / "causal"))
     bert, tok = build_standin("bert")
     bert.config.is_decoder = True
@@ -245,7 +251,7 @@ def test_dream_path_equals_an_unshifted_model_by_construction(standins, attn):
     torch.testing.assert_close(la[:, 1:], lb[:, 1:], rtol=0, atol=0)
 
 
-def test_dream_standin_sees_a_4d_mask_only_when_padded(standins, monkeypatch):
+def test_native_dream_always_sees_a_4d_mask(standins, monkeypatch):
     dlm = load_model(standins["dream"])
     seen = []
     forward = dlm.model.forward
@@ -258,7 +264,8 @@ def test_dream_standin_sees_a_4d_mask_only_when_padded(standins, monkeypatch):
     x = torch.full((2, 6), 40)
     dlm(x, torch.ones_like(x))
     dlm(x, torch.tensor([[0, 1, 1, 1, 1, 1], [1] * 6]))
-    assert seen == [None, (2, 1, 6, 6)]
+    dlm(x)  # no mask given: all true
+    assert seen == [(2, 1, 6, 6)] * 3
 
 
 def test_lora_default_targets_wrap_every_backend(standins):
@@ -389,9 +396,9 @@ def test_remote_code_checkpoints_load_by_model_type(tmp_path, family):
     }[family]
     path = _fake_remote_checkpoint(tmp_path / family, model_type, forward, template)
     assert detect_backend(str(path)) == family  # from config.json alone, no tabom file
-    dlm = load_model(str(path))
+    dlm = load_model(str(path), trust_remote_code=True)  # the explicit remote-code choice
     assert type(dlm.model).__name__ == "FakeLM"  # AutoModel through auto_map
-    assert dlm.spec.name == family and dlm.mask_token_id == 2  # llada: from the config
+    assert dlm.spec.name == f"{family}-remote" and dlm.mask_token_id == 2  # llada: config
     assert dlm.spec.position_ids is (family == "dream")  # LLaDA's forward takes none
     assert dlm.spec.chat_template
     out = greedy(dlm, PROMPTS, gen_length=4)
@@ -399,6 +406,9 @@ def test_remote_code_checkpoints_load_by_model_type(tmp_path, family):
     if family == "dream":  # 4-D mask and positions: a padded row decodes as alone
         alone = greedy(dlm, PROMPTS[:1], gen_length=4)
         assert torch.equal(out.response_ids[0], alone.response_ids[0])
+    # commands without a backend field (distill, eval) take the choice from the folder
+    (path / "tabom_backend.json").write_text(json.dumps({"backend": f"{family}-remote"}))
+    assert load_model(str(path)).spec == dlm.spec
     # a saved copy (what tabom train writes) loads as the same backend with its code
     save_model(dlm, tmp_path / "copy")
     again = load_model(str(tmp_path / "copy"))
@@ -422,7 +432,7 @@ def test_distill_train_eval_through_the_cli(standins, tmp_path, kind, capsys):
     traj = tmp_path / "traj.jsonl"
     common = ["--num_threads", "1"]
     argv = ["distill", "--model", model, "--task", task, "--n_prompts", "4", "--n_samples", "1"]
-    argv += ["--temperature", "0", "--keep", "all", "--ks", "1", "--output", str(traj)]
+    argv += ["--decode.temperature", "0", "--keep", "all", "--ks", "1", "--output", str(traj)]
     assert main([*argv, "--progress", "false", *common]) == 0
     recs = [json.loads(line) for line in traj.read_text().splitlines()]
     dlm = load_model(model)
@@ -433,7 +443,8 @@ def test_distill_train_eval_through_the_cli(standins, tmp_path, kind, capsys):
     out = tmp_path / "train"
     argv = ["train", "--model", model, "--data", str(traj), "--objective", "tabom"]
     argv += ["--max_steps", "2", "--batch_size", "4", "--grad_accum", "1", "--lr", "1e-2"]
-    argv += ["--warmup_steps", "0", "--lora_rank", "0", "--td_window", "2", "--rank_window", "2"]
+    argv += ["--warmup_steps", "0", "--lora_rank", "0"]
+    argv += ["--loss.td_window", "2", "--loss.rank_window", "2"]
     argv += ["--mixed_precision", "fp32", "--output_dir", str(out), "--progress", "false"]
     assert main([*argv, *common]) == 0
     log = _log(out / "log.jsonl")
@@ -592,12 +603,12 @@ def test_distill_and_one_bf16_train_step_on_cuda(standins, tmp_path, kind):
     pytest.importorskip("peft")
     model, traj = standins[kind], tmp_path / "traj.jsonl"
     argv = ["distill", "--model", model, "--task", "addition:min_digits=1,max_digits=2"]
-    argv += ["--n_prompts", "8", "--n_samples", "1", "--temperature", "0", "--keep", "all"]
+    argv += ["--n_prompts", "8", "--n_samples", "1", "--decode.temperature", "0", "--keep", "all"]
     assert main([*argv, "--ks", "1", "--output", str(traj), "--progress", "false"]) == 0
     out = tmp_path / "train"
     argv = ["train", "--model", model, "--data", str(traj), "--objective", "tabom"]
     argv += ["--max_steps", "1", "--batch_size", "8", "--grad_accum", "1", "--lora_rank", "4"]
-    argv += ["--td_window", "2", "--rank_window", "2", "--warmup_steps", "0"]
+    argv += ["--loss.td_window", "2", "--loss.rank_window", "2", "--warmup_steps", "0"]
     argv += ["--mixed_precision", "bf16", "--output_dir", str(out), "--progress", "false"]
     assert main(argv) == 0
     (rec,) = _log(out / "log.jsonl")

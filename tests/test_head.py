@@ -32,7 +32,8 @@ from tabom.masking import random_mask, time_delay_mask
 from tabom.models import TinyModelConfig, build_tiny
 from tabom.models.base import DiffusionLM
 from tabom.models.standin import make_standin
-from tabom.objectives import compute_objective
+from tabom.objectives import LossConfig, compute_objective
+from tabom.train_data import TrajectoryBatch
 
 REL = 1e-6
 SMALL = TinyModelConfig(hidden_size=32, num_layers=2, num_heads=2, intermediate_size=64)
@@ -116,6 +117,19 @@ def test_a_spec_without_head_at_positions_gives_the_same_logits(models):
 # --------------------------------------------------------------------------- objectives
 
 
+def run_objective(model, ids, attn, resp, steps, *, objective, seed, mask_token_id, **loss):
+    """:func:`compute_objective` on a batch of tensors with ``LossConfig(**loss)``."""
+    batch = TrajectoryBatch(ids, attn, resp, steps, decode_entropy=None, ids=[])
+    return compute_objective(
+        model,
+        batch,
+        objective=objective,
+        loss=LossConfig(**loss),
+        mask_token_id=mask_token_id,
+        generator=torch.Generator().manual_seed(seed),
+    )
+
+
 def full_logits_objective(dlm, ids, attn, resp, steps, *, objective, seed, nelbo=False):
     """The objectives before this change: all (B, L, V) logits, then CE and rank gathers."""
     g = torch.Generator().manual_seed(seed)
@@ -157,15 +171,15 @@ def test_loss_and_gradient_equal_the_full_logits_path(models, kind, objective, c
         dlm, ids, attn, resp, steps, objective=objective, seed=4, nelbo=nelbo
     )
     want_total = ce + 1.5 * rank
-    out = compute_objective(
+    out = run_objective(
         dlm,
         ids,
         attn,
         resp,
         steps,
         objective=objective,
+        seed=4,
         mask_token_id=dlm.mask_token_id,
-        generator=torch.Generator().manual_seed(4),
         td_window=3,
         rank_window=2,
         rank_margin=0.3,
@@ -214,8 +228,7 @@ def test_chunks_bound_the_head_rows(models, monkeypatch):
 
     monkeypatch.setattr(torch.nn.functional, "linear", recording)
     kw = dict(objective="traj-sft", mask_token_id=dlm.mask_token_id, loss_chunk=4)
-    gen = torch.Generator().manual_seed(1)
-    out = compute_objective(dlm, ids, attn, resp, steps, generator=gen, **kw)
+    out = run_objective(dlm, ids, attn, resp, steps, seed=1, **kw)
     n_forward = len(sizes)
     assert max(sizes) <= 4 and sum(sizes) == out.n_supervised > 8
     out.total.backward()  # each chunk's logits are recomputed in backward
@@ -226,18 +239,8 @@ def test_callables_and_head_models_give_one_loss(models):
     dlm = models["tiny-dream"]
     ids, attn, resp, steps = padded_batch(dlm, per_step=2)
     kw = dict(objective="tabom", mask_token_id=dlm.mask_token_id, td_window=3, rank_window=3)
-    a = compute_objective(
-        dlm, ids, attn, resp, steps, generator=torch.Generator().manual_seed(2), **kw
-    )
-    b = compute_objective(
-        lambda i, m: dlm(i, m),
-        ids,
-        attn,
-        resp,
-        steps,
-        generator=torch.Generator().manual_seed(2),
-        **kw,
-    )
+    a = run_objective(dlm, ids, attn, resp, steps, seed=2, **kw)
+    b = run_objective(lambda i, m: dlm(i, m), ids, attn, resp, steps, seed=2, **kw)
     torch.testing.assert_close(a.total, b.total, rtol=REL, atol=0)
 
 
@@ -271,6 +274,7 @@ def old_propose(logits, *, temperature, top_p, top_k, generator):
 def old_decode(model, prompt_ids, prompt_mask, cfg, *, mask_token_id, generator=None):
     """``decode`` before this change, verbatim up to comments: proposals over the whole block
     from all (B, L, V) logits."""
+    cfg = cfg.resolve()
     B, P = prompt_ids.shape
     T, Lb = cfg.gen_length, cfg.block_size
     x = torch.cat([prompt_ids, prompt_ids.new_full((B, T), mask_token_id)], dim=1)
@@ -412,10 +416,7 @@ def test_chunked_and_unchunked_agree_under_bf16_autocast(models):
     outs, gs = [], []
     for chunk in (0, 3):
         with torch.autocast("cpu", dtype=torch.bfloat16):
-            gen = torch.Generator().manual_seed(3)
-            out = compute_objective(
-                dlm, ids, attn, resp, steps, generator=gen, loss_chunk=chunk, **kw
-            )
+            out = run_objective(dlm, ids, attn, resp, steps, seed=3, loss_chunk=chunk, **kw)
         outs.append(out)
         gs.append(grads(dlm.model, out.total))
     assert outs[0].total.dtype == torch.float32 and torch.isfinite(outs[0].total)

@@ -14,12 +14,17 @@ chosen ``(row, position)`` pairs only (:meth:`DiffusionLM.hidden_states`,
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Literal
 
 import torch
 
-AttentionKind = Literal["2d", "4d-self-pad"]
+BACKEND_FILE = "tabom_backend.json"
+"""The file that names a saved model's backend (written by :func:`write_model_files`)."""
+
+AttentionKind = Literal["2d", "4d-self-pad", "4d"]
 
 MIN_HEAD_ROWS = 8
 """The head runs on at least this many rows (zero rows appended): CPU BLAS takes another kernel
@@ -137,6 +142,52 @@ def self_pad_attention_mask(
     return blocked.masked_fill(~allowed, torch.finfo(dtype).min)
 
 
+def make_bidirectional(model: Any) -> Any:
+    """Turn off causal attention in a transformers Llama / Qwen2 model, on any version.
+
+    transformers 5 builds a bidirectional mask from ``config.is_causal = False``; 4.x ignores
+    that field and lets SDPA apply a causal mask whenever it gets no mask (its attention
+    modules carry ``is_causal = True``). Setting both makes a model without a mask
+    bidirectional on either; with padding, the backends pass their own 4-D mask, which both
+    versions use as is.
+
+    Returns:
+        ``model``.
+    """
+    model.config.is_causal = False
+    for module in model.modules():
+        if isinstance(getattr(module, "is_causal", None), bool):
+            module.is_causal = False
+    return model
+
+
+def enable_gradient_checkpointing(model: Any) -> None:
+    """Recompute each decoder layer's activations in backward instead of storing them.
+
+    Works on a transformers model or a peft wrapper of one (the native Llama / Qwen2 classes
+    of every llada / dream / tiny backend); non-reentrant checkpointing, so a frozen base with
+    LoRA adapters needs no input gradients. Active in train mode only.
+
+    Raises:
+        ValueError: the model does not support gradient checkpointing (names its class).
+    """
+    inner = model
+    while hasattr(inner, "module"):  # DDP / FSDP wrappers
+        inner = inner.module
+    base = inner.get_base_model() if hasattr(inner, "get_base_model") else inner
+    if not getattr(base, "supports_gradient_checkpointing", False):
+        raise ValueError(
+            f"gradient_checkpointing: {type(base).__name__} does not support it (the native "
+            "llada / dream backends do; remote code may not)"
+        )
+    base.config.use_cache = False
+    kwargs = {"use_reentrant": False}
+    if hasattr(base, "activation_checkpointing_enable"):  # transformers >= 5.2x's name
+        base.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
+    else:
+        base.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
+
+
 @dataclass
 class DiffusionLM:
     """A bidirectional Hugging Face model, its tokenizer and its backend data.
@@ -197,7 +248,9 @@ class DiffusionLM:
             return None
         return model.get_input_embeddings().weight.dtype
 
-    def _forward_kwargs(self, attention_mask: torch.Tensor | None) -> dict[str, Any]:
+    def _forward_kwargs(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None
+    ) -> dict[str, Any]:
         """Position ids and the padding mask in the form the backend needs."""
         kwargs: dict[str, Any] = {}
         if attention_mask is not None:
@@ -205,10 +258,15 @@ class DiffusionLM:
                 kwargs["position_ids"] = position_ids_from_mask(attention_mask)
             if self.spec.attention == "2d":
                 kwargs["attention_mask"] = attention_mask
-            elif not bool(attention_mask.all()):  # 4-D only with padding (Dream: "full")
+            elif self.spec.attention == "4d" or not bool(attention_mask.all()):
+                # "4d-self-pad": 4-D only with padding (Dream's remote code: "full")
                 kwargs["attention_mask"] = self_pad_attention_mask(
                     attention_mask, self._mask_dtype()
                 )
+        elif self.spec.attention == "4d":
+            kwargs["attention_mask"] = self_pad_attention_mask(
+                torch.ones_like(input_ids), self._mask_dtype()
+            )
         return kwargs
 
     def __call__(
@@ -220,7 +278,9 @@ class DiffusionLM:
             input_ids: ``(B, L)`` token ids, left-padded.
             attention_mask: ``(B, L)`` 1 on real tokens, 0 on padding (``None``: no padding).
         """
-        raw = self.model(input_ids=input_ids, **self._forward_kwargs(attention_mask)).logits
+        raw = self.model(
+            input_ids=input_ids, **self._forward_kwargs(input_ids, attention_mask)
+        ).logits
         return align_logits(raw, self.spec.shift_logits)  # (B, L, V)
 
     def _network(self) -> Any:
@@ -268,7 +328,7 @@ class DiffusionLM:
             ValueError: the network's output does not have the head's input width (it does not
                 compute its logits through its output embeddings).
         """
-        kwargs = self._forward_kwargs(attention_mask)
+        kwargs = self._forward_kwargs(input_ids, attention_mask)
         slot = self._head_slot()
         if slot is None:
             return self.model(input_ids=input_ids, **kwargs).logits  # (B, L, V) raw
@@ -338,3 +398,21 @@ class DiffusionLM:
         matrix product on fewer rows.
         """
         return self.apply_head(self.gather_hidden(hidden, rows, positions))
+
+
+def write_model_files(dlm: DiffusionLM, path: str | Path) -> None:
+    """Write any backend's model, tokenizer and ``tabom_backend.json`` into a folder (not atomic:
+    :func:`tabom.models.save_model` wraps it in a temporary folder renamed when complete).
+
+    :func:`tabom.models.load_model` on that folder restores the same backend (the file names
+    it, with the tiny model's config when there is one); remote-code models save their code
+    with them (``save_pretrained``).
+    """
+    path = Path(path)
+    path.mkdir(parents=True, exist_ok=True)
+    dlm.model.save_pretrained(path)
+    dlm.tokenizer.save_pretrained(path)
+    meta = {"backend": dlm.spec.name, "shift_logits": dlm.spec.shift_logits}
+    if "tiny_config" in dlm.extra:
+        meta["tiny_config"] = dlm.extra["tiny_config"]
+    (path / BACKEND_FILE).write_text(json.dumps(meta, indent=2) + "\n")

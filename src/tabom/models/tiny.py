@@ -16,11 +16,16 @@ from typing import Literal
 
 import torch
 
-from tabom.models.base import BackendSpec, DiffusionLM
+from tabom.models.base import (
+    BACKEND_FILE,
+    BackendSpec,
+    DiffusionLM,
+    make_bidirectional,
+    write_model_files,
+)
 
 SPECIAL_TOKENS = ("<pad>", "<eos>", "<mask>", "<unk>")
 CHARS = tuple(chr(i) for i in range(32, 127)) + ("\n",)
-BACKEND_FILE = "tabom_backend.json"
 
 
 def build_char_tokenizer():
@@ -86,6 +91,7 @@ def tiny_spec(tokenizer, family: str) -> BackendSpec:
         shift_logits=family == "qwen2",
         eos_token_id=tokenizer.eos_token_id,
         pad_token_id=tokenizer.pad_token_id,
+        attention="4d",  # a mask every transformers version uses as is
     )
 
 
@@ -121,23 +127,16 @@ def build_tiny(cfg: TinyModelConfig | None = None, *, seed: int = 0) -> Diffusio
     )
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        model = model_cls(hf_config)
+        model = make_bidirectional(model_cls(hf_config))
     model.eval()
     dlm = DiffusionLM(model=model, tokenizer=tok, spec=tiny_spec(tok, cfg.family))
     dlm.extra["tiny_config"] = asdict(cfg)
     return dlm
 
 
-def save_tiny(dlm: DiffusionLM, path: str | Path) -> None:
-    """Save model, tokenizer and backend data so that :func:`load_tiny` restores them."""
-    path = Path(path)
-    path.mkdir(parents=True, exist_ok=True)
-    dlm.model.save_pretrained(path)
-    dlm.tokenizer.save_pretrained(path)
-    meta = {"backend": dlm.spec.name, "shift_logits": dlm.spec.shift_logits}
-    if "tiny_config" in dlm.extra:
-        meta["tiny_config"] = dlm.extra["tiny_config"]
-    (path / BACKEND_FILE).write_text(json.dumps(meta, indent=2) + "\n")
+save_tiny = write_model_files
+"""Tiny models are written like every backend (:func:`tabom.models.base.write_model_files`;
+:func:`tabom.models.save_model` is the atomic save)."""
 
 
 def load_tiny(path: str | Path, *, dtype: torch.dtype | None = None) -> DiffusionLM:
@@ -156,6 +155,7 @@ def load_tiny(path: str | Path, *, dtype: torch.dtype | None = None) -> Diffusio
     model.eval()
     if getattr(model.config, "is_causal", True):
         raise ValueError(f"{path}/config.json: is_causal must be false for a diffusion LM")
+    make_bidirectional(model)
     if tok.mask_token_id is None:
         raise ValueError(f"{path}: the tokenizer defines no mask token")
     family = "qwen2" if model.config.model_type == "qwen2" else "llama"
