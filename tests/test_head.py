@@ -8,6 +8,7 @@ the whole-block sampler it replaced (a verbatim copy below), on every score and 
 from __future__ import annotations
 
 import dataclasses
+from pathlib import Path
 
 import pytest
 import torch
@@ -424,3 +425,72 @@ def test_chunked_and_unchunked_agree_under_bf16_autocast(models):
     for a, b in zip(gs[1], gs[0], strict=True):
         if b is not None:
             torch.testing.assert_close(a, b, rtol=5e-2, atol=5e-2 * float(b.abs().max()) + 1e-6)
+
+
+# --------------------------------------------------------------------------- native LLaDA / Dream
+
+REAL_CODE = Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "real-code"
+
+
+@pytest.mark.parametrize("name", ["llada-masked", "dream"])
+def test_native_classes_give_the_real_codes_logits_at_positions(name, one_thread):
+    """LLaDA / Dream in transformers' Llama / Qwen2 classes (the native path): the head at
+    positions equals the real modeling code's logits (stored with the fixture), shift included."""
+    from safetensors.torch import load_file
+
+    from tabom.models import load_model
+
+    folder = REAL_CODE / name
+    dlm = load_model(str(folder), dtype="float32")
+    assert dlm.spec.head_at_positions and dlm.spec.shift_logits == (name == "dream")
+    saved = load_file(str(folder / "cases.safetensors"))
+    ids, mask = saved["padded_batch.input_ids"], saved["padded_batch.attention_mask"]
+    raw = saved["padded_batch.logits"]  # the real code's (B, L, V), unshifted
+    keep = mask.bool().clone()
+    if dlm.spec.shift_logits:
+        raw = torch.cat([raw[:, :1], raw[:, :-1]], dim=1)
+        keep[:, 1:] &= mask[:, :-1].bool()  # a row's first real token follows a pad
+    rows, pos = keep.nonzero(as_tuple=True)
+    with torch.no_grad():
+        got = dlm.logits_at(dlm.hidden_states(ids, mask), rows, pos)
+        full = dlm(ids, mask)[rows, pos]
+    torch.testing.assert_close(got, full, rtol=REL, atol=1e-6)
+    assert float((got - raw[rows, pos]).abs().max()) < 1e-4
+
+
+@pytest.mark.parametrize("name", ["llada-masked", "dream"])
+def test_native_lora_gradient_checkpointing_and_chunks_keep_the_gradients(name, one_thread):
+    """The training path of the 7-8B recipes (LoRA on q/v, activation checkpointing, chunked
+    head loss) gives the gradients of plain training."""
+    import peft
+
+    from tabom.models import enable_gradient_checkpointing, load_model
+
+    grads_by_setting = {}
+    for ckpt, chunk in ((False, 0), (True, 3)):
+        dlm = load_model(str(REAL_CODE / name), dtype="float32")
+        torch.manual_seed(0)
+        lora = peft.LoraConfig(r=4, lora_alpha=4, target_modules=list(dlm.spec.lora_targets))
+        model = peft.get_peft_model(dlm.model, lora)
+        for n, p in model.named_parameters():
+            if "lora_B" in n:  # a nonzero B, so that lora_A gets a gradient too
+                torch.nn.init.normal_(p, std=0.02)
+        if ckpt:
+            enable_gradient_checkpointing(model)
+        model.train()
+        train_dlm = DiffusionLM(model, dlm.tokenizer, dlm.spec)
+        ids, attn, resp, steps = padded_batch(train_dlm, per_step=2)
+        out = run_objective(
+            train_dlm, ids, attn, resp, steps, objective="tabom", seed=5,
+            mask_token_id=dlm.mask_token_id, td_window=3, rank_window=3, loss_chunk=chunk,
+        )  # fmt: skip
+        out.total.backward()
+        grads_by_setting[ckpt] = {
+            n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad
+        }
+        assert out.rank > 0
+    plain, other = grads_by_setting[False], grads_by_setting[True]
+    scale = max(float(g.abs().max()) for g in plain.values())
+    assert scale > 0 and plain.keys() == other.keys()
+    for n, g in plain.items():
+        torch.testing.assert_close(other[n], g, rtol=1e-5, atol=1e-6 * scale)
