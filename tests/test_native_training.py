@@ -20,9 +20,9 @@ import torch
 from safetensors.torch import load_file
 
 from tabom.cli import main
+from tabom.commands.train import TrainConfig
 from tabom.models import enable_gradient_checkpointing, load_model, save_model
 from tabom.models.hf import REMOTE_CODE_TRANSFORMERS, dtype_keyword, tolerant_generation_config
-from tabom.trainer import TrainConfig
 
 FIXTURES = Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "real-code"
 NATIVE_FIXTURES = ["llada-masked", "dream"]
