@@ -17,7 +17,9 @@ active block).
 
 Peak memory: each (path, vocabulary) runs in its own subprocess; the number is the peak
 resident set (``ru_maxrss``) minus the resident set after building the model and the batch,
-i.e. what the step (or the decode) adds. Time: process CPU time with one thread
+i.e. what the step (or the decode) adds, with glibc's mmap threshold fixed at 1 MB so that
+every freed buffer leaves the resident set (the CPU stand-in for
+``torch.cuda.max_memory_allocated``). Time: process CPU time with one thread
 (``time.process_time``; the machine is shared, so wall time is not the step's cost), the two
 paths interleaved within each repeat in one process, median and min over repeats after a
 warm-up, plus the median of per-repeat ratios.
@@ -31,6 +33,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import resource
 import statistics
@@ -260,7 +263,10 @@ def memory(vocab: int, path: str, args: argparse.Namespace) -> dict:
                 "dbatch", "dprompt", "dgen", "dblock", "dsteps", "score", "temperature",
                 "threads"):  # fmt: skip
         cmd += [f"--{key.replace('_', '-')}", str(getattr(args, key))]
-    res = subprocess.run(cmd, check=True, capture_output=True, text=True)
+    # a fixed mmap threshold: glibc otherwise raises it after large frees and keeps later
+    # buffers of up to 32 MB in its heap, so that the peak RSS would count freed chunks
+    env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": str(1 << 20)}
+    res = subprocess.run(cmd, check=True, capture_output=True, text=True, env=env)
     return json.loads(res.stdout.strip().splitlines()[-1])
 
 

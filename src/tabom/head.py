@@ -22,8 +22,6 @@ from typing import Protocol, runtime_checkable
 import torch
 import torch.nn.functional as F
 
-from tabom.losses import token_entropy
-
 _LOG_ZERO = -1e4  # exp(-1e4) == 0 in fp32: below this, p log p is exactly 0 (as token_entropy)
 
 
@@ -93,14 +91,56 @@ def logits_at(
     return model.apply_head(model.gather_hidden(hidden, rows, positions))
 
 
+class _CEEntropy(torch.autograd.Function):
+    """Per-row CE and entropy of ``(N, V)`` logits, the full-logits path's numbers bit for bit.
+
+    Forward: log p = log_softmax(fp32 z) (what ``F.cross_entropy`` and ``token_entropy`` each
+    compute), ce = -log p[target], H = -Σ p log p (log p clamped where p underflows). Only
+    log p is kept for backward (autograd of the two terms would keep z and log p); backward
+    forms the CE gradient with the op autograd uses for log_softmax and the entropy gradient
+    in ``token_entropy``'s order, and adds them into one ``(N, V)`` buffer, so the gradient is
+    the one autograd would accumulate from the two terms, with less memory.
+    """
+
+    @staticmethod
+    def forward(ctx, logits: torch.Tensor, targets: torch.Tensor, want_entropy: bool):
+        logp = torch.log_softmax(logits.float(), dim=-1)  # (N, V)
+        ce = -logp.gather(-1, targets[:, None]).squeeze(-1)  # (N,)
+        if want_entropy:
+            p = logp.exp()
+            h = -p.mul_(logp.clamp(min=_LOG_ZERO)).sum(-1)  # (N,)
+            del p
+        else:
+            h = ce.new_zeros(ce.shape)
+        ctx.want_entropy, ctx.dtype = want_entropy, logits.dtype
+        ctx.save_for_backward(logp, targets, h)
+        return ce, h
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad_ce: torch.Tensor, grad_h: torch.Tensor):
+        logp, targets, h = ctx.saved_tensors
+        grad = None
+        if ctx.want_entropy:  # token_entropy's backward: ((clamp(log p) + H) p) (-g_H)
+            grad = logp.clamp(min=_LOG_ZERO).add_(h[:, None])
+            p = logp.exp()
+            grad.mul_(p).mul_(-grad_h[:, None])
+            del p
+        g_logp = torch.zeros_like(logp).scatter_(-1, targets[:, None], -grad_ce[:, None])
+        g_ce = torch._log_softmax_backward_data(g_logp, logp, -1, logp.dtype)  # as autograd
+        del g_logp
+        grad = g_ce if grad is None else g_ce.add_(grad)
+        return grad.to(ctx.dtype), None, None
+
+
 def ce_entropy(
     logits: torch.Tensor, targets: torch.Tensor, *, entropy: bool = True
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-row cross-entropy and entropy of ``(N, V)`` logits (fp32), differentiable.
 
-    The same operations as the full-logits path (``F.cross_entropy`` on the fp32 rows,
-    :func:`tabom.losses.token_entropy`), so values and gradients are those of that path bit for
-    bit; autograd adds the two terms' gradients into the one ``(N, V)`` gradient of the rows.
+    The same numbers as the full-logits path (``F.cross_entropy`` on the fp32 rows,
+    :func:`tabom.losses.token_entropy`), values and gradient, bit for bit in fp32; one
+    ``(N, V)`` gradient buffer for both terms and only log p kept for backward.
 
     Args:
         logits: ``(N, V)``; -inf entries allowed (not at the target).
@@ -108,11 +148,9 @@ def ce_entropy(
         entropy: compute H (else zeros, no gradient path).
 
     Returns:
-        ``(ce, h)``, both ``(N,)``: CE in fp32 (as ``masked_ce``), H in at least fp32.
+        ``(ce, h)``, both ``(N,)`` fp32.
     """
-    ce = F.cross_entropy(logits.float(), targets, reduction="none")  # (N,)
-    h = token_entropy(logits) if entropy else ce.detach().new_zeros(ce.shape)
-    return ce, h
+    return _CEEntropy.apply(logits, targets, entropy)
 
 
 class _ChunkedLinearCE(torch.autograd.Function):
