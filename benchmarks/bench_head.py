@@ -16,8 +16,9 @@ the :class:`~tabom.models.base.DiffusionLM` itself (logits only at still-masked 
 active block).
 
 Peak memory: each (path, vocabulary) runs in its own subprocess; the number is the peak
-resident set (``ru_maxrss``) minus the resident set after building the model and the batch,
-i.e. what the step (or the decode) adds, with glibc's mmap threshold fixed at 1 MB so that
+resident set during the step (``VmHWM``, reset through ``/proc/self/clear_refs`` after building
+the model and the batch) minus the resident set at that point, i.e. what the step (or the
+decode) adds, with glibc's mmap threshold fixed at 1 MB so that
 every freed buffer leaves the resident set (the CPU stand-in for
 ``torch.cuda.max_memory_allocated``). Time: process CPU time with one thread
 (``time.process_time``; the machine is shared, so wall time is not the step's cost), the two
@@ -35,7 +36,6 @@ import argparse
 import json
 import os
 import platform
-import resource
 import statistics
 import subprocess
 import sys
@@ -50,15 +50,20 @@ from tabom.models.base import BackendSpec, DiffusionLM
 PATHS = ("full", "positions")
 
 
-def rss_mb() -> float:
-    """Peak resident set of this process so far, MB (Linux: ru_maxrss is in KiB)."""
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+def _status_mb(key: str) -> float:
+    """A ``/proc/self/status`` memory field (``VmRSS``, ``VmHWM``) in MB."""
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(key + ":"):
+                return int(line.split()[1]) / 1024
+    raise RuntimeError(f"no {key} in /proc/self/status")
 
 
-def current_rss_mb() -> float:
-    with open("/proc/self/statm") as f:
-        pages = int(f.read().split()[1])
-    return pages * resource.getpagesize() / 2**20
+def reset_peak_rss() -> float:
+    """Reset the peak resident set to the current one (Linux ``clear_refs`` 5); returns it."""
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")
+    return _status_mb("VmRSS")
 
 
 def build_model(vocab: int, args: argparse.Namespace, train: bool) -> DiffusionLM:
@@ -212,7 +217,7 @@ def one(args: argparse.Namespace) -> dict:
     torch.set_num_threads(args.threads)
     dlm = build_model(vocab, args, train=args.task == "train")
     inputs = train_batch(vocab, args) if args.task == "train" else decode_inputs(vocab, args)
-    before = current_rss_mb()
+    before = reset_peak_rss()  # the peak of building the model and batch does not count
     c0 = time.process_time()
     if args.task == "train":
         value = train_step(dlm, inputs, args.one, args)
@@ -226,7 +231,8 @@ def one(args: argparse.Namespace) -> dict:
             "decode_step_sum": int(out.decode_step.sum()),
         }
     cpu = time.process_time() - c0
-    return {"path": args.one, "vocab": vocab, "peak_mb": rss_mb() - before, "cpu_s": cpu, **extra}
+    peak = _status_mb("VmHWM") - before
+    return {"path": args.one, "vocab": vocab, "peak_mb": peak, "cpu_s": cpu, **extra}
 
 
 def interleaved_time(vocab: int, args: argparse.Namespace) -> dict[str, list[float]]:
