@@ -119,7 +119,9 @@ def one_line_error(capsys, *needles: str) -> str:
 
 
 @pytest.mark.parametrize("value", ["nan", "inf", "-inf"])
-@pytest.mark.parametrize(("command", "name"), FLOAT_FIELDS, ids=[f"{c}-{n}" for c, n in FLOAT_FIELDS])
+@pytest.mark.parametrize(
+    ("command", "name"), FLOAT_FIELDS, ids=[f"{c}-{n}" for c, n in FLOAT_FIELDS]
+)
 def test_every_float_setting_refuses_non_finite_values_naming_the_flag(
     command, name, value, capsys, tmp_path, monkeypatch
 ):

@@ -315,5 +315,7 @@ def test_eval_input_errors_are_one_line_exit_2(model_dir, tmp_path, capsys):
     one_line_error(capsys, "no-adapter")
     bad = tmp_path / "bad.jsonl"
     bad.write_text("{oops\n")
-    assert main([*base, flag("tasks"), "addition:max_digits=1", flag("trajectories"), str(bad)]) == 2
+    assert (
+        main([*base, flag("tasks"), "addition:max_digits=1", flag("trajectories"), str(bad)]) == 2
+    )
     one_line_error(capsys, "bad.jsonl:1")
