@@ -14,6 +14,7 @@ from typing import Any, get_type_hints
 
 from tabom import __version__
 from tabom.config import ConfigError, load_config
+from tabom.errors import TabomError
 
 
 def _field_help(cls: type, prefix: str = "") -> list[str]:
@@ -113,6 +114,18 @@ def _commands() -> dict[str, tuple[str, Callable[[], tuple[type, Callable[[Any],
     }
 
 
+def run_command(name: str, runner: Callable[[Any], Any], cfg: Any) -> int:
+    """``runner(cfg)`` as command ``name``: a :class:`TabomError` or a missing file is one line
+    on stderr and exit code 2, for every command; so is an OS error (a full disk, no
+    permission), which is the machine's to fix, not a bug to trace."""
+    try:
+        result = runner(cfg)
+    except (TabomError, OSError) as e:
+        print(f"tabom {name}: error: {e}", file=sys.stderr)
+        return 2
+    return result if isinstance(result, int) else 0
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``tabom`` console script; returns the exit code."""
     argv = list(sys.argv[1:] if argv is None else argv)
@@ -159,8 +172,7 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as e:
         print(f"tabom {name}: error: {e}", file=sys.stderr)
         return 2
-    result = runner(cfg)
-    return result if isinstance(result, int) else 0
+    return run_command(name, runner, cfg)
 
 
 if __name__ == "__main__":

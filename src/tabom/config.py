@@ -16,10 +16,12 @@ from typing import Any, Literal, TypeVar, Union, get_args, get_origin, get_type_
 
 import yaml
 
+from tabom.errors import TabomError
+
 C = TypeVar("C")
 
 
-class ConfigError(ValueError):
+class ConfigError(TabomError):
     """A config value is unknown, mistyped or out of range; the message names where it came from."""
 
 

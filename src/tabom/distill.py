@@ -37,9 +37,12 @@ from pathlib import Path
 from typing import Any, Literal
 
 import torch
+import yaml
 from tqdm.auto import tqdm
 
+from tabom.checkpoint import check_settings
 from tabom.config import save_config, to_dict
+from tabom.errors import TabomError
 from tabom.decoding import DecodeConfig, ScoreName, decode_batches, response_text, steps_for
 from tabom.evaluate import pass_at_k
 from tabom.models import DEFAULT_MODEL, load_model
@@ -50,11 +53,13 @@ from tabom.tasks import (
 )
 from tabom.tasks.base import DataFileError, Example, Task, read_jsonl, require_str
 from tabom.trajectory import (
+    RECORD_PREFIX,
     TrajectoryFileError,
     TrajectoryRecord,
     TrajectoryWriter,
     drop_torn_tail,
     iter_json_lines,
+    loads_line,
     read_trajectories,
     tokenizer_fingerprint,
     write_trajectories,
@@ -197,7 +202,7 @@ def read_prompt_rows(path: str, split: str = "train") -> list[tuple[int, dict[st
     elif p.is_file():
         kinds = {".parquet": "parquet", ".csv": "csv", ".json": "json", ".arrow": "arrow"}
         if p.suffix not in kinds:
-            raise ValueError(f"prompts_file {path}: unknown format (use {', '.join(kinds)})")
+            raise TabomError(f"prompts_file {path}: unknown format (use {', '.join(kinds)})")
         ds = datasets.load_dataset(kinds[p.suffix], data_files=str(p), split="train")
     else:
         ds = datasets.load_dataset(path, split=split)
@@ -337,7 +342,7 @@ def _verify(task: Task, ex: Example, text: str) -> bool:
     try:
         return bool(task.verify(ex, text))
     except (KeyError, TypeError, ValueError) as e:
-        raise ValueError(
+        raise TabomError(
             f"prompt {ex.id!r}: task {task.name!r} cannot verify it ({e!r}); the prompt's data "
             "lacks what the verifier reads (use the task's own file format, or task: none)"
         ) from e
@@ -352,17 +357,27 @@ def _paths(output: Path, rank: int | None = None) -> tuple[Path, Path]:
     return base, base.with_name(base.name + ".progress")
 
 
-def read_progress(path: Path, groups: list[list[str]]) -> dict[int, GroupStats]:
+PROGRESS_PREFIX = b'{"group": '
+"""How every sidecar line begins (``GroupStats`` as JSON)."""
+
+
+def read_progress(
+    path: Path, groups: list[list[str]], *, torn_tail: bool = False
+) -> dict[int, GroupStats]:
     """The sidecar's finished groups, checked against this run's groups of prompt ids.
+
+    ``torn_tail``: ignore a last line without newline (the caller repairs it after the check).
 
     Raises:
         TrajectoryFileError: a malformed line or a group whose prompts differ from this run's.
     """
     out: dict[int, GroupStats] = {}
     names = [f.name for f in dataclasses.fields(GroupStats)]
-    for line, obj in iter_json_lines(path):
+    for line, obj in iter_json_lines(path, torn_tail=torn_tail):
         if not isinstance(obj, dict) or sorted(obj) != sorted(names):
             raise TrajectoryFileError(path, line, "<line>", f"expected an object with {names}")
+        if not isinstance(obj["group"], int) or isinstance(obj["group"], bool):
+            raise TrajectoryFileError(path, line, "group", f"expected an int, got {obj['group']!r}")
         stats = GroupStats(**obj)
         if not 0 <= stats.group < len(groups) or stats.prompt_ids != groups[stats.group]:
             raise TrajectoryFileError(
@@ -396,11 +411,11 @@ def consolidate(
     records: dict[str, TrajectoryRecord] = {}
     stats: dict[int, GroupStats] = {}
     main_ids: list[str] = []
+    # 1) check every complete line of every file first: a file that is not this run's own
+    # trajectory file (or sidecar) is refused before anything in it is changed
     for records_path, progress_path in sources:
-        for path in (records_path, progress_path):
-            drop_torn_tail(path)
         if records_path.exists():
-            for rec in read_trajectories(records_path, gen=gen):
+            for rec in read_trajectories(records_path, gen=gen, torn_tail=True):
                 if rec.id not in plan_order:
                     raise TrajectoryFileError(
                         records_path,
@@ -412,8 +427,12 @@ def consolidate(
                 if records_path == output:
                     main_ids.append(rec.id)
         if progress_path.exists():
-            for g, s in read_progress(progress_path, groups).items():
+            for g, s in read_progress(progress_path, groups, torn_tail=True).items():
                 stats.setdefault(g, s)
+    # 2) only then cut the lines a kill tore (each must begin like one of ours)
+    for records_path, progress_path in sources:
+        drop_torn_tail(records_path, RECORD_PREFIX)
+        drop_torn_tail(progress_path, PROGRESS_PREFIX)
     ordered = sorted(records.values(), key=lambda r: plan_order[r.id])
     if shards or main_ids != [r.id for r in ordered]:
         write_trajectories(output, ordered)
@@ -512,6 +531,67 @@ def summarise(
     }
 
 
+RESUME_SETTINGS = (
+    "model",
+    "task",
+    "prompts_file",
+    "prompt_field",
+    "id_field",
+    "split",
+    "n_samples",
+    "keep",
+    "score",
+    "gen_length",
+    "tokens_per_step",
+    "steps",
+    "block_length",
+    "temperature",
+    "top_p",
+    "top_k",
+    "threshold",
+    "seed",
+    "prompts_per_batch",
+)
+"""Every setting that shapes the output file: a rerun onto an existing file must match them
+(``n_prompts`` may grow; the ``gen`` of each record and the sidecar's groups check the rest)."""
+
+
+def check_resume(cfg: DistillConfig, output: Path) -> None:
+    """Refuse to continue ``output`` with other settings than those that wrote it; reads only.
+
+    The settings come from the ``OUTPUT.config.yaml`` sidecar; without one, the score and
+    task are compared with the records' ``method`` and ``data_source``.
+
+    Raises:
+        ResumeError: names each differing setting with both values.
+        TrajectoryFileError: an unreadable sidecar.
+    """
+    progress = _paths(output)[1]
+    if not (output.is_file() and output.stat().st_size) and not progress.exists():
+        return  # nothing written yet
+    now = {k: v for k, v in to_dict(cfg).items() if k in RESUME_SETTINGS}
+    sidecar = output.with_name(output.name + ".config.yaml")
+    if sidecar.is_file():
+        try:
+            written = yaml.safe_load(sidecar.read_text())
+        except yaml.YAMLError as e:
+            raise TrajectoryFileError(sidecar, 0, "<file>", f"not valid YAML ({e})") from None
+        if not isinstance(written, dict):
+            raise TrajectoryFileError(sidecar, 0, "<file>", "not a mapping of settings")
+        check_settings({k: written.get(k) for k in now}, now, str(output))
+        return
+    if output.is_file() and output.stat().st_size:
+        with output.open("rb") as f:
+            first = f.readline()
+        if first.endswith(b"\n") and first.strip():
+            rec = loads_line(first, output, 1)
+            if isinstance(rec, dict):
+                written = {"score": rec.get("method", cfg.score)}
+                if cfg.prompts_file is None:
+                    written["task"] = rec.get("data_source", cfg.task)
+                check_settings(written, {k: now[k] for k in written}, str(output))
+
+
 def distill(cfg: DistillConfig) -> DistillSummary | None:
     """Decode, verify and write trajectories; resumable, sharded under ``accelerate launch``.
 
@@ -568,9 +648,10 @@ def distill(cfg: DistillConfig) -> DistillSummary | None:
 
     # 2) resume: the main process merges leftovers (torn lines, shards of a killed run)
     if state.is_main_process:
+        check_resume(cfg, output)  # reads only: a refused rerun changes nothing
         output.parent.mkdir(parents=True, exist_ok=True)
-        save_config(cfg, output.with_name(output.name + ".config.yaml"))
-        lines, done = consolidate(output, plan_order, group_ids, gen)
+        lines, done = consolidate(output, plan_order, group_ids, gen)  # checks, then repairs
+        save_config(cfg, output.with_name(output.name + ".config.yaml"))  # only after the check
     state.wait_for_everyone()
     if not state.is_main_process:
         lines = (

@@ -20,6 +20,7 @@ from typing import Literal
 import torch
 
 from tabom.decoding import ScoreName
+from tabom.errors import TabomError
 from tabom.evaluate import Budget, TaskResult, evaluate_task
 from tabom.metrics import Alignment, Forgetting, forgetting, trajectory_alignment
 from tabom.models import DEFAULT_MODEL, load_model
@@ -130,7 +131,7 @@ def load_eval_set(spec: str, n: int | None, seed: int) -> tuple[Task, list[Examp
     except DataFileError:
         raise  # names the file, line and field
     except ValueError as e:  # a task without data files (``addition@x.jsonl``)
-        raise ValueError(f"eval set {spec!r}: {e}") from e
+        raise TabomError(f"eval set {spec!r}: {e}") from e
     if n is not None and n < len(examples):
         keep = torch.randperm(len(examples), generator=gen)[:n].sort().values.tolist()
         examples = [examples[i] for i in keep]
@@ -229,6 +230,14 @@ def run_eval_command(cfg: EvalConfig) -> int:
         torch.set_num_threads(cfg.num_threads)
     dlm = load_eval_model(cfg.model, cfg.adapter)
     base = load_model(cfg.baseline) if cfg.baseline else None
+    records = None
+    if cfg.trajectories:  # read and checked before any decoding
+        from tabom.trajectory import read_trajectories
+
+        records = read_trajectories(
+            cfg.trajectories, tokenizer=dlm.tokenizer, vocab_size=dlm.vocab_size
+        )
+    sets = {spec: load_eval_set(spec, cfg.n_examples, cfg.seed) for spec in cfg.tasks}
     score0, tps0 = cfg.score[0], cfg.tokens_per_step[0]
     main_cfg = budget_config(
         score0,
@@ -240,8 +249,7 @@ def run_eval_command(cfg: EvalConfig) -> int:
     results: dict[str, TaskResult] = {}
     budgets: dict[str, dict[str, float]] = {}
     forgot: dict[str, Forgetting] = {}
-    for spec in cfg.tasks:
-        task, examples = load_eval_set(spec, cfg.n_examples, cfg.seed)
+    for spec, (task, examples) in sets.items():
         kwargs = {"seed": cfg.seed, "batch_size": cfg.batch_size, "progress": True}
         results[spec] = evaluate_task(
             dlm, task, examples, main_cfg, n_samples=cfg.n_samples, ks=tuple(cfg.ks), **kwargs
@@ -274,12 +282,7 @@ def run_eval_command(cfg: EvalConfig) -> int:
             after = one[budget_key(score0, tps0)]
             forgot[spec] = forgetting([c[0] for c in before.correct], [c[0] for c in after.correct])
     alignment: Alignment | None = None
-    if cfg.trajectories:
-        from tabom.trajectory import read_trajectories
-
-        records = read_trajectories(
-            cfg.trajectories, tokenizer=dlm.tokenizer, vocab_size=dlm.vocab_size
-        )
+    if records is not None:
         alignment = trajectory_alignment(dlm, records, batch_size=cfg.batch_size)
     print(format_table(results))
     print()

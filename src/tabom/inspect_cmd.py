@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from tabom.errors import TabomError
 from tabom.trajectory import TrajectoryRecord, read_trajectories, tokenizer_fingerprint
 
 
@@ -154,11 +155,11 @@ def run_inspect(cfg: InspectConfig) -> int:
     if cfg.id is not None:
         matches = [i for i, r in enumerate(records) if r.id == cfg.id]
         if not matches:
-            raise ValueError(f"id: no record {cfg.id!r} in {cfg.path}")
+            raise TabomError(f"id: no record {cfg.id!r} in {cfg.path}")
         index = matches[0]
     else:
         if not 0 <= cfg.index < len(records):
-            raise ValueError(f"index: {cfg.index} is outside [0, {len(records)})")
+            raise TabomError(f"index: {cfg.index} is outside [0, {len(records)})")
         index = cfg.index
     from tabom.report import plot_trajectory
 

@@ -20,17 +20,34 @@ from typing import Any
 
 import torch
 
+from tabom.errors import TabomError
 from tabom.tasks import make_task
 from tabom.tasks.base import read_jsonl, require_str
 from tabom.trajectory import TrajectoryDataset, TrajectoryRecord, read_trajectories
 
 
-class TrainDataError(ValueError):
+class TrainDataError(TabomError):
     """Training data that cannot be used with this config; the message names the file and field."""
 
 
+def model_positions(model: Any) -> int | None:
+    """The longest prompt + response ``model`` was built for (its config's position count)."""
+    config = getattr(model, "config", None)
+    for key in ("max_position_embeddings", "max_sequence_length", "n_positions"):
+        value = getattr(config, key, None)
+        if isinstance(value, int) and value > 0:
+            return value
+    return None
+
+
 def load_trajectories(
-    path: str | Path, *, tokenizer: Any, vocab_size: int, verified_only: bool = False
+    path: str | Path,
+    *,
+    tokenizer: Any,
+    vocab_size: int,
+    verified_only: bool = False,
+    max_length: int | None = None,
+    mask_token_id: int | None = None,
 ) -> list[TrajectoryRecord]:
     """Read and validate a trajectory file against the model.
 
@@ -39,6 +56,8 @@ def load_trajectories(
         tokenizer: the model's tokenizer; every record's ``gen.tokenizer`` must match it.
         vocab_size: the model's vocabulary size (every id must be below it).
         verified_only: keep only records the verifier accepted (``verified: true``).
+        max_length: the model's positions (:func:`model_positions`): prompt + response fit.
+        mask_token_id: the model's [MASK] id, never a training target.
 
     Returns:
         The records, in file order.
@@ -51,7 +70,13 @@ def load_trajectories(
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"data: no such trajectory file {path}")
-    records = read_trajectories(path, tokenizer=tokenizer, vocab_size=vocab_size)
+    records = read_trajectories(
+        path,
+        tokenizer=tokenizer,
+        vocab_size=vocab_size,
+        max_length=max_length,
+        mask_token_id=mask_token_id,
+    )
     if not records:
         raise TrainDataError(f"{path}: data: the trajectory file holds no records (empty file)")
     if verified_only:
@@ -104,10 +129,20 @@ def check_windows(
     extra = int(cut_range == "inclusive")
     if td_window > top + extra:
         rng = "{0, …, s_max − M + 1}" if extra else "{0, …, s_max − M}"
+        # advice only what the flags accept: td_window >= 1
+        if top + extra >= 1:
+            advice = f"use td_window <= {top + extra}"
+        elif not extra and top + 1 >= 1:
+            advice = "use td_cut_range inclusive (then td_window 1 fits)"
+        else:
+            advice = (
+                "these trajectories are too short for time-delay masking (decode with more "
+                "steps, or train them with objective traj-sft)"
+            )
         raise TrainDataError(
             f"{path}: td_window: M = {td_window} {window_unit} but the largest {what} in the "
             f"file is {top}, so no trajectory can be cut (the cut s ranges over "
-            f"{rng}); use td_window <= {top + extra}"
+            f"{rng}); {advice}"
         )
     if rank_window is not None and rank_window > top + 1:
         raise TrainDataError(

@@ -19,8 +19,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import shutil
 import sys
 import time
 from dataclasses import dataclass, field
@@ -30,7 +28,16 @@ from typing import Any, Literal
 import torch
 from tqdm.auto import tqdm
 
+from tabom.checkpoint import (
+    STATE_FILE,
+    check_settings,
+    file_sha256,
+    latest_checkpoint,
+    resumable,
+    save_checkpoint,
+)
 from tabom.config import ConfigError, save_config, to_dict
+from tabom.errors import TabomError
 from tabom.evaluate import greedy_accuracy, make_eval_sets
 from tabom.losses import RankTies
 from tabom.masking import CutRange, WindowUnit
@@ -46,11 +53,11 @@ from tabom.train_data import (
     check_windows,
     ground_truth_items,
     load_trajectories,
+    model_positions,
     steps_per_epoch,
 )
 from tabom.trajectory import TrajectoryFileError, collate_trajectories
 
-STATE_FILE = "trainer_state.json"
 LOG_KEYS = (
     "ce",
     "rank",
@@ -61,6 +68,10 @@ LOG_KEYS = (
     "n_uncut",
     "samples",
 )
+CADENCE = ("output_dir", "save_every", "log_every", "eval_every", "progress", "resume")
+CADENCE += ("num_threads", "report_to")
+"""Settings that do not shape the trained model: a resume may change them (every other one
+must match the checkpoint's)."""
 
 
 @dataclass
@@ -264,6 +275,8 @@ def load_train_items(cfg: TrainConfig, dlm: DiffusionLM) -> tuple[Any, int]:
         tokenizer=dlm.tokenizer,
         vocab_size=dlm.vocab_size,
         verified_only=cfg.verified_only,
+        max_length=model_positions(dlm.model),
+        mask_token_id=dlm.mask_token_id,
     )
     n_short = 0
     if cfg.objective in ("td", "tabom"):
@@ -301,16 +314,6 @@ def _check_tracker(report_to: str) -> str | None:
             f"report_to: {report_to!r} needs the {report_to} package (pip install {report_to})"
         ) from None
     return report_to
-
-
-def latest_checkpoint(output_dir: str | Path) -> Path | None:
-    """The complete checkpoint with the highest step in ``output_dir/checkpoints``, if any.
-
-    Complete = renamed from its temporary folder, so it holds ``trainer_state.json``.
-    """
-    root = Path(output_dir) / "checkpoints"
-    done = [p for p in root.glob("step-*") if (p / STATE_FILE).is_file()]
-    return max(done, key=lambda p: int(p.name.split("-")[1]), default=None)
 
 
 def micro_seed(seed: int, step: int, slot: int) -> int:
@@ -391,26 +394,6 @@ def _param_groups(model: Any, weight_decay: float) -> list[dict[str, Any]]:
     ]
 
 
-def _save_checkpoint(accelerator: Any, out: Path, state: dict[str, Any]) -> Path:
-    """Accelerate state + ``trainer_state.json`` into ``checkpoints/step-N``, atomically."""
-    root = out / "checkpoints"
-    final, tmp = root / f"step-{state['step']}", root / f".tmp-step-{state['step']}"
-    if accelerator.is_main_process:
-        shutil.rmtree(tmp, ignore_errors=True)
-    accelerator.wait_for_everyone()
-    accelerator.save_state(str(tmp))  # every process: its RNG file; main: weights, optimizer
-    accelerator.wait_for_everyone()
-    if accelerator.is_main_process:
-        with open(tmp / STATE_FILE, "w") as f:
-            f.write(json.dumps(state, indent=1) + "\n")
-            f.flush()
-            os.fsync(f.fileno())
-        shutil.rmtree(final, ignore_errors=True)  # re-saving the last step of a finished run
-        os.replace(tmp, final)
-    accelerator.wait_for_everyone()
-    return final
-
-
 def _truncate_log(path: Path, step: int) -> None:
     """Drop log lines past ``step`` (written by the killed run after its last checkpoint)."""
     if not path.exists():
@@ -451,13 +434,27 @@ def train(cfg: TrainConfig) -> Path:
     dlm = load_model(cfg.model, backend=cfg.backend, dtype=_load_dtype(cfg))
     items, _ = load_train_items(cfg, dlm)  # too-short trajectories: a warning
     tracker = _check_tracker(cfg.report_to)
-    ckpt = latest_checkpoint(out)
-    if ckpt is not None and not cfg.resume:
+    newest = latest_checkpoint(out)
+    if newest is not None and not cfg.resume:
         raise ConfigError(
-            f"resume: {out} already holds checkpoints ({ckpt.name}); pass --resume to continue "
+            f"resume: {out} already holds checkpoints ({newest.name}); pass --resume to continue "
             "that run, or use another output_dir"
         )
     eval_sets = make_eval_sets(cfg.eval_tasks, cfg.eval_examples, cfg.seed)
+
+    # where to start: the newest whole checkpoint (damaged ones skipped with a warning), and
+    # only if it was written with every setting that shapes the model, before any file changes
+    from accelerate import PartialState
+
+    world = PartialState(cpu=not torch.cuda.is_available()).num_processes
+    spe = steps_per_epoch(len(items), cfg.batch_size * cfg.grad_accum * world)
+    total = cfg.max_steps or cfg.epochs * spe
+    settings = {k: v for k, v in to_dict(cfg).items() if k not in CADENCE}
+    settings.update(world=world, total=total, n_items=len(items))
+    settings["data_sha256"] = file_sha256(cfg.data) if cfg.data else None
+    ckpt, ckpt_state = resumable(out) if cfg.resume else (None, None)
+    if ckpt is not None:
+        check_settings(ckpt_state.get("settings", {}), settings, str(ckpt))
 
     # 2) accelerator, seeds, LoRA or full fine-tuning, optimizer, warmup + cosine schedule
     precision = {"fp32": "no", "bf16": "bf16"}.get(cfg.mixed_precision)
@@ -472,13 +469,11 @@ def train(cfg: TrainConfig) -> Path:
         log_with=tracker,
         project_dir=str(out),
     )
-    rank, world = accelerator.process_index, accelerator.num_processes
+    rank = accelerator.process_index
     set_seed(cfg.seed)
     lora = cfg.lora_rank > 0
     model = _with_lora(dlm.model, cfg, dlm.spec.lora_targets) if lora else dlm.model
     optimizer = torch.optim.AdamW(_param_groups(model, cfg.weight_decay), lr=cfg.lr)
-    spe = steps_per_epoch(len(items), cfg.batch_size * cfg.grad_accum * world)
-    total = cfg.max_steps or cfg.epochs * spe
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda s: lr_factor(s, total, cfg.warmup_steps, cfg.min_lr_ratio)
     )
@@ -494,32 +489,18 @@ def train(cfg: TrainConfig) -> Path:
                     del w[key]
 
         accelerator.register_save_state_pre_hook(keep_adapter)
-    meta = {  # what a resumed run must share with the checkpoint to continue it exactly
-        "n_items": len(items),
-        "objective": cfg.objective,
-        "seed": cfg.seed,
-        "batch_size": cfg.batch_size,
-        "grad_accum": cfg.grad_accum,
-        "world": world,
-        "lora_rank": cfg.lora_rank,
-        "total": total,
-    }
     start = 0
+    if ckpt is not None:
+        accelerator.load_state(str(ckpt), **({"strict": False} if lora else {}))
+        start = ckpt_state["step"]
     if accelerator.is_main_process:
         out.mkdir(parents=True, exist_ok=True)
-        save_config(cfg, out / "config.yaml")
-        if cfg.resume and ckpt is None:
-            print(f"train: no complete checkpoint in {out}; starting at step 0")
-    if ckpt is not None:
-        state = json.loads((ckpt / STATE_FILE).read_text())
-        changed = {k: (state.get(k), v) for k, v in meta.items() if state.get(k) != v}
-        if changed:
-            raise ConfigError(f"resume: {ckpt} was written for other settings {changed}")
-        accelerator.load_state(str(ckpt), **({"strict": False} if lora else {}))
-        start = state["step"]
-        if accelerator.is_main_process:
-            _truncate_log(out / "log.jsonl", start)
+        save_config(cfg, out / "config.yaml")  # only now: the resume check has passed
+        _truncate_log(out / "log.jsonl", start)  # steps past the checkpoint run again
+        if ckpt is not None:
             print(f"train: resuming {out} from {ckpt.name}")
+        elif cfg.resume:
+            print(f"train: no complete checkpoint in {out}; starting at step 0")
     if tracker:
         flat = {
             k: v if isinstance(v, (int, float, str, bool)) else str(v)
@@ -641,7 +622,7 @@ def train(cfg: TrainConfig) -> Path:
                     ce=f"{record['ce']:.3f}", rank=f"{record['rank']:.3f}", lr=f"{lr:.2e}"
                 )
         if (cfg.save_every and done % cfg.save_every == 0) or done == total:
-            _save_checkpoint(accelerator, out, {"step": done, "epoch": epoch, **meta})
+            save_checkpoint(accelerator, out, {"step": done, "epoch": epoch, "settings": settings})
     bar.close()
     if log is not None:
         log.close()
@@ -670,13 +651,7 @@ def run_train(cfg: TrainConfig) -> int:
     """CLI runner of ``tabom train``: bad data is a one-line error and exit code 2."""
     try:
         train(cfg)
-    except (
-        ConfigError,
-        TrainDataError,
-        TrajectoryFileError,
-        DataFileError,
-        FileNotFoundError,
-    ) as e:
+    except (TabomError, FileNotFoundError) as e:
         print(f"tabom train: error: {e}", file=sys.stderr)
         return 2
     return 0

@@ -15,6 +15,7 @@ import hashlib
 import json
 import math
 import os
+import re
 import warnings
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -22,6 +23,8 @@ from pathlib import Path
 from typing import Any
 
 import torch
+
+from tabom.errors import TabomError
 
 SCHEMA_VERSION = 1
 METHODS = ("confidence", "margin", "entropy", "random")
@@ -41,7 +44,12 @@ _GEN_TYPES: dict[str, tuple[type, ...]] = {
 checked on their own: they may be null)."""
 
 
-class TrajectoryFileError(ValueError):
+MAX_DEPTH = 32
+"""Deepest nesting of ``[`` / ``{`` a line may have (a record needs 3); deeper is refused
+before parsing, so a hostile line never reaches Python's recursion limit."""
+
+
+class TrajectoryFileError(TabomError):
     """A trajectory file is malformed or does not fit the model; names file, 1-based line, field."""
 
     def __init__(self, path: str | Path, line: int, field_name: str, reason: str) -> None:
@@ -174,7 +182,16 @@ def _typed(
 def _check_gen(path: Path, line: int, gen: dict[str, Any], length: int) -> int:
     """Validate ``gen``; return the bound on decode steps (``steps``, or T in threshold mode)."""
     for key, types in _GEN_TYPES.items():
-        _typed(path, line, gen, key, types, prefix="gen.")
+        value = _typed(path, line, gen, key, types, prefix="gen.")
+        if isinstance(value, float) and not math.isfinite(value):
+            raise TrajectoryFileError(path, line, f"gen.{key}", f"{value!r} is not finite")
+    threshold = gen.get("threshold")
+    if threshold is not None and (
+        isinstance(threshold, bool)
+        or not isinstance(threshold, (int, float))
+        or not math.isfinite(threshold)
+    ):
+        raise TrajectoryFileError(path, line, "gen.threshold", f"expected a number, got {threshold!r}")
     for key in ("block_length", "threshold", "steps"):
         if key not in gen:
             raise TrajectoryFileError(path, line, f"gen.{key}", "missing (null when unused)")
@@ -215,6 +232,8 @@ def parse_record(
     line: int = 0,
     tokenizer: dict[str, Any] | None = None,
     vocab_size: int | None = None,
+    max_length: int | None = None,
+    mask_token_id: int | None = None,
 ) -> TrajectoryRecord:
     """Validate one decoded JSON object and build its record.
 
@@ -225,6 +244,9 @@ def parse_record(
         tokenizer: the model's :func:`tokenizer_fingerprint`; ``gen.tokenizer`` must equal it.
         vocab_size: the model's vocabulary; every id must lie in ``[0, vocab_size)``
             (default: ``gen.vocab_size`` when recorded, else ``gen.tokenizer.size``).
+        max_length: the model's positions: prompt + response must fit in them.
+        mask_token_id: the model's [MASK] id, which no response token may be (a committed
+            token is never the mask).
 
     Returns:
         The record (with ``line`` set).
@@ -247,6 +269,14 @@ def parse_record(
     sample = _typed(path, line, rec, "sample", (int,))
     if sample < 0:
         raise TrajectoryFileError(path, line, "sample", f"{sample} is negative")
+    if rid != f"{prompt_id}#{sample}":
+        raise TrajectoryFileError(
+            path,
+            line,
+            "id",
+            f"{rid!r} is not prompt_id#sample ({prompt_id!r}#{sample}): the key of resume "
+            "and dedup must match the record",
+        )
     prompt = _typed(path, line, rec, "prompt", (str,))
     text = _typed(path, line, rec, "response_text", (str,))
     method = _typed(path, line, rec, "method", (str,))
@@ -280,6 +310,22 @@ def parse_record(
     response = _int_list(path, line, rec, "response_token_ids", 0, vocab_size)
     if not response:
         raise TrajectoryFileError(path, line, "response_token_ids", "empty")
+    if mask_token_id is not None and mask_token_id in response:
+        raise TrajectoryFileError(
+            path,
+            line,
+            "response_token_ids",
+            f"item {response.index(mask_token_id)} is the model's [MASK] id {mask_token_id} "
+            "(a committed token is never the mask)",
+        )
+    if max_length is not None and len(prompt_ids) + len(response) > max_length:
+        raise TrajectoryFileError(
+            path,
+            line,
+            "prompt_token_ids",
+            f"prompt ({len(prompt_ids)}) + response ({len(response)}) = "
+            f"{len(prompt_ids) + len(response)} tokens exceed the model's {max_length} positions",
+        )
     order = _int_list(path, line, rec, "decoding_order", -1, bound)
     if len(order) != len(response):
         raise TrajectoryFileError(
@@ -295,8 +341,12 @@ def parse_record(
                 path, line, "decode_entropy", f"expected a list of {len(response)} numbers or nulls"
             )
         for i, v in enumerate(entropy):
-            if v is not None and (isinstance(v, bool) or not isinstance(v, (int, float))):
-                raise TrajectoryFileError(path, line, "decode_entropy", f"item {i} is {v!r}")
+            if v is not None and (
+                isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v)
+            ):
+                raise TrajectoryFileError(
+                    path, line, "decode_entropy", f"item {i} is {v!r}, not a finite number"
+                )
     return TrajectoryRecord(
         id=rid,
         prompt_id=prompt_id,
@@ -318,11 +368,26 @@ def parse_record(
 # --------------------------------------------------------------------------- files
 
 
-def drop_torn_tail(path: str | Path) -> bool:
+RECORD_PREFIX = b'{"schema_version": '
+"""How every line :class:`TrajectoryRecord` writes begins (what a torn last line must start with)."""
+
+
+def drop_torn_tail(path: str | Path, prefix: bytes | None = None) -> bool:
     """Cut a last line that has no newline (a write interrupted by a kill), with a warning.
+
+    Call it only on a file whose complete lines were checked (``read_trajectories(...,
+    torn_tail=True)``): it never decides on its own that a file is safe to cut.
+
+    Args:
+        path: the file.
+        prefix: what the torn line must begin with (as far as it goes), e.g.
+            :data:`RECORD_PREFIX`; a tail that does not is not a torn line of ours.
 
     Returns:
         Whether anything was cut. The file then ends after its last complete line.
+
+    Raises:
+        TrajectoryFileError: the tail does not begin like ``prefix`` (nothing is cut).
     """
     path = Path(path)
     if not path.exists() or path.stat().st_size == 0:
@@ -341,6 +406,17 @@ def drop_torn_tail(path: str | Path) -> bool:
             keep = pos + last + 1 if last >= 0 else (0 if pos == 0 else size)
         f.seek(0)
         line = 1 + sum(f.read(min(chunk, keep - i)).count(b"\n") for i in range(0, keep, chunk))
+        if prefix is not None:
+            f.seek(keep)
+            head = f.read(min(len(prefix), size - keep))
+            if not prefix.startswith(head):
+                raise TrajectoryFileError(
+                    path,
+                    line,
+                    "<line>",
+                    f"last line has no newline and does not begin like a line of this file "
+                    f"({prefix.decode()}...); not touching it",
+                )
         f.truncate(keep)
         f.flush()
         os.fsync(f.fileno())
@@ -353,17 +429,84 @@ def drop_torn_tail(path: str | Path) -> bool:
     return True
 
 
-def iter_json_lines(path: str | Path) -> Iterable[tuple[int, Any]]:
-    """``(line, object)`` for each non-blank line of a JSONL file.
+class _DuplicateKey(ValueError):
+    def __init__(self, key: str) -> None:
+        self.key = key
+        super().__init__(key)
+
+
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in out:
+            raise _DuplicateKey(key)
+        out[key] = value
+    return out
+
+
+def _bare_constant(name: str) -> Any:
+    raise ValueError(f"bare {name} is not JSON (write null, or a finite number)")
+
+
+_STRING = re.compile(rb'"(?:[^"\\]|\\.)*"')
+_BRACKET = re.compile(rb"[\[\]{}]")
+
+
+def _depth(raw: bytes) -> int:
+    """The deepest ``[`` / ``{`` nesting of one JSON line (strings skipped), capped past MAX_DEPTH."""
+    if raw.count(b"[") + raw.count(b"{") <= MAX_DEPTH:
+        return 0  # cannot be deeper than the brackets it has
+    depth = top = 0
+    for m in _BRACKET.finditer(_STRING.sub(b'""', raw)):
+        depth += 1 if m.group() in (b"[", b"{") else -1
+        if depth > top:
+            top = depth
+            if top > MAX_DEPTH:
+                break
+    return top
+
+
+def loads_line(raw: bytes | str, path: str | Path, line: int) -> Any:
+    """One line of strict JSON: no bare NaN / Infinity, no repeated key, bounded nesting.
+
+    Raises:
+        TrajectoryFileError: names file, line and (for a repeated key) the field.
+    """
+    data = raw.encode("utf-8") if isinstance(raw, str) else raw
+    if _depth(data) > MAX_DEPTH:
+        raise TrajectoryFileError(
+            path, line, "<line>", f"nested deeper than {MAX_DEPTH} levels of [ and {{"
+        )
+    try:
+        return json.loads(data, object_pairs_hook=_unique_keys, parse_constant=_bare_constant)
+    except _DuplicateKey as e:
+        raise TrajectoryFileError(path, line, e.key, "duplicate key in the object") from None
+    except json.JSONDecodeError as e:
+        raise TrajectoryFileError(path, line, "<line>", f"not valid JSON ({e})") from None
+    except (UnicodeDecodeError, ValueError, RecursionError) as e:
+        raise TrajectoryFileError(path, line, "<line>", f"not valid JSON ({e})") from None
+
+
+def iter_json_lines(path: str | Path, *, torn_tail: bool = False) -> Iterable[tuple[int, Any]]:
+    """``(line, object)`` for each non-blank line of a JSONL file (strict: :func:`loads_line`).
+
+    Args:
+        path: the file.
+        torn_tail: stop quietly at a last line without newline (a caller that checks the
+            complete lines before repairing the file: :func:`drop_torn_tail`).
 
     Raises:
         TrajectoryFileError: a line is not valid JSON, or the last line has no newline
-            (truncated: see :func:`drop_torn_tail`).
+            (truncated: see :func:`drop_torn_tail`) and ``torn_tail`` is false.
     """
     path = Path(path)
+    if path.is_dir():
+        raise TrajectoryFileError(path, 0, "<file>", "is a folder, not a JSONL file")
     with path.open("rb") as f:
         for i, raw in enumerate(f, start=1):
             if not raw.endswith(b"\n"):
+                if torn_tail:
+                    return
                 raise TrajectoryFileError(
                     path,
                     i,
@@ -373,10 +516,7 @@ def iter_json_lines(path: str | Path) -> Iterable[tuple[int, Any]]:
                 )
             if not raw.strip():
                 continue
-            try:
-                yield i, json.loads(raw)
-            except (json.JSONDecodeError, UnicodeDecodeError) as e:
-                raise TrajectoryFileError(path, i, "<line>", f"not valid JSON ({e})") from None
+            yield i, loads_line(raw, path, i)
 
 
 def read_trajectories(
@@ -385,6 +525,9 @@ def read_trajectories(
     tokenizer: Any = None,
     vocab_size: int | None = None,
     gen: dict[str, Any] | None = None,
+    max_length: int | None = None,
+    mask_token_id: int | None = None,
+    torn_tail: bool = False,
 ) -> list[TrajectoryRecord]:
     """Read and validate every record of a trajectory file.
 
@@ -395,6 +538,10 @@ def read_trajectories(
         vocab_size: the model's vocabulary size (ids must be below it).
         gen: when given, every record's ``gen`` must equal it (a file written with other
             settings is refused: resume safety).
+        max_length: the model's positions (prompt + response must fit).
+        mask_token_id: the model's [MASK] id (never a response token).
+        torn_tail: read the complete lines of a file whose last line was torn by a kill
+            (the caller repairs it after checking them: :func:`drop_torn_tail`).
 
     Returns:
         The records in file order.
@@ -410,8 +557,16 @@ def read_trajectories(
         fp = tokenizer_fingerprint(tokenizer)
     records: list[TrajectoryRecord] = []
     seen: dict[str, int] = {}
-    for line, obj in iter_json_lines(path):
-        rec = parse_record(obj, path=path, line=line, tokenizer=fp, vocab_size=vocab_size)
+    for line, obj in iter_json_lines(path, torn_tail=torn_tail):
+        rec = parse_record(
+            obj,
+            path=path,
+            line=line,
+            tokenizer=fp,
+            vocab_size=vocab_size,
+            max_length=max_length,
+            mask_token_id=mask_token_id,
+        )
         if rec.id in seen:
             raise TrajectoryFileError(path, line, "id", f"{rec.id!r} repeats line {seen[rec.id]}")
         if gen is not None and rec.gen != gen:
@@ -566,7 +721,9 @@ def collate_trajectories(items: Sequence[dict[str, Any]], pad_token_id: int) -> 
 
 
 __all__ = [
+    "MAX_DEPTH",
     "METHODS",
+    "RECORD_PREFIX",
     "SCHEMA_VERSION",
     "TrajectoryBatch",
     "TrajectoryDataset",
@@ -576,6 +733,7 @@ __all__ = [
     "collate_trajectories",
     "drop_torn_tail",
     "iter_json_lines",
+    "loads_line",
     "parse_record",
     "read_trajectories",
     "tokenizer_fingerprint",

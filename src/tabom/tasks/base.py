@@ -15,8 +15,10 @@ from typing import Any, Protocol, runtime_checkable
 
 import torch
 
+from tabom.errors import TabomError
 
-class DataFileError(ValueError):
+
+class DataFileError(TabomError):
     """A data file is malformed; the message names the file, the 1-based line and the field."""
 
     def __init__(self, path: str | Path, line: int, field_name: str, reason: str) -> None:
