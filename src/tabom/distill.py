@@ -42,8 +42,8 @@ from tqdm.auto import tqdm
 
 from tabom.checkpoint import check_settings
 from tabom.config import save_config, to_dict
-from tabom.errors import TabomError
 from tabom.decoding import DecodeConfig, ScoreName, decode_batches, response_text, steps_for
+from tabom.errors import TabomError
 from tabom.evaluate import pass_at_k
 from tabom.models import DEFAULT_MODEL, load_model
 from tabom.models.base import DiffusionLM

@@ -29,7 +29,6 @@ import torch
 from tqdm.auto import tqdm
 
 from tabom.checkpoint import (
-    STATE_FILE,
     check_settings,
     file_sha256,
     latest_checkpoint,
@@ -45,7 +44,6 @@ from tabom.models import BACKENDS, DEFAULT_MODEL, load_model, save_model
 from tabom.models.base import DiffusionLM
 from tabom.objectives import OBJECTIVES, Objective, compute_objective
 from tabom.schedule import lr_factor
-from tabom.tasks.base import DataFileError
 from tabom.train_data import (
     TrainDataError,
     as_items,
@@ -56,7 +54,7 @@ from tabom.train_data import (
     model_positions,
     steps_per_epoch,
 )
-from tabom.trajectory import TrajectoryFileError, collate_trajectories
+from tabom.trajectory import collate_trajectories
 
 LOG_KEYS = (
     "ce",

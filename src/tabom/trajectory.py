@@ -191,7 +191,9 @@ def _check_gen(path: Path, line: int, gen: dict[str, Any], length: int) -> int:
         or not isinstance(threshold, (int, float))
         or not math.isfinite(threshold)
     ):
-        raise TrajectoryFileError(path, line, "gen.threshold", f"expected a number, got {threshold!r}")
+        raise TrajectoryFileError(
+            path, line, "gen.threshold", f"expected a number, got {threshold!r}"
+        )
     for key in ("block_length", "threshold", "steps"):
         if key not in gen:
             raise TrajectoryFileError(path, line, f"gen.{key}", "missing (null when unused)")

@@ -48,7 +48,9 @@ def _value(spec: str, field: dataclasses.Field, text: str) -> Any:
     if str(field.type).split("|")[0].strip() != "int":
         return text
     if not re.fullmatch(r"[+-]?[0-9]+", text):
-        raise TaskSpecError(f"task spec {spec!r}: field {field.name!r} needs an integer, got {text!r}")
+        raise TaskSpecError(
+            f"task spec {spec!r}: field {field.name!r} needs an integer, got {text!r}"
+        )
     return int(text)
 
 
