@@ -170,6 +170,23 @@ def file_sha256(path: str | Path) -> str:
     return _sha256(Path(path))
 
 
+def truncate_log(path: Path, step: int) -> None:
+    """Drop ``log.jsonl`` lines past ``step`` (written after the checkpoint a run resumes from,
+    or by a run killed before its first one when ``step`` is 0); rewritten atomically."""
+    if not path.exists():
+        return
+    keep = []
+    for line in path.read_text().splitlines():
+        try:
+            if json.loads(line)["step"] <= step:
+                keep.append(line + "\n")
+        except (json.JSONDecodeError, KeyError, TypeError):
+            pass  # a line torn by the kill
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text("".join(keep))
+    os.replace(tmp, path)
+
+
 def save_checkpoint(accelerator: Any, out: Path, state: dict[str, Any]) -> Path:
     """Accelerate state + ``trainer_state.json`` (with the file list) into ``checkpoints/step-N``.
 
@@ -207,4 +224,5 @@ __all__ = [
     "read_state",
     "resumable",
     "save_checkpoint",
+    "truncate_log",
 ]

@@ -5,6 +5,11 @@ tail up to the task's response length) is masked with a per-sample ratio t ~ U(0
 model is trained with cross-entropy on the masked tokens weighted 1/t (the NELBO of the
 paper's Eq. 1). The prompt is never masked. This produces the "old domain" base model that
 self-distillation later adapts. Run: ``tabom pretrain --config configs/tiny_pretrain.yaml``.
+
+Resume works like ``tabom train`` (:mod:`tabom.checkpoint`): ``save_every`` writes Accelerate
+state (weights, optimizer, scheduler, RNG, and the data and masking generators) to
+``checkpoints/step-N``; ``--resume`` continues from the newest whole one, refused when a
+setting other than the cadence differs, and gives the same weights as an uninterrupted run.
 """
 
 from __future__ import annotations
@@ -18,7 +23,14 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from tabom.config import save_config
+from tabom.checkpoint import (
+    check_settings,
+    latest_checkpoint,
+    resumable,
+    save_checkpoint,
+    truncate_log,
+)
+from tabom.config import ConfigError, save_config, to_dict
 from tabom.evaluate import greedy_accuracy, make_eval_sets
 from tabom.models import TinyModelConfig, build_tiny, save_tiny
 from tabom.models.base import DiffusionLM
@@ -48,8 +60,9 @@ class PretrainConfig:
         eval_every: evaluate on ``eval_tasks`` every N steps (0 = only at the end).
         eval_tasks: task specs to evaluate on (default: ``tasks``).
         eval_examples: generated problems per eval task (seeded apart from training).
-        save_every: write a checkpoint every N steps (0 = only the final model).
+        save_every: write a resumable checkpoint every N steps (0 = only the final model).
         seed: seed of weights, data and masking.
+        resume: continue from the newest whole checkpoint in ``output_dir``.
         num_threads: torch CPU threads (0 = torch's default).
     """
 
@@ -70,6 +83,7 @@ class PretrainConfig:
     eval_examples: int = 128
     save_every: int = 0
     seed: int = 0
+    resume: bool = False
     num_threads: int = 0
 
     def __post_init__(self) -> None:
@@ -133,6 +147,23 @@ def sample_batch(
     return out
 
 
+class _Generators:
+    """The data and masking generators as one object Accelerate checkpoints (state_dict)."""
+
+    def __init__(self, **gens: torch.Generator) -> None:
+        self.gens = gens
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        return {k: g.get_state() for k, g in self.gens.items()}
+
+    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        for k, g in self.gens.items():
+            g.set_state(state[k])
+
+
+CADENCE = ("output_dir", "eval_every", "save_every", "resume", "num_threads")
+"""Settings a resume may change; every other one must match the checkpoint's."""
+
 RANK_SEED_STRIDE = 1_000_003  # process r draws data from seed + r·stride, masks from that + 1
 
 
@@ -144,11 +175,18 @@ def pretrain(cfg: PretrainConfig) -> Path:
     if cfg.num_threads:
         torch.set_num_threads(cfg.num_threads)
     out = Path(cfg.output_dir)
+    if latest_checkpoint(out) is not None and not cfg.resume:
+        raise ConfigError(
+            f"resume: {out} already holds checkpoints ({latest_checkpoint(out).name}); pass "
+            "--resume to continue that run, or use another output_dir"
+        )
     accelerator = Accelerator(cpu=not torch.cuda.is_available())
     main = accelerator.is_main_process
-    if main:
-        out.mkdir(parents=True, exist_ok=True)
-        save_config(cfg, out / "config.yaml")
+    settings = {k: v for k, v in to_dict(cfg).items() if k not in CADENCE}
+    settings["world"] = accelerator.num_processes
+    ckpt, ckpt_state = resumable(out) if cfg.resume else (None, None)
+    if ckpt is not None:  # before any file is written
+        check_settings(ckpt_state.get("settings", {}), settings, str(ckpt))
     dlm = build_tiny(cfg.model, seed=cfg.seed)  # the same initial weights on every process
     tok = dlm.tokenizer
     tasks = [make_task(s) for s in cfg.tasks]
@@ -166,6 +204,17 @@ def pretrain(cfg: PretrainConfig) -> Path:
         optimizer, lambda s: lr_factor(s, cfg.steps, cfg.warmup_steps, cfg.min_lr_ratio)
     )
     dlm.model, optimizer, scheduler = accelerator.prepare(dlm.model, optimizer, scheduler)
+    accelerator.register_for_checkpointing(_Generators(data=data_gen, mask=mask_gen))
+    start = 0
+    if ckpt is not None:
+        accelerator.load_state(str(ckpt))
+        start = ckpt_state["step"]
+    if main:
+        out.mkdir(parents=True, exist_ok=True)
+        save_config(cfg, out / "config.yaml")  # only now: the resume check has passed
+        truncate_log(out / "log.jsonl", start)  # steps past the checkpoint run again
+        if ckpt is not None:
+            print(f"pretrain: resuming {out} from {ckpt.name}")
 
     def unwrapped(d: DiffusionLM) -> DiffusionLM:
         return dataclasses.replace(d, model=accelerator.unwrap_model(d.model))
@@ -173,7 +222,7 @@ def pretrain(cfg: PretrainConfig) -> Path:
     log = (out / "log.jsonl").open("a") if main else None
 
     # 2) the loop: sample, mask, loss, step, log, eval, save
-    bar = tqdm(range(cfg.steps), desc="pretrain", disable=not main)
+    bar = tqdm(range(start, cfg.steps), desc="pretrain", disable=not main)
     t0 = time.perf_counter()
     for step in bar:
         dlm.model.train()
@@ -207,8 +256,8 @@ def pretrain(cfg: PretrainConfig) -> Path:
             log.write(json.dumps(record) + "\n")
             log.flush()
         bar.set_postfix(loss=f"{record['loss']:.3f}")
-        if main and cfg.save_every and done % cfg.save_every == 0 and done != cfg.steps:
-            save_tiny(unwrapped(dlm), out / "checkpoints" / f"step-{done}")
+        if cfg.save_every and done % cfg.save_every == 0 and done != cfg.steps:
+            save_checkpoint(accelerator, out, {"step": done, "settings": settings})
 
     # 3) final save
     if log is not None:
@@ -217,4 +266,5 @@ def pretrain(cfg: PretrainConfig) -> Path:
     accelerator.wait_for_everyone()
     if main:
         save_tiny(unwrapped(dlm), final)
+        print(f"pretrain: model -> {final}")
     return final

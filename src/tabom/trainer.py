@@ -34,6 +34,7 @@ from tabom.checkpoint import (
     latest_checkpoint,
     resumable,
     save_checkpoint,
+    truncate_log,
 )
 from tabom.config import ConfigError, save_config, to_dict
 from tabom.errors import TabomError
@@ -392,20 +393,6 @@ def _param_groups(model: Any, weight_decay: float) -> list[dict[str, Any]]:
     ]
 
 
-def _truncate_log(path: Path, step: int) -> None:
-    """Drop log lines past ``step`` (written by the killed run after its last checkpoint)."""
-    if not path.exists():
-        return
-    keep = []
-    for line in path.read_text().splitlines():
-        try:
-            if json.loads(line)["step"] <= step:
-                keep.append(line + "\n")
-        except (json.JSONDecodeError, KeyError):
-            pass  # a line torn by the kill
-    path.write_text("".join(keep))
-
-
 # --------------------------------------------------------------------------- the loop
 
 
@@ -494,7 +481,7 @@ def train(cfg: TrainConfig) -> Path:
     if accelerator.is_main_process:
         out.mkdir(parents=True, exist_ok=True)
         save_config(cfg, out / "config.yaml")  # only now: the resume check has passed
-        _truncate_log(out / "log.jsonl", start)  # steps past the checkpoint run again
+        truncate_log(out / "log.jsonl", start)  # steps past the checkpoint run again
         if ckpt is not None:
             print(f"train: resuming {out} from {ckpt.name}")
         elif cfg.resume:
