@@ -321,3 +321,14 @@ def test_eval_input_errors_are_one_line_exit_2(model_dir, tmp_path, capsys):
         main([*base, flag("tasks"), "addition:max_digits=1", flag("trajectories"), str(bad)]) == 2
     )
     one_line_error(capsys, "bad.jsonl:1")
+
+
+def test_distill_refuses_a_prompt_longer_than_the_model_positions(model_dir, tmp_path, capsys):
+    prompts = tmp_path / "long.jsonl"
+    prompts.write_text(
+        json.dumps({"prompt": "1+1="}) + "\n" + json.dumps({"prompt": "9" * 300}) + "\n"
+    )
+    argv = distill_argv(model_dir, tmp_path / "o.jsonl", flag("prompts_file"), str(prompts))
+    assert main([*argv, flag("task"), "none", flag("gen_length"), "4"]) == 2
+    one_line_error(capsys, "long.jsonl", "128 positions")
+    assert not (tmp_path / "o.jsonl").exists()

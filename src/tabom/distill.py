@@ -52,6 +52,7 @@ from tabom.tasks import (
     make_task,
 )
 from tabom.tasks.base import DataFileError, Example, Task, read_jsonl, require_str
+from tabom.train_data import model_positions
 from tabom.trajectory import (
     RECORD_PREFIX,
     TrajectoryFileError,
@@ -99,7 +100,8 @@ class DistillConfig:
         output: the trajectory file; ``.progress``, ``.summary.json`` and ``.config.yaml``
             sidecars go next to it.
         ks: the k of pass@k over the prompts (each <= n_samples).
-        num_threads: torch CPU threads per process (0 = torch's default).
+        num_threads: torch CPU threads per process; 1 is fastest for the tiny model
+            (docs/benchmarks.md); 0 = torch's default.
         progress: show a progress bar.
     """
 
@@ -125,7 +127,7 @@ class DistillConfig:
     prompts_per_batch: int = 8
     output: str = "runs/distill/trajectories.jsonl"
     ks: list[int] = field(default_factory=lambda: [1, 4])
-    num_threads: int = 0
+    num_threads: int = 1
     progress: bool = True
 
     def __post_init__(self) -> None:
@@ -623,6 +625,16 @@ def distill(cfg: DistillConfig) -> DistillSummary | None:
         for j in range(cfg.n_samples)
     }
     decode_cfg = cfg.decode_config()
+    positions = model_positions(dlm.model)
+    if positions is not None:  # prompt + response must fit the model, before any decoding
+        for i, ex in enumerate(examples):
+            n = len(dlm.encode_prompt(ex.prompt))
+            if n + decode_cfg.gen_length > positions:
+                raise TabomError(
+                    f"{cfg.prompts_file or 'prompts'}: prompt {ex.id!r} (#{i + 1}) has {n} tokens; "
+                    f"with gen_length {decode_cfg.gen_length} that is more than the model's "
+                    f"{positions} positions"
+                )
     gen = {
         "steps": None if cfg.threshold is not None else decode_cfg.steps,
         "gen_length": decode_cfg.gen_length,

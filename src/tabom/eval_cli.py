@@ -61,7 +61,8 @@ class EvalConfig:
         trajectories: a trajectory JSONL (``tabom distill``): Kendall τ alignment between the
             model's entropy order and the file's decode orders, and TDS (docs/method.md).
         output: write results as JSON here.
-        num_threads: torch CPU threads (0 = default).
+        num_threads: torch CPU threads; 1 is fastest for the tiny model
+            (docs/benchmarks.md); 0 = torch's default.
     """
 
     model: str = DEFAULT_MODEL
@@ -83,7 +84,7 @@ class EvalConfig:
     baseline: str | None = None
     trajectories: str | None = None
     output: str | None = None
-    num_threads: int = 0
+    num_threads: int = 1
 
     def __post_init__(self) -> None:
         for name in ("adapter", "baseline", "trajectories", "output"):  # ``--x none``

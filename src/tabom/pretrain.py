@@ -63,7 +63,8 @@ class PretrainConfig:
         save_every: write a resumable checkpoint every N steps (0 = only the final model).
         seed: seed of weights, data and masking.
         resume: continue from the newest whole checkpoint in ``output_dir``.
-        num_threads: torch CPU threads (0 = torch's default).
+        num_threads: torch CPU threads; 1 is fastest for the tiny model
+            (docs/benchmarks.md); 0 = torch's default.
     """
 
     output_dir: str = "runs/pretrain"
@@ -84,7 +85,7 @@ class PretrainConfig:
     save_every: int = 0
     seed: int = 0
     resume: bool = False
-    num_threads: int = 0
+    num_threads: int = 1
 
     def __post_init__(self) -> None:
         if not self.tasks:

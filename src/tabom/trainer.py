@@ -141,7 +141,8 @@ class TrainConfig:
         seed: seed of LoRA init, data order and masking.
         report_to: also log to ``tensorboard`` or ``wandb`` (needs the package).
         resume: continue from the latest complete checkpoint in ``output_dir``.
-        num_threads: torch CPU threads (0 = torch's default).
+        num_threads: torch CPU threads; 1 is fastest for the tiny model
+            (docs/benchmarks.md); 0 = torch's default.
         progress: show a progress bar.
     """
 
@@ -185,7 +186,7 @@ class TrainConfig:
     seed: int = 0
     report_to: Literal["none", "tensorboard", "wandb"] = "none"
     resume: bool = False
-    num_threads: int = 0
+    num_threads: int = 1
     progress: bool = True
 
     def __post_init__(self) -> None:
