@@ -212,3 +212,28 @@ def test_window_advice_is_always_a_value_the_flag_accepts(model_dir, traj, tmp_p
         err = one_line_error(capsys, path, "td_window")
         for bound in re.findall(r"td_window <= (-?\d+)", err):
             assert int(bound) >= 1, err
+
+
+def test_the_generated_help_matches_the_config_classes():
+    """``tabom COMMAND --help`` prints the generated text; it must be what the classes say
+    (after changing a field: ``python -m tabom.cli --refresh-help``)."""
+    cached = cli._cached_help()
+    assert cached, f"{cli.HELP_CACHE} is missing or of another version"
+    assert cached == cli.live_help(), "run: python -m tabom.cli --refresh-help"
+
+
+def test_command_help_imports_no_torch():
+    """The reported 10 s of `tabom train --help` were torch's import; help needs none."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, io, contextlib\n"
+        "from tabom.cli import main\n"
+        "with contextlib.redirect_stdout(io.StringIO()) as out:\n"
+        "    assert main(['train', '--help']) == 0\n"
+        "assert '--lr' in out.getvalue()\n"
+        "print('torch' in sys.modules)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert done.stdout.strip() == "False"
