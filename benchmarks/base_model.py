@@ -16,7 +16,8 @@ import time
 
 import torch
 
-from tabom.evaluate import Budget, evaluate_task
+from tabom.decoding import DecodeConfig
+from tabom.evaluate import evaluate_task
 from tabom.models import DEFAULT_MODEL, load_model
 from tabom.tasks import NEW_DOMAIN as NEW
 from tabom.tasks import OLD_DOMAIN as OLD
@@ -47,12 +48,12 @@ def main() -> None:
         task = make_task(spec)
         examples = task.generate(args.n, torch.Generator().manual_seed(args.seed))
         t0 = time.perf_counter()
-        greedy = evaluate_task(dlm, task, examples, Budget(score="confidence"))
+        greedy = evaluate_task(dlm, task, examples, DecodeConfig(score="confidence"))
         sampled = evaluate_task(
             dlm,
             task,
             examples,
-            Budget(score="confidence", temperature=args.temperature),
+            DecodeConfig(score="confidence", temperature=args.temperature),
             n_samples=args.samples,
             ks=(1, args.samples),
             seed=args.seed,

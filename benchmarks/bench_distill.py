@@ -1,6 +1,6 @@
 """Self-distillation throughput (DESIGN §3-4): trajectories per minute of ``tabom distill``.
 
-Runs :func:`tabom.distill.distill` end to end (decode, verify, write + fsync, progress sidecar)
+Runs :func:`tabom.commands.distill.distill` end to end (decode, verify, write + fsync, progress sidecar)
 on the shipped base model's new domain (4-digit addition) at several budgets and batch sizes,
 and prints a markdown table for docs/benchmarks.md.
 
@@ -20,7 +20,8 @@ from pathlib import Path
 
 import torch
 
-from tabom.distill import NEW_DOMAIN, DistillConfig, distill
+from tabom.commands.distill import NEW_DOMAIN, DistillConfig, distill
+from tabom.decoding import DecodeConfig
 from tabom.models import SHIPPED, build_tiny, save_tiny
 
 PRETRAINED = Path("runs/tiny_pretrain/model")
@@ -77,7 +78,7 @@ def main() -> None:
                 ks=[1, args.samples],
                 keep=keep,
                 tokens_per_step=tps,
-                temperature=args.temperature,
+                decode=DecodeConfig(temperature=args.temperature),
                 prompts_per_batch=ppb,
                 seed=args.seed,
                 output=str(Path(tmp) / f"run{i}.jsonl"),

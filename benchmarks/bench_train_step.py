@@ -33,7 +33,8 @@ import torch
 from tabom.losses import entropy_rank_loss, masked_ce, token_entropy
 from tabom.masking import time_delay_mask
 from tabom.models.base import BackendSpec, DiffusionLM
-from tabom.objectives import compute_objective
+from tabom.objectives import LossConfig, compute_objective
+from tabom.train_data import TrajectoryBatch
 
 OBJECTIVES = ("traj-sft", "td", "tabom")
 
@@ -87,14 +88,18 @@ def step(dlm: DiffusionLM, optimizer, batch, objective: str, args) -> tuple[floa
     t0, c0 = time.perf_counter(), time.process_time()
     out = compute_objective(
         dlm,
-        **batch,
+        TrajectoryBatch(
+            batch["input_ids"],
+            batch["attention_mask"],
+            batch["response_mask"],
+            batch["decode_step"],
+            None,
+            [],
+        ),
         objective=objective,
+        loss=LossConfig(td_window=args.window, rank_window=args.window),
         mask_token_id=dlm.mask_token_id,
         generator=torch.Generator().manual_seed(2),
-        td_window=args.window,
-        rank_window=args.window,
-        rank_margin=0.1,
-        rank_weight=1.0,
     )
     out.total.backward()
     torch.nn.utils.clip_grad_norm_([p for p in dlm.model.parameters() if p.requires_grad], 1.0)

@@ -19,6 +19,7 @@ import pytest
 import torch
 
 from tabom.cli import main
+from tabom.commands.train import TrainConfig, load_train_items
 from tabom.decoding import DecodeConfig, decode, decode_texts, pad_prompts
 from tabom.models import (
     backend_from_config,
@@ -36,7 +37,6 @@ from tabom.models.standin import (
     save_standin,
 )
 from tabom.models.tiny import build_char_tokenizer
-from tabom.trainer import TrainConfig, load_train_items
 
 PROMPTS = ["7+5=", "12+30=", "1+1="]  # different lengths: left padding in every batch
 EXPECTED = {
@@ -422,7 +422,7 @@ def test_distill_train_eval_through_the_cli(standins, tmp_path, kind, capsys):
     traj = tmp_path / "traj.jsonl"
     common = ["--num_threads", "1"]
     argv = ["distill", "--model", model, "--task", task, "--n_prompts", "4", "--n_samples", "1"]
-    argv += ["--temperature", "0", "--keep", "all", "--ks", "1", "--output", str(traj)]
+    argv += ["--decode.temperature", "0", "--keep", "all", "--ks", "1", "--output", str(traj)]
     assert main([*argv, "--progress", "false", *common]) == 0
     recs = [json.loads(line) for line in traj.read_text().splitlines()]
     dlm = load_model(model)
@@ -433,7 +433,8 @@ def test_distill_train_eval_through_the_cli(standins, tmp_path, kind, capsys):
     out = tmp_path / "train"
     argv = ["train", "--model", model, "--data", str(traj), "--objective", "tabom"]
     argv += ["--max_steps", "2", "--batch_size", "4", "--grad_accum", "1", "--lr", "1e-2"]
-    argv += ["--warmup_steps", "0", "--lora_rank", "0", "--td_window", "2", "--rank_window", "2"]
+    argv += ["--warmup_steps", "0", "--lora_rank", "0"]
+    argv += ["--loss.td_window", "2", "--loss.rank_window", "2"]
     argv += ["--mixed_precision", "fp32", "--output_dir", str(out), "--progress", "false"]
     assert main([*argv, *common]) == 0
     log = _log(out / "log.jsonl")
@@ -592,12 +593,12 @@ def test_distill_and_one_bf16_train_step_on_cuda(standins, tmp_path, kind):
     pytest.importorskip("peft")
     model, traj = standins[kind], tmp_path / "traj.jsonl"
     argv = ["distill", "--model", model, "--task", "addition:min_digits=1,max_digits=2"]
-    argv += ["--n_prompts", "8", "--n_samples", "1", "--temperature", "0", "--keep", "all"]
+    argv += ["--n_prompts", "8", "--n_samples", "1", "--decode.temperature", "0", "--keep", "all"]
     assert main([*argv, "--ks", "1", "--output", str(traj), "--progress", "false"]) == 0
     out = tmp_path / "train"
     argv = ["train", "--model", model, "--data", str(traj), "--objective", "tabom"]
     argv += ["--max_steps", "1", "--batch_size", "8", "--grad_accum", "1", "--lora_rank", "4"]
-    argv += ["--td_window", "2", "--rank_window", "2", "--warmup_steps", "0"]
+    argv += ["--loss.td_window", "2", "--loss.rank_window", "2", "--warmup_steps", "0"]
     argv += ["--mixed_precision", "bf16", "--output_dir", str(out), "--progress", "false"]
     assert main(argv) == 0
     (rec,) = _log(out / "log.jsonl")

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 
 from tabom.cli import main
-from tabom.models import TinyModelConfig, build_tiny, save_tiny
 
 
 def test_help_lists_the_commands(capsys):
@@ -26,12 +25,10 @@ def test_unknown_field_is_rejected_with_the_flag_named(capsys):
     assert "--stepz: unknown field 'stepz'" in capsys.readouterr().err
 
 
-def test_eval_writes_json_and_a_table(tmp_path, capsys):
-    cfg = TinyModelConfig(hidden_size=32, num_layers=1, num_heads=4, intermediate_size=64)
-    save_tiny(build_tiny(cfg), tmp_path / "m")
+def test_eval_writes_json_and_a_table(tmp_path, model_dir, capsys):
     out = tmp_path / "res.json"
-    argv = ["eval", "--model", str(tmp_path / "m"), "--tasks", "addition:max_digits=2"]
-    argv += ["--n_examples", "6", "--n_samples", "2", "--ks", "1,2", "--temperature", "1.0"]
+    argv = ["eval", "--model", model_dir, "--tasks", "addition:max_digits=2"]
+    argv += ["--n_examples", "6", "--n_samples", "2", "--ks", "1,2", "--decode.temperature", "1.0"]
     assert main([*argv, "--output", str(out)]) == 0
     table = capsys.readouterr().out
     assert "pass@2" in table and "addition:max_digits=2" in table
@@ -40,3 +37,45 @@ def test_eval_writes_json_and_a_table(tmp_path, capsys):
     assert len(res["correct"]) == 6 and all(len(c) == 2 for c in res["correct"])
     # a random model decodes one token per step: T forwards per answer
     assert res["nfe_per_answer"] == 4.0 and res["tokens_per_forward"] == 1.0
+
+
+def test_eval_threshold_and_top_k_reach_the_decoder(tmp_path, model_dir, capsys):
+    """``tabom eval --decode.threshold 0.9`` decodes in parallel and reports tokens per forward."""
+    out = tmp_path / "res.json"
+    argv = ["eval", "--model", model_dir, "--tasks", "addition:max_digits=2"]
+    argv += ["--n_examples", "6", "--decode.threshold", "0.01", "--decode.top_k", "3"]
+    assert main([*argv, "--output", str(out)]) == 0
+    table = capsys.readouterr().out
+    assert "tok/fwd" in table and "acc confidence@t0.01" in table
+    res = json.loads(out.read_text())
+    assert res["config"]["decode"]["threshold"] == 0.01 and res["config"]["decode"]["top_k"] == 3
+    r = res["results"]["addition:max_digits=2"]
+    # a threshold every proposal passes commits the whole response in one forward
+    assert r["nfe_per_answer"] == 1.0 and r["tokens_per_forward"] == 4.0
+    assert main([*argv[:-4], "--decode.threshold", "0.9"]) == 0
+    assert "tok/fwd" in capsys.readouterr().out
+    assert main([*argv[:-4], "--decode.threshold", "1.5"]) == 2
+    assert "decode.threshold must be in (0, 1]" in capsys.readouterr().err
+
+
+def test_every_commands_tabom_error_is_one_line_and_exit_2(tmp_path, capsys):
+    """``cli.main`` maps a :class:`tabom.errors.TabomError` to exit 2, whatever the command."""
+    from tabom.errors import TabomError
+    from tabom.trajectory import TrajectoryFileError
+
+    assert issubclass(TrajectoryFileError, TabomError) and issubclass(TabomError, ValueError)
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text("{not json}\n")
+    assert main(["inspect", str(bad)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("tabom inspect: error: ") and "bad.jsonl:1" in err[0]
+
+
+def test_python_dash_m_tabom_is_the_cli():
+    import subprocess
+    import sys
+
+    done = subprocess.run(
+        [sys.executable, "-m", "tabom", "--version"], capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 0 and done.stdout.startswith("tabom ")

@@ -109,3 +109,30 @@ def test_a_file_completed_by_a_flag_is_checked_only_once_merged(tmp_path):
     f.write_text("source: a\ninner:\n  width: wide\n")  # types are still checked in the file
     with pytest.raises(ConfigError, match=r"half.yaml: inner.width: expected an integer"):
         load_config(NeedsBoth, f, ["--target", "b"])
+
+
+def test_none_in_yaml_clears_an_optional_field_too(tmp_path):
+    """One place turns ``none`` into None, for flags and YAML alike (no per-config coercion)."""
+    path = tmp_path / "c.yaml"
+    path.write_text("data: none\ngt_task: addition\nobjective: sft\n")
+    from tabom.commands.train import TrainConfig
+
+    cfg = load_config(TrainConfig, path)
+    assert cfg.data is None and cfg.gt_task == "addition"
+    cfg = load_config(TrainConfig, None, ["--objective", "sft", "--gt_task", "addition"])
+    assert cfg.data is None
+
+
+def test_a_nested_group_error_names_the_full_flag():
+    from tabom.commands.demo.sweep import SweepConfig
+    from tabom.commands.distill import DistillConfig
+
+    with pytest.raises(ConfigError, match=r"^decode\.top_p must be in \(0, 1\]"):
+        load_config(DistillConfig, None, ["--decode.top_p", "2"])
+    with pytest.raises(ConfigError, match=r"^demo\.loss\.td_window must be >= 1"):
+        load_config(SweepConfig, None, ["--demo.loss.td_window", "0"])
+    # a group override keeps the field's own default group: distillation stays at temperature 1
+    cfg = load_config(DistillConfig, None, ["--decode.score", "entropy"])
+    assert (cfg.decode.score, cfg.decode.temperature) == ("entropy", 1.0)
+    sweep = load_config(SweepConfig, None, ["--demo.loss.rank_ties", "reference"])
+    assert (sweep.demo.loss.rank_ties, sweep.demo.loss.td_window) == ("reference", 3)

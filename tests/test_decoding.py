@@ -306,6 +306,7 @@ class ContextModel:
 
 def naive_decode(model, ids, mask, cfg: DecodeConfig) -> tuple[list[list[int]], list[list[int]]]:
     """Plain per-row, per-position reference of :func:`decode` at temperature 0."""
+    cfg = cfg.resolve()  # the steps of the budget (unused in threshold mode)
     T, Lb, P = cfg.gen_length, cfg.block_size, ids.shape[1]
     tokens_out, steps_out = [], []
     for b in range(ids.shape[0]):
@@ -469,24 +470,24 @@ def test_concat_outputs_pads_prompts_left():
 @pytest.mark.parametrize(
     ("kw", "match"),
     [
-        (dict(gen_length=0), "decode.gen_length"),
-        (dict(steps=0), "decode.steps"),
+        (dict(gen_length=0), "gen_length"),
+        (dict(steps=0), "steps"),
         (
             dict(gen_length=32, block_length=5),
-            r"decode.gen_length \(32\) must be divisible by decode.block_length \(5\)",
+            r"gen_length \(32\) must be divisible by block_length \(5\)",
         ),
         (
             dict(gen_length=24, block_length=8, steps=10),
-            r"decode.steps \(10\) must be divisible by the number of blocks \(3\)",
+            r"steps \(10\) must be divisible by the number of blocks \(3\)",
         ),
-        (dict(block_length=0), "decode.block_length"),
-        (dict(score="lowest"), "decode.score"),
-        (dict(temperature=-0.1), "decode.temperature"),
-        (dict(top_p=0.0), "decode.top_p"),
-        (dict(top_p=1.5), "decode.top_p"),
-        (dict(top_k=-1), "decode.top_k"),
-        (dict(threshold=0.0), "decode.threshold"),
-        (dict(threshold=1.5), "decode.threshold"),
+        (dict(block_length=0), "block_length"),
+        (dict(score="lowest"), "score"),
+        (dict(temperature=-0.1), "temperature"),
+        (dict(top_p=0.0), "top_p"),
+        (dict(top_p=1.5), "top_p"),
+        (dict(top_k=-1), "top_k"),
+        (dict(threshold=0.0), "threshold"),
+        (dict(threshold=1.5), "threshold"),
     ],
 )
 def test_config_validation_names_the_field(kw, match):

@@ -8,18 +8,17 @@ import time
 import pytest
 
 from tabom.cli import main
-from tabom.demo import (
-    QUICK,
-    TRAIN_SETTINGS,
-    DemoConfig,
+from tabom.commands.demo.config import QUICK, DemoConfig
+from tabom.commands.demo.pipeline import (
     distill_settings,
     draw,
     make_splits,
-    mean_std,
     run_stage,
     train_settings,
 )
-from tabom.demo_report import compare
+from tabom.commands.demo.report import compare
+from tabom.metrics import mean_std
+from tabom.objectives import LossConfig
 
 
 def test_run_stage_skips_a_finished_stage_and_reruns_a_changed_one(tmp_path):
@@ -72,20 +71,28 @@ def test_stage_keys_follow_what_the_stages_depend_on():
     # the validation ids (alignment prompts) enter the distill stage's key
     other = {**splits, "val": splits["val"][:-1]}
     assert distill_settings(cfg, other) != key
-    assert "td_cut_range" in TRAIN_SETTINGS
     a = train_settings(cfg, "td", 0, 10, "k")
-    b = train_settings(DemoConfig(td_cut_range="inclusive"), "td", 0, 10, "k")
-    assert a != b and a["td_cut_range"] == "design"
+    b = train_settings(DemoConfig(loss=LossConfig(td_cut_range="inclusive")), "td", 0, 10, "k")
+    assert a != b and a["loss"]["td_cut_range"] == "design"
+    # every loss field is in the key, derived from the group (no hand-kept list)
+    assert set(a["loss"]) == {f for f in LossConfig.__dataclass_fields__}
+    c = train_settings(DemoConfig(loss=LossConfig(rank_ties="reference")), "td", 0, 10, "k")
+    assert c != a
+    # and every decode field of the distillation enters the distill stage's key
+    hot = DemoConfig(distill_prompts=50, test_examples=20, val_examples=10, pass_examples=5)
+    hot.decode.top_k = 5
+    assert distill_settings(hot, splits) != key
 
 
 def test_sweep_points_override_demo_fields():
-    import dataclasses
+    from tabom.commands.demo.sweep import SweepConfig, point_config, sweep_points
 
-    from tabom.sweep import SweepConfig, sweep_points
-
+    demo = DemoConfig()
     for _, point in sweep_points(SweepConfig()):
-        over = {k: v for k, v in point.items() if k != "data_fraction"}
-        dataclasses.replace(DemoConfig(), **over)  # every key is a DemoConfig field
+        cfg = point_config(demo, point)  # every key is a DemoConfig or LossConfig field
+        for k, v in point.items():
+            if k != "data_fraction":
+                assert getattr(cfg.loss, k, getattr(cfg, k, None)) == v
     with pytest.raises(ValueError, match="data_fraction"):
         SweepConfig(data_fraction=[1.5])
 

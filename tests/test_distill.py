@@ -5,30 +5,24 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 
 import pytest
 import torch
 
-from tabom import distill as distill_mod
 from tabom.cli import main
+from tabom.commands import distill as distill_mod
+from tabom.commands.distill import DistillConfig, derive_seed, distill
 from tabom.config import ConfigError, load_config
-from tabom.distill import DistillConfig, derive_seed, distill
+from tabom.decoding import DecodeConfig
 from tabom.errors import TabomError
-from tabom.models import TinyModelConfig, build_tiny, load_model, save_tiny
+from tabom.models import TinyModelConfig, load_model
 from tabom.trajectory import TrajectoryWriter, read_trajectories
 
 SMALL = TinyModelConfig(hidden_size=32, num_layers=1, num_heads=4, intermediate_size=64)
 TASK = "addition:min_digits=1,max_digits=2"  # gen_length 4
-
-
-@pytest.fixture(scope="module")
-def model_dir(tmp_path_factory):
-    path = tmp_path_factory.mktemp("model") / "m"
-    save_tiny(build_tiny(SMALL, seed=0), path)
-    return str(path)
+DECODE_FIELDS = set(DecodeConfig.__dataclass_fields__)
 
 
 @pytest.fixture(autouse=True)
@@ -58,7 +52,9 @@ def config(model_dir: str, output, **over) -> DistillConfig:
         "progress": False,
         "num_threads": 1,
     }
-    return DistillConfig(**{**base, **over})
+    decode = {"temperature": 1.0} | {k: v for k, v in over.items() if k in DECODE_FIELDS}
+    rest = {k: v for k, v in over.items() if k not in DECODE_FIELDS}
+    return DistillConfig(**{**base, **rest}, decode=DecodeConfig(**decode))
 
 
 def test_same_seed_same_file_and_every_sample_once(model_dir, tmp_path, capsys):
@@ -198,7 +194,7 @@ def test_leftover_shards_are_merged_in_prompt_order(model_dir, tmp_path):
 def test_a_file_of_other_settings_is_refused(model_dir, tmp_path):
     distill(config(model_dir, tmp_path / "t.jsonl"))
     with pytest.raises(
-        TabomError, match=r"t.jsonl was written .*temperature: written with 1.0, now 0.5"
+        TabomError, match=r"t.jsonl was written .*decode.temperature: written with 1.0, now 0.5"
     ):
         distill(config(model_dir, tmp_path / "t.jsonl", temperature=0.5))
 
@@ -228,16 +224,20 @@ def test_config_rejects_bad_combinations():
     with pytest.raises(ConfigError, match="ks"):
         load_config(DistillConfig, argv=["--n_samples", "2", "--ks", "1,4"])
     with pytest.raises(ConfigError, match="temperature 0"):
-        load_config(DistillConfig, argv=["--temperature", "0"])
-    cfg = load_config(DistillConfig, argv=["--tokens_per_step", "2", "--block_length", "3"])
+        load_config(DistillConfig, argv=["--decode.temperature", "0"])
+    cfg = load_config(
+        DistillConfig, argv=["--decode.tokens_per_step", "2", "--decode.block_length", "3"]
+    )
     assert cfg.decode_config().steps == 4  # T = 6 in 2 blocks of 3: ceil(3 / 2) = 2 per block
     # ceil(6 / 4) = 2 steps, rounded up to the 3 blocks of 2 (steps_for, as tabom eval)
-    cfg = load_config(DistillConfig, argv=["--tokens_per_step", "4", "--block_length", "2"])
+    cfg = load_config(
+        DistillConfig, argv=["--decode.tokens_per_step", "4", "--decode.block_length", "2"]
+    )
     assert cfg.decode_config().steps == 3
     with pytest.raises(ConfigError, match=r"block_length \(16\) must divide the response"):
-        load_config(DistillConfig, argv=["--block_length", "16"])  # longer than T = 6
+        load_config(DistillConfig, argv=["--decode.block_length", "16"])  # longer than T = 6
     with pytest.raises(ConfigError, match="block_length"):
-        load_config(DistillConfig, argv=["--block_length", "4"])
+        load_config(DistillConfig, argv=["--decode.block_length", "4"])
     assert derive_seed(0, "group", 1) != derive_seed(0, "group", 2) != derive_seed(1, "group", 1)
 
 
@@ -268,21 +268,15 @@ def test_cli_distill_then_inspect_draws_a_png(model_dir, tmp_path, capsys):
     assert "drew" not in capsys.readouterr().out
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.mark.slow
-def test_two_process_run_equals_the_one_process_run(model_dir, tmp_path):
+def test_two_process_run_equals_the_one_process_run(model_dir, tmp_path, free_port):
     args = ["--model", model_dir, "--task", TASK, "--n_prompts", "7", "--n_samples", "2"]
     args += ["--ks", "1,2", "--prompts_per_batch", "2", "--keep", "all", "--progress", "false"]
     args += ["--num_threads", "1"]
     assert main(["distill", *args, "--output", str(tmp_path / "one.jsonl")]) == 0
     launch = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu"]
     launch += ["--num_processes", "2", "--num_machines", "1", "--mixed_precision", "no"]
-    launch += ["--dynamo_backend", "no", "--main_process_port", str(_free_port())]
+    launch += ["--dynamo_backend", "no", "--main_process_port", str(free_port)]
     env = {**os.environ, "CUDA_VISIBLE_DEVICES": "", "OMP_NUM_THREADS": "1"}
     cmd = [*launch, "-m", "tabom.cli", "distill", *args, "--output", str(tmp_path / "two.jsonl")]
     run = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)

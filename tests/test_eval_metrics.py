@@ -12,7 +12,6 @@ import torch
 
 from tabom.cli import main
 from tabom.metrics import forgetting, kendall_tau_b, trajectory_alignment
-from tabom.models import TinyModelConfig, build_tiny, save_tiny
 from tabom.models.base import BackendSpec, DiffusionLM
 from tabom.trajectory import TrajectoryRecord
 
@@ -152,20 +151,18 @@ def test_alignment_left_to_right_matches_rising_entropy():
 
 
 @pytest.fixture
-def tiny_model(tmp_path):
-    cfg = TinyModelConfig(hidden_size=32, num_layers=1, num_heads=4, intermediate_size=64)
-    save_tiny(build_tiny(cfg), tmp_path / "m")
-    return str(tmp_path / "m")
+def tiny_model(model_dir):
+    return model_dir
 
 
 def test_eval_budgets_forgetting_and_alignment(tmp_path, tiny_model, capsys):
     traj = tmp_path / "traj.jsonl"
     argv = ["distill", "--model", tiny_model, "--task", "addition:max_digits=2", "--n_prompts"]
-    argv += ["3", "--n_samples", "1", "--temperature", "0", "--keep", "all", "--ks", "1"]
+    argv += ["3", "--n_samples", "1", "--decode.temperature", "0", "--keep", "all", "--ks", "1"]
     assert main([*argv, "--output", str(traj), "--progress", "false"]) == 0
     out = tmp_path / "res.json"
     argv = ["eval", "--model", tiny_model, "--tasks", "addition:max_digits=2", "--n_examples"]
-    argv += ["5", "--tokens_per_step", "1,2", "--score", "confidence,entropy"]
+    argv += ["5", "--budget_tokens_per_step", "1,2", "--budget_scores", "confidence,entropy"]
     argv += ["--baseline", tiny_model, "--trajectories", str(traj), "--output", str(out)]
     capsys.readouterr()
     assert main(argv) == 0
@@ -198,7 +195,7 @@ def test_eval_loads_a_lora_adapter(tmp_path, tiny_model, capsys):
 
 
 def test_eval_set_file_for_a_task_without_data_files_names_the_spec(tmp_path):
-    from tabom.eval_cli import load_eval_set
+    from tabom.commands.eval import load_eval_set
 
     path = tmp_path / "x.jsonl"
     path.write_text("{}\n")

@@ -9,8 +9,8 @@ import pytest
 import torch
 
 from tabom.decoding import DecodeConfig
-from tabom.eval_cli import budget_config
-from tabom.evaluate import Budget, budget_for, evaluate_task, pass_at_k
+from tabom.evaluate import budget_for, evaluate_task
+from tabom.metrics import pass_at_k
 from tabom.models import build_tiny
 from tabom.tasks import make_task
 
@@ -45,20 +45,20 @@ def fake_task(gen_length: int) -> SimpleNamespace:
     return SimpleNamespace(name=f"t{gen_length}", gen_length=gen_length)
 
 
-def test_budget_config_takes_its_length_from_the_task():
-    # ``tabom eval --block_length 16 --tokens_per_step 2``: no placeholder length to fail on
-    budget = budget_config("entropy", 2, block_length=16, temperature=0.5)
+def test_decode_config_takes_its_length_from_the_task():
+    # ``tabom eval --decode.block_length 16 --decode.tokens_per_step 2``: no placeholder length
+    budget = DecodeConfig(score="entropy", tokens_per_step=2, block_length=16, temperature=0.5)
     cfg = budget_for(fake_task(32), budget)
     assert (cfg.gen_length, cfg.steps, cfg.block_length) == (32, 16, 16)
     assert (cfg.score, cfg.temperature) == ("entropy", 0.5)
-    assert budget_for(fake_task(16), budget_config("confidence", 3, block_length=16)).steps == 6
-    assert budget_for(fake_task(6), budget_config("confidence", 4)).steps == 2  # ceil(6 / 4)
+    assert budget_for(fake_task(16), DecodeConfig(tokens_per_step=3, block_length=16)).steps == 6
+    assert budget_for(fake_task(6), DecodeConfig(tokens_per_step=4)).steps == 2  # ceil(6 / 4)
     with pytest.raises(ValueError, match=r"task 't8'.*block_length \(16\) must divide"):
         budget_for(fake_task(8), budget)
     with pytest.raises(ValueError, match="tokens_per_step must be >= 1"):
-        budget_config("confidence", 0)
-    with pytest.raises(ValueError, match="decode.score"):
-        budget_config("nope", 1)  # type: ignore[arg-type]
+        DecodeConfig(tokens_per_step=0)
+    with pytest.raises(ValueError, match="score must be one of"):
+        DecodeConfig(score="nope")  # type: ignore[arg-type]
 
 
 def test_budget_for_a_decode_config():
@@ -66,13 +66,13 @@ def test_budget_for_a_decode_config():
     assert budget_for(fake_task(6), same) is same  # the task's length: used as it is
     with pytest.raises(ValueError, match="gen_length 8, but the task's response length is 6"):
         budget_for(fake_task(6), DecodeConfig(gen_length=8, steps=4))
-    assert budget_for(fake_task(6), Budget(tokens_per_step=1)).steps == 6
+    assert budget_for(fake_task(6), DecodeConfig(tokens_per_step=1)).steps == 6
 
 
 def test_forwards_per_answer_count_each_row(tiny_model):
     task = make_task("addition:min_digits=1,max_digits=2")
     examples = task.generate(5, torch.Generator().manual_seed(0))
-    fixed = evaluate_task(tiny_model, task, examples, Budget(tokens_per_step=1), batch_size=2)
+    fixed = evaluate_task(tiny_model, task, examples, DecodeConfig(tokens_per_step=1), batch_size=2)
     assert fixed.nfe_per_answer == task.gen_length and fixed.tokens_per_forward == 1.0
     cfg = DecodeConfig(gen_length=task.gen_length, threshold=0.3)
     alone = evaluate_task(tiny_model, task, examples, cfg, batch_size=1)

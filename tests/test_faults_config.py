@@ -19,15 +19,20 @@ from tabom.cli import main
 from tabom.models import TinyModelConfig, build_tiny, save_tiny
 
 # Flag spellings and config classes in one place (the command layer may move / rename them).
-RENAMED: dict[str, str] = {}
+RENAMED: dict[str, str] = {
+    **{k: f"decode.{k}" for k in ("score", "temperature", "top_p", "top_k", "steps")},
+    **{k: f"decode.{k}" for k in ("gen_length", "tokens_per_step", "block_length", "threshold")},
+    **{k: f"loss.{k}" for k in ("td_window", "rank_window", "rank_margin", "rank_weight")},
+    **{k: f"loss.{k}" for k in ("rank_ties", "window_unit", "td_cut_range", "nelbo_weight")},
+}
 CONFIGS = {
-    "pretrain": "tabom.pretrain:PretrainConfig",
-    "distill": "tabom.distill:DistillConfig",
-    "train": "tabom.trainer:TrainConfig",
-    "eval": "tabom.eval_cli:EvalConfig",
-    "inspect": "tabom.inspect_cmd:InspectConfig",
-    "demo": "tabom.demo:DemoConfig",
-    "sweep": "tabom.sweep:SweepConfig",
+    "pretrain": "tabom.commands.pretrain:PretrainConfig",
+    "distill": "tabom.commands.distill:DistillConfig",
+    "train": "tabom.commands.train:TrainConfig",
+    "eval": "tabom.commands.eval:EvalConfig",
+    "inspect": "tabom.commands.inspect:InspectConfig",
+    "demo": "tabom.commands.demo.config:DemoConfig",
+    "sweep": "tabom.commands.demo.sweep:SweepConfig",
 }
 
 

@@ -15,7 +15,12 @@ from tabom.cli import main
 from tabom.models import TinyModelConfig, build_tiny, save_tiny
 
 # Flag spellings in one place (the command layer may rename them, e.g. to ``--decode.score``).
-RENAMED: dict[str, str] = {}
+RENAMED: dict[str, str] = {
+    **{k: f"decode.{k}" for k in ("score", "temperature", "top_p", "top_k", "steps")},
+    **{k: f"decode.{k}" for k in ("gen_length", "tokens_per_step", "block_length", "threshold")},
+    **{k: f"loss.{k}" for k in ("td_window", "rank_window", "rank_margin", "rank_weight")},
+    **{k: f"loss.{k}" for k in ("rank_ties", "window_unit", "td_cut_range", "nelbo_weight")},
+}
 
 
 def flag(name: str) -> str:

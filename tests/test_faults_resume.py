@@ -15,7 +15,12 @@ from tabom.cli import main
 from tabom.models import TinyModelConfig, build_tiny, save_tiny
 
 # Flag spellings in one place (the command layer may rename them, e.g. to ``--loss.td_window``).
-RENAMED: dict[str, str] = {}
+RENAMED: dict[str, str] = {
+    **{k: f"decode.{k}" for k in ("score", "temperature", "top_p", "top_k", "steps")},
+    **{k: f"decode.{k}" for k in ("gen_length", "tokens_per_step", "block_length", "threshold")},
+    **{k: f"loss.{k}" for k in ("td_window", "rank_window", "rank_margin", "rank_weight")},
+    **{k: f"loss.{k}" for k in ("rank_ties", "window_unit", "td_cut_range", "nelbo_weight")},
+}
 
 
 def flag(name: str) -> str:
@@ -339,7 +344,7 @@ def pretrain_argv(out: Path, *extra: str) -> list[str]:
     }
     return [
         "pretrain",
-        *[x for k, v in settings.items() for x in (flag(k), v)],
+        *[x for k, v in settings.items() for x in (f"--{k}", v)],  # pretrain has no groups
         *MODEL_FLAGS,
         *extra,
     ]

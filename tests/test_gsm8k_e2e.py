@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from tabom.cli import main
-from tabom.eval_cli import load_eval_set
+from tabom.commands.eval import load_eval_set
 from tabom.models import load_model
 from tabom.models.standin import build_standin, save_standin
 from tabom.tasks import make_task
@@ -113,7 +113,8 @@ def test_distill_train_eval_on_gsm8k(model_dir, tmp_path, capsys):
     traj = tmp_path / "traj.jsonl"
     argv = ["distill", "--model", model_dir, "--task", f"gsm8k:gen_length={GEN}"]
     argv += ["--prompts_file", str(TEST), "--n_prompts", "4", "--n_samples", "1", "--ks", "1"]
-    argv += ["--temperature", "0", "--keep", "all", "--output", str(traj), "--progress", "false"]
+    argv += ["--decode.temperature", "0", "--keep", "all", "--output", str(traj)]
+    argv += ["--progress", "false"]
     assert main([*argv, *common]) == 0
     recs = [json.loads(line) for line in traj.read_text().splitlines()]
     rows = [json.loads(line) for line in TEST.read_text(encoding="utf-8").splitlines()[:4]]
@@ -134,7 +135,8 @@ def test_distill_train_eval_on_gsm8k(model_dir, tmp_path, capsys):
     out = tmp_path / "train"
     argv = ["train", "--model", model_dir, "--data", str(traj), "--objective", "tabom"]
     argv += ["--max_steps", "2", "--batch_size", "2", "--grad_accum", "2", "--lr", "1e-3"]
-    argv += ["--warmup_steps", "0", "--lora_rank", "0", "--td_window", "8", "--rank_window", "8"]
+    argv += ["--warmup_steps", "0", "--lora_rank", "0"]
+    argv += ["--loss.td_window", "8", "--loss.rank_window", "8"]
     argv += ["--mixed_precision", "fp32", "--output_dir", str(out), "--progress", "false"]
     assert main([*argv, *common]) == 0
     log = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]

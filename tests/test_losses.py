@@ -8,7 +8,8 @@ import torch.nn.functional as F
 
 from tabom.losses import entropy_rank_loss, masked_ce, token_entropy
 from tabom.masking import random_mask, time_delay_mask
-from tabom.objectives import compute_objective
+from tabom.objectives import LossConfig, compute_objective
+from tabom.train_data import TrajectoryBatch
 
 MASK = 2
 VOCAB = 13
@@ -210,15 +211,19 @@ class FakeModel(torch.nn.Module):
         return self.table[input_ids] + self.pos[None, : input_ids.shape[1]]  # (B, L, V)
 
 
+def as_batch(ids, attn, resp, ds=None) -> TrajectoryBatch:
+    return TrajectoryBatch(ids, attn, resp, ds, None, [])
+
+
 @pytest.mark.parametrize("objective", ["sft", "traj-sft", "td", "tabom"])
 def test_compute_objective_pieces(objective):
     ids, resp, ds = trajectories()
     attn = torch.ones_like(ids)
     model = FakeModel(ids.shape[1])
-    kw = dict(objective=objective, mask_token_id=MASK, td_window=3, rank_window=2)
-    kw |= dict(rank_margin=0.2, rank_weight=1.5)
+    loss = LossConfig(td_window=3, rank_window=2, rank_margin=0.2, rank_weight=1.5)
+    kw = dict(objective=objective, mask_token_id=MASK, loss=loss)
     out = compute_objective(
-        model, ids, attn, resp, ds, generator=torch.Generator().manual_seed(7), **kw
+        model, as_batch(ids, attn, resp, ds), generator=torch.Generator().manual_seed(7), **kw
     )
     assert model.calls == 1
     # the same masking, recomputed by hand
@@ -254,23 +259,66 @@ def test_compute_objective_nelbo_and_errors():
     model = FakeModel(ids.shape[1])
     out = compute_objective(
         model,
-        ids,
-        attn,
-        resp,
+        as_batch(ids, attn, resp),
         objective="sft",
+        loss=LossConfig(nelbo_weight=True),
         mask_token_id=MASK,
         generator=torch.Generator().manual_seed(1),
-        nelbo_weight=True,
     )
     plan = random_mask(ids, resp, mask_token_id=MASK, generator=torch.Generator().manual_seed(1))
     logits = model(plan.input_ids, attn)
     ref = masked_ce(logits, ids, plan.supervise, t=plan.t, normalizer=resp.sum())
     torch.testing.assert_close(out.ce, ref)
+    loss = LossConfig()
     with pytest.raises(ValueError, match="decode_step"):
-        compute_objective(model, ids, attn, resp, objective="td", mask_token_id=MASK)
+        compute_objective(
+            model, as_batch(ids, attn, resp), objective="td", loss=loss, mask_token_id=MASK
+        )
     with pytest.raises(ValueError, match="nelbo_weight"):
         compute_objective(
-            model, ids, attn, resp, ds, objective="tabom", mask_token_id=MASK, nelbo_weight=True
+            model,
+            as_batch(ids, attn, resp, ds),
+            objective="tabom",
+            loss=LossConfig(nelbo_weight=True),
+            mask_token_id=MASK,
         )
     with pytest.raises(ValueError, match="objective"):
-        compute_objective(model, ids, attn, resp, objective="dpo", mask_token_id=MASK)
+        compute_objective(
+            model, as_batch(ids, attn, resp), objective="dpo", loss=loss, mask_token_id=MASK
+        )
+    with pytest.raises(ValueError, match="rank_loss must be one of hinge"):
+        LossConfig(rank_loss="nope")
+    with pytest.raises(ValueError, match="td_window must be >= 1"):
+        LossConfig(td_window=0)
+
+
+def test_a_ranking_variant_is_one_table_entry(monkeypatch):
+    """``--loss.rank_loss NAME`` dispatches through RANK_LOSSES with the variant's own keywords."""
+    import tabom.objectives as obj
+
+    ids, resp, ds = trajectories()
+    attn = torch.ones_like(ids)
+    model = FakeModel(ids.shape[1])
+    seen = {}
+
+    def doubled_hinge(logits, decode_step, cut, *, scale, **common):
+        seen.update(common, scale=scale)
+        out = entropy_rank_loss(logits, decode_step, cut, margin=0.2, **common)
+        return type(out)(loss=scale * out.loss, n_pairs=out.n_pairs, n_samples=out.n_samples)
+
+    monkeypatch.setitem(obj.RANK_LOSSES, "doubled", (doubled_hinge, lambda c: {"scale": 2.0}))
+    kw = dict(objective="tabom", mask_token_id=MASK)
+    base = LossConfig(td_window=3, rank_window=2, rank_margin=0.2)
+    runs = {}
+    for name in ("hinge", "doubled"):
+        loss = LossConfig(td_window=3, rank_window=2, rank_margin=0.2, rank_loss=name)
+        runs[name] = compute_objective(
+            model,
+            as_batch(ids, attn, resp, ds),
+            loss=loss,
+            generator=torch.Generator().manual_seed(7),
+            **kw,
+        )
+    torch.testing.assert_close(runs["doubled"].rank, 2 * runs["hinge"].rank)
+    assert runs["hinge"].rank.item() > 0 and seen["window"] == base.rank_window == 2
+    assert seen["ties"] == "strict" and seen["scale"] == 2.0

@@ -7,17 +7,25 @@ import json
 import pytest
 import torch
 
+from tabom.commands.pretrain import PretrainConfig, encode_example, pretrain
 from tabom.losses import masked_ce
 from tabom.masking import random_mask
 from tabom.models import TinyModelConfig, build_tiny, load_model
-from tabom.objectives import compute_objective
-from tabom.pretrain import PretrainConfig, collate, encode_example, pretrain
+from tabom.objectives import LossConfig, compute_objective
 from tabom.schedule import lr_factor
 from tabom.tasks import make_task
+from tabom.train_data import collate_trajectories, ground_truth_item
 
 SMALL = TinyModelConfig(
     hidden_size=32, num_layers=2, num_heads=4, intermediate_size=64, max_length=32
 )
+
+
+def collate(pairs, pad_id):
+    """pretrain's batch: ground-truth items through the one training collate."""
+    items = [ground_truth_item(str(i), p, r) for i, (p, r) in enumerate(pairs)]
+    b = collate_trajectories(items, pad_id)
+    return b.input_ids, b.attention_mask, b.response_mask
 
 
 def test_encode_and_collate_left_pad_with_an_eos_tail():
@@ -71,15 +79,14 @@ def test_the_sft_objective_is_the_hand_written_mdlm_loss(nelbo):
             t=plan.t if nelbo else None,
             normalizer=resp.sum() if nelbo else None,
         )
+        items = [ground_truth_item(str(i), p, r) for i, (p, r) in enumerate(pairs)]
         got = compute_objective(
             dlm,
-            ids,
-            attn,
-            resp,
+            collate_trajectories(items, 0),
             objective="sft",
+            loss=LossConfig(nelbo_weight=nelbo),
             mask_token_id=dlm.mask_token_id,
             generator=_gen(7),
-            nelbo_weight=nelbo,
         ).total
     assert torch.equal(got, expected)
 

@@ -552,3 +552,26 @@ def test_load_examples():
     assert (exc.value.line, exc.value.field) == (1, "input")
     with pytest.raises(ValueError, match="no data files"):
         load_examples("addition", DATA / "countdown" / "cd4_test.jsonl")
+
+
+def test_spec_values_take_their_fields_resolved_type(monkeypatch):
+    """``tasks._value`` reads the resolved annotation, so a float field becomes a float."""
+    import dataclasses
+
+    import tabom.tasks as tasks_mod
+
+    @dataclasses.dataclass
+    class Fake:
+        rate: float = 0.5
+        n: int | None = None
+        flag: bool = False
+        label: str = "x"
+
+    monkeypatch.setitem(tasks_mod.TASKS, "fake", Fake)
+    t = tasks_mod.make_task("fake:rate=0.25,n=3,flag=true,label=7")
+    assert (t.rate, t.n, t.flag, t.label) == (0.25, 3, True, "7")
+    assert isinstance(t.rate, float) and isinstance(t.label, str)
+    with pytest.raises(ValueError, match="field 'rate' needs a number"):
+        tasks_mod.make_task("fake:rate=abc")
+    with pytest.raises(ValueError, match="field 'n' needs an integer"):
+        tasks_mod.make_task("fake:n=1.5")

@@ -7,7 +7,6 @@ import json
 import math
 import os
 import shutil
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -16,41 +15,31 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from tabom import trainer as trainer_mod
-from tabom.cli import main
+from tabom.cli import main, run_command
+from tabom.commands import train as trainer_mod
+from tabom.commands.distill import DistillConfig, distill
+from tabom.commands.train import TrainConfig, latest_checkpoint, load_train_items, train
 from tabom.config import ConfigError, load_config
-from tabom.distill import DistillConfig, distill
-from tabom.models import TinyModelConfig, build_tiny, load_model, save_tiny
-from tabom.objectives import compute_objective
+from tabom.models import TinyModelConfig, build_tiny, load_model
+from tabom.objectives import LossConfig, compute_objective
 from tabom.train_data import (
     TrainDataError,
     batch_indices,
+    collate_trajectories,
     ground_truth_items,
     load_trajectories,
     steps_per_epoch,
 )
-from tabom.trainer import TrainConfig, latest_checkpoint, load_train_items, train
-from tabom.trajectory import TrajectoryFileError, collate_trajectories
+from tabom.trajectory import TrajectoryFileError
 
 SMALL = TinyModelConfig(hidden_size=32, num_layers=1, num_heads=4, intermediate_size=64)
 TASK = "addition:min_digits=4,max_digits=4,width=4"  # responses of 6 tokens: 6 decode steps
 RECIPES = ["llada_math", "llada_code", "dream_math", "dream_code", "tiny_tabom"]
 CONFIGS = Path(__file__).resolve().parent.parent / "configs"
+LOSS_FIELDS = set(LossConfig.__dataclass_fields__)
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-@pytest.fixture(scope="module")
-def model_dir(tmp_path_factory) -> str:
-    path = tmp_path_factory.mktemp("model") / "m"
-    save_tiny(build_tiny(SMALL, seed=0), path)
-    return str(path)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
@@ -84,11 +73,12 @@ def config(model_dir: str, data: str | None, out: Path, **over) -> TrainConfig:
         "lr": 1e-2,
         "warmup_steps": 1,
         "lora_rank": 0,
-        "td_window": 3,
-        "rank_window": 3,
         "progress": False,
     }
-    return TrainConfig(**{**base, **over})
+    loss = {"td_window": 3, "rank_window": 3}
+    loss |= {k: v for k, v in over.items() if k in LOSS_FIELDS}
+    rest = {k: v for k, v in over.items() if k not in LOSS_FIELDS}
+    return TrainConfig(**{**base, **rest}, loss=LossConfig(**loss))
 
 
 def fixed_batch_loss(dlm, cfg: TrainConfig) -> float:
@@ -98,15 +88,11 @@ def fixed_batch_loss(dlm, cfg: TrainConfig) -> float:
     with torch.no_grad():
         out = compute_objective(
             dlm,
-            b.input_ids,
-            b.attention_mask,
-            b.response_mask,
-            b.decoding_order,
+            b,
             objective=cfg.objective,
+            loss=cfg.loss,
             mask_token_id=dlm.mask_token_id,
             generator=torch.Generator().manual_seed(7),
-            td_window=cfg.td_window,
-            rank_window=cfg.rank_window,
         )
     return out.total.item()
 
@@ -408,7 +394,10 @@ def test_unknown_field_in_a_yaml_file_names_the_file(tmp_path, capsys):
 
 @pytest.mark.parametrize(
     ("over", "field"),
-    [({"td_window": 6}, "td_window: M = 6"), ({"rank_window": 7}, "rank_window: W = 7")],
+    [
+        ({"td_window": 6}, "loss.td_window: M = 6"),
+        ({"rank_window": 7}, "loss.rank_window: W = 7"),
+    ],
 )
 def test_a_window_larger_than_the_trajectories_is_refused(
     model_dir, traj, tmp_path, no_step, over, field
@@ -438,7 +427,7 @@ def test_a_trajectory_file_of_another_tokenizer_is_refused(
     other.write_text("".join(json.dumps(r) + "\n" for r in rows))
     with pytest.raises(TrajectoryFileError, match=r"other.jsonl:1: field 'gen.tokenizer'"):
         train(config(model_dir, str(other), tmp_path / "run"))
-    assert main(["train", "--model", model_dir, "--data", str(other), "--td_window", "3"]) == 2
+    assert main(["train", "--model", model_dir, "--data", str(other), "--loss.td_window", "3"]) == 2
     assert "tokenizer differs from the model's" in capsys.readouterr().err
 
 
@@ -472,8 +461,8 @@ def test_verified_only_with_nothing_verified_is_refused(model_dir, traj, tmp_pat
         ({"objective": "sft", "gt_task": "addition"}, "exactly one of gt_task"),
         ({"objective": "td", "gt_task": "addition"}, "gt_task: only objective sft"),
         ({"objective": "td", "data": None}, "data: objective 'td' needs"),
-        ({"objective": "tabom", "nelbo_weight": True}, "nelbo_weight"),
-        ({"td_window": 0}, "td_window must be >= 1"),
+        ({"objective": "tabom", "loss.nelbo_weight": True}, "loss.nelbo_weight"),
+        ({"loss.td_window": 0}, "loss.td_window must be >= 1"),
         ({"epochs": 0, "max_steps": 0}, "epochs / max_steps"),
         ({"eval_every": 5}, "eval_every: set eval_tasks"),
         ({"backend": "llama"}, "backend must be auto or one of"),
@@ -481,8 +470,9 @@ def test_verified_only_with_nothing_verified_is_refused(model_dir, traj, tmp_pat
         ({"lr": 0}, r"\blr must be > 0, got 0.0$"),
         ({"grad_clip": -1}, r"\bgrad_clip must be >= 0, got -1.0$"),
         ({"weight_decay": -0.1}, r"\bweight_decay must be >= 0, got -0.1$"),
-        ({"rank_margin": -1}, r"\brank_margin must be >= 0, got -1.0$"),
-        ({"rank_weight": -1}, r"\brank_weight must be >= 0, got -1.0$"),
+        ({"loss.rank_margin": -1}, r"\bloss.rank_margin must be >= 0, got -1.0$"),
+        ({"loss.rank_weight": -1}, r"\bloss.rank_weight must be >= 0, got -1.0$"),
+        ({"loss.rank_loss": "nope"}, r"\bloss.rank_loss must be one of hinge"),
         ({"lora_rank": -1}, r"\blora_rank must be >= 0 \(0 = full fine-tuning\), got -1$"),
         ({"lora_dropout": 1}, r"\blora_dropout must be in \[0, 1\), got 1.0$"),
     ],
@@ -509,7 +499,7 @@ def test_report_to_a_missing_tracker_is_a_one_line_error(
     cfg = config(model_dir, traj, tmp_path / "run", report_to="wandb")
     with pytest.raises(ConfigError, match=r"report_to: 'wandb' needs .*\(pip install wandb\)"):
         train(cfg)
-    assert trainer_mod.run_train(cfg) == 2
+    assert run_command("train", trainer_mod.run_train, cfg) == 2
     errors = [x for x in capsys.readouterr().err.splitlines() if "error" in x]
     assert len(errors) == 1 and errors[0].startswith("tabom train: error: report_to: 'wandb'")
 
@@ -519,17 +509,22 @@ def test_lora_without_peft_is_a_one_line_error(model_dir, traj, tmp_path, no_ste
     cfg = config(model_dir, traj, tmp_path / "run", lora_rank=4)
     with pytest.raises(ConfigError, match=r"lora_rank: 4 .*\(pip install peft\)"):
         train(cfg)
-    assert trainer_mod.run_train(cfg) == 2
+    assert run_command("train", trainer_mod.run_train, cfg) == 2
 
 
 @pytest.mark.parametrize("name", RECIPES)
 def test_every_recipe_is_a_valid_train_config(name):
     cfg = load_config(TrainConfig, CONFIGS / f"{name}.yaml")
     assert cfg.batch_size * cfg.grad_accum == 32 or name == "tiny_tabom"
-    assert cfg.objective == "tabom" and cfg.rank_ties == "strict"
+    assert cfg.objective == "tabom" and cfg.loss.rank_ties == "strict"
     if name != "tiny_tabom":
         assert (cfg.lora_rank, cfg.lora_alpha, cfg.lora_targets) == (16, 16, ["q_proj", "v_proj"])
-        assert (cfg.td_window, cfg.rank_window, cfg.epochs, cfg.warmup_steps) == (32, 32, 5, 50)
+        assert (cfg.loss.td_window, cfg.loss.rank_window, cfg.epochs, cfg.warmup_steps) == (
+            32,
+            32,
+            5,
+            50,
+        )
         assert (cfg.weight_decay, cfg.grad_clip) == (0.01, 1.0)
     expected = {
         "llada_math": (1.0, 0.2, 2e-5),
@@ -538,7 +533,7 @@ def test_every_recipe_is_a_valid_train_config(name):
         "dream_code": (2.0, 0.1, 1e-4),
     }
     if name in expected:
-        assert (cfg.rank_weight, cfg.rank_margin, cfg.lr) == expected[name]
+        assert (cfg.loss.rank_weight, cfg.loss.rank_margin, cfg.lr) == expected[name]
         # the backend named, the frozen LoRA base in bf16; full fine-tuning must ask for fp32
         assert (cfg.backend, cfg.dtype) == (name.split("_")[0], "bfloat16")
         path = CONFIGS / f"{name}.yaml"
@@ -550,12 +545,6 @@ def test_every_recipe_is_a_valid_train_config(name):
 
 
 # --------------------------------------------------------------------------- two processes
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _mixed_file(traj: str, path: Path) -> str:
@@ -570,11 +559,14 @@ def _mixed_file(traj: str, path: Path) -> str:
 
 @pytest.mark.slow
 @pytest.mark.filterwarnings("ignore:.*too short for td_window")
-def test_two_processes_equal_one_process_with_accumulation_and_resume(model_dir, traj, tmp_path):
+def test_two_processes_equal_one_process_with_accumulation_and_resume(
+    model_dir, traj, tmp_path, free_port
+):
     # 2 processes x 1 micro-batch read the same items and masks as 1 process x 2 micro-batches;
     # with batch_size 1 some micro-batches supervise nothing, on one rank but not the other
     data = _mixed_file(traj, tmp_path / "mixed.jsonl")
-    args = ["--model", model_dir, "--data", data, "--td_window", "3", "--rank_window", "3"]
+    args = ["--model", model_dir, "--data", data]
+    args += ["--loss.td_window", "3", "--loss.rank_window", "3"]
     args += ["--max_steps", "4", "--save_every", "2", "--batch_size", "1", "--lr", "0.01"]
     args += ["--lora_rank", "4", "--lora_dropout", "0", "--progress", "false"]
     args += ["--num_threads", "1"]
@@ -582,7 +574,7 @@ def test_two_processes_equal_one_process_with_accumulation_and_resume(model_dir,
     assert main(["train", *args, "--grad_accum", "2", "--output_dir", str(one)]) == 0
     launch = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu"]
     launch += ["--num_processes", "2", "--num_machines", "1", "--mixed_precision", "no"]
-    launch += ["--dynamo_backend", "no", "--main_process_port", str(_free_port())]
+    launch += ["--dynamo_backend", "no", "--main_process_port", str(free_port)]
     env = {**os.environ, "CUDA_VISIBLE_DEVICES": "", "OMP_NUM_THREADS": "1"}
     two = tmp_path / "two"
     cmd = [*launch, "-m", "tabom.cli", "train", *args, "--grad_accum", "1"]

@@ -10,12 +10,11 @@ import torch
 
 from tabom.masking import time_delay_mask
 from tabom.models.tiny import build_char_tokenizer
+from tabom.train_data import TrajectoryDataset, collate_trajectories
 from tabom.trajectory import (
-    TrajectoryDataset,
     TrajectoryFileError,
     TrajectoryRecord,
     TrajectoryWriter,
-    collate_trajectories,
     drop_torn_tail,
     read_trajectories,
     tokenizer_fingerprint,

@@ -1,7 +1,9 @@
-"""The ``tabom`` command line: argv -> config -> one library call (DESIGN §1).
+"""The ``tabom`` command line: argv -> config -> ``tabom.commands.NAME`` (DESIGN §1, §8).
 
 Each subcommand takes ``--config FILE.yaml`` plus ``--field value`` overrides of its config
-dataclass (dots for nested fields). ``main(argv) -> int`` is what tests call.
+dataclass (dots for nested groups: ``--decode.threshold``, ``--loss.td_window``). Every
+:class:`tabom.errors.TabomError` a command raises is one line on stderr and exit code 2.
+``main(argv) -> int`` is what tests call; ``python -m tabom`` runs it too.
 """
 
 from __future__ import annotations
@@ -19,8 +21,12 @@ from tabom.config import ConfigError, load_config
 from tabom.errors import TabomError
 
 
-def _field_help(cls: type, prefix: str = "") -> list[str]:
-    """One line per config field, from the class docstring's Attributes section."""
+def _field_help(cls: type, prefix: str = "", defaults: Any = None) -> list[str]:
+    """One line per config field, from the class docstring's Attributes section.
+
+    ``defaults``: the enclosing field's default group (the demo's ``loss`` is not
+    ``LossConfig()``), whose values are shown instead of the class defaults.
+    """
     doc = cls.__doc__ or ""
     described: dict[str, str] = {}
     if "Attributes:" in doc:
@@ -44,54 +50,57 @@ def _field_help(cls: type, prefix: str = "") -> list[str]:
     hints = get_type_hints(cls)
     for f in fields(cls):
         tp = hints[f.name]
-        if is_dataclass(tp):
-            lines.extend(_field_help(tp, prefix=f"{prefix}{f.name}."))
-            continue
-        if f.default is not MISSING:
+        if defaults is not None:
+            default = getattr(defaults, f.name)
+        elif f.default is not MISSING:
             default = f.default
         elif f.default_factory is not MISSING:
             default = f.default_factory()
         else:
             default = None
+        if is_dataclass(tp):
+            lines.extend(_field_help(tp, prefix=f"{prefix}{f.name}.", defaults=default))
+            continue
         lines.append(f"  --{prefix}{f.name} (default {default!r}): {described.get(f.name, '')}")
     return lines
 
 
 def _commands() -> dict[str, tuple[str, Callable[[], tuple[type, Callable[[Any], Any]]]]]:
-    """name -> (summary, lazy loader of (config class, runner))."""
+    """name -> (summary, lazy loader of (config class, runner)); runners live in tabom.commands."""
 
     def pretrain():
-        from tabom.pretrain import PretrainConfig, pretrain
+        from tabom.commands.pretrain import PretrainConfig, run_pretrain
 
-        return PretrainConfig, pretrain
+        return PretrainConfig, run_pretrain
 
     def evaluate():
-        from tabom.eval_cli import EvalConfig, run_eval_command
+        from tabom.commands.eval import EvalConfig, run_eval
 
-        return EvalConfig, run_eval_command
+        return EvalConfig, run_eval
 
     def distill():
-        from tabom.distill import DistillConfig, run_distill
+        from tabom.commands.distill import DistillConfig, run_distill
 
         return DistillConfig, run_distill
 
     def inspect():
-        from tabom.inspect_cmd import InspectConfig, run_inspect
+        from tabom.commands.inspect import InspectConfig, run_inspect
 
         return InspectConfig, run_inspect
 
     def train():
-        from tabom.trainer import TrainConfig, run_train
+        from tabom.commands.train import TrainConfig, run_train
 
         return TrainConfig, run_train
 
     def demo():
-        from tabom.demo import DemoConfig, run_demo
+        from tabom.commands.demo.config import DemoConfig
+        from tabom.commands.demo.pipeline import run_demo
 
         return DemoConfig, run_demo
 
     def sweep():
-        from tabom.sweep import SweepConfig, run_sweep
+        from tabom.commands.demo.sweep import SweepConfig, run_sweep
 
         return SweepConfig, run_sweep
 

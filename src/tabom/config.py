@@ -24,6 +24,8 @@ import yaml
 from tabom.errors import TabomError
 
 C = TypeVar("C")
+NONE_WORDS = ("", "none", "null", "~")
+"""Strings that mean ``None`` for an optional field (flags and YAML alike)."""
 
 
 class ConfigError(TabomError):
@@ -110,8 +112,10 @@ def _convert(value: Any, tp: Any, where: str, construct: bool = True) -> Any:
         return value
     if origin in (Union, types.UnionType):
         args = get_args(tp)
-        if value is None and type(None) in args:
-            return None
+        if type(None) in args and (
+            value is None or (isinstance(value, str) and value.strip().lower() in NONE_WORDS)
+        ):
+            return None  # ``--data none`` and YAML ``data: none`` alike
         errors = []
         for arg in args:
             if arg is type(None):
@@ -186,6 +190,7 @@ def _build(cls: type[C], values: dict[str, Any], where: str, construct: bool = T
     hints = get_type_hints(cls)
     names = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
     meta = {f.name: f.metadata for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+    values = _onto_group_defaults(cls, values)
     kwargs = {}
     for key, value in values.items():
         if key not in names:
@@ -203,7 +208,39 @@ def _build(cls: type[C], values: dict[str, Any], where: str, construct: bool = T
     except (TypeError, ValueError) as e:
         if isinstance(e, ConfigError):
             raise
-        raise ConfigError(f"{where or cls.__name__}: {e}") from None
+        raise ConfigError(_name_the_flag(str(e), where, names, cls.__name__)) from None
+
+
+def _name_the_flag(message: str, where: str, names: set[str], cls_name: str) -> str:
+    """A group's own error (``td_window must be >= 1``) with its full flag (``loss.td_window``).
+
+    A group validates its fields by their own names; nested at ``where`` the flag is
+    ``where.field``. Messages that start with another word get ``where:`` in front.
+    """
+    if not where:
+        return f"{cls_name}: {message}"
+    head = message.split(" ", 1)[0].rstrip(":")
+    if head.split(".")[0].split("[")[0] in names:
+        return f"{where}.{message}"
+    return f"{where}: {message}"
+
+
+def _onto_group_defaults(cls: type, values: dict[str, Any]) -> dict[str, Any]:
+    """Overrides of a nested group start from the *field's* default group, not the group class's.
+
+    ``DistillConfig.decode`` defaults to ``DecodeConfig(temperature=1.0)``: ``--decode.score
+    entropy`` keeps that temperature.
+    """
+    out = dict(values)
+    for f in dataclasses.fields(cls):  # type: ignore[arg-type]
+        given = out.get(f.name)
+        if not isinstance(given, dict) or f.default_factory is dataclasses.MISSING:
+            continue
+        default = f.default_factory()
+        if dataclasses.is_dataclass(default):
+            base = {g.name: getattr(default, g.name) for g in dataclasses.fields(default)}
+            out[f.name] = {**base, **given}
+    return out
 
 
 def _set_dotted(tree: dict[str, Any], dotted: str, value: Any) -> None:
@@ -257,7 +294,7 @@ def parse_overrides(cls: type, argv: list[str]) -> dict[str, Any]:
         else:
             i += 1
         value: Any = raw
-        if optional and raw.strip().lower() in ("none", "null", "~"):
+        if optional and raw.strip().lower() in NONE_WORDS:
             value = None
         elif get_origin(tp) is Literal and raw in get_args(tp):
             value = raw  # a choice like "no" stays a string, not YAML's false

@@ -13,6 +13,7 @@ when none does, the single best position under the selected score.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -28,7 +29,7 @@ ScoreName = Literal["confidence", "margin", "entropy", "random"]
 SCORES: tuple[str, ...] = get_args(ScoreName)
 
 
-def check_settings(
+def _check_settings(
     *,
     steps: int | None = None,
     block_length: int | None = None,
@@ -40,26 +41,26 @@ def check_settings(
 ) -> None:
     """Reject decode settings that are wrong whatever the response length (``None`` = unset).
 
-    :class:`DecodeConfig` runs this and then the checks that need ``gen_length``; callers that
-    learn the length later (per task, per request) run it up front.
+    :class:`DecodeConfig` runs this, then the checks that need ``gen_length`` once it is known
+    (at construction or in :meth:`DecodeConfig.resolve`).
 
     Raises:
-        ValueError: naming the bad ``decode.*`` setting.
+        ValueError: naming the bad setting (the field of :class:`DecodeConfig`).
     """
     if steps is not None and steps <= 0:
-        raise ValueError(f"decode.steps must be positive, got {steps}")
+        raise ValueError(f"steps must be positive, got {steps}")
     if block_length is not None and block_length <= 0:
-        raise ValueError(f"decode.block_length must be positive, got {block_length}")
+        raise ValueError(f"block_length must be positive, got {block_length}")
     if score not in SCORES:
-        raise ValueError(f"decode.score must be one of {SCORES}, got {score!r}")
+        raise ValueError(f"score must be one of {SCORES}, got {score!r}")
     if temperature < 0:
-        raise ValueError(f"decode.temperature must be >= 0, got {temperature}")
+        raise ValueError(f"temperature must be >= 0, got {temperature}")
     if not 0 < top_p <= 1:
-        raise ValueError(f"decode.top_p must be in (0, 1], got {top_p}")
+        raise ValueError(f"top_p must be in (0, 1], got {top_p}")
     if top_k < 0:
-        raise ValueError(f"decode.top_k must be >= 0, got {top_k}")
+        raise ValueError(f"top_k must be >= 0, got {top_k}")
     if threshold is not None and not 0 < threshold <= 1:
-        raise ValueError(f"decode.threshold must be in (0, 1], got {threshold}")
+        raise ValueError(f"threshold must be in (0, 1], got {threshold}")
 
 
 def steps_for(gen_length: int, tokens_per_step: int, block_length: int | None = None) -> int:
@@ -91,11 +92,18 @@ def steps_for(gen_length: int, tokens_per_step: int, block_length: int | None = 
 
 @dataclass
 class DecodeConfig:
-    """How to decode: response length, budget, score and proposal distribution.
+    """How to decode: response length, budget, score and proposal (DESIGN §3), one group.
+
+    Every command that decodes nests it as ``--decode.*``. ``gen_length`` and ``steps`` may be
+    left unset: a task gives T (:meth:`resolve`) and the budget gives the steps.
 
     Attributes:
-        gen_length: T, the response positions appended to the prompt as [MASK].
-        steps: forwards in fixed-budget mode; each block gets ``steps / n_blocks`` of them.
+        gen_length: T, the response positions appended to the prompt as [MASK] (``None``: the
+            task's response length).
+        steps: forwards in fixed-budget mode, each block gets ``steps / n_blocks`` of them
+            (``None``: from ``tokens_per_step``, :func:`steps_for`).
+        tokens_per_step: tokens committed per forward when ``steps`` is unset (1 = the
+            paper's setting, full diffusion decoding).
         block_length: semi-autoregressive block size; ``None`` is one block of ``gen_length``.
         score: how masked positions are ranked: ``confidence`` = q(token), ``margin`` = q1 - q2,
             ``entropy`` = sum q log q (negative entropy, the paper's Eq. 2), ``random``.
@@ -107,8 +115,9 @@ class DecodeConfig:
         record_entropy: also return the proposal's entropy at each position when committed.
     """
 
-    gen_length: int = 32
-    steps: int = 32
+    gen_length: int | None = None
+    steps: int | None = None
+    tokens_per_step: int = 1
     block_length: int | None = None
     score: ScoreName = "confidence"
     temperature: float = 0.0
@@ -118,9 +127,11 @@ class DecodeConfig:
     record_entropy: bool = False
 
     def __post_init__(self) -> None:
-        if self.gen_length <= 0:
-            raise ValueError(f"decode.gen_length must be positive, got {self.gen_length}")
-        check_settings(
+        if self.gen_length is not None and self.gen_length <= 0:
+            raise ValueError(f"gen_length must be positive, got {self.gen_length}")
+        if self.tokens_per_step < 1:
+            raise ValueError(f"tokens_per_step must be >= 1, got {self.tokens_per_step}")
+        _check_settings(
             steps=self.steps,
             block_length=self.block_length,
             score=self.score,
@@ -129,25 +140,52 @@ class DecodeConfig:
             top_k=self.top_k,
             threshold=self.threshold,
         )
+        if self.gen_length is None:
+            return
         if self.block_length is not None and self.gen_length % self.block_length:
             raise ValueError(
-                f"decode.gen_length ({self.gen_length}) must be divisible by "
-                f"decode.block_length ({self.block_length})"
+                f"gen_length ({self.gen_length}) must be divisible by "
+                f"block_length ({self.block_length})"
             )
-        if self.threshold is None and self.steps % self.n_blocks:
+        if self.threshold is None and self.steps is not None and self.steps % self.n_blocks:
             raise ValueError(
-                f"decode.steps ({self.steps}) must be divisible by the number of blocks "
-                f"({self.n_blocks})"
+                f"steps ({self.steps}) must be divisible by the number of blocks ({self.n_blocks})"
             )
+
+    def resolve(self, gen_length: int | None = None) -> DecodeConfig:
+        """The settings with T and the steps filled in.
+
+        Args:
+            gen_length: T when this config leaves it unset (a task's response length).
+
+        Returns:
+            A config with ``gen_length`` and ``steps`` set: ``steps`` as given, else T in
+            threshold mode (where it is unused), else :func:`steps_for` of ``tokens_per_step``.
+
+        Raises:
+            ValueError: no response length at all, or a block length that does not divide it.
+        """
+        T = self.gen_length if self.gen_length is not None else gen_length
+        if T is None:
+            raise ValueError("gen_length: not set and no task to take it from")
+        if self.threshold is not None:
+            steps = self.steps or T  # ignored: the threshold decides
+        elif self.steps is not None:
+            steps = self.steps
+        else:
+            steps = steps_for(T, self.tokens_per_step, self.block_length)
+        if (T, steps) == (self.gen_length, self.steps):
+            return self
+        return dataclasses.replace(self, gen_length=T, steps=steps)
 
     @property
     def block_size(self) -> int:
         """Positions per block (``gen_length`` when there are no blocks)."""
-        return self.block_length or self.gen_length
+        return self.block_length or self.resolve().gen_length  # type: ignore[return-value]
 
     @property
     def n_blocks(self) -> int:
-        return self.gen_length // self.block_size
+        return self.resolve().gen_length // self.block_size  # type: ignore[operator]
 
 
 @dataclass
@@ -236,7 +274,8 @@ def step_schedule(cfg: DecodeConfig) -> list[int]:
         ValueError: ``cfg`` is in threshold mode, whose schedule depends on the logits.
     """
     if cfg.threshold is not None:
-        raise ValueError("step_schedule: decode.threshold is set, the schedule is not fixed")
+        raise ValueError("step_schedule: threshold is set, the schedule is not fixed")
+    cfg = cfg.resolve()
     return transfer_schedule(cfg.block_size, cfg.steps // cfg.n_blocks) * cfg.n_blocks
 
 
@@ -323,7 +362,7 @@ def score_proposals(
         return torch.special.xlogy(q, q).sum(dim=-1)  # 0 log 0 = 0 on filtered tokens
     if score == "random":
         return torch.rand(tokens.shape, generator=generator, device=q.device)
-    raise ValueError(f"decode.score must be one of {SCORES}, got {score!r}")
+    raise ValueError(f"score must be one of {SCORES}, got {score!r}")
 
 
 def select_top_k(scores: torch.Tensor, candidates: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
@@ -381,6 +420,7 @@ def decode(
             "must be the same (B, P) shape"
         )
     B, P = prompt_ids.shape
+    cfg = cfg.resolve()  # raises when T is unset
     T, Lb = cfg.gen_length, cfg.block_size
     device = prompt_ids.device
 

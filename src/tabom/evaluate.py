@@ -7,30 +7,15 @@ Chen et al. (2021) from n samples per problem: 1 - C(n - c, k) / C(n, k).
 
 from __future__ import annotations
 
-import math
 import time
 from dataclasses import dataclass, field
 
 import torch
 
-from tabom.decoding import DecodeConfig, ScoreName, check_settings, decode_texts, steps_for
+from tabom.decoding import DecodeConfig, decode_texts
+from tabom.metrics import pass_at_k
 from tabom.models.base import DiffusionLM
 from tabom.tasks.base import Example, Task
-
-
-def pass_at_k(n: int, c: int, k: int) -> float:
-    """Unbiased pass@k from ``n`` samples of which ``c`` are correct.
-
-    Raises:
-        ValueError: ``k`` outside [1, n] or ``c`` outside [0, n].
-    """
-    if not 1 <= k <= n:
-        raise ValueError(f"pass@k needs 1 <= k <= n, got k={k}, n={n}")
-    if not 0 <= c <= n:
-        raise ValueError(f"pass@k needs 0 <= c <= n, got c={c}, n={n}")
-    if n - c < k:
-        return 1.0
-    return 1.0 - math.comb(n - c, k) / math.comb(n, k)
 
 
 @dataclass
@@ -61,68 +46,21 @@ class TaskResult:
     seconds: float = 0.0
 
 
-@dataclass(frozen=True)
-class Budget:
-    """Decode settings without a response length: each task gives T (:func:`budget_for`).
-
-    Attributes:
-        score: unmasking order (confidence, margin, entropy or random).
-        tokens_per_step: tokens committed per forward; steps = :func:`~tabom.decoding.steps_for`.
-        block_length: semi-autoregressive block length (``None`` = one block); must divide
-            each task's response length.
-        temperature, top_p, top_k: the proposal (see :class:`~tabom.decoding.DecodeConfig`).
-    """
-
-    score: ScoreName = "confidence"
-    tokens_per_step: int = 1
-    block_length: int | None = None
-    temperature: float = 0.0
-    top_p: float = 1.0
-    top_k: int = 0
-
-    def __post_init__(self) -> None:
-        if self.tokens_per_step < 1:
-            raise ValueError(f"tokens_per_step must be >= 1, got {self.tokens_per_step}")
-        check_settings(
-            block_length=self.block_length,
-            score=self.score,
-            temperature=self.temperature,
-            top_p=self.top_p,
-            top_k=self.top_k,
-        )
-
-    def config(self, gen_length: int) -> DecodeConfig:
-        """The decode config at response length ``gen_length``."""
-        return DecodeConfig(
-            gen_length=gen_length,
-            steps=steps_for(gen_length, self.tokens_per_step, self.block_length),
-            block_length=self.block_length,
-            score=self.score,
-            temperature=self.temperature,
-            top_p=self.top_p,
-            top_k=self.top_k,
-        )
-
-
-def budget_for(task: Task, budget: Budget | DecodeConfig) -> DecodeConfig:
-    """The decode config of ``budget`` at the task's response length.
-
-    A :class:`DecodeConfig` is accepted only when its ``gen_length`` already is the task's.
+def budget_for(task: Task, cfg: DecodeConfig) -> DecodeConfig:
+    """The decode settings ``cfg`` at the task's response length (:meth:`DecodeConfig.resolve`).
 
     Raises:
-        ValueError: a block length that does not divide the task's response length, or a
-            :class:`DecodeConfig` of another length (pass a :class:`Budget` instead).
+        ValueError: ``cfg`` fixes another ``gen_length``, or its block length does not divide
+            the task's response length (names the task).
     """
     T = task.gen_length
-    if isinstance(budget, DecodeConfig):
-        if budget.gen_length != T:
-            raise ValueError(
-                f"task {task.name!r}: decode config of gen_length {budget.gen_length}, but the "
-                f"task's response length is {T}; pass a Budget to scale it to the task"
-            )
-        return budget
+    if cfg.gen_length is not None and cfg.gen_length != T:
+        raise ValueError(
+            f"task {task.name!r}: decode config of gen_length {cfg.gen_length}, but the "
+            f"task's response length is {T}; leave decode.gen_length unset to take the task's"
+        )
     try:
-        return budget.config(T)
+        return cfg.resolve(T)
     except ValueError as e:
         raise ValueError(f"task {task.name!r}: {e}") from None
 
@@ -131,7 +69,7 @@ def evaluate_task(
     dlm: DiffusionLM,
     task: Task,
     examples: list[Example],
-    cfg: Budget | DecodeConfig,
+    cfg: DecodeConfig,
     *,
     n_samples: int = 1,
     ks: tuple[int, ...] = (1,),
@@ -208,6 +146,6 @@ def greedy_accuracy(
 
     Puts the model in eval mode (the caller switches it back to train).
     """
-    cfg = Budget(score="confidence", tokens_per_step=1)
+    cfg = DecodeConfig(score="confidence", tokens_per_step=1)
     dlm.model.eval()
     return {spec: evaluate_task(dlm, t, exs, cfg).accuracy for spec, (t, exs) in eval_sets.items()}

@@ -34,10 +34,8 @@ except ImportError as e:  # pragma: no cover - the message is the point
 
 from tabom.decoding import (
     DecodeConfig,
-    check_settings,
     decode_batches,
     response_text,
-    steps_for,
 )
 from tabom.models import load_model
 
@@ -97,25 +95,22 @@ class TabomLM(LM):
         if self._device.type == "cuda" and not torch.cuda.is_available():
             raise ValueError(f"device {device!r}: no CUDA device here (pass --device cpu)")
         self.dlm = load_model(str(pretrained), backend=backend, dtype=dtype, device=self._device)
-        self.gen_length = None if gen_length is None else int(gen_length)
-        self.steps = None if steps is None else int(steps)
-        self.block_length = None if block_length is None else int(block_length)
-        self.sampling = {
-            "score": score,
-            "temperature": float(temperature),
-            "top_p": float(top_p),
-            "top_k": int(top_k),
-            "threshold": None if threshold is None else float(threshold),
-        }
         self.seed = int(seed)
         auto = batch_size is None or str(batch_size).startswith("auto")
         self.batch_size = 8 if auto else int(batch_size)  # type: ignore[arg-type]
         self._templated = False  # set when the harness renders prompts with our template
-        # reject bad settings before any request: those T does not change, and all of them
-        # when T is fixed (otherwise T is each request's max_gen_toks)
-        check_settings(steps=self.steps, block_length=self.block_length, **self.sampling)
-        if self.gen_length is not None:
-            self.decode_config(self.gen_length)
+        # the one decode group, checked before any request (T: fixed, or each request's
+        # max_gen_toks; one token per step unless ``steps`` says otherwise)
+        self.decode = DecodeConfig(
+            gen_length=None if gen_length is None else int(gen_length),
+            steps=None if steps is None else int(steps),
+            block_length=None if block_length is None else int(block_length),
+            score=score,  # type: ignore[arg-type]
+            temperature=float(temperature),
+            top_p=float(top_p),
+            top_k=int(top_k),
+            threshold=None if threshold is None else float(threshold),
+        )
 
     # ----------------------------------------------------------------- decoding
 
@@ -125,13 +120,7 @@ class TabomLM(LM):
         Raises:
             ValueError: ``block_length`` does not divide T, or another bad setting.
         """
-        T = self.gen_length or int(max_gen_toks)
-        return DecodeConfig(
-            gen_length=T,
-            steps=self.steps or steps_for(T, 1, self.block_length),  # one token per step
-            block_length=self.block_length,
-            **self.sampling,  # type: ignore[arg-type]
-        )
+        return self.decode.resolve(int(max_gen_toks))
 
     def encode(self, context: str) -> list[int]:
         """Prompt ids: special tokens (a BOS) unless the harness applied our chat template."""

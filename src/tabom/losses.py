@@ -3,13 +3,18 @@
 ``masked_ce``: cross-entropy on supervised positions, the plain token mean (the reference
 trainer, the CE half of Eq. 9) or weighted by 1/t per sample (the MDLM NELBO of Eq. 1).
 ``entropy_rank_loss``: the pairwise entropy hinge of Eq. 8 — within the window after the cut,
-an earlier-decoded token must have lower predictive entropy by a margin m. Vectorised over
-the batch: entropies only at window positions, pairs as one masked (B, K, K) tensor.
+an earlier-decoded token must have lower predictive entropy by a margin m. ``rank_loss`` is
+the same window with a choice of ranking term (``RANK_LOSSES``: the hinge, its one-sided
+form, the Bradley–Terry logistic, its one-sided form, the exact Plackett–Luce listwise
+likelihood of DESIGN §5's "later extensions") and ``margin="auto"``. Vectorised over the
+batch: entropies only at window positions, pairs as one masked (B, K, K) tensor.
+``planner_weighted_ce``: the CE with PAPL's detached planner weights (arXiv 2509.23405).
 Torch only; the objectives that combine them live in ``tabom.objectives``.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal
 
@@ -19,6 +24,7 @@ import torch.nn.functional as F
 from tabom.masking import WindowUnit, window_mask
 
 RankTies = Literal["strict", "reference", "decode-entropy"]
+RankLossName = Literal["hinge", "hinge-sg", "logistic", "logistic-sg", "plackett-luce"]
 
 
 def masked_ce(
@@ -135,7 +141,8 @@ def entropy_rank_loss(
     tokens with d ≥ s for ``tokens``), restricted to ``supervise`` when given, so the
     effective window is min(W, M). H is computed only there. For each ordered pair (i, j)
     with i decoded before j, loss_ij = max(0, H_i − H_j + m); sample term = mean over its
-    pairs; the loss is the mean over samples with at least one pair.
+    pairs; the loss is the mean over samples with at least one pair. This is
+    :func:`rank_loss` with ``variant="hinge"``.
 
     Args:
         logits: ``(B, L, V)`` aligned logits of the one forward at the cut state.
@@ -157,6 +164,57 @@ def entropy_rank_loss(
     Raises:
         ValueError: on an unknown ``ties`` or a missing ``decode_entropy``.
     """
+    return rank_loss(
+        logits,
+        decode_step,
+        cut,
+        variant="hinge",
+        window=window,
+        margin=margin,
+        supervise=supervise,
+        ties=ties,
+        decode_entropy=decode_entropy,
+        window_unit=window_unit,
+    )
+
+
+@dataclass
+class RankWindow:
+    """The ranking window of a batch, gathered to K slots per sample.
+
+    Attributes:
+        h: ``(B, K)`` fp32 entropies at the candidates (with gradient), 0 in empty slots.
+        slot: ``(B, K)`` bool, real candidates (the first ``count[b]`` slots).
+        before: ``(B, K, K)`` bool, ``before[b, i, j]``: candidate i is ranked before j
+            (d_i < d_j, plus same-step pairs ordered by ``ties``); False on empty slots.
+        idx: ``(B, K)`` long, the sequence position of each slot (position order).
+    """
+
+    h: torch.Tensor
+    slot: torch.Tensor
+    before: torch.Tensor
+    idx: torch.Tensor
+
+
+def rank_window(
+    logits: torch.Tensor,
+    decode_step: torch.Tensor,
+    cut: torch.Tensor,
+    *,
+    window: int,
+    supervise: torch.Tensor | None = None,
+    ties: RankTies = "strict",
+    decode_entropy: torch.Tensor | None = None,
+    window_unit: WindowUnit = "steps",
+) -> RankWindow | None:
+    """Candidates, their entropies and the ordered-pair mask (steps 1-3 of :func:`rank_loss`).
+
+    Returns:
+        A :class:`RankWindow`, or ``None`` when no sample has two candidates.
+
+    Raises:
+        ValueError: on an unknown ``ties`` or a missing ``decode_entropy``.
+    """
     if ties not in ("strict", "reference", "decode-entropy"):
         raise ValueError(f"rank_ties must be strict, reference or decode-entropy, got {ties!r}")
     if ties == "decode-entropy" and decode_entropy is None:
@@ -168,8 +226,8 @@ def entropy_rank_loss(
     cand = window_mask(decode_step, cut, width=window, unit=window_unit, eligible=supervise)
     count = cand.sum(1)  # (B,)
     k = int(count.max()) if b else 0
-    if k < 2:  # no pair anywhere: 0, still attached to the logits (every rank joins backward)
-        return RankOutput(loss=logits[:, :0].float().sum(), n_pairs=0, n_samples=0)
+    if k < 2:
+        return None
     idx = (~cand).to(torch.uint8).argsort(dim=1, stable=True)[:, :k]  # (B, K)
     slot = torch.arange(k, device=device) < count[:, None]  # (B, K) real candidates
 
@@ -191,11 +249,262 @@ def entropy_rank_loss(
             e_i, e_j = e[:, :, None], e[:, None, :]
             before = before | (same & ((e_i < e_j) | ((e_i == e_j) & (p_i < p_j))))
     pairs = before & slot[:, :, None] & slot[:, None, :]  # (B, K, K)
+    return RankWindow(h=h, slot=slot, before=pairs, idx=idx)
 
-    # 4) hinge, mean over each sample's pairs, mean over samples with a pair
-    hinge = torch.relu(h[:, :, None] - h[:, None, :] + margin) * pairs  # (B, K, K)
-    n = pairs.sum((1, 2))  # (B,)
-    per_sample = hinge.sum((1, 2)) / n.clamp(min=1)
+
+def auto_margin(h: torch.Tensor, slot: torch.Tensor, fraction: float) -> torch.Tensor:
+    """``rank_margin: auto``: m_b = fraction × the detached mean window entropy of sample b.
+
+    The margin then scales with the model's own entropies: on the tiny addition task they
+    are 0.05-0.2 nats, below a fixed m = 0.1 per rank, which keeps most pairs active
+    (issue 12); a relative margin keeps the hinge's active set the same at any scale.
+
+    Args:
+        h: ``(B, K)`` window entropies.
+        slot: ``(B, K)`` bool, real candidates.
+        fraction: the margin as a fraction of the mean (``>= 0``, finite).
+
+    Returns:
+        ``(B,)`` margins, no gradient (0 for a sample without candidates).
+
+    Raises:
+        ValueError: ``fraction`` negative or not finite.
+    """
+    if not (fraction >= 0 and fraction < float("inf")):
+        raise ValueError(f"rank_margin_fraction must be finite and >= 0, got {fraction}")
+    h = h.detach()
+    mean = (h * slot).sum(1) / slot.sum(1).clamp(min=1)  # (B,)
+    return fraction * mean
+
+
+# Each ranking term maps the window entropies h (B, K), the ordered-pair mask before (B, K, K)
+# and the per-sample margin m (B, 1, 1) (a float for the plain hinge) to (terms, weight):
+# terms (B, K, K) (pairwise) or (B, K) (listwise) summed per sample and divided by the count
+# of weight, the pairs (or listwise terms) that take part.
+RankTerm = Callable[..., tuple[torch.Tensor, torch.Tensor]]
+
+
+def _hinge(h, before, margin, beta):
+    """max(0, H_i − H_j + m) on pairs i before j (Eq. 8)."""
+    return torch.relu(h[:, :, None] - h[:, None, :] + margin) * before, before
+
+
+def _hinge_sg(h, before, margin, beta):
+    """max(0, H_i − sg(H_j) + m): the later token's entropy is a constant, so the gradient
+    can only lower the earlier one."""
+    return torch.relu(h[:, :, None] - h.detach()[:, None, :] + margin) * before, before
+
+
+def _softplus_pairs(diff, before, beta):
+    return torch.where(before, F.softplus(beta * diff), 0.0), before
+
+
+def _logistic(h, before, margin, beta):
+    """softplus(β(H_i − H_j + m)) = −log σ(β(H_j − H_i − m)): Bradley–Terry on pairs."""
+    return _softplus_pairs(h[:, :, None] - h[:, None, :] + margin, before, beta)
+
+
+def _logistic_sg(h, before, margin, beta):
+    """softplus(β(H_i − sg(H_j) + m)): the later token's entropy detached."""
+    return _softplus_pairs(h[:, :, None] - h.detach()[:, None, :] + margin, before, beta)
+
+
+def _plackett_luce(h, before, margin, beta):
+    """−log of the window's order under p(i) ∝ exp(−β H_i) over the remaining candidates.
+
+    Term of candidate i: −log [e^{−βH_i} / (e^{−βH_i} + Σ_{j: i before j} e^{−β(H_j + m)})]
+    = logsumexp({0} ∪ {β(H_i − H_j + m) : i before j}); candidates nothing comes after
+    (the last stage) give log 1 = 0 and do not count. With a total order (one token per
+    step, or ties ``reference`` / ``decode-entropy``) the sum over candidates is the exact
+    Plackett–Luce negative log-likelihood of the order; with ``strict`` ties each member
+    of a same-step stage is scored against the candidates of the later stages only (a
+    composite likelihood: same-step pairs never enter, as in Eq. 8).
+    """
+    logit = beta * (h[:, :, None] - h[:, None, :] + margin)  # (B, K, K)
+    logit = logit.masked_fill(~before, float("-inf"))
+    zero = logit.new_zeros(logit.shape[:2] + (1,))
+    terms = torch.logsumexp(torch.cat([zero, logit], dim=2), dim=2)  # (B, K)
+    has = before.any(2)  # (B, K)
+    return torch.where(has, terms, 0.0), has
+
+
+RANK_LOSSES: dict[str, RankTerm] = {
+    "hinge": _hinge,
+    "hinge-sg": _hinge_sg,
+    "logistic": _logistic,
+    "logistic-sg": _logistic_sg,
+    "plackett-luce": _plackett_luce,
+}
+"""``rank_loss`` name -> ranking term ``(h, before, margin, beta) -> (terms, counted)``."""
+
+
+def rank_loss(
+    logits: torch.Tensor,
+    decode_step: torch.Tensor,
+    cut: torch.Tensor,
+    *,
+    variant: RankLossName = "hinge",
+    window: int,
+    margin: float | Literal["auto"] = 0.1,
+    margin_fraction: float = 0.5,
+    beta: float = 1.0,
+    supervise: torch.Tensor | None = None,
+    ties: RankTies = "strict",
+    decode_entropy: torch.Tensor | None = None,
+    window_unit: WindowUnit = "steps",
+) -> RankOutput:
+    """A ranking term over the decode window after the cut, one of :data:`RANK_LOSSES`.
+
+    The window, its entropies and the ordered pairs (i decoded before j, same-step pairs
+    per ``ties``) are those of :func:`entropy_rank_loss`. Per ordered pair, with
+    Δ_ij = H_i − H_j + m:
+
+    - ``hinge``: max(0, Δ_ij) (Eq. 8; bit-identical to :func:`entropy_rank_loss`);
+    - ``hinge-sg``: max(0, H_i − sg(H_j) + m): can only lower the earlier token's entropy;
+    - ``logistic``: softplus(β Δ_ij), Bradley–Terry with p(i first) = σ(β(H_j − H_i − m));
+    - ``logistic-sg``: softplus(β (H_i − sg(H_j) + m));
+    - ``plackett-luce``: listwise, per candidate i with a later candidate,
+      log(1 + Σ_{j after i} exp(β Δ_ij)) (see ``_plackett_luce``).
+
+    Sample term = mean over its pairs (listwise: over its candidates that have a later
+    one); the loss is the mean over samples with at least one pair.
+
+    Args:
+        logits: ``(B, L, V)`` aligned logits of the one forward at the cut state.
+        decode_step: ``(B, L)`` long, d per position, -1 where never decoded / not response.
+        cut: ``(B,)`` long, the cut s per sample; -1 for samples that were not cut.
+        variant: the ranking term (``rank_loss`` field).
+        window: W, the ranking window, in ``window_unit``.
+        margin: m (the hinge margin; for the smooth forms a shift of the difference, 0 for
+            the plain Bradley–Terry / Plackett–Luce likelihood), or ``"auto"``:
+            m_b = ``margin_fraction`` × the detached mean entropy of sample b's window
+            (:func:`auto_margin`).
+        margin_fraction: the fraction for ``margin="auto"``.
+        beta: β, the inverse temperature of the logistic and Plackett–Luce forms (unused
+            by the hinges, where it is absorbed into m and λ as in the paper).
+        supervise, ties, decode_entropy, window_unit: as for :func:`entropy_rank_loss`.
+
+    Returns:
+        A :class:`RankOutput`; ``n_pairs`` counts ordered pairs for every variant.
+
+    Raises:
+        ValueError: an unknown variant, a bad ``ties``, a missing ``decode_entropy``, or a
+            margin / β / fraction that is not finite (β must be > 0, m and the fraction >= 0).
+    """
+    if variant not in RANK_LOSSES:
+        raise ValueError(f"rank_loss must be one of {', '.join(RANK_LOSSES)}, got {variant!r}")
+    if margin != "auto" and not (isinstance(margin, int | float) and 0 <= margin < float("inf")):
+        raise ValueError(f"rank_margin must be 'auto' or a finite number >= 0, got {margin!r}")
+    if not (0 < beta < float("inf")):
+        raise ValueError(f"rank_beta must be finite and > 0, got {beta}")
+    win = rank_window(
+        logits,
+        decode_step,
+        cut,
+        window=window,
+        supervise=supervise,
+        ties=ties,
+        decode_entropy=decode_entropy,
+        window_unit=window_unit,
+    )
+    if win is None:  # no pair anywhere: 0, still attached to the logits (every rank joins backward)
+        return RankOutput(loss=logits[:, :0].float().sum(), n_pairs=0, n_samples=0)
+    m = auto_margin(win.h, win.slot, margin_fraction)[:, None, None] if margin == "auto" else margin
+
+    # 4) the term, mean over each sample's pairs (or listwise terms), mean over samples
+    terms, counted = RANK_LOSSES[variant](win.h, win.before, m, beta)
+    dims = tuple(range(1, terms.dim()))
+    n = counted.sum(dims)  # (B,)
+    per_sample = terms.sum(dims) / n.clamp(min=1)
     has = n > 0
     loss = (per_sample * has).sum() / has.sum().clamp(min=1)
-    return RankOutput(loss=loss, n_pairs=int(n.sum()), n_samples=int(has.sum()))
+    n_pairs = win.before.sum((1, 2))
+    return RankOutput(loss=loss, n_pairs=int(n_pairs.sum()), n_samples=int(has.sum()))
+
+
+PlannerScore = Literal["target", "confidence"]
+
+
+def planner_weights(
+    logits: torch.Tensor,
+    targets: torch.Tensor,
+    supervise: torch.Tensor,
+    *,
+    tau: float = 1.0,
+    mix: float = 1.0,
+    score: PlannerScore = "target",
+    mask_token_id: int | None = None,
+) -> torch.Tensor:
+    """PAPL's planner weights (arXiv 2509.23405), detached, one per supervised token.
+
+    A softmax planner picks the next position to decode among the masked ones with
+    probability π_p = softmax_{p masked}(log c_p / τ), c_p the model's confidence at p.
+    PAPL weights each masked token's CE by how likely the planner is to decode it next, so
+    that training concentrates on the paths a confidence planner takes. Our reading (the
+    exact form of the paper's weight could not be checked here): per sample b with n_b
+    supervised tokens, w_p = (1 − mix) + mix · n_b π_p, so the weights have mean 1 over the
+    sample's supervised tokens (the CE keeps its scale) and ``mix = 0`` is plain random-mask
+    training; the weights carry no gradient.
+
+    Args:
+        logits: ``(B, L, V)`` aligned logits of the one forward.
+        targets: ``(B, L)`` clean token ids.
+        supervise: ``(B, L)`` bool, the masked (supervised) positions.
+        tau: τ > 0, the planner's temperature (small: greedy, large: uniform).
+        mix: share of the planner weight in [0, 1].
+        score: c_p = q(x_p), the probability of the clean token (``target``), or
+            max_v q(v), the sampler's confidence (``confidence``).
+        mask_token_id: when given, [MASK] is left out of q (the sampler never proposes it).
+
+    Returns:
+        ``(B, L)`` float weights, 0 outside ``supervise``.
+
+    Raises:
+        ValueError: τ not finite and > 0, ``mix`` outside [0, 1], or an unknown score.
+    """
+    if not (0 < tau < float("inf")):
+        raise ValueError(f"papl_tau must be finite and > 0, got {tau}")
+    if not 0 <= mix <= 1:
+        raise ValueError(f"papl_mix must be in [0, 1], got {mix}")
+    if score not in ("target", "confidence"):
+        raise ValueError(f"papl_score must be 'target' or 'confidence', got {score!r}")
+    sel = supervise.bool()
+    with torch.no_grad():
+        z = _at_least_fp32(logits.detach()).clone()
+        if mask_token_id is not None:
+            z[..., mask_token_id] = float("-inf")
+        logq = z.log_softmax(-1)  # (B, L, V)
+        if score == "target":
+            log_c = logq.gather(-1, targets.unsqueeze(-1)).squeeze(-1)  # (B, L)
+        else:
+            log_c = logq.max(-1).values
+        keyed = (log_c / tau).clamp(min=torch.finfo(log_c.dtype).min).masked_fill(~sel, -torch.inf)
+        pi = keyed.softmax(-1).nan_to_num(0.0)  # (B, L); a row with nothing supervised -> 0
+        n = sel.sum(1, keepdim=True)  # (B, 1)
+        w = (1 - mix) + mix * n * pi
+        return torch.where(sel, w, 0.0).float()
+
+
+def planner_weighted_ce(
+    logits: torch.Tensor,
+    targets: torch.Tensor,
+    supervise: torch.Tensor,
+    *,
+    tau: float = 1.0,
+    mix: float = 1.0,
+    score: PlannerScore = "target",
+    mask_token_id: int | None = None,
+) -> torch.Tensor:
+    """The ``papl`` CE: Σ_p w_p CE_p / (number of supervised tokens), w from
+    :func:`planner_weights` (mean 1 per sample, detached); ``mix = 0`` gives
+    :func:`masked_ce` exactly.
+
+    Returns:
+        A scalar; 0 (with a graph) when nothing is supervised.
+    """
+    w = planner_weights(
+        logits, targets, supervise, tau=tau, mix=mix, score=score, mask_token_id=mask_token_id
+    )
+    sel = supervise.bool()
+    ce = F.cross_entropy(logits[sel].float(), targets[sel], reduction="none")  # (N,)
+    return (ce * w[sel]).sum() / sel.sum().clamp(min=1)

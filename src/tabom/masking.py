@@ -4,12 +4,16 @@
 independently with probability t: the standard MDLM / SFT corruption of Eq. 1.
 ``time_delay_mask`` replays a recorded trajectory instead: at a cut s it shows exactly the
 tokens decoded before step s (a state the sampler passed through) and supervises the ones
-decoded in the next M steps, the segment Δ of Eq. 9. The prompt is never masked. Torch only;
-every random draw takes a ``torch.Generator``.
+decoded in the next M steps, the segment Δ of Eq. 9. ``confidence_reveal_order`` makes the
+trajectory for PUMA (arXiv 2602.10314): the order in which the model's own confidence would
+reveal the ground-truth answer, recomputed with the current weights, which
+``time_delay_mask`` then replays. The prompt is never masked. Torch only; every random draw
+takes a ``torch.Generator``.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal
 
@@ -17,6 +21,7 @@ import torch
 
 CutRange = Literal["design", "inclusive"]
 WindowUnit = Literal["steps", "tokens"]
+RevealScore = Literal["confidence", "target"]
 
 
 @dataclass
@@ -42,6 +47,21 @@ class MaskPlan:
     cut: torch.Tensor | None = None
     valid: torch.Tensor | None = None
     n_uncut: int = 0
+
+
+def cut_extra(cut_range: CutRange) -> int:
+    """The one cut-range rule: how many cuts past DESIGN §5's range a sample allows (0 or 1).
+
+    ``design``: s ∈ {0, …, s_max − M} (the last decode step is never supervised);
+    ``inclusive``: s ∈ {0, …, s_max − M + 1}. A trajectory with ``room`` (s_max in steps, the
+    decoded tokens minus one in tokens) can be cut iff ``room + cut_extra(...) >= M``.
+
+    Raises:
+        ValueError: another name.
+    """
+    if cut_range not in ("design", "inclusive"):
+        raise ValueError(f"cut_range must be 'design' or 'inclusive', got {cut_range!r}")
+    return int(cut_range == "inclusive")
 
 
 def random_mask(
@@ -167,9 +187,7 @@ def time_delay_mask(
 
     # 1) the last cut each sample allows: s_hi = s_max − M (steps) or the (M+1)-th largest d;
     #    one more with the inclusive range (s_max − M + 1, or the M-th largest d)
-    if cut_range not in ("design", "inclusive"):
-        raise ValueError(f"cut_range must be 'design' or 'inclusive', got {cut_range!r}")
-    extra = int(cut_range == "inclusive")
+    extra = cut_extra(cut_range)
     if window_unit == "steps":
         s_max = decode_step.max(dim=1).values  # (B,); -1 when nothing was decoded
         s_hi = torch.where(s_max >= 0, s_max - window + extra, torch.full_like(s_max, -1))
@@ -201,3 +219,96 @@ def time_delay_mask(
         valid=valid,
         n_uncut=int((~valid).sum()),
     )
+
+
+@torch.no_grad()
+def confidence_reveal_order(
+    forward: Callable[[torch.Tensor], torch.Tensor],
+    input_ids: torch.Tensor,
+    response_mask: torch.Tensor,
+    *,
+    mask_token_id: int,
+    tokens_per_step: int = 1,
+    score: RevealScore = "confidence",
+    temperature: float = 0.0,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
+    """PUMA's progressive unmasking of the ground truth: the model's own reveal order.
+
+    Start from the response fully masked. At each step run one forward (no gradient) on the
+    current state, score every still-masked response position and reveal the
+    ``tokens_per_step`` best ones with their **ground-truth** tokens (never the model's
+    proposals); repeat until the response is revealed. The result is a trajectory of the
+    ground truth in the order the confidence sampler would take it, for
+    :func:`time_delay_mask`: the ``puma`` objective is time-delay masking on this order,
+    recomputed with the current weights for every batch ("on line").
+
+    Args:
+        forward: ``input_ids (B, L) -> logits (B, L, V)`` aligned (the caller closes over
+            the attention mask).
+        input_ids: ``(B, L)`` clean ids, [left pad | prompt | ground-truth response].
+        response_mask: ``(B, L)`` bool, True on response positions.
+        mask_token_id: id written at hidden positions; its logit never counts in a score.
+        tokens_per_step: k, positions revealed per forward (the last step of a row may
+            reveal fewer).
+        score: ``confidence`` = max_v q(v), the sampler's confidence (LLaDA's
+            low-confidence remasking, ``decode.score: confidence``); ``target`` = q(x_p),
+            the probability of the ground-truth token. q = softmax of the logits with
+            [MASK] excluded.
+        temperature: 0 reveals the k highest scores (ties to the lower position, like
+            ``decoding.select_top_k``); > 0 draws k positions without replacement with
+            probability ∝ exp(log score / temperature) (Gumbel top-k from ``generator``).
+        generator: randomness of ``temperature > 0`` (on ``input_ids``'s device).
+
+    Returns:
+        ``(B, L)`` long decode steps: step i at the positions revealed by forward i, -1
+        outside the response. Steps count forwards from 0; every row runs
+        ceil(T_b / k) steps where T_b is its response length.
+
+    Raises:
+        ValueError: ``tokens_per_step < 1``, an unknown score, a negative or non-finite
+            temperature, or logits of the wrong shape.
+    """
+    if tokens_per_step < 1:
+        raise ValueError(f"puma tokens_per_step must be >= 1, got {tokens_per_step}")
+    if score not in ("confidence", "target"):
+        raise ValueError(f"puma score must be 'confidence' or 'target', got {score!r}")
+    if not (0 <= temperature < float("inf")):
+        raise ValueError(f"puma temperature must be finite and >= 0, got {temperature}")
+    resp = response_mask.bool()
+    b, length = input_ids.shape
+    device = input_ids.device
+    decode_step = torch.full((b, length), -1, dtype=torch.long, device=device)
+    pos = torch.arange(length, device=device).expand(b, length)
+    step = 0
+    while True:
+        hidden = resp & (decode_step < 0)  # (B, L) still masked
+        if not bool(hidden.any()):
+            return decode_step
+        # 1) the state before this step: ground truth where revealed, [MASK] elsewhere
+        x = torch.where(hidden, torch.full_like(input_ids, mask_token_id), input_ids)
+        logits = forward(x)
+        if logits.dim() != 3 or logits.shape[:2] != x.shape:
+            raise ValueError(f"forward returned logits {tuple(logits.shape)} for {tuple(x.shape)}")
+        logp = logits.float().clone()
+        logp[..., mask_token_id] = float("-inf")
+        logp = logp.log_softmax(-1)  # (B, L, V)
+        # 2) log score of every position: log max q, or log q(ground truth)
+        if score == "confidence":
+            s = logp.max(-1).values
+        else:
+            s = logp.gather(-1, input_ids.unsqueeze(-1)).squeeze(-1)
+        if temperature > 0:
+            u = torch.rand(b, length, generator=generator, device=device)
+            s = s / temperature - torch.log(-torch.log(u.clamp(min=1e-20)))  # + Gumbel
+        if bool(torch.isnan(s).any()):
+            raise ValueError(f"puma step {step}: the model's logits give NaN scores")
+        # 3) the k best hidden positions of each row, ties to the lower position; a hidden
+        #    position always outranks a visible one (finite scores vs -inf)
+        s = s.clamp(min=torch.finfo(s.dtype).min)
+        keyed = s.masked_fill(~hidden, float("-inf"))
+        order = keyed.argsort(dim=1, descending=True, stable=True)  # (B, L)
+        rank = torch.empty_like(order).scatter_(1, order, pos.contiguous())
+        reveal = hidden & (rank < tokens_per_step)
+        decode_step = torch.where(reveal, step, decode_step)
+        step += 1

@@ -1,4 +1,6 @@
-"""Evaluation metrics beyond accuracy: forgetting, Kendall τ alignment, TDS (DESIGN §7).
+"""Evaluation metrics: pass@k, forgetting, Kendall τ alignment, TDS (DESIGN §7).
+
+- :func:`pass_at_k`: the unbiased estimator of Chen et al. (2021), 1 - C(n - c, k) / C(n, k).
 
 - :func:`forgetting`: old-domain accuracy before minus after post-training, with per-item
   correct→wrong and wrong→correct flips on the same items (greedy decoding makes the per-item
@@ -13,6 +15,7 @@
 from __future__ import annotations
 
 import math
+import statistics
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -24,6 +27,29 @@ from tabom.models.base import DiffusionLM
 from tabom.trajectory import TrajectoryRecord
 
 # --------------------------------------------------------------------------- forgetting
+
+
+def pass_at_k(n: int, c: int, k: int) -> float:
+    """Unbiased pass@k from ``n`` samples of which ``c`` are correct.
+
+    Raises:
+        ValueError: ``k`` outside [1, n] or ``c`` outside [0, n].
+    """
+    if not 1 <= k <= n:
+        raise ValueError(f"pass@k needs 1 <= k <= n, got k={k}, n={n}")
+    if not 0 <= c <= n:
+        raise ValueError(f"pass@k needs 0 <= c <= n, got c={c}, n={n}")
+    if n - c < k:
+        return 1.0
+    return 1.0 - math.comb(n - c, k) / math.comb(n, k)
+
+
+def mean_std(values: list[float]) -> tuple[float, float]:
+    """Mean and sample standard deviation of the non-NaN values (0 for a single value)."""
+    vals = [v for v in values if v == v]
+    if not vals:
+        return math.nan, math.nan
+    return statistics.fmean(vals), statistics.stdev(vals) if len(vals) > 1 else 0.0
 
 
 @dataclass
@@ -244,4 +270,12 @@ def trajectory_alignment(
     )
 
 
-__all__ = ["Alignment", "Forgetting", "forgetting", "kendall_tau_b", "trajectory_alignment"]
+__all__ = [
+    "Alignment",
+    "Forgetting",
+    "forgetting",
+    "kendall_tau_b",
+    "mean_std",
+    "pass_at_k",
+    "trajectory_alignment",
+]

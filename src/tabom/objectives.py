@@ -4,21 +4,101 @@
 1/t, the MDLM NELBO). ``td``: time-delay masking at a cut s + CE on the next M steps (Eq. 9
 without its ranking half). ``tabom``: the same plus λ times the entropy ranking loss of
 Eq. 8, i.e. the full Eq. 9. One forward per batch; torch only.
+
+:class:`LossConfig` is the one group of loss settings (``--loss.*`` on every command that
+trains). A ranking variant is one function in :mod:`tabom.losses` plus one entry of
+:data:`RANK_LOSSES` here.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import torch
 
 from tabom.losses import RankTies, entropy_rank_loss, masked_ce
 from tabom.masking import CutRange, WindowUnit, random_mask, time_delay_mask
 
+if TYPE_CHECKING:
+    from tabom.train_data import TrajectoryBatch
+
 Objective = Literal["sft", "traj-sft", "td", "tabom"]
 OBJECTIVES: tuple[str, ...] = ("sft", "traj-sft", "td", "tabom")
+
+
+@dataclass
+class LossConfig:
+    """The loss settings of ``td`` / ``tabom`` / ``sft`` (DESIGN §5), one group: ``--loss.*``.
+
+    Attributes:
+        td_window: M, the supervision window after the cut (``td``, ``tabom``).
+        rank_window: W, the ranking window after the cut (``tabom``); effective min(W, M).
+        rank_margin: m, the hinge margin of the ranking loss (the paper's γ).
+        rank_weight: λ, the weight of the ranking loss.
+        rank_ties: same-step pairs: ``strict`` (excluded, Eq. 8), ``decode-entropy`` (ordered by
+            the recorded entropy, Definition 1), ``reference`` (by position, the authors' code).
+        rank_loss: the ranking term, a name of ``tabom.objectives.RANK_LOSSES`` (``hinge``:
+            the paper's Eq. 8).
+        rank_beta: β, the inverse temperature of likelihood-based ranking variants (DESIGN
+            §5's later extensions: logistic, Plackett-Luce); the hinge does not use it (β is
+            absorbed into m and λ there).
+        window_unit: the unit of M and W: ``steps`` (decode steps, the authors' code) or
+            ``tokens`` (the paper's text); the same at one token per step.
+        td_cut_range: the cut s of time-delay masking: ``design`` draws from
+            {0, …, s_max − M} (DESIGN §5; the last decode step is never supervised),
+            ``inclusive`` from {0, …, s_max − M + 1} (every window that fits, the last too).
+        nelbo_weight: ``sft`` / ``traj-sft``: weight CE by 1/t over the response length (the
+            MDLM NELBO of Eq. 1) instead of the plain token mean.
+    """
+
+    td_window: int = 32
+    rank_window: int = 32
+    rank_margin: float = 0.1
+    rank_weight: float = 1.0
+    rank_ties: RankTies = "strict"
+    rank_loss: str = "hinge"
+    rank_beta: float = 1.0
+    window_unit: WindowUnit = "steps"
+    td_cut_range: CutRange = "design"
+    nelbo_weight: bool = False
+
+    def __post_init__(self) -> None:
+        for name in ("td_window", "rank_window"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        for name in ("rank_margin", "rank_weight"):
+            value = getattr(self, name)
+            if not value >= 0:
+                raise ValueError(f"{name} must be >= 0, got {value}")
+            if value == float("inf"):
+                raise ValueError(f"{name} must be finite, got {value}")
+        if not 0 < self.rank_beta < float("inf"):
+            raise ValueError(f"rank_beta must be > 0 and finite, got {self.rank_beta}")
+        if self.rank_loss not in RANK_LOSSES:
+            raise ValueError(
+                f"rank_loss must be one of {', '.join(RANK_LOSSES)}, got {self.rank_loss!r}"
+            )
+
+    def check(self, objective: str) -> None:
+        """Reject settings that ``objective`` cannot use.
+
+        Raises:
+            ValueError: ``nelbo_weight`` with a time-delay objective.
+        """
+        if self.nelbo_weight and objective in ("td", "tabom"):
+            raise ValueError(f"nelbo_weight: applies to sft / traj-sft, not {objective!r}")
+
+
+RANK_LOSSES: dict[str, tuple[Callable[..., Any], Callable[[LossConfig], dict[str, Any]]]] = {
+    "hinge": (entropy_rank_loss, lambda loss: {"margin": loss.rank_margin}),  # Eq. 8
+}
+"""``--loss.rank_loss`` name -> (function in :mod:`tabom.losses`, its own keywords from the
+:class:`LossConfig`). Every function takes ``(logits, decode_step, cut, *, window, supervise,
+ties, decode_entropy, window_unit, **own)`` and returns an object with ``loss``, ``n_pairs``
+and ``n_samples``. A new variant is that function in losses.py plus one line here, e.g.
+``"logistic": (logistic_rank_loss, lambda loss: {"beta": loss.rank_beta})``."""
 
 
 @dataclass
@@ -46,62 +126,42 @@ class LossOutput:
 
 def compute_objective(
     model_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
-    input_ids: torch.Tensor,
-    attention_mask: torch.Tensor,
-    response_mask: torch.Tensor,
-    decode_step: torch.Tensor | None = None,
-    decode_entropy: torch.Tensor | None = None,
+    batch: TrajectoryBatch,
     *,
     objective: Objective,
+    loss: LossConfig,
     mask_token_id: int,
     generator: torch.Generator | None = None,
-    td_window: int = 32,
-    rank_window: int = 32,
-    rank_margin: float = 0.1,
-    rank_weight: float = 1.0,
-    rank_ties: RankTies = "strict",
-    window_unit: WindowUnit = "steps",
-    td_cut_range: CutRange = "design",
-    nelbo_weight: bool = False,
 ) -> LossOutput:
     """Mask the batch, run one forward and return the objective's loss.
 
     Args:
         model_fn: ``(input_ids, attention_mask) -> (B, L, V)`` aligned logits.
-        input_ids: ``(B, L)`` clean ids, [left pad | prompt | response].
-        attention_mask: ``(B, L)``, passed to ``model_fn`` unchanged.
-        response_mask: ``(B, L)`` bool, True on response positions.
-        decode_step: ``(B, L)`` long, d at response positions, -1 elsewhere; required for
-            ``td`` and ``tabom``.
-        decode_entropy: ``(B, L)`` float, for ``rank_ties="decode-entropy"``.
+        batch: a :class:`tabom.train_data.TrajectoryBatch` on the model's device:
+            ``input_ids`` (B, L) clean ids [left pad | prompt | response], ``attention_mask``,
+            ``response_mask`` (True on response positions), ``decoding_order`` (d at response
+            positions, -1 elsewhere; used by ``td`` and ``tabom``) and ``decode_entropy`` (for
+            ``rank_ties="decode-entropy"``).
         objective: ``sft``, ``traj-sft``, ``td`` or ``tabom``.
+        loss: M, W, m, λ, ties, unit, cut range, NELBO weight (:class:`LossConfig`).
         mask_token_id: id of [MASK].
         generator: source of the masking randomness.
-        td_window: M, the supervision window (decode steps, or tokens per ``window_unit``).
-        rank_window: W, the ranking window.
-        rank_margin: m, the hinge margin.
-        rank_weight: λ, the ranking weight.
-        rank_ties: how same-step pairs are ranked (see :func:`entropy_rank_loss`).
-        window_unit: ``steps`` or ``tokens``, the unit of M and W.
-        td_cut_range: ``design`` ({0, …, s_max − M}) or ``inclusive`` ({0, …, s_max − M + 1}):
-            see :func:`tabom.masking.time_delay_mask`.
-        nelbo_weight: weight CE by 1/t and divide by the response length (the NELBO of
-            Eq. 1); random-mask objectives only.
 
     Returns:
         A :class:`LossOutput`.
 
     Raises:
-        ValueError: on an unknown objective, a missing ``decode_step``, or ``nelbo_weight``
+        ValueError: on an unknown objective, a missing ``decoding_order``, or ``nelbo_weight``
             with a time-delay objective.
     """
+    input_ids, attention_mask = batch.input_ids, batch.attention_mask
+    response_mask, decode_step = batch.response_mask, batch.decoding_order
     if objective not in OBJECTIVES:
         raise ValueError(f"objective must be one of {OBJECTIVES}, got {objective!r}")
     trajectory = objective in ("td", "tabom")
     if trajectory and decode_step is None:
         raise ValueError(f"objective {objective!r} needs decode_step (trajectories)")
-    if trajectory and nelbo_weight:
-        raise ValueError(f"nelbo_weight applies to sft / traj-sft, not {objective!r}")
+    loss.check(objective)
 
     # 1) mask: random ratio t per sample, or the trajectory state at a cut s
     if trajectory:
@@ -109,11 +169,11 @@ def compute_objective(
             input_ids,
             decode_step,
             response_mask=response_mask,
-            window=td_window,
+            window=loss.td_window,
             mask_token_id=mask_token_id,
             generator=generator,
-            window_unit=window_unit,
-            cut_range=td_cut_range,
+            window_unit=loss.window_unit,
+            cut_range=loss.td_cut_range,
         )
     else:
         plan = random_mask(
@@ -128,8 +188,8 @@ def compute_objective(
         logits,
         input_ids,
         plan.supervise,
-        t=plan.t if nelbo_weight else None,
-        normalizer=response_mask.sum().clamp(min=1) if nelbo_weight else None,
+        t=plan.t if loss.nelbo_weight else None,
+        normalizer=response_mask.sum().clamp(min=1) if loss.nelbo_weight else None,
     )
 
     # 4) ranking on the same logits (tabom only)
@@ -137,19 +197,20 @@ def compute_objective(
     n_pairs = n_rank_samples = 0
     total = ce
     if objective == "tabom":
-        out = entropy_rank_loss(
+        rank_fn, own = RANK_LOSSES[loss.rank_loss]
+        out = rank_fn(
             logits,
             decode_step,
             plan.cut,
-            window=rank_window,
-            margin=rank_margin,
+            window=loss.rank_window,
             supervise=plan.supervise,
-            ties=rank_ties,
-            decode_entropy=decode_entropy,
-            window_unit=window_unit,
+            ties=loss.rank_ties,
+            decode_entropy=batch.decode_entropy,
+            window_unit=loss.window_unit,
+            **own(loss),
         )
         rank, n_pairs, n_rank_samples = out.loss, out.n_pairs, out.n_samples
-        total = ce + rank_weight * rank
+        total = ce + loss.rank_weight * rank
     return LossOutput(
         total=total,
         ce=ce,

@@ -15,19 +15,117 @@ from __future__ import annotations
 import math
 import warnings
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from tabom.errors import TabomError
+from tabom.masking import cut_extra
 from tabom.tasks import make_task
 from tabom.tasks.base import read_jsonl, require_str
-from tabom.trajectory import TrajectoryDataset, TrajectoryRecord, read_trajectories
+from tabom.trajectory import TrajectoryRecord, read_trajectories
 
 
 class TrainDataError(TabomError):
     """Training data that cannot be used with this config; the message names the file and field."""
+
+
+class TrajectoryDataset(torch.utils.data.Dataset):
+    """Trajectory records as tensors for training (one item per record).
+
+    Items are dicts with ``prompt_ids`` (P,), ``response_ids`` (T,), ``decoding_order`` (T,)
+    long tensors, ``decode_entropy`` (T,) float (NaN where unknown) or ``None``, and ``id``.
+    """
+
+    def __init__(self, records: Sequence[TrajectoryRecord]) -> None:
+        self.records = list(records)
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        r = self.records[i]
+        entropy = None
+        if r.decode_entropy is not None:
+            vals = [math.nan if v is None else float(v) for v in r.decode_entropy]
+            entropy = torch.tensor(vals, dtype=torch.float)
+        return {
+            "id": r.id,
+            "prompt_ids": torch.tensor(r.prompt_token_ids, dtype=torch.long),
+            "response_ids": torch.tensor(r.response_token_ids, dtype=torch.long),
+            "decoding_order": torch.tensor(r.decoding_order, dtype=torch.long),
+            "decode_entropy": entropy,
+        }
+
+
+@dataclass
+class TrajectoryBatch:
+    """A left-padded batch of ``[prompt | response]`` sequences, all ``(B, L)``.
+
+    Attributes:
+        input_ids: clean ids, pad on the left.
+        attention_mask: 1 on prompt and response tokens.
+        response_mask: True on response positions.
+        decoding_order: d at response positions, -1 at prompt, pad and never-decoded ones
+            (what :func:`tabom.masking.time_delay_mask` takes as ``decode_step``).
+        decode_entropy: entropy at commit time on response positions, NaN elsewhere; ``None``
+            unless every record has it.
+        ids: record ids, in batch order.
+    """
+
+    input_ids: torch.Tensor
+    attention_mask: torch.Tensor
+    response_mask: torch.Tensor
+    decoding_order: torch.Tensor
+    decode_entropy: torch.Tensor | None
+    ids: list[str]
+
+    def to(self, device: torch.device | str) -> TrajectoryBatch:
+        """The same batch with every tensor on ``device``."""
+        return TrajectoryBatch(
+            input_ids=self.input_ids.to(device),
+            attention_mask=self.attention_mask.to(device),
+            response_mask=self.response_mask.to(device),
+            decoding_order=self.decoding_order.to(device),
+            decode_entropy=None if self.decode_entropy is None else self.decode_entropy.to(device),
+            ids=self.ids,
+        )
+
+
+def collate_trajectories(items: Sequence[dict[str, Any]], pad_token_id: int) -> TrajectoryBatch:
+    """Left-pad :class:`TrajectoryDataset` items into one batch; ``decoding_order`` pads with -1.
+
+    Raises:
+        ValueError: an empty batch.
+    """
+    if not items:
+        raise ValueError("collate_trajectories needs at least one item")
+    lengths = [len(it["prompt_ids"]) + len(it["response_ids"]) for it in items]
+    B, L = len(items), max(lengths)
+    ids = torch.full((B, L), pad_token_id, dtype=torch.long)
+    attn = torch.zeros((B, L), dtype=torch.long)
+    resp = torch.zeros((B, L), dtype=torch.bool)
+    order = torch.full((B, L), -1, dtype=torch.long)
+    with_entropy = all(it["decode_entropy"] is not None for it in items)
+    entropy = torch.full((B, L), math.nan) if with_entropy else None
+    for b, (it, n) in enumerate(zip(items, lengths, strict=True)):
+        T = len(it["response_ids"])
+        ids[b, L - n :] = torch.cat([it["prompt_ids"], it["response_ids"]])
+        attn[b, L - n :] = 1
+        resp[b, L - T :] = True
+        order[b, L - T :] = it["decoding_order"]
+        if entropy is not None:
+            entropy[b, L - T :] = it["decode_entropy"]
+    return TrajectoryBatch(
+        input_ids=ids,
+        attention_mask=attn,
+        response_mask=resp,
+        decoding_order=order,
+        decode_entropy=entropy,
+        ids=[it["id"] for it in items],
+    )
 
 
 def model_positions(model: Any) -> int | None:
@@ -126,33 +224,33 @@ def check_windows(
         room = [sum(d >= 0 for d in r.decoding_order) - 1 for r in records]
         what = "decoded tokens minus one"
     top = max(room)
-    extra = int(cut_range == "inclusive")
+    extra = cut_extra(cut_range)  # type: ignore[arg-type]
     if td_window > top + extra:
         rng = "{0, …, s_max − M + 1}" if extra else "{0, …, s_max − M}"
-        # advice only what the flags accept: td_window >= 1
+        # advise only what the flags accept: loss.td_window >= 1
         if top + extra >= 1:
-            advice = f"use td_window <= {top + extra}"
+            advice = f"use loss.td_window <= {top + extra}"
         elif not extra and top + 1 >= 1:
-            advice = "use td_cut_range inclusive (then td_window 1 fits)"
+            advice = "use loss.td_cut_range inclusive (then loss.td_window 1 fits)"
         else:
             advice = (
                 "these trajectories are too short for time-delay masking (decode with more "
                 "steps, or train them with objective traj-sft)"
             )
         raise TrainDataError(
-            f"{path}: td_window: M = {td_window} {window_unit} but the largest {what} in the "
+            f"{path}: loss.td_window: M = {td_window} {window_unit} but the largest {what} in the "
             f"file is {top}, so no trajectory can be cut (the cut s ranges over "
             f"{rng}); {advice}"
         )
     if rank_window is not None and rank_window > top + 1:
         raise TrainDataError(
-            f"{path}: rank_window: W = {rank_window} {window_unit} but the trajectories have "
-            f"at most {top + 1} {window_unit}; use rank_window <= {top + 1}"
+            f"{path}: loss.rank_window: W = {rank_window} {window_unit} but the trajectories have "
+            f"at most {top + 1} {window_unit}; use loss.rank_window <= {top + 1}"
         )
     short = sum(r + extra < td_window for r in room)
     if short:
         warnings.warn(
-            f"{path}: {short} of {len(records)} trajectories are too short for td_window "
+            f"{path}: {short} of {len(records)} trajectories are too short for loss.td_window "
             f"M = {td_window} and will supervise nothing (logged as n_uncut)",
             RuntimeWarning,
             stacklevel=2,
@@ -195,7 +293,7 @@ def ground_truth_items(
         path: the ``{prompt, answer}`` JSONL (when ``gt_task`` is None).
 
     Returns:
-        Items shaped like :class:`tabom.trajectory.TrajectoryDataset`'s, with
+        Items shaped like :class:`TrajectoryDataset`'s, with
         ``decoding_order = -1`` (nothing was decoded) and no ``decode_entropy``.
 
     Raises:
@@ -247,21 +345,23 @@ def ground_truth_items(
                 f"response length {length} leaves no room for {what}"
             )
         response = answer_ids + [eos_token_id] * (length - len(answer_ids))
-        items.append(
-            {
-                "id": rid,
-                "prompt_ids": torch.tensor(encode_prompt(prompt), dtype=torch.long),
-                "response_ids": torch.tensor(response, dtype=torch.long),
-                "decoding_order": torch.full((length,), -1, dtype=torch.long),
-                "decode_entropy": None,
-            }
-        )
+        items.append(ground_truth_item(rid, encode_prompt(prompt), response))
     return items
 
 
-def as_items(records: Sequence[TrajectoryRecord]) -> TrajectoryDataset:
-    """Trajectory records as training items (a :class:`TrajectoryDataset`)."""
-    return TrajectoryDataset(records)
+def ground_truth_item(item_id: str, prompt_ids: list[int], response_ids: list[int]) -> dict:
+    """One ground-truth training item: never decoded (``decoding_order`` -1 everywhere).
+
+    The same item shape as :class:`TrajectoryDataset`'s, so :func:`collate_trajectories`
+    batches both (``tabom pretrain`` and ``tabom train --objective sft`` use it).
+    """
+    return {
+        "id": item_id,
+        "prompt_ids": torch.tensor(prompt_ids, dtype=torch.long),
+        "response_ids": torch.tensor(response_ids, dtype=torch.long),
+        "decoding_order": torch.full((len(response_ids),), -1, dtype=torch.long),
+        "decode_entropy": None,
+    }
 
 
 def steps_per_epoch(n: int, global_batch: int) -> int:
@@ -312,9 +412,13 @@ def batch_indices(
 
 
 __all__ = [
+    "ground_truth_item",
+    "collate_trajectories",
+    "TrajectoryDataset",
+    "TrajectoryBatch",
     "TrainDataError",
-    "as_items",
     "batch_indices",
+    "model_positions",
     "check_windows",
     "ground_truth_items",
     "load_trajectories",

@@ -1,4 +1,4 @@
-"""Trajectory records and files: JSONL read / validate / append, dataset + collate (DESIGN §4).
+"""Trajectory records and files: JSONL read / validate / append (DESIGN §4; torch-free).
 
 One record per line: a self-distilled answer with its trajectory (``decoding_order[p]`` = the
 decode step of response position p, -1 = never decoded), compatible with the reference
@@ -15,16 +15,14 @@ import hashlib
 import json
 import math
 import os
-import re
 import warnings
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from tabom.errors import TabomError
+from tabom.jsonl import MAX_DEPTH, StrictJsonError, loads_strict
 
 SCHEMA_VERSION = 1
 METHODS = ("confidence", "margin", "entropy", "random")
@@ -42,11 +40,6 @@ _GEN_TYPES: dict[str, tuple[type, ...]] = {
 }
 """Required ``gen`` keys and their JSON types (``steps``, ``block_length`` and ``threshold`` are
 checked on their own: they may be null)."""
-
-
-MAX_DEPTH = 32
-"""Deepest nesting of ``[`` / ``{`` a line may have (a record needs 3); deeper is refused
-before parsing, so a hostile line never reaches Python's recursion limit."""
 
 
 class TrajectoryFileError(TabomError):
@@ -431,62 +424,17 @@ def drop_torn_tail(path: str | Path, prefix: bytes | None = None) -> bool:
     return True
 
 
-class _DuplicateKey(ValueError):
-    def __init__(self, key: str) -> None:
-        self.key = key
-        super().__init__(key)
-
-
-def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for key, value in pairs:
-        if key in out:
-            raise _DuplicateKey(key)
-        out[key] = value
-    return out
-
-
-def _bare_constant(name: str) -> Any:
-    raise ValueError(f"bare {name} is not JSON (write null, or a finite number)")
-
-
-_STRING = re.compile(rb'"(?:[^"\\]|\\.)*"')
-_BRACKET = re.compile(rb"[\[\]{}]")
-
-
-def _depth(raw: bytes) -> int:
-    """The deepest ``[`` / ``{`` nesting of one JSON line (strings skipped), capped past MAX_DEPTH."""
-    if raw.count(b"[") + raw.count(b"{") <= MAX_DEPTH:
-        return 0  # cannot be deeper than the brackets it has
-    depth = top = 0
-    for m in _BRACKET.finditer(_STRING.sub(b'""', raw)):
-        depth += 1 if m.group() in (b"[", b"{") else -1
-        if depth > top:
-            top = depth
-            if top > MAX_DEPTH:
-                break
-    return top
-
-
 def loads_line(raw: bytes | str, path: str | Path, line: int) -> Any:
-    """One line of strict JSON: no bare NaN / Infinity, no repeated key, bounded nesting.
+    """One line of strict JSON (:func:`tabom.jsonl.loads_strict`: no bare NaN / Infinity, no
+    repeated key, bounded nesting).
 
     Raises:
         TrajectoryFileError: names file, line and (for a repeated key) the field.
     """
-    data = raw.encode("utf-8") if isinstance(raw, str) else raw
-    if _depth(data) > MAX_DEPTH:
-        raise TrajectoryFileError(
-            path, line, "<line>", f"nested deeper than {MAX_DEPTH} levels of [ and {{"
-        )
     try:
-        return json.loads(data, object_pairs_hook=_unique_keys, parse_constant=_bare_constant)
-    except _DuplicateKey as e:
-        raise TrajectoryFileError(path, line, e.key, "duplicate key in the object") from None
-    except json.JSONDecodeError as e:
-        raise TrajectoryFileError(path, line, "<line>", f"not valid JSON ({e})") from None
-    except (UnicodeDecodeError, ValueError, RecursionError) as e:
-        raise TrajectoryFileError(path, line, "<line>", f"not valid JSON ({e})") from None
+        return loads_strict(raw)
+    except StrictJsonError as e:
+        raise TrajectoryFileError(path, line, e.key or "<line>", e.reason) from None
 
 
 def iter_json_lines(path: str | Path, *, torn_tail: bool = False) -> Iterable[tuple[int, Any]]:
@@ -634,105 +582,14 @@ def _json_line(obj: dict[str, Any]) -> str:
     return json.dumps(obj, ensure_ascii=False, allow_nan=False) + "\n"
 
 
-# --------------------------------------------------------------------------- training data
-
-
-class TrajectoryDataset(torch.utils.data.Dataset):
-    """Trajectory records as tensors for training (one item per record).
-
-    Items are dicts with ``prompt_ids`` (P,), ``response_ids`` (T,), ``decoding_order`` (T,)
-    long tensors, ``decode_entropy`` (T,) float (NaN where unknown) or ``None``, and ``id``.
-    """
-
-    def __init__(self, records: Sequence[TrajectoryRecord]) -> None:
-        self.records = list(records)
-
-    def __len__(self) -> int:
-        return len(self.records)
-
-    def __getitem__(self, i: int) -> dict[str, Any]:
-        r = self.records[i]
-        entropy = None
-        if r.decode_entropy is not None:
-            vals = [math.nan if v is None else float(v) for v in r.decode_entropy]
-            entropy = torch.tensor(vals, dtype=torch.float)
-        return {
-            "id": r.id,
-            "prompt_ids": torch.tensor(r.prompt_token_ids, dtype=torch.long),
-            "response_ids": torch.tensor(r.response_token_ids, dtype=torch.long),
-            "decoding_order": torch.tensor(r.decoding_order, dtype=torch.long),
-            "decode_entropy": entropy,
-        }
-
-
-@dataclass
-class TrajectoryBatch:
-    """A left-padded batch of ``[prompt | response]`` sequences, all ``(B, L)``.
-
-    Attributes:
-        input_ids: clean ids, pad on the left.
-        attention_mask: 1 on prompt and response tokens.
-        response_mask: True on response positions.
-        decoding_order: d at response positions, -1 at prompt, pad and never-decoded ones
-            (what :func:`tabom.masking.time_delay_mask` takes as ``decode_step``).
-        decode_entropy: entropy at commit time on response positions, NaN elsewhere; ``None``
-            unless every record has it.
-        ids: record ids, in batch order.
-    """
-
-    input_ids: torch.Tensor
-    attention_mask: torch.Tensor
-    response_mask: torch.Tensor
-    decoding_order: torch.Tensor
-    decode_entropy: torch.Tensor | None
-    ids: list[str]
-
-
-def collate_trajectories(items: Sequence[dict[str, Any]], pad_token_id: int) -> TrajectoryBatch:
-    """Left-pad :class:`TrajectoryDataset` items into one batch; ``decoding_order`` pads with -1.
-
-    Raises:
-        ValueError: an empty batch.
-    """
-    if not items:
-        raise ValueError("collate_trajectories needs at least one item")
-    lengths = [len(it["prompt_ids"]) + len(it["response_ids"]) for it in items]
-    B, L = len(items), max(lengths)
-    ids = torch.full((B, L), pad_token_id, dtype=torch.long)
-    attn = torch.zeros((B, L), dtype=torch.long)
-    resp = torch.zeros((B, L), dtype=torch.bool)
-    order = torch.full((B, L), -1, dtype=torch.long)
-    with_entropy = all(it["decode_entropy"] is not None for it in items)
-    entropy = torch.full((B, L), math.nan) if with_entropy else None
-    for b, (it, n) in enumerate(zip(items, lengths, strict=True)):
-        T = len(it["response_ids"])
-        ids[b, L - n :] = torch.cat([it["prompt_ids"], it["response_ids"]])
-        attn[b, L - n :] = 1
-        resp[b, L - T :] = True
-        order[b, L - T :] = it["decoding_order"]
-        if entropy is not None:
-            entropy[b, L - T :] = it["decode_entropy"]
-    return TrajectoryBatch(
-        input_ids=ids,
-        attention_mask=attn,
-        response_mask=resp,
-        decoding_order=order,
-        decode_entropy=entropy,
-        ids=[it["id"] for it in items],
-    )
-
-
 __all__ = [
     "MAX_DEPTH",
     "METHODS",
     "RECORD_PREFIX",
     "SCHEMA_VERSION",
-    "TrajectoryBatch",
-    "TrajectoryDataset",
     "TrajectoryFileError",
     "TrajectoryRecord",
     "TrajectoryWriter",
-    "collate_trajectories",
     "drop_torn_tail",
     "iter_json_lines",
     "loads_line",

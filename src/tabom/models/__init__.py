@@ -15,12 +15,11 @@ from typing import Any
 
 import torch
 
-from tabom.models.base import BackendSpec, DiffusionLM, align_logits
+from tabom.models.base import BACKEND_FILE, BackendSpec, DiffusionLM, align_logits, save_model
 from tabom.models.dream import DREAM, load_dream
 from tabom.models.hf import HF_MLM, BackendDefaults, load_hf_mlm, load_pretrained, torch_dtype
 from tabom.models.llada import LLADA, load_llada
 from tabom.models.tiny import (
-    BACKEND_FILE,
     TinyModelConfig,
     build_tiny,
     load_tiny,
@@ -28,7 +27,7 @@ from tabom.models.tiny import (
 )
 
 ASSETS = Path(__file__).resolve().parent.parent / "assets"
-SHIPPED = {"tiny-base": ASSETS / "tiny-base"}
+SHIPPED = {"tiny-base": ASSETS / "tiny-base", "tiny-sudoku": ASSETS / "tiny-sudoku"}
 DEFAULT_MODEL = "tiny-base"
 TINY_BACKENDS = ("tiny", "tiny-dream")
 PRETRAINED: dict[str, BackendDefaults] = {"llada": LLADA, "dream": DREAM, "hf-mlm": HF_MLM}
@@ -170,12 +169,3 @@ def load_model(
     if backend not in PRETRAINED:
         raise ValueError(f"backend must be auto or one of {', '.join(BACKENDS)}, got {backend!r}")
     return load_pretrained(name_or_path, PRETRAINED[backend], dtype=dtype, device=device)
-
-
-def save_model(dlm: DiffusionLM, path: str | Path) -> None:
-    """Save any backend's model, tokenizer and ``tabom_backend.json`` to a folder.
-
-    :func:`load_model` on that folder restores the same backend (the file names it);
-    remote-code models save their code with them (``save_pretrained``).
-    """
-    save_tiny(dlm, path)

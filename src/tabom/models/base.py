@@ -11,10 +11,15 @@ already aligned so that ``logits[:, j]`` predicts token ``j``, and
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Literal
 
 import torch
+
+BACKEND_FILE = "tabom_backend.json"
+"""The file that names a saved model's backend (written by :func:`save_model`)."""
 
 AttentionKind = Literal["2d", "4d-self-pad"]
 
@@ -193,3 +198,20 @@ class DiffusionLM:
                 )
         raw = self.model(input_ids=input_ids, **kwargs).logits  # (B, L, V)
         return align_logits(raw, self.spec.shift_logits)
+
+
+def save_model(dlm: DiffusionLM, path: str | Path) -> None:
+    """Save any backend's model, tokenizer and ``tabom_backend.json`` to a folder.
+
+    :func:`tabom.models.load_model` on that folder restores the same backend (the file names
+    it, with the tiny model's config when there is one); remote-code models save their code
+    with them (``save_pretrained``).
+    """
+    path = Path(path)
+    path.mkdir(parents=True, exist_ok=True)
+    dlm.model.save_pretrained(path)
+    dlm.tokenizer.save_pretrained(path)
+    meta = {"backend": dlm.spec.name, "shift_logits": dlm.spec.shift_logits}
+    if "tiny_config" in dlm.extra:
+        meta["tiny_config"] = dlm.extra["tiny_config"]
+    (path / BACKEND_FILE).write_text(json.dumps(meta, indent=2) + "\n")

@@ -21,8 +21,8 @@ from typing import Any, Literal
 
 import torch
 
-from tabom.models.base import DiffusionLM
-from tabom.models.tiny import BACKEND_FILE, build_char_tokenizer
+from tabom.models.base import BACKEND_FILE, DiffusionLM
+from tabom.models.tiny import build_char_tokenizer
 
 StandIn = Literal["llada", "dream", "bert", "modernbert"]
 STANDINS: tuple[str, ...] = ("llada", "dream", "bert", "modernbert")

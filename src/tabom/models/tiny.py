@@ -16,11 +16,10 @@ from typing import Literal
 
 import torch
 
-from tabom.models.base import BackendSpec, DiffusionLM
+from tabom.models.base import BACKEND_FILE, BackendSpec, DiffusionLM, save_model
 
 SPECIAL_TOKENS = ("<pad>", "<eos>", "<mask>", "<unk>")
 CHARS = tuple(chr(i) for i in range(32, 127)) + ("\n",)
-BACKEND_FILE = "tabom_backend.json"
 
 
 def build_char_tokenizer():
@@ -128,16 +127,8 @@ def build_tiny(cfg: TinyModelConfig | None = None, *, seed: int = 0) -> Diffusio
     return dlm
 
 
-def save_tiny(dlm: DiffusionLM, path: str | Path) -> None:
-    """Save model, tokenizer and backend data so that :func:`load_tiny` restores them."""
-    path = Path(path)
-    path.mkdir(parents=True, exist_ok=True)
-    dlm.model.save_pretrained(path)
-    dlm.tokenizer.save_pretrained(path)
-    meta = {"backend": dlm.spec.name, "shift_logits": dlm.spec.shift_logits}
-    if "tiny_config" in dlm.extra:
-        meta["tiny_config"] = dlm.extra["tiny_config"]
-    (path / BACKEND_FILE).write_text(json.dumps(meta, indent=2) + "\n")
+save_tiny = save_model
+"""Tiny models save like every backend (:func:`tabom.models.base.save_model`)."""
 
 
 def load_tiny(path: str | Path, *, dtype: torch.dtype | None = None) -> DiffusionLM:

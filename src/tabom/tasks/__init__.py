@@ -6,16 +6,18 @@ A task is named by a spec string, ``name`` or ``name:field=value,field=value``::
     make_task("countdown:n_operands=4")
     make_task("gsm8k:path=../shared/data/gsm8k/test.jsonl")
 
-Values of integer fields are parsed as ints (an error names the field otherwise); the rest
-stay strings.
+Values are parsed as their field's type (int, float, bool; an error names the field
+otherwise); the rest stay strings.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import math
 import re
+import types
 from pathlib import Path
-from typing import Any
+from typing import Any, Union, get_args, get_origin, get_type_hints
 
 from tabom.errors import TabomError
 from tabom.tasks.addition import AdditionTask
@@ -42,16 +44,34 @@ class TaskSpecError(TabomError):
     """A task spec that names no task, an unknown field or a bad value; names the spec."""
 
 
-def _value(spec: str, field: dataclasses.Field, text: str) -> Any:
-    """``text`` as the field's type: ``int`` fields need an integer, the rest stay strings."""
+def _value(spec: str, name: str, tp: Any, text: str) -> Any:
+    """``text`` as the field's resolved type ``tp``: int, float, bool or str (else an error).
+
+    The type comes from :func:`typing.get_type_hints`, never from the annotation's text.
+    """
     text = text.strip()
-    if str(field.type).split("|")[0].strip() != "int":
-        return text
-    if not re.fullmatch(r"[+-]?[0-9]+", text):
-        raise TaskSpecError(
-            f"task spec {spec!r}: field {field.name!r} needs an integer, got {text!r}"
-        )
-    return int(text)
+    args = [a for a in get_args(tp) if a is not type(None)]
+    if get_origin(tp) in (Union, types.UnionType) and len(args) == 1:
+        tp = args[0]  # ``int | None``: the int
+    if tp is bool:
+        if text.lower() not in ("true", "false", "1", "0"):
+            raise TaskSpecError(f"task spec {spec!r}: field {name!r} needs true/false, got {text!r}")
+        return text.lower() in ("true", "1")
+    if tp is int:
+        if not re.fullmatch(r"[+-]?[0-9]+", text):
+            raise TaskSpecError(f"task spec {spec!r}: field {name!r} needs an integer, got {text!r}")
+        return int(text)
+    if tp is float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise TaskSpecError(
+                f"task spec {spec!r}: field {name!r} needs a number, got {text!r}"
+            ) from None
+        if not math.isfinite(value):
+            raise TaskSpecError(f"task spec {spec!r}: field {name!r} must be finite, got {text!r}")
+        return value
+    return text
 
 
 def make_task(spec: str) -> Task:
@@ -73,6 +93,7 @@ def make_task(spec: str) -> Task:
         raise TaskSpecError(f"unknown task {name!r} in spec {spec!r}; known: {', '.join(TASKS)}")
     cls = TASKS[name]
     allowed = {f.name: f for f in dataclasses.fields(cls) if f.init}
+    hints = get_type_hints(cls)
     kwargs: dict[str, Any] = {}
     for item in filter(None, (part.strip() for part in args.split(","))):
         key, eq, value = item.partition("=")
@@ -86,7 +107,7 @@ def make_task(spec: str) -> Task:
             )
         if key in kwargs:
             raise TaskSpecError(f"task spec {spec!r}: field {key!r} given twice")
-        kwargs[key] = _value(spec, allowed[key], value)
+        kwargs[key] = _value(spec, key, hints[key], value)
     try:
         return cls(**kwargs)
     except TabomError:

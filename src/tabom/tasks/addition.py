@@ -3,6 +3,8 @@
 Each operand gets a digit count drawn uniformly from ``[min_digits, max_digits]``, then a value
 drawn uniformly among the numbers with that many digits. The verifier accepts a plain ASCII
 decimal integer equal to the sum (surrounding whitespace ignored) and nothing else.
+Difficulty is the longest carry chain (:func:`longest_carry_chain`); the oracle order writes
+the answer from the units digit up (:func:`oracle_rank`), the order column addition needs.
 """
 
 from __future__ import annotations
@@ -36,6 +38,53 @@ def parse(response: str) -> int | None:
     if len(text) > _MAX_ANSWER_DIGITS or not _INT.fullmatch(text):
         return None
     return int(text)
+
+
+def longest_carry_chain(a: int, b: int) -> int:
+    """The most consecutive columns of ``a + b`` (units first) that each produce a carry.
+
+    E.g. 0 for 12+34, 1 for 15+15 (units only), 3 for 999+1 (every column carries). A
+    chain of length c means the digit c columns up depends on the units column.
+
+    Raises:
+        ValueError: a negative operand.
+    """
+    if a < 0 or b < 0:
+        raise ValueError(f"addition: operands must be >= 0, got {a} and {b}")
+    carry = run = best = 0
+    while a or b:
+        carry = int(a % 10 + b % 10 + carry >= 10)
+        run = run + 1 if carry else 0
+        best = max(best, run)
+        a, b = a // 10, b // 10
+    return best
+
+
+def answer_text(a: int, b: int, width: int = 0) -> str:
+    """The reference answer: the sum, zero-padded to ``width + 1`` digits when ``width``."""
+    return f"{a + b:0{width + 1}d}" if width else str(a + b)
+
+
+def oracle_rank(a: int, b: int, width: int = 0, gen_length: int | None = None) -> list[int]:
+    """The oracle decode order of the reference answer: units digit first (right to left).
+
+    Args:
+        a, b: the operands.
+        width: the task's ``width`` (the answer has ``width + 1`` digits when > 0).
+        gen_length: response length; positions after the answer (the EOS tail) get -1.
+
+    Returns:
+        One rank per response position: the last digit 0, the one before it 1, ...; -1
+        on the EOS tail (not ranked).
+
+    Raises:
+        ValueError: ``gen_length`` shorter than the answer.
+    """
+    n = len(answer_text(a, b, width))
+    gen_length = n if gen_length is None else gen_length
+    if gen_length < n:
+        raise ValueError(f"addition: gen_length {gen_length} < answer length {n}")
+    return [n - 1 - i for i in range(n)] + [-1] * (gen_length - n)
 
 
 @dataclass
@@ -83,7 +132,7 @@ class AdditionTask:
         return Example(
             id=f"addition-{a}+{b}" + (f"-w{self.width}" if self.width else ""),
             prompt=format_prompt(a, b, self.width),
-            answer=f"{a + b:0{self.width + 1}d}" if self.width else str(a + b),
+            answer=answer_text(a, b, self.width),
             data={"a": a, "b": b},
         )
 
@@ -107,3 +156,12 @@ class AdditionTask:
         """Whether ``response`` states ``a + b`` exactly (never raises)."""
         value = parse(response)
         return value is not None and value == example.data["a"] + example.data["b"]
+
+    def difficulty(self, example: Example) -> dict[str, int]:
+        """``{"carry_chain": c}``, the longest carry chain of the example's sum."""
+        return {"carry_chain": longest_carry_chain(example.data["a"], example.data["b"])}
+
+    def oracle_rank(self, example: Example) -> list[int]:
+        """Units-first rank of each of the ``gen_length`` response positions (-1 = EOS tail)."""
+        d = example.data
+        return oracle_rank(d["a"], d["b"], self.width, self.gen_length)

@@ -7,7 +7,6 @@ malformed data files raise :class:`DataFileError` naming the file, the line and 
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -15,6 +14,7 @@ from typing import Any, Protocol, runtime_checkable
 
 import torch
 
+from tabom import jsonl
 from tabom.errors import TabomError
 
 
@@ -73,20 +73,7 @@ def read_jsonl(path: str | Path) -> list[tuple[int, dict[str, Any]]]:
         FileNotFoundError: the file does not exist.
         DataFileError: a line is not a JSON object.
     """
-    path = Path(path)
-    out: list[tuple[int, dict[str, Any]]] = []
-    with path.open(encoding="utf-8") as f:
-        for i, line in enumerate(f, start=1):
-            if not line.strip():
-                continue
-            try:
-                rec = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise DataFileError(path, i, "<line>", f"not valid JSON ({e.msg})") from None
-            if not isinstance(rec, dict):
-                raise DataFileError(path, i, "<line>", "not a JSON object")
-            out.append((i, rec))
-    return out
+    return jsonl.read_jsonl(path, error=lambda p, i, why: DataFileError(p, i, "<line>", why))
 
 
 def require_str(path: str | Path, line: int, rec: dict[str, Any], key: str) -> str:

@@ -4,27 +4,30 @@ An eval set is ``SPEC`` (seeded generated instances) or ``SPEC@FILE`` (a data fi
 task's loader, e.g. ``countdown:n_operands=4@data/cd4_test.jsonl``). The model is a shipped
 name or a folder, optionally with a peft LoRA ``adapter`` on top. Per set: the main run
 (``n_samples`` answers at the first score and budget: accuracy, pass@k, forwards per answer),
-one-sample accuracy at every score x tokens-per-step budget, and, with a ``baseline`` model,
+one-sample accuracy at every score x tokens-per-step budget (``--decode.*`` settings), and, with a ``baseline`` model,
 forgetting and per-item flips on the same items (:mod:`tabom.metrics`); with ``trajectories``,
 Kendall τ alignment and TDS over that file. Results go to tables on stdout and, when
-``output`` is set, to JSON. Run: ``tabom eval --tokens_per_step 1,2,3 --baseline tiny-base``.
+``output`` is set, to JSON. Run: ``tabom eval --budget_tokens_per_step 1,2,3 --baseline
+tiny-base`` or ``tabom eval --decode.threshold 0.9`` (parallel decoding; tokens per forward).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Literal
 
 import torch
 
-from tabom.decoding import ScoreName
+from tabom.decoding import DecodeConfig, ScoreName
 from tabom.errors import TabomError
-from tabom.evaluate import Budget, TaskResult, evaluate_task
+from tabom.evaluate import TaskResult, evaluate_task
 from tabom.metrics import Alignment, Forgetting, forgetting, trajectory_alignment
 from tabom.models import DEFAULT_MODEL, load_model
 from tabom.models.base import DiffusionLM
+from tabom.models.lora import merge_adapter
 from tabom.tasks import NEW_DOMAIN, OLD_DOMAIN, make_task
 from tabom.tasks.base import Example, Task
 
@@ -42,17 +45,18 @@ class EvalConfig:
             The default sets are the shipped model's old and new domain.
         n_samples: answers per problem (pass@k needs n_samples >= k; use temperature > 0).
         ks: the k of pass@k.
-        tokens_per_step: response tokens committed per forward (1 = the paper's setting); a list
-            gives several budgets: the first is the main run's, each gets a one-sample
-            accuracy (``--tokens_per_step 1,2,3``).
-        block_length: semi-autoregressive block length (None = one block).
-        score: unmasking order(s): confidence, margin, entropy or random; the first is the main
-            run's, each gets a one-sample accuracy at every budget.
-        temperature: proposal temperature of the one-sample budget runs and, unless
-            ``sample_temperature`` is set, of the main run (0 = argmax).
+        decode: the decode settings of every run (``--decode.tokens_per_step 2``,
+            ``--decode.threshold 0.9``, ``--decode.top_k 5`` ...; :class:`DecodeConfig`;
+            the response length is each task's unless ``--decode.gen_length`` fixes it). The
+            main run (``n_samples`` answers: accuracy, pass@k, tokens per forward) uses it as
+            it is, with ``sample_temperature`` if set.
+        budget_tokens_per_step: one-sample accuracy at each of these tokens per step
+            (``--budget_tokens_per_step 1,2,3``); ``None`` = ``decode.tokens_per_step`` only.
+        budget_scores: one-sample accuracy with each of these unmasking orders at every budget;
+            ``None`` = ``decode.score`` only.
         sample_temperature: temperature of the main run's ``n_samples`` answers (pass@k), so
-            that one command gives greedy accuracies and sampled pass@k; ``None`` = ``temperature``.
-        top_p: nucleus filter of the proposal.
+            that one command gives greedy accuracies and sampled pass@k; ``None`` =
+            ``decode.temperature``.
         seed: seed of example selection and sampling.
         batch_size: prompts per forward.
         baseline: a model (name or folder) evaluated on the same items with the first score
@@ -71,14 +75,10 @@ class EvalConfig:
     n_examples: int | None = None
     n_samples: int = 1
     ks: list[int] = field(default_factory=lambda: [1])
-    tokens_per_step: list[int] = field(default_factory=lambda: [1])
-    block_length: int | None = None
-    score: list[Literal["confidence", "margin", "entropy", "random"]] = field(
-        default_factory=lambda: ["confidence"]
-    )
-    temperature: float = 0.0
+    decode: DecodeConfig = field(default_factory=DecodeConfig)
+    budget_tokens_per_step: list[int] | None = None
+    budget_scores: list[ScoreName] | None = None
     sample_temperature: float | None = None
-    top_p: float = 1.0
     seed: int = 0
     batch_size: int = 64
     baseline: str | None = None
@@ -87,27 +87,38 @@ class EvalConfig:
     num_threads: int = 1
 
     def __post_init__(self) -> None:
-        for name in ("adapter", "baseline", "trajectories", "output"):  # ``--x none``
-            value = getattr(self, name)
-            if isinstance(value, str) and value.strip().lower() in ("", "none", "null"):
-                setattr(self, name, None)
-        if isinstance(self.tokens_per_step, int):
-            self.tokens_per_step = [self.tokens_per_step]
-        if isinstance(self.score, str):
-            self.score = [self.score]  # type: ignore[list-item]
         if any(k > self.n_samples for k in self.ks):
             raise ValueError(f"ks {self.ks}: every k must be <= n_samples ({self.n_samples})")
-        if self.n_samples > 1 and self.main_temperature == 0:
+        if self.n_samples > 1 and self.main_decode.temperature == 0:
             raise ValueError("n_samples > 1 with temperature 0 decodes the same answer n times")
-        if not self.tokens_per_step or any(t < 1 for t in self.tokens_per_step):
-            raise ValueError(f"tokens_per_step must be >= 1 each, got {self.tokens_per_step}")
-        if not self.score:
-            raise ValueError("score: give at least one unmasking order")
+        if self.budget_tokens_per_step is not None and (
+            not self.budget_tokens_per_step or any(t < 1 for t in self.budget_tokens_per_step)
+        ):
+            raise ValueError(
+                f"budget_tokens_per_step must be >= 1 each, got {self.budget_tokens_per_step}"
+            )
+        if self.budget_scores is not None and not self.budget_scores:
+            raise ValueError("budget_scores: give at least one unmasking order (or none)")
+        if self.sample_temperature is not None and not 0 <= self.sample_temperature < math.inf:
+            raise ValueError(f"sample_temperature must be >= 0, got {self.sample_temperature}")
 
     @property
-    def main_temperature(self) -> float:
-        """The temperature of the main (``n_samples``) run."""
-        return self.temperature if self.sample_temperature is None else self.sample_temperature
+    def main_decode(self) -> DecodeConfig:
+        """The decode settings of the main (``n_samples``) run."""
+        if self.sample_temperature is None:
+            return self.decode
+        return dataclasses.replace(self.decode, temperature=self.sample_temperature)
+
+    def budgets(self) -> dict[str, DecodeConfig]:
+        """``budget_key -> settings`` of the one-sample accuracy runs (the first: the main's)."""
+        scores = self.budget_scores or [self.decode.score]
+        tps = self.budget_tokens_per_step or [self.decode.tokens_per_step]
+        out = {}
+        for score in scores:
+            for t in tps:
+                cfg = dataclasses.replace(self.decode, score=score, tokens_per_step=t)
+                out[budget_key(cfg)] = cfg
+        return out
 
 
 def load_eval_set(spec: str, n: int | None, seed: int) -> tuple[Task, list[Example]]:
@@ -140,52 +151,18 @@ def load_eval_set(spec: str, n: int | None, seed: int) -> tuple[Task, list[Examp
 
 
 def load_eval_model(model: str, adapter: str | None = None) -> DiffusionLM:
-    """``model`` (name or folder), with a peft LoRA ``adapter`` merged in when given.
-
-    Raises:
-        ImportError: an adapter without peft installed.
-    """
+    """``model`` (name or folder), with a peft LoRA ``adapter`` merged in when given."""
     dlm = load_model(model)
-    if adapter is None:
-        return dlm
-    try:
-        from peft import PeftModel
-    except ImportError:
-        raise ImportError(
-            "adapter: loading a LoRA adapter needs peft (pip install 'tabom[lora]')"
-        ) from None
-    if not Path(adapter).is_dir():
-        raise FileNotFoundError(f"adapter: no such folder {adapter}")
-    merged = PeftModel.from_pretrained(dlm.model, adapter).merge_and_unload()
-    merged.eval()
-    return DiffusionLM(merged, dlm.tokenizer, dlm.spec, dlm.extra)
+    return dlm if adapter is None else merge_adapter(dlm, adapter)
 
 
-def budget_config(
-    score: ScoreName,
-    tokens_per_step: int,
-    *,
-    temperature: float = 0.0,
-    top_p: float = 1.0,
-    block_length: int | None = None,
-) -> Budget:
-    """Decode settings committing ``tokens_per_step`` tokens a forward; each task gives T.
-
-    The steps at a task's response length are :func:`tabom.decoding.steps_for`'s
-    (:func:`tabom.evaluate.budget_for`); ``block_length`` is checked against each task's T.
-    """
-    return Budget(
-        score=score,
-        tokens_per_step=tokens_per_step,
-        block_length=block_length,
-        temperature=temperature,
-        top_p=top_p,
-    )
-
-
-def budget_key(score: str, tokens_per_step: int) -> str:
-    """``confidence@1``: the key of one budget's accuracy in the results."""
-    return f"{score}@{tokens_per_step}"
+def budget_key(cfg: DecodeConfig) -> str:
+    """``confidence@1`` (tokens per step) or ``confidence@t0.9`` (threshold): a budget's key."""
+    if cfg.threshold is not None:
+        return f"{cfg.score}@t{cfg.threshold:g}"
+    if cfg.steps is not None:
+        return f"{cfg.score}@s{cfg.steps}"
+    return f"{cfg.score}@{cfg.tokens_per_step}"
 
 
 def format_table(results: dict[str, TaskResult]) -> str:
@@ -225,7 +202,7 @@ def format_forgetting(forgot: dict[str, Forgetting]) -> str:
     return "\n".join(rows)
 
 
-def run_eval_command(cfg: EvalConfig) -> int:
+def run_eval(cfg: EvalConfig) -> int:
     """Evaluate ``cfg.model`` on every set; print the tables, write JSON if asked."""
     if cfg.num_threads:
         torch.set_num_threads(cfg.num_threads)
@@ -239,48 +216,33 @@ def run_eval_command(cfg: EvalConfig) -> int:
             cfg.trajectories, tokenizer=dlm.tokenizer, vocab_size=dlm.vocab_size
         )
     sets = {spec: load_eval_set(spec, cfg.n_examples, cfg.seed) for spec in cfg.tasks}
-    score0, tps0 = cfg.score[0], cfg.tokens_per_step[0]
-    main_cfg = budget_config(
-        score0,
-        tps0,
-        temperature=cfg.main_temperature,
-        top_p=cfg.top_p,
-        block_length=cfg.block_length,
-    )
+    budgets_cfg = cfg.budgets()
+    key0 = next(iter(budgets_cfg))
     results: dict[str, TaskResult] = {}
     budgets: dict[str, dict[str, float]] = {}
     forgot: dict[str, Forgetting] = {}
     for spec, (task, examples) in sets.items():
         kwargs = {"seed": cfg.seed, "batch_size": cfg.batch_size, "progress": True}
         results[spec] = evaluate_task(
-            dlm, task, examples, main_cfg, n_samples=cfg.n_samples, ks=tuple(cfg.ks), **kwargs
+            dlm,
+            task,
+            examples,
+            cfg.main_decode,
+            n_samples=cfg.n_samples,
+            ks=tuple(cfg.ks),
+            **kwargs,
         )
         one: dict[str, TaskResult] = {}
-        for score in cfg.score:
-            for tps in cfg.tokens_per_step:
-                bcfg = budget_config(
-                    score,
-                    tps,
-                    temperature=cfg.temperature,
-                    top_p=cfg.top_p,
-                    block_length=cfg.block_length,
-                )
-                same_as_main = cfg.n_samples == 1 and cfg.main_temperature == cfg.temperature
-                if (score, tps) == (score0, tps0) and same_as_main:
-                    one[budget_key(score, tps)] = results[spec]
-                else:
-                    one[budget_key(score, tps)] = evaluate_task(dlm, task, examples, bcfg, **kwargs)
+        same_as_main = cfg.n_samples == 1 and cfg.main_decode == cfg.decode
+        for key, bcfg in budgets_cfg.items():
+            if bcfg == cfg.decode and same_as_main:
+                one[key] = results[spec]
+            else:
+                one[key] = evaluate_task(dlm, task, examples, bcfg, **kwargs)
         budgets[spec] = {k: r.accuracy for k, r in one.items()}
         if base is not None:
-            bcfg = budget_config(
-                score0,
-                tps0,
-                temperature=cfg.temperature,
-                top_p=cfg.top_p,
-                block_length=cfg.block_length,
-            )
-            before = evaluate_task(base, task, examples, bcfg, **kwargs)
-            after = one[budget_key(score0, tps0)]
+            before = evaluate_task(base, task, examples, budgets_cfg[key0], **kwargs)
+            after = one[key0]
             forgot[spec] = forgetting([c[0] for c in before.correct], [c[0] for c in after.correct])
     alignment: Alignment | None = None
     if records is not None:

@@ -22,157 +22,38 @@ Run: ``tabom demo`` (about 10 minutes on 2 CPU cores), ``tabom demo --quick`` (u
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import json
 import math
 import shutil
-import statistics
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import torch
 from tqdm.auto import tqdm
 
-from tabom.config import to_dict
-from tabom.eval_cli import budget_config
-from tabom.evaluate import evaluate_task
-from tabom.metrics import forgetting, trajectory_alignment
-from tabom.models import DEFAULT_MODEL, load_model
-from tabom.tasks import NEW_DOMAIN, OLD_DOMAIN, make_task
-from tabom.tasks.base import Example, Task
-
-MODELS = ("base", "sft", "traj-sft", "td", "tabom")
-QUICK: dict[str, Any] = {
-    "output_dir": "runs/demo-quick",
-    "distill_prompts": 200,
-    "seeds": [0, 1],
-    "test_examples": 100,
-    "val_examples": 50,
-    "old_examples": 100,
-    "pass_examples": 40,
-    "n_samples": 8,
-    "ks": [1, 8],
-    "align_samples": 4,
-}
-"""What ``--quick`` sets, for every field still at its default."""
-WARMUP_STEPS = 5
-"""Linear warmup steps of every training run."""
-MIN_LR_RATIO = 0.1
-"""The cosine schedule ends at this share of the peak lr."""
-WEIGHT_DECAY = 0.01
-"""AdamW weight decay of every training run."""
-TRAIN_SETTINGS = (
-    "epochs",
-    "batch_size",
-    "lr",
-    "td_window",
-    "rank_window",
-    "td_cut_range",
-    "rank_margin",
-    "rank_weight",
+from tabom.commands.demo.config import (
+    MIN_LR_RATIO,
+    TRAIN_SETTINGS,
+    WARMUP_STEPS,
+    WEIGHT_DECAY,
+    DemoConfig,
 )
-"""The :class:`DemoConfig` fields a training run depends on (besides objective, seed, steps and
-data): part of the key of every ``train`` stage, in the demo and in ``tabom sweep``."""
-
-
-@dataclass
-class DemoConfig:
-    """Config of ``tabom demo``. Defaults: the embedded default run (≈ 10 min on 2 CPU cores).
-
-    Attributes:
-        output_dir: stage folders, ``report.md`` and the plots.
-        quick: a smoke run (small sets, 2 seeds, under 2 minutes): every field below still at
-            its default takes the value in :data:`QUICK` (``output_dir`` runs/demo-quick).
-        model: the base model (shipped name or folder).
-        new_task: the new domain (distillation prompts, test and validation sets).
-        old_task: the old domain (forgetting).
-        distill_prompts: distillation prompts (the training prompts of every objective).
-        distill_samples: answers decoded per prompt (temperature ``distill_temperature``);
-            the verified ones are the trajectories.
-        distill_temperature: proposal temperature of self-distillation.
-        distill_seed: seed of the distillation prompts and samples.
-        objectives: post-training objectives compared (each trained from the base).
-        seeds: training seeds per objective (data order, masking); the table shows mean ± std.
-        epochs: passes over the trajectories; every objective runs the same number of optimizer
-            steps, ``epochs × ceil(trajectories / batch_size)``.
-        batch_size: sequences per optimizer step.
-        lr: peak learning rate (full fine-tuning, :data:`WARMUP_STEPS` warmup steps, cosine
-            to :data:`MIN_LR_RATIO` × lr, weight decay :data:`WEIGHT_DECAY`).
-        td_window: M (decode steps).
-        rank_window: W (decode steps).
-        td_cut_range: the cut range of time-delay masking, ``design`` (DESIGN §5) or
-            ``inclusive`` (the window can reach the last decode step; docs/results.md).
-        rank_margin: m.
-        rank_weight: λ.
-        test_examples: new-domain test problems (greedy accuracy at every budget).
-        val_examples: new-domain validation problems (model choices; never the test set).
-        old_examples: old-domain test problems (forgetting and flips).
-        pass_examples: the first test problems sampled ``n_samples`` times for pass@k.
-        n_samples: samples per problem for pass@k (temperature 1).
-        ks: the k of pass@k.
-        tokens_per_step: step budgets of the greedy accuracy (1 = full diffusion decoding).
-        align_samples: samples per validation prompt for the held-out alignment trajectories.
-        split_seed: seed of the test and validation sets.
-        num_threads: torch CPU threads (1 is fastest for the tiny model on a busy 2-core CPU).
-        progress: progress bars.
-    """
-
-    output_dir: str = "runs/demo"
-    quick: bool = False
-    model: str = DEFAULT_MODEL
-    new_task: str = NEW_DOMAIN
-    old_task: str = OLD_DOMAIN
-    distill_prompts: int = 1500
-    distill_samples: int = 8
-    distill_temperature: float = 1.0
-    distill_seed: int = 0
-    objectives: list[str] = field(default_factory=lambda: ["sft", "traj-sft", "td", "tabom"])
-    seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
-    epochs: int = 5
-    batch_size: int = 32
-    lr: float = 5e-4
-    td_window: int = 3
-    rank_window: int = 3
-    td_cut_range: Literal["design", "inclusive"] = "design"
-    rank_margin: float = 0.1
-    rank_weight: float = 1.0
-    test_examples: int = 500
-    val_examples: int = 300
-    old_examples: int = 500
-    pass_examples: int = 200
-    n_samples: int = 16
-    ks: list[int] = field(default_factory=lambda: [1, 4, 16])
-    tokens_per_step: list[int] = field(default_factory=lambda: [1, 2, 3])
-    align_samples: int = 8
-    split_seed: int = 1234
-    num_threads: int = 1
-    progress: bool = True
-
-    def __post_init__(self) -> None:
-        from tabom.objectives import OBJECTIVES
-
-        bad = [o for o in self.objectives if o not in OBJECTIVES]
-        if bad:
-            raise ValueError(f"objectives: {bad} are not among {OBJECTIVES}")
-        if not self.seeds:
-            raise ValueError("seeds: give at least one seed")
-        if any(k > self.n_samples for k in self.ks):
-            raise ValueError(f"ks {self.ks}: every k must be <= n_samples ({self.n_samples})")
-        if self.pass_examples > self.test_examples:
-            raise ValueError("pass_examples must be <= test_examples (a prefix of the test set)")
-
-    def resolved(self) -> DemoConfig:
-        """With ``quick``: the :data:`QUICK` values for every field still at its default."""
-        if not self.quick:
-            return self
-        defaults = DemoConfig()
-        changes = {k: v for k, v in QUICK.items() if getattr(self, k) == getattr(defaults, k)}
-        return dataclasses.replace(self, **changes)
-
+from tabom.commands.demo.report import write_report
+from tabom.commands.distill import DistillConfig, distill, load_prompts
+from tabom.commands.train import TrainConfig, train
+from tabom.config import to_dict
+from tabom.decoding import DecodeConfig
+from tabom.evaluate import evaluate_task
+from tabom.jsonl import write_jsonl
+from tabom.metrics import trajectory_alignment
+from tabom.models import load_model
+from tabom.tasks import make_task
+from tabom.tasks.base import Example, Task
+from tabom.trajectory import read_trajectories
 
 # --------------------------------------------------------------------------- stages
 
@@ -229,10 +110,8 @@ def make_splits(cfg: DemoConfig) -> dict[str, list[Example]]:
         ValueError: too few held-out problems, or two of distill / test / val sharing ids
             (never expected: the filter removes them).
     """
-    from tabom.distill import load_prompts
-
     new, old = make_task(cfg.new_task), make_task(cfg.old_task)
-    distill = load_prompts(_distill_config(cfg, "unused"), new)
+    distill = load_prompts(distill_config(cfg, "unused"), new)
     taken = {ex.id for ex in distill}
     test = draw(new, cfg.test_examples, cfg.split_seed, taken)
     val = draw(new, cfg.val_examples, cfg.split_seed + 1, taken | {ex.id for ex in test})
@@ -261,36 +140,37 @@ def distill_settings(cfg: DemoConfig, splits: dict[str, list[Example]]) -> dict[
         "new_task",
         "distill_prompts",
         "distill_samples",
-        "distill_temperature",
         "distill_seed",
         "align_samples",
         "num_threads",
     )
     ids = {k: [ex.id for ex in splits[k]] for k in ("distill", "val")}
-    return {**{k: getattr(cfg, k) for k in fields}, "split_ids": _key(ids)}
+    scalars = {k: getattr(cfg, k) for k in fields}
+    return {**scalars, "decode": asdict(cfg.decode), "split_ids": _key(ids)}
 
 
 def train_settings(
     cfg: DemoConfig, objective: str, seed: int, steps: int, distill_key: str, **extra: Any
 ) -> dict[str, Any]:
-    """The key of a ``train`` stage: the distill stage's key, the run and :data:`TRAIN_SETTINGS`.
+    """The key of a ``train`` stage: the distill stage's key, the run, :data:`TRAIN_SETTINGS` and
+    the whole ``loss`` group (so a new loss field is part of the key without a hand list).
 
     ``extra``: anything else the run depends on (``tabom sweep``'s data fraction).
     """
     tset = {"distill": distill_key, "objective": objective, "seed": seed, "steps": steps}
-    return {**tset, **{k: getattr(cfg, k) for k in TRAIN_SETTINGS}, **extra}
+    scalars = {k: getattr(cfg, k) for k in TRAIN_SETTINGS}
+    return {**tset, **scalars, "loss": asdict(cfg.loss), **extra}
 
 
-def _distill_config(cfg: DemoConfig, output: str, **over: Any):
-    from tabom.distill import DistillConfig
-
+def distill_config(cfg: DemoConfig, output: str, **over: Any) -> DistillConfig:
+    """The :class:`DistillConfig` of the demo's self-distillation (``over``: changed fields)."""
     kwargs = {
         "model": cfg.model,
         "task": cfg.new_task,
         "n_prompts": cfg.distill_prompts,
         "n_samples": cfg.distill_samples,
         "keep": "verified",
-        "temperature": cfg.distill_temperature,
+        "decode": cfg.decode,
         "seed": cfg.distill_seed,
         "prompts_per_batch": 32,
         "output": output,
@@ -302,23 +182,19 @@ def _distill_config(cfg: DemoConfig, output: str, **over: Any):
     return DistillConfig(**kwargs)
 
 
-def _write_jsonl(path: Path, rows: list[dict[str, Any]]) -> None:
-    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+def distill_stage(cfg: DemoConfig, splits: dict[str, list[Example]]) -> Callable[[Path], Any]:
+    """The ``distill`` stage: trajectories, the sft ground truth, the alignment trajectories."""
 
-
-def _distill_stage(cfg: DemoConfig, splits: dict[str, list[Example]]) -> Callable[[Path], Any]:
     def fn(folder: Path) -> dict[str, Any]:
-        from tabom.distill import distill
-
         # the sft data: ground-truth answers of every distillation prompt (the paper's SFT)
         gt = [{"prompt": ex.prompt, "answer": ex.answer} for ex in splits["distill"]]
-        _write_jsonl(folder / "ground_truth.jsonl", gt)
-        summary = distill(_distill_config(cfg, str(folder / "trajectories.jsonl")))
+        write_jsonl(folder / "ground_truth.jsonl", gt)
+        summary = distill(distill_config(cfg, str(folder / "trajectories.jsonl")))
         # held-out trajectories of the base model on the validation prompts (alignment)
         val = [{"id": ex.id, "prompt": ex.prompt, **ex.data} for ex in splits["val"]]
-        _write_jsonl(folder / "val_prompts.jsonl", val)
+        write_jsonl(folder / "val_prompts.jsonl", val)
         align = distill(
-            _distill_config(
+            distill_config(
                 cfg,
                 str(folder / "align.jsonl"),
                 prompts_file=str(folder / "val_prompts.jsonl"),
@@ -340,10 +216,12 @@ def _distill_stage(cfg: DemoConfig, splits: dict[str, list[Example]]) -> Callabl
     return fn
 
 
-def _train_stage(cfg: DemoConfig, objective: str, seed: int, steps: int, data: Path):
-    def fn(folder: Path) -> dict[str, Any]:
-        from tabom.trainer import TrainConfig, train
+def train_stage(
+    cfg: DemoConfig, objective: str, seed: int, steps: int, data: Path
+) -> Callable[[Path], Any]:
+    """A ``train/OBJECTIVE/seedS`` stage: one training run from the base on ``data``."""
 
+    def fn(folder: Path) -> dict[str, Any]:
         sft = objective == "sft"
         tcfg = TrainConfig(
             model=cfg.model,
@@ -359,11 +237,7 @@ def _train_stage(cfg: DemoConfig, objective: str, seed: int, steps: int, data: P
             warmup_steps=WARMUP_STEPS,
             min_lr_ratio=MIN_LR_RATIO,
             lora_rank=0,
-            td_window=cfg.td_window,
-            rank_window=cfg.rank_window,
-            td_cut_range=cfg.td_cut_range,
-            rank_margin=cfg.rank_margin,
-            rank_weight=cfg.rank_weight,
+            loss=cfg.loss,
             mixed_precision="fp32",
             log_every=max(1, steps // 10),
             seed=seed,
@@ -387,14 +261,12 @@ def evaluate_model(
         A JSON-ready dict: ``new`` (greedy accuracy per tokens-per-step), ``nfe``, ``new_correct``,
         ``pass_at`` and ``sampled_accuracy``, ``old`` and ``old_correct``, ``val``, ``alignment``.
     """
-    from tabom.trajectory import read_trajectories
-
     dlm = load_model(model)
     new, old = make_task(cfg.new_task), make_task(cfg.old_task)
     kw: dict[str, Any] = {"batch_size": 256, "seed": cfg.split_seed}
     out: dict[str, Any] = {"new": {}, "nfe": {}}
     for tps in cfg.tokens_per_step:
-        r = evaluate_task(dlm, new, splits["test"], budget_config("confidence", tps), **kw)
+        r = evaluate_task(dlm, new, splits["test"], DecodeConfig(tokens_per_step=tps), **kw)
         out["new"][str(tps)] = r.accuracy
         out["nfe"][str(tps)] = r.nfe_per_answer
         if tps == cfg.tokens_per_step[0]:
@@ -403,18 +275,16 @@ def evaluate_model(
         dlm,
         new,
         splits["test"][: cfg.pass_examples],
-        budget_config("confidence", 1, temperature=1.0),
+        DecodeConfig(temperature=1.0),
         n_samples=cfg.n_samples,
         ks=tuple(cfg.ks),
         **kw,
     )
     out["pass_at"] = {str(k): v for k, v in sampled.pass_at.items()}
     out["sampled_accuracy"] = sampled.accuracy
-    r = evaluate_task(dlm, old, splits["old_test"], budget_config("confidence", 1), **kw)
+    r = evaluate_task(dlm, old, splits["old_test"], DecodeConfig(), **kw)
     out["old"], out["old_correct"] = r.accuracy, [c[0] for c in r.correct]
-    out["val"] = evaluate_task(
-        dlm, new, splits["val"], budget_config("confidence", 1), **kw
-    ).accuracy
+    out["val"] = evaluate_task(dlm, new, splits["val"], DecodeConfig(), **kw).accuracy
     records = read_trajectories(align_file, tokenizer=dlm.tokenizer, vocab_size=dlm.vocab_size)
     out["alignment"] = asdict(trajectory_alignment(dlm, records, batch_size=cfg.batch_size))
     return out
@@ -425,8 +295,6 @@ def evaluate_model(
 
 def run_demo(cfg: DemoConfig) -> int:
     """Run (or resume) every stage and write ``report.md``; returns the exit code."""
-    from tabom.demo_report import write_report
-
     cfg = cfg.resolved()
     t_start = time.perf_counter()
     torch.set_num_threads(cfg.num_threads)
@@ -442,7 +310,7 @@ def run_demo(cfg: DemoConfig) -> int:
 
     # 2) self-distillation (+ the sft ground truth and the held-out alignment trajectories)
     print(f"demo: [1/4] self-distillation on {cfg.new_task} ({cfg.distill_prompts} prompts)")
-    dist = run_stage(root / "distill", distill_settings(cfg, splits), _distill_stage(cfg, splits))
+    dist = run_stage(root / "distill", distill_settings(cfg, splits), distill_stage(cfg, splits))
     timings["distill"] = (dist["seconds"], dist["cached"])
     n_traj = dist["result"]["trajectories"]
     steps = cfg.epochs * math.ceil(n_traj / cfg.batch_size)
@@ -455,7 +323,7 @@ def run_demo(cfg: DemoConfig) -> int:
     for objective, seed in tqdm(runs, desc="train runs", disable=not cfg.progress):
         tset = train_settings(cfg, objective, seed, steps, dist["key"])
         folder = root / "train" / objective / f"seed{seed}"
-        done = run_stage(folder, tset, _train_stage(cfg, objective, seed, steps, root / "distill"))
+        done = run_stage(folder, tset, train_stage(cfg, objective, seed, steps, root / "distill"))
         train_s += done["seconds"]
         train_cached = train_cached and done["cached"]
         models.setdefault(objective, []).append(str(folder / "model"))
@@ -495,42 +363,15 @@ def _trained_key(path: str) -> str | None:
     return json.loads(marker.read_text())["key"] if marker.is_file() else None
 
 
-def flips_against_base(results: dict[str, list[dict[str, Any]]]) -> dict[str, list[dict]]:
-    """Forgetting of every run against the base model on the old-domain items (greedy).
-
-    Returns:
-        ``{model: [asdict(Forgetting) per seed]}``.
-    """
-    base = results["base"][0]["old_correct"]
-    return {
-        name: [asdict(forgetting(base, r["old_correct"])) for r in runs]
-        for name, runs in results.items()
-    }
-
-
-def mean_std(values: list[float]) -> tuple[float, float]:
-    """Mean and sample standard deviation (0 for a single value)."""
-    vals = [v for v in values if v == v]
-    if not vals:
-        return math.nan, math.nan
-    return statistics.fmean(vals), statistics.stdev(vals) if len(vals) > 1 else 0.0
-
-
 __all__ = [
-    "MODELS",
-    "QUICK",
-    "DemoConfig",
-    "MIN_LR_RATIO",
-    "TRAIN_SETTINGS",
-    "WARMUP_STEPS",
-    "WEIGHT_DECAY",
+    "distill_config",
     "distill_settings",
+    "distill_stage",
     "draw",
     "evaluate_model",
-    "flips_against_base",
     "make_splits",
-    "mean_std",
     "run_demo",
     "run_stage",
     "train_settings",
+    "train_stage",
 ]

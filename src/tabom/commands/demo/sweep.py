@@ -21,18 +21,19 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
-from tabom.demo import (
-    DemoConfig,
-    _distill_stage,
+from tabom.commands.demo.config import DemoConfig
+from tabom.commands.demo.pipeline import (
     distill_settings,
+    distill_stage,
     draw,
     make_splits,
-    mean_std,
     run_stage,
     train_settings,
+    train_stage,
 )
-from tabom.eval_cli import budget_config
+from tabom.decoding import DecodeConfig
 from tabom.evaluate import evaluate_task
+from tabom.metrics import mean_std
 from tabom.models import load_model
 from tabom.tasks import make_task
 from tabom.trajectory import read_trajectories, write_trajectories
@@ -94,10 +95,16 @@ def sweep_points(cfg: SweepConfig) -> list[tuple[str, dict[str, Any]]]:
     return pts
 
 
+def point_config(demo: DemoConfig, point: dict[str, Any]) -> DemoConfig:
+    """The demo settings of one sweep point: loss fields go into the ``loss`` group."""
+    loss_names = {f.name for f in dataclasses.fields(demo.loss)}
+    loss = {k: v for k, v in point.items() if k in loss_names}
+    top = {k: v for k, v in point.items() if k not in loss_names and k != "data_fraction"}
+    return dataclasses.replace(demo, loss=dataclasses.replace(demo.loss, **loss), **top)
+
+
 def run_sweep(cfg: SweepConfig) -> int:
     """Train and validate every point; write ``sweep.md`` and ``sweep.json``."""
-    from tabom.demo import _train_stage
-
     demo = cfg.demo.resolved()
     torch.set_num_threads(demo.num_threads)
     root = Path(demo.output_dir)
@@ -106,7 +113,7 @@ def run_sweep(cfg: SweepConfig) -> int:
 
     # 1) the demo's splits and trajectories (the same stage, so a finished demo is reused)
     splits = make_splits(demo)
-    dist = run_stage(root / "distill", distill_settings(demo, splits), _distill_stage(demo, splits))
+    dist = run_stage(root / "distill", distill_settings(demo, splits), distill_stage(demo, splits))
     old = make_task(demo.old_task)
     taken = {ex.id for ex in splits["old_test"]}
     old_val = draw(old, cfg.old_val_examples, demo.split_seed + 1, taken)
@@ -127,8 +134,7 @@ def run_sweep(cfg: SweepConfig) -> int:
     jobs = [(i, o, p, s) for i, (o, p) in enumerate(points) for s in cfg.seeds]
     results: dict[int, list[dict[str, float]]] = {}
     for i, o, p, s in tqdm(jobs, desc="sweep runs", disable=not demo.progress):
-        over = {k: v for k, v in p.items() if k != "data_fraction"}
-        point_cfg = dataclasses.replace(demo, **over)
+        point_cfg = point_config(demo, p)
         frac = p.get("data_fraction", 1.0)
         data, n_items = data_sets[frac]
         steps = point_cfg.epochs * math.ceil(n_items / point_cfg.batch_size)
@@ -137,9 +143,9 @@ def run_sweep(cfg: SweepConfig) -> int:
         folder = out / name / f"seed{s}"
 
         def fn(f: Path, o=o, s=s, steps=steps, point_cfg=point_cfg, data=data) -> dict:
-            _train_stage(point_cfg, o, s, steps, data)(f)
+            train_stage(point_cfg, o, s, steps, data)(f)
             dlm = load_model(str(f / "model"))
-            greedy = budget_config("confidence", 1)
+            greedy = DecodeConfig()
             kw: dict[str, Any] = {"batch_size": 256}
             return {
                 "val": evaluate_task(dlm, new, splits["val"], greedy, **kw).accuracy,
@@ -152,15 +158,15 @@ def run_sweep(cfg: SweepConfig) -> int:
 
     # 3) the table
     base = load_model(demo.model)
-    greedy = budget_config("confidence", 1)
+    greedy = DecodeConfig()
     base_val = evaluate_task(base, new, splits["val"], greedy, batch_size=256).accuracy
     base_old = evaluate_task(base, old, old_val, greedy, batch_size=256).accuracy
     lines = [
         f"# tabom sweep (validation only; {len(cfg.seeds)} seeds per point)",
         "",
         f"Base model: new-domain val acc {base_val:.3f}, old-domain val acc {base_old:.3f}. "
-        f"Defaults = the demo's (λ {demo.rank_weight}, m {demo.rank_margin}, "
-        f"M = W = {demo.td_window}, lr {demo.lr}, {demo.epochs} epochs, all "
+        f"Defaults = the demo's (λ {demo.loss.rank_weight}, m {demo.loss.rank_margin}, "
+        f"M = W = {demo.loss.td_window}, lr {demo.lr}, {demo.epochs} epochs, all "
         f"{len(records)} trajectories).",
         "",
         "| objective | change | steps | new val acc | old val acc |",
@@ -182,4 +188,4 @@ def run_sweep(cfg: SweepConfig) -> int:
     return 0
 
 
-__all__ = ["SweepConfig", "run_sweep", "sweep_points"]
+__all__ = ["SweepConfig", "point_config", "run_sweep", "sweep_points"]

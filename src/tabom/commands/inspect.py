@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from tabom.errors import TabomError
-from tabom.trajectory import TrajectoryRecord, read_trajectories, tokenizer_fingerprint
+from tabom.trajectory import TrajectoryRecord, read_trajectories
 
 
 @dataclass
@@ -122,27 +122,6 @@ def format_summary(path: str | Path, s: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def token_labels(record: TrajectoryRecord, tokenizer: str | None) -> tuple[list[str] | None, str]:
-    """Labels for the record's tokens from a matching tokenizer, and where they came from.
-
-    Returns:
-        ``(labels, note)``; ``labels`` is ``None`` (draw ids) when the tokenizer cannot be
-        loaded or its fingerprint differs from the file's ``gen.tokenizer``.
-    """
-    from transformers import AutoTokenizer
-
-    from tabom.models import resolve_model_path
-
-    name = tokenizer or record.gen.get("model", "")
-    try:
-        tok = AutoTokenizer.from_pretrained(resolve_model_path(name))
-    except (OSError, ValueError) as e:  # FileNotFoundError is an OSError
-        return None, f"token ids shown: tokenizer of {name!r} not available ({e})"
-    if tokenizer_fingerprint(tok) != record.gen.get("tokenizer"):
-        return None, f"token ids shown: the tokenizer of {name!r} is not the file's"
-    return tok.convert_ids_to_tokens(record.response_token_ids), f"tokens from {name!r}"
-
-
 def run_inspect(cfg: InspectConfig) -> int:
     """Print the summary of ``cfg.path``; draw one trajectory to PNG when ``cfg.draw``."""
     records = read_trajectories(cfg.path)
@@ -161,7 +140,7 @@ def run_inspect(cfg: InspectConfig) -> int:
         if not 0 <= cfg.index < len(records):
             raise TabomError(f"index: {cfg.index} is outside [0, {len(records)})")
         index = cfg.index
-    from tabom.report import plot_trajectory
+    from tabom.plots import plot_trajectory, token_labels
 
     record = records[index]
     labels, note = token_labels(record, cfg.tokenizer)
@@ -171,4 +150,4 @@ def run_inspect(cfg: InspectConfig) -> int:
     return 0
 
 
-__all__ = ["InspectConfig", "format_summary", "run_inspect", "summarise_records", "token_labels"]
+__all__ = ["InspectConfig", "format_summary", "run_inspect", "summarise_records"]

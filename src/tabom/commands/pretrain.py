@@ -32,12 +32,13 @@ from tabom.checkpoint import (
 )
 from tabom.config import ConfigError, save_config, to_dict
 from tabom.evaluate import greedy_accuracy, make_eval_sets
-from tabom.models import TinyModelConfig, build_tiny, save_tiny
+from tabom.models import TinyModelConfig, build_tiny, save_model
 from tabom.models.base import DiffusionLM
-from tabom.objectives import compute_objective
+from tabom.objectives import LossConfig, compute_objective
 from tabom.schedule import lr_factor
 from tabom.tasks import make_task
 from tabom.tasks.base import Example, Task
+from tabom.train_data import collate_trajectories, ground_truth_item
 
 
 @dataclass
@@ -113,26 +114,6 @@ def encode_example(tokenizer, task: Task, ex: Example, eos_id: int) -> tuple[lis
             f"gen_length {task.gen_length} leaves no room for EOS"
         )
     return prompt, answer + [eos_id] * (task.gen_length - len(answer))
-
-
-def collate(
-    pairs: list[tuple[list[int], list[int]]], pad_id: int
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Left-pad ``prompt + response`` sequences.
-
-    Returns:
-        ``(input_ids, attention_mask, response_mask)``, each ``(B, L)``.
-    """
-    length = max(len(p) + len(r) for p, r in pairs)
-    ids = torch.full((len(pairs), length), pad_id, dtype=torch.long)
-    attn = torch.zeros(len(pairs), length, dtype=torch.long)
-    resp = torch.zeros(len(pairs), length, dtype=torch.bool)
-    for i, (p, r) in enumerate(pairs):
-        seq = p + r
-        ids[i, length - len(seq) :] = torch.tensor(seq)
-        attn[i, length - len(seq) :] = 1
-        resp[i, length - len(r) :] = True
-    return ids, attn, resp
 
 
 def sample_batch(
@@ -228,17 +209,17 @@ def pretrain(cfg: PretrainConfig) -> Path:
     for step in bar:
         dlm.model.train()
         batch = sample_batch(tasks, weights, cfg.batch_size, data_gen)
-        pairs = [encode_example(tok, task, ex, dlm.spec.eos_token_id) for task, ex in batch]
-        ids, attn, resp = (x.to(accelerator.device) for x in collate(pairs, dlm.spec.pad_token_id))
+        items = [
+            ground_truth_item(ex.id, *encode_example(tok, task, ex, dlm.spec.eos_token_id))
+            for task, ex in batch
+        ]
         loss = compute_objective(  # random ratio t, CE on the masked tokens (1/t: the NELBO)
             dlm,
-            ids,
-            attn,
-            resp,
+            collate_trajectories(items, dlm.spec.pad_token_id).to(accelerator.device),
             objective="sft",
+            loss=LossConfig(nelbo_weight=cfg.nelbo_weight),
             mask_token_id=dlm.mask_token_id,
             generator=mask_gen,
-            nelbo_weight=cfg.nelbo_weight,
         ).total
         accelerator.backward(loss)
         if cfg.grad_clip:
@@ -266,6 +247,12 @@ def pretrain(cfg: PretrainConfig) -> Path:
     final = out / "model"
     accelerator.wait_for_everyone()
     if main:
-        save_tiny(unwrapped(dlm), final)
+        save_model(unwrapped(dlm), final)
         print(f"pretrain: model -> {final}")
     return final
+
+
+def run_pretrain(cfg: PretrainConfig) -> int:
+    """CLI runner of ``tabom pretrain``."""
+    pretrain(cfg)
+    return 0

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -37,25 +36,23 @@ from tabom.checkpoint import (
     truncate_log,
 )
 from tabom.config import ConfigError, save_config, to_dict
-from tabom.errors import TabomError
 from tabom.evaluate import greedy_accuracy, make_eval_sets
-from tabom.losses import RankTies
-from tabom.masking import CutRange, WindowUnit
 from tabom.models import BACKENDS, DEFAULT_MODEL, load_model, save_model
 from tabom.models.base import DiffusionLM
-from tabom.objectives import OBJECTIVES, Objective, compute_objective
+from tabom.models.lora import with_lora
+from tabom.objectives import OBJECTIVES, LossConfig, Objective, compute_objective
 from tabom.schedule import lr_factor
 from tabom.train_data import (
     TrainDataError,
-    as_items,
+    TrajectoryDataset,
     batch_indices,
     check_windows,
+    collate_trajectories,
     ground_truth_items,
     load_trajectories,
     model_positions,
     steps_per_epoch,
 )
-from tabom.trajectory import collate_trajectories
 
 LOG_KEYS = (
     "ce",
@@ -118,19 +115,8 @@ class TrainConfig:
         lora_targets: module names that get adapters (default: the backend's, q_proj, v_proj).
         merge_lora: with LoRA, also save the merged model to ``model/`` (loadable by
             ``load_model``); the adapter alone is always saved to ``adapter/``.
-        td_window: M, the supervision window after the cut (``td``, ``tabom``).
-        rank_window: W, the ranking window after the cut (``tabom``); effective min(W, M).
-        rank_margin: m, the hinge margin of the ranking loss (the paper's γ).
-        rank_weight: λ, the weight of the ranking loss.
-        rank_ties: same-step pairs: ``strict`` (excluded, Eq. 8), ``decode-entropy`` (ordered by
-            the recorded entropy, Definition 1), ``reference`` (by position, the authors' code).
-        window_unit: the unit of M and W: ``steps`` (decode steps, the authors' code) or
-            ``tokens`` (the paper's text); the same at one token per step.
-        td_cut_range: the cut s of time-delay masking: ``design`` draws from
-            {0, …, s_max − M} (DESIGN §5; the last decode step is never supervised),
-            ``inclusive`` from {0, …, s_max − M + 1} (every window that fits, the last too).
-        nelbo_weight: ``sft`` / ``traj-sft``: weight CE by 1/t over the response length (the
-            MDLM NELBO of Eq. 1) instead of the plain token mean.
+        loss: the loss settings M, W, m, λ, ties, unit, cut range, NELBO weight, ranking
+            variant (``--loss.td_window 3``; :class:`tabom.objectives.LossConfig`).
         mixed_precision: ``fp32``, ``bf16`` (autocast; weights and optimizer stay fp32), or
             ``auto``: bf16 on a GPU that has it, else fp32. (Not ``no``: YAML reads it as false.)
         save_every: write a checkpoint every N optimizer steps (0 = only at the end).
@@ -169,14 +155,7 @@ class TrainConfig:
     lora_dropout: float = 0.05
     lora_targets: list[str] | None = None
     merge_lora: bool = True
-    td_window: int = 32
-    rank_window: int = 32
-    rank_margin: float = 0.1
-    rank_weight: float = 1.0
-    rank_ties: RankTies = "strict"
-    window_unit: WindowUnit = "steps"
-    td_cut_range: CutRange = "design"
-    nelbo_weight: bool = False
+    loss: LossConfig = field(default_factory=LossConfig)
     mixed_precision: Literal["auto", "bf16", "fp32"] = "auto"
     save_every: int = 0
     log_every: int = 1
@@ -190,10 +169,6 @@ class TrainConfig:
     progress: bool = True
 
     def __post_init__(self) -> None:
-        for name in ("data", "gt_task"):  # the CLI passes ``--data none`` as a string
-            value = getattr(self, name)
-            if isinstance(value, str) and value.strip().lower() in ("", "none", "null"):
-                setattr(self, name, None)
         if self.backend != "auto" and self.backend not in BACKENDS:
             raise ValueError(
                 f"backend must be auto or one of {', '.join(BACKENDS)}, got {self.backend!r}"
@@ -216,9 +191,11 @@ class TrainConfig:
                 raise ValueError(f"data: objective {self.objective!r} needs a trajectory file")
             if self.gt_task is not None:
                 raise ValueError(f"gt_task: only objective sft uses it, not {self.objective!r}")
-        if self.nelbo_weight and self.objective in ("td", "tabom"):
-            raise ValueError(f"nelbo_weight: applies to sft / traj-sft, not {self.objective!r}")
-        positive = ("batch_size", "grad_accum", "td_window", "rank_window", "log_every")
+        if self.loss.nelbo_weight and self.objective in ("td", "tabom"):
+            raise ValueError(
+                f"loss.nelbo_weight: applies to sft / traj-sft, not {self.objective!r}"
+            )
+        positive = ("batch_size", "grad_accum", "log_every")
         for name in (*positive, "gt_examples"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
@@ -232,7 +209,7 @@ class TrainConfig:
             )
         if self.lr <= 0:
             raise ValueError(f"lr must be > 0, got {self.lr}")
-        for name in ("grad_clip", "weight_decay", "rank_margin", "rank_weight"):
+        for name in ("grad_clip", "weight_decay"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
         if not 0 <= self.min_lr_ratio <= 1:
@@ -252,7 +229,7 @@ def load_train_items(cfg: TrainConfig, dlm: DiffusionLM) -> tuple[Any, int]:
     """The training items of ``cfg.data`` / ``cfg.gt_task``, checked against the model and M, W.
 
     Returns:
-        ``(items, n_short)``: indexable items (:class:`tabom.trajectory.TrajectoryDataset`
+        ``(items, n_short)``: indexable items (:class:`tabom.train_data.TrajectoryDataset`
         shape) and the number of trajectories too short for M.
 
     Raises:
@@ -283,19 +260,19 @@ def load_train_items(cfg: TrainConfig, dlm: DiffusionLM) -> tuple[Any, int]:
         n_short = check_windows(
             records,
             cfg.data,  # type: ignore[arg-type]
-            td_window=cfg.td_window,
-            rank_window=cfg.rank_window if cfg.objective == "tabom" else None,
-            window_unit=cfg.window_unit,
-            cut_range=cfg.td_cut_range,
+            td_window=cfg.loss.td_window,
+            rank_window=cfg.loss.rank_window if cfg.objective == "tabom" else None,
+            window_unit=cfg.loss.window_unit,
+            cut_range=cfg.loss.td_cut_range,
         )
-    if cfg.rank_ties == "decode-entropy" and cfg.objective == "tabom":
+    if cfg.loss.rank_ties == "decode-entropy" and cfg.objective == "tabom":
         missing = next((r for r in records if r.decode_entropy is None), None)
         if missing is not None:
             raise TrainDataError(
-                f"{cfg.data}:{missing.line}: rank_ties: 'decode-entropy' needs decode_entropy "
+                f"{cfg.data}:{missing.line}: loss.rank_ties: 'decode-entropy' needs decode_entropy "
                 "in every record"
             )
-    return as_items(records), n_short
+    return TrajectoryDataset(records), n_short
 
 
 def _check_tracker(report_to: str) -> str | None:
@@ -338,26 +315,25 @@ def _load_dtype(cfg: TrainConfig) -> str | torch.dtype:
 
 
 def _with_lora(model: Any, cfg: TrainConfig, default_targets: tuple[str, ...]) -> Any:
-    """``model`` wrapped by peft with LoRA adapters; only the adapters require grad.
+    """``model`` with LoRA adapters of ``cfg`` (targets: ``lora_targets`` or the backend's).
 
     Raises:
-        ConfigError: peft is missing (names ``lora_rank`` and the pip command).
+        ConfigError: peft (a core dependency) is not importable; names ``lora_rank``.
     """
     try:
-        from peft import LoraConfig, get_peft_model
+        import peft  # noqa: F401
     except ImportError:
         raise ConfigError(
-            f"lora_rank: {cfg.lora_rank} (LoRA) needs the peft package (pip install peft); "
-            "lora_rank 0 is full fine-tuning"
+            f"lora_rank: {cfg.lora_rank} (LoRA) needs the peft package, a dependency of tabom "
+            "(pip install peft); lora_rank 0 is full fine-tuning"
         ) from None
-    lora = LoraConfig(
-        r=cfg.lora_rank,
-        lora_alpha=cfg.lora_alpha,
-        lora_dropout=cfg.lora_dropout,
-        target_modules=list(cfg.lora_targets or default_targets),
-        bias="none",
+    return with_lora(
+        model,
+        rank=cfg.lora_rank,
+        alpha=cfg.lora_alpha,
+        dropout=cfg.lora_dropout,
+        targets=cfg.lora_targets or default_targets,
     )
-    return get_peft_model(model, lora)
 
 
 def _is_sharded(accelerator: Any) -> bool:
@@ -406,7 +382,7 @@ def train(cfg: TrainConfig) -> Path:
 
     Raises:
         ConfigError: checkpoints exist without ``resume``, a checkpoint of other data, or
-            the package of ``report_to`` / peft (``lora_rank`` > 0) is missing.
+            the package of ``report_to`` is missing.
         TrajectoryFileError, DataFileError, TrainDataError, FileNotFoundError: bad data,
             raised before any training step.
     """
@@ -530,22 +506,11 @@ def train(cfg: TrainConfig) -> Path:
                 # 3b) mask, one forward, loss (0 with a graph when nothing is supervised)
                 res = compute_objective(
                     train_dlm,
-                    batch.input_ids.to(dev),
-                    batch.attention_mask.to(dev),
-                    batch.response_mask.to(dev),
-                    batch.decoding_order.to(dev),
-                    None if batch.decode_entropy is None else batch.decode_entropy.to(dev),
+                    batch.to(dev),
                     objective=cfg.objective,
+                    loss=cfg.loss,
                     mask_token_id=dlm.mask_token_id,
                     generator=gen,
-                    td_window=cfg.td_window,
-                    rank_window=cfg.rank_window,
-                    rank_margin=cfg.rank_margin,
-                    rank_weight=cfg.rank_weight,
-                    rank_ties=cfg.rank_ties,
-                    window_unit=cfg.window_unit,
-                    td_cut_range=cfg.td_cut_range,
-                    nelbo_weight=cfg.nelbo_weight,
                 )
                 # 3c) backward on every micro-batch of every process: never skipped, so the
                 # gradient all-reduce always has every rank
@@ -556,19 +521,17 @@ def train(cfg: TrainConfig) -> Path:
                 if accelerator.sync_gradients:
                     scheduler.step()
                 optimizer.zero_grad(set_to_none=True)
-            sums += torch.tensor(
-                [
-                    res.ce.item(),
-                    res.rank.item(),
-                    res.total.item(),
-                    res.n_supervised,
-                    res.n_pairs,
-                    res.n_rank_samples,
-                    res.n_uncut,
-                    len(idx),
-                ],
-                dtype=torch.float64,
-            )
+            values = {
+                "ce": res.ce.item(),
+                "rank": res.rank.item(),
+                "total": res.total.item(),
+                "n_supervised": res.n_supervised,
+                "n_pairs": res.n_pairs,
+                "n_rank_samples": res.n_rank_samples,
+                "n_uncut": res.n_uncut,
+                "samples": len(idx),
+            }
+            sums += torch.tensor([values[k] for k in LOG_KEYS], dtype=torch.float64)
         done = step + 1
         bar.update(1)
 
@@ -634,12 +597,8 @@ def train(cfg: TrainConfig) -> Path:
 
 
 def run_train(cfg: TrainConfig) -> int:
-    """CLI runner of ``tabom train``: bad data is a one-line error and exit code 2."""
-    try:
-        train(cfg)
-    except (TabomError, FileNotFoundError) as e:
-        print(f"tabom train: error: {e}", file=sys.stderr)
-        return 2
+    """CLI runner of ``tabom train`` (``tabom.cli`` turns a :class:`TabomError` into exit 2)."""
+    train(cfg)
     return 0
 
 

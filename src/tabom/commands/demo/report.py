@@ -12,22 +12,42 @@ import json
 import math
 import platform
 import time
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from tabom.config import to_dict
-from tabom.demo import (
+from tabom.commands.demo.config import (
     MIN_LR_RATIO,
     MODELS,
     WARMUP_STEPS,
     WEIGHT_DECAY,
     DemoConfig,
-    flips_against_base,
-    mean_std,
 )
-from tabom.report import plot_budgets, plot_entropy_curves, plot_metric_bars, plot_trajectory
+from tabom.config import to_dict
+from tabom.metrics import forgetting, mean_std
+from tabom.plots import (
+    plot_budgets,
+    plot_entropy_curves,
+    plot_metric_bars,
+    plot_trajectory,
+    token_labels,
+)
+from tabom.trajectory import read_trajectories
+
+
+def flips_against_base(results: dict[str, list[dict[str, Any]]]) -> dict[str, list[dict]]:
+    """Forgetting of every run against the base model on the old-domain items (greedy).
+
+    Returns:
+        ``{model: [asdict(Forgetting) per seed]}``.
+    """
+    base = results["base"][0]["old_correct"]
+    return {
+        name: [asdict(forgetting(base, r["old_correct"])) for r in runs]
+        for name, runs in results.items()
+    }
 
 
 def _fmt(values: list[float], digits: int = 3, sign: bool = False) -> str:
@@ -212,8 +232,6 @@ def write_report(
         root / "entropy.png",
         title="entropy of the token decoded next, on held-out base trajectories",
     )
-    from tabom.inspect_cmd import token_labels
-    from tabom.trajectory import read_trajectories
 
     align = read_trajectories(root / "distill" / "align.jsonl")
     labels, _ = token_labels(align[0], cfg.model)
@@ -238,14 +256,16 @@ def write_report(
         "",
         f"- Base model `{cfg.model}`; old domain `{cfg.old_task}`, new domain `{cfg.new_task}`.",
         f"- Self-distillation: {cfg.distill_prompts} prompts × {cfg.distill_samples} samples at "
-        f"temperature {cfg.distill_temperature}, one token per step, confidence order; "
+        f"temperature {cfg.decode.temperature}, {cfg.decode.tokens_per_step} token(s) per step, "
+        f"{cfg.decode.score} order; "
         f"{distill['trajectories']} verified trajectories "
         f"({distill['verified_share']:.1%} of samples) shared by every seed.",
         f"- Post-training from the same base, full fine-tuning, {steps} optimizer steps × batch "
         f"{cfg.batch_size} for every objective ({cfg.epochs} epochs of the trajectories), lr "
         f"{cfg.lr}, {WARMUP_STEPS} warmup steps, cosine to {MIN_LR_RATIO} × lr, weight decay "
-        f"{WEIGHT_DECAY}; M = {cfg.td_window}, W = {cfg.rank_window}, time-delay cut range "
-        f"`{cfg.td_cut_range}`, m = {cfg.rank_margin}, λ = {cfg.rank_weight}; seeds "
+        f"{WEIGHT_DECAY}; M = {cfg.loss.td_window}, W = {cfg.loss.rank_window}, time-delay cut "
+        f"range `{cfg.loss.td_cut_range}`, m = {cfg.loss.rank_margin}, λ = "
+        f"{cfg.loss.rank_weight}, ties `{cfg.loss.rank_ties}`, ranking `{cfg.loss.rank_loss}`; seeds "
         f"{cfg.seeds} (data order, masking). "
         "`sft` trains on the ground-truth answers of all distillation prompts, the others on "
         "the verified trajectories. No checkpoint picking: the final model of each run.",

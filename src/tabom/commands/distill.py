@@ -42,7 +42,7 @@ from tqdm.auto import tqdm
 
 from tabom.checkpoint import check_settings
 from tabom.config import save_config, to_dict
-from tabom.decoding import DecodeConfig, ScoreName, decode_batches, response_text, steps_for
+from tabom.decoding import DecodeConfig, decode_batches, response_text
 from tabom.errors import TabomError
 from tabom.evaluate import pass_at_k
 from tabom.models import DEFAULT_MODEL, load_model
@@ -85,15 +85,10 @@ class DistillConfig:
         n_prompts: prompts to decode (generated; or the first n of the file, ``None`` = all).
         n_samples: answers decoded per prompt.
         keep: which answers are written: ``verified`` (the verifier accepts them) or ``all``.
-        score: unmasking order: confidence, margin, entropy or random (the record's ``method``).
-        gen_length: response length T (default: the task's).
-        tokens_per_step: tokens committed per forward; ``steps = ceil(T / tokens_per_step)``.
-        steps: forwards per answer, overriding ``tokens_per_step``.
-        block_length: semi-autoregressive block length (None = one block).
-        temperature: proposal temperature τ (0 = argmax; needs ``n_samples == 1``).
-        top_p: nucleus filter of the proposal.
-        top_k: top-k filter of the proposal (0 = off).
-        threshold: parallel decoding: commit every position whose confidence passes it.
+        decode: the decode settings (``--decode.score``, ``--decode.temperature``,
+            ``--decode.tokens_per_step``, ``--decode.threshold`` ...; :class:`DecodeConfig`):
+            ``score`` is the record's ``method``, ``gen_length`` defaults to the task's,
+            ``steps`` to ``ceil(T / tokens_per_step)``; temperature 0 needs ``n_samples == 1``.
         seed: seed of the generated prompts and of every sample (see the module docstring).
         prompts_per_batch: prompts decoded together (a batch has this many x n_samples rows);
             part of the random stream, so changing it changes the samples like a new seed.
@@ -114,15 +109,7 @@ class DistillConfig:
     n_prompts: int | None = 256
     n_samples: int = 4
     keep: Literal["verified", "all"] = "verified"
-    score: ScoreName = "confidence"
-    gen_length: int | None = None
-    tokens_per_step: int = 1
-    steps: int | None = None
-    block_length: int | None = None
-    temperature: float = 1.0
-    top_p: float = 1.0
-    top_k: int = 0
-    threshold: float | None = None
+    decode: DecodeConfig = field(default_factory=lambda: DecodeConfig(temperature=1.0))
     seed: int = 0
     prompts_per_batch: int = 8
     output: str = "runs/distill/trajectories.jsonl"
@@ -131,9 +118,7 @@ class DistillConfig:
     progress: bool = True
 
     def __post_init__(self) -> None:
-        if self.task is not None and self.task.strip().lower() in ("", "none", "null"):
-            self.task = None  # the CLI passes ``--task none`` as a string
-        for name in ("n_samples", "tokens_per_step", "prompts_per_batch"):
+        for name in ("n_samples", "prompts_per_batch"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.n_prompts is not None and self.n_prompts < 1:
@@ -144,32 +129,21 @@ class DistillConfig:
             raise ValueError("task: None needs prompts_file (there is nothing to draw from)")
         if self.task is None and self.keep == "verified":
             raise ValueError("keep: 'verified' needs a task with a verifier (or use keep: all)")
-        if self.task is None and self.gen_length is None:
-            raise ValueError("gen_length: set it when there is no task to take it from")
+        if self.task is None and self.decode.gen_length is None:
+            raise ValueError("decode.gen_length: set it when there is no task to take it from")
         if any(not 1 <= k <= self.n_samples for k in self.ks):
             raise ValueError(f"ks {self.ks}: every k must be in [1, n_samples={self.n_samples}]")
-        if self.n_samples > 1 and self.temperature == 0:
+        if self.n_samples > 1 and self.decode.temperature == 0:
             raise ValueError("n_samples > 1 with temperature 0 decodes the same answer n times")
-        self.decode_config()  # DecodeConfig rejects a bad budget before any work starts
+        try:  # the task's T against the decode budget, before any work starts
+            self.decode_config()
+        except ValueError as e:
+            raise ValueError(f"decode.{e}") from None
 
     def decode_config(self) -> DecodeConfig:
         """The decode settings: T from the task unless set, steps from the budget."""
-        T = self.gen_length or make_task(self.task).gen_length  # type: ignore[arg-type]
-        if self.threshold is not None:
-            steps = T  # ignored: the threshold decides
-        else:
-            steps = self.steps or steps_for(T, self.tokens_per_step, self.block_length)
-        return DecodeConfig(
-            gen_length=T,
-            steps=steps,
-            block_length=self.block_length,
-            score=self.score,
-            temperature=self.temperature,
-            top_p=self.top_p,
-            top_k=self.top_k,
-            threshold=self.threshold,
-            record_entropy=True,
-        )
+        T = None if self.task is None else make_task(self.task).gen_length
+        return dataclasses.replace(self.decode.resolve(T), record_entropy=True)
 
 
 def derive_seed(seed: int, *keys: object) -> int:
@@ -319,7 +293,7 @@ def decode_group(
                     response_token_ids=responses[r],
                     decoding_order=orders[r],
                     response_text=text,
-                    method=cfg.score,
+                    method=cfg.decode.score,
                     data_source=data_source,
                     verified=verified,
                     gen=gen,
@@ -542,20 +516,13 @@ RESUME_SETTINGS = (
     "split",
     "n_samples",
     "keep",
-    "score",
-    "gen_length",
-    "tokens_per_step",
-    "steps",
-    "block_length",
-    "temperature",
-    "top_p",
-    "top_k",
-    "threshold",
+    "decode",
     "seed",
     "prompts_per_batch",
 )
-"""Every setting that shapes the output file: a rerun onto an existing file must match them
-(``n_prompts`` may grow; the ``gen`` of each record and the sidecar's groups check the rest)."""
+"""Every setting that shapes the output file (the whole decode group: score, budget,
+sampling): a rerun onto an existing file must match them (``n_prompts`` may grow; the ``gen``
+of each record and the sidecar's groups check the rest)."""
 
 
 def check_resume(cfg: DistillConfig, output: Path) -> None:
@@ -588,10 +555,11 @@ def check_resume(cfg: DistillConfig, output: Path) -> None:
         if first.endswith(b"\n") and first.strip():
             rec = loads_line(first, output, 1)
             if isinstance(rec, dict):
-                written = {"score": rec.get("method", cfg.score)}
+                written = {"decode.score": rec.get("method", cfg.decode.score)}
+                current = {"decode.score": cfg.decode.score}
                 if cfg.prompts_file is None:
-                    written["task"] = rec.get("data_source", cfg.task)
-                check_settings(written, {k: now[k] for k in written}, str(output))
+                    written["task"], current["task"] = rec.get("data_source", cfg.task), cfg.task
+                check_settings(written, current, str(output))
 
 
 def distill(cfg: DistillConfig) -> DistillSummary | None:
@@ -636,13 +604,13 @@ def distill(cfg: DistillConfig) -> DistillSummary | None:
                     f"{positions} positions"
                 )
     gen = {
-        "steps": None if cfg.threshold is not None else decode_cfg.steps,
+        "steps": None if decode_cfg.threshold is not None else decode_cfg.steps,
         "gen_length": decode_cfg.gen_length,
         "block_length": decode_cfg.block_length,
-        "temperature": float(cfg.temperature),
-        "top_p": float(cfg.top_p),
-        "top_k": cfg.top_k,
-        "threshold": cfg.threshold,
+        "temperature": float(decode_cfg.temperature),
+        "top_p": float(decode_cfg.top_p),
+        "top_k": decode_cfg.top_k,
+        "threshold": decode_cfg.threshold,
         "seed": cfg.seed,
         "n_samples": cfg.n_samples,
         "prompts_per_batch": G,

@@ -14,7 +14,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-from tabom.trajectory import TrajectoryRecord
+from tabom.trajectory import TrajectoryRecord, tokenizer_fingerprint
 
 
 def _token_label(text: str, limit: int = 5) -> str:
@@ -23,6 +23,27 @@ def _token_label(text: str, limit: int = 5) -> str:
         text = text[1:-1]
     text = text.replace(" ", "␣").replace("\n", "⏎").replace("$", r"\$")
     return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def token_labels(record: TrajectoryRecord, tokenizer: str | None) -> tuple[list[str] | None, str]:
+    """Labels for the record's tokens from a matching tokenizer, and where they came from.
+
+    Returns:
+        ``(labels, note)``; ``labels`` is ``None`` (draw ids) when the tokenizer cannot be
+        loaded or its fingerprint differs from the file's ``gen.tokenizer``.
+    """
+    from transformers import AutoTokenizer
+
+    from tabom.models import resolve_model_path
+
+    name = tokenizer or record.gen.get("model", "")
+    try:
+        tok = AutoTokenizer.from_pretrained(resolve_model_path(name))
+    except (OSError, ValueError) as e:  # FileNotFoundError is an OSError
+        return None, f"token ids shown: tokenizer of {name!r} not available ({e})"
+    if tokenizer_fingerprint(tok) != record.gen.get("tokenizer"):
+        return None, f"token ids shown: the tokenizer of {name!r} is not the file's"
+    return tok.convert_ids_to_tokens(record.response_token_ids), f"tokens from {name!r}"
 
 
 def plot_trajectory(
@@ -230,4 +251,10 @@ def plot_entropy_curves(
     return _save(fig, path)
 
 
-__all__ = ["plot_budgets", "plot_entropy_curves", "plot_metric_bars", "plot_trajectory"]
+__all__ = [
+    "token_labels",
+    "plot_budgets",
+    "plot_entropy_curves",
+    "plot_metric_bars",
+    "plot_trajectory",
+]

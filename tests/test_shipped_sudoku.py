@@ -1,0 +1,20 @@
+"""The shipped Sudoku base model ``tiny-sudoku`` loads by name and solves its old domain."""
+
+from __future__ import annotations
+
+import torch
+
+from tabom.evaluate import Budget, evaluate_task
+from tabom.models import SHIPPED, detect_backend, load_model
+from tabom.tasks import make_task
+
+
+def test_tiny_sudoku_is_shipped_and_solves_easy_puzzles():
+    assert (SHIPPED["tiny-sudoku"] / "model.safetensors").is_file()
+    assert detect_backend("tiny-sudoku") == "tiny"
+    dlm = load_model("tiny-sudoku")
+    task = make_task("sudoku:n_blanks=4,max_blanks=6")
+    examples = task.generate(24, torch.Generator().manual_seed(99))
+    res = evaluate_task(dlm, task, examples, Budget(score="confidence"))
+    assert res.accuracy >= 0.9  # docs/benchmarks.md: 1.00 on 300 puzzles with 4-8 blanks
+    assert res.nfe_per_answer == task.gen_length  # one token per forward
