@@ -61,7 +61,11 @@ def _field_help(cls: type, prefix: str = "", defaults: Any = None) -> list[str]:
         if is_dataclass(tp):
             lines.extend(_field_help(tp, prefix=f"{prefix}{f.name}.", defaults=default))
             continue
-        lines.append(f"  --{prefix}{f.name} (default {default!r}): {described.get(f.name, '')}")
+        rng = f.metadata.get("range")
+        accepts = f"; {rng.describe()}" if rng is not None else ""
+        lines.append(
+            f"  --{prefix}{f.name} (default {default!r}{accepts}): {described.get(f.name, '')}"
+        )
     return lines
 
 

@@ -41,7 +41,7 @@ import yaml
 from tqdm.auto import tqdm
 
 from tabom.checkpoint import check_settings
-from tabom.config import save_config, to_dict
+from tabom.config import AT_LEAST_1, NON_NEGATIVE, save_config, to_dict
 from tabom.decoding import DecodeConfig, decode_batches, response_text
 from tabom.errors import TabomError
 from tabom.evaluate import pass_at_k
@@ -106,15 +106,15 @@ class DistillConfig:
     prompt_field: str | None = None
     id_field: str | None = None
     split: str = "train"
-    n_prompts: int | None = 256
-    n_samples: int = 4
+    n_prompts: int | None = field(default=256, metadata=AT_LEAST_1)
+    n_samples: int = field(default=4, metadata=AT_LEAST_1)
     keep: Literal["verified", "all"] = "verified"
     decode: DecodeConfig = field(default_factory=lambda: DecodeConfig(temperature=1.0))
-    seed: int = 0
-    prompts_per_batch: int = 8
+    seed: int = field(default=0, metadata=NON_NEGATIVE)
+    prompts_per_batch: int = field(default=8, metadata=AT_LEAST_1)
     output: str = "runs/distill/trajectories.jsonl"
-    ks: list[int] = field(default_factory=lambda: [1, 4])
-    num_threads: int = 1
+    ks: list[int] = field(default_factory=lambda: [1, 4], metadata=AT_LEAST_1)
+    num_threads: int = field(default=1, metadata=NON_NEGATIVE)
     progress: bool = True
 
     def __post_init__(self) -> None:

@@ -21,6 +21,7 @@ from pathlib import Path
 
 import torch
 
+from tabom.config import AT_LEAST_1, NON_NEGATIVE
 from tabom.decoding import DecodeConfig, ScoreName
 from tabom.errors import TabomError
 from tabom.evaluate import TaskResult, evaluate_task
@@ -72,19 +73,19 @@ class EvalConfig:
     model: str = DEFAULT_MODEL
     adapter: str | None = None
     tasks: list[str] = field(default_factory=lambda: [OLD_DOMAIN, NEW_DOMAIN])
-    n_examples: int | None = None
-    n_samples: int = 1
-    ks: list[int] = field(default_factory=lambda: [1])
+    n_examples: int | None = field(default=None, metadata=AT_LEAST_1)
+    n_samples: int = field(default=1, metadata=AT_LEAST_1)
+    ks: list[int] = field(default_factory=lambda: [1], metadata=AT_LEAST_1)
     decode: DecodeConfig = field(default_factory=DecodeConfig)
-    budget_tokens_per_step: list[int] | None = None
+    budget_tokens_per_step: list[int] | None = field(default=None, metadata=AT_LEAST_1)
     budget_scores: list[ScoreName] | None = None
-    sample_temperature: float | None = None
-    seed: int = 0
-    batch_size: int = 64
+    sample_temperature: float | None = field(default=None, metadata=NON_NEGATIVE)
+    seed: int = field(default=0, metadata=NON_NEGATIVE)
+    batch_size: int = field(default=64, metadata=AT_LEAST_1)
     baseline: str | None = None
     trajectories: str | None = None
     output: str | None = None
-    num_threads: int = 1
+    num_threads: int = field(default=1, metadata=NON_NEGATIVE)
 
     def __post_init__(self) -> None:
         if any(k > self.n_samples for k in self.ks):

@@ -11,10 +11,11 @@ from __future__ import annotations
 
 import statistics
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from tabom.config import AT_LEAST_1, NON_NEGATIVE
 from tabom.errors import TabomError
 from tabom.trajectory import TrajectoryRecord, read_trajectories
 
@@ -35,12 +36,12 @@ class InspectConfig:
     """
 
     path: str = ""
-    index: int = 0
+    index: int = field(default=0, metadata=NON_NEGATIVE)
     id: str | None = None
     png: str | None = None
     draw: bool = True
     tokenizer: str | None = None
-    wrap: int = 32
+    wrap: int = field(default=32, metadata=AT_LEAST_1)
 
     def __post_init__(self) -> None:
         if not self.path:

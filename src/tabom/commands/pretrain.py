@@ -30,7 +30,7 @@ from tabom.checkpoint import (
     save_checkpoint,
     truncate_log,
 )
-from tabom.config import ConfigError, save_config, to_dict
+from tabom.config import AT_LEAST_1, NON_NEGATIVE, POSITIVE, UNIT, ConfigError, save_config, to_dict
 from tabom.evaluate import greedy_accuracy, make_eval_sets
 from tabom.models import TinyModelConfig, build_tiny, save_model
 from tabom.models.base import DiffusionLM
@@ -71,22 +71,22 @@ class PretrainConfig:
     output_dir: str = "runs/pretrain"
     model: TinyModelConfig = field(default_factory=TinyModelConfig)
     tasks: list[str] = field(default_factory=lambda: ["addition:min_digits=1,max_digits=4"])
-    task_weights: list[float] | None = None
-    steps: int = 2000
-    batch_size: int = 128
-    lr: float = 1e-3
-    min_lr_ratio: float = 0.1
-    warmup_steps: int = 100
-    weight_decay: float = 0.01
-    grad_clip: float = 1.0
+    task_weights: list[float] | None = field(default=None, metadata=NON_NEGATIVE)
+    steps: int = field(default=2000, metadata=AT_LEAST_1)
+    batch_size: int = field(default=128, metadata=AT_LEAST_1)
+    lr: float = field(default=1e-3, metadata=POSITIVE)
+    min_lr_ratio: float = field(default=0.1, metadata=UNIT)
+    warmup_steps: int = field(default=100, metadata=NON_NEGATIVE)
+    weight_decay: float = field(default=0.01, metadata=NON_NEGATIVE)
+    grad_clip: float = field(default=1.0, metadata=NON_NEGATIVE)
     nelbo_weight: bool = True
-    eval_every: int = 500
+    eval_every: int = field(default=500, metadata=NON_NEGATIVE)
     eval_tasks: list[str] | None = None
-    eval_examples: int = 128
-    save_every: int = 0
-    seed: int = 0
+    eval_examples: int = field(default=128, metadata=AT_LEAST_1)
+    save_every: int = field(default=0, metadata=NON_NEGATIVE)
+    seed: int = field(default=0, metadata=NON_NEGATIVE)
     resume: bool = False
-    num_threads: int = 1
+    num_threads: int = field(default=1, metadata=NON_NEGATIVE)
 
     def __post_init__(self) -> None:
         if not self.tasks:

@@ -35,7 +35,16 @@ from tabom.checkpoint import (
     save_checkpoint,
     truncate_log,
 )
-from tabom.config import ConfigError, save_config, to_dict
+from tabom.config import (
+    AT_LEAST_1,
+    NON_NEGATIVE,
+    POSITIVE,
+    UNIT,
+    ConfigError,
+    in_range,
+    save_config,
+    to_dict,
+)
 from tabom.evaluate import greedy_accuracy, make_eval_sets
 from tabom.models import BACKENDS, DEFAULT_MODEL, load_model, save_model
 from tabom.models.base import DiffusionLM
@@ -138,34 +147,34 @@ class TrainConfig:
     data: str | None = None
     objective: Objective = "tabom"
     gt_task: str | None = None
-    gt_examples: int = 256
+    gt_examples: int = field(default=256, metadata=AT_LEAST_1)
     verified_only: bool = False
     output_dir: str = "runs/train"
-    epochs: int = 5
-    max_steps: int = 0
-    batch_size: int = 4
-    grad_accum: int = 8
-    lr: float = 2e-5
-    weight_decay: float = 0.01
-    warmup_steps: int = 50
-    min_lr_ratio: float = 0.0
-    grad_clip: float = 1.0
-    lora_rank: int = 16
-    lora_alpha: float = 16.0
-    lora_dropout: float = 0.05
+    epochs: int = field(default=5, metadata=NON_NEGATIVE)
+    max_steps: int = field(default=0, metadata=NON_NEGATIVE)
+    batch_size: int = field(default=4, metadata=AT_LEAST_1)
+    grad_accum: int = field(default=8, metadata=AT_LEAST_1)
+    lr: float = field(default=2e-5, metadata=POSITIVE)
+    weight_decay: float = field(default=0.01, metadata=NON_NEGATIVE)
+    warmup_steps: int = field(default=50, metadata=NON_NEGATIVE)
+    min_lr_ratio: float = field(default=0.0, metadata=UNIT)
+    grad_clip: float = field(default=1.0, metadata=NON_NEGATIVE)
+    lora_rank: int = field(default=16, metadata=NON_NEGATIVE)
+    lora_alpha: float = field(default=16.0, metadata=POSITIVE)
+    lora_dropout: float = field(default=0.05, metadata=in_range(0, 1, high_open=True))
     lora_targets: list[str] | None = None
     merge_lora: bool = True
     loss: LossConfig = field(default_factory=LossConfig)
     mixed_precision: Literal["auto", "bf16", "fp32"] = "auto"
-    save_every: int = 0
-    log_every: int = 1
-    eval_every: int = 0
+    save_every: int = field(default=0, metadata=NON_NEGATIVE)
+    log_every: int = field(default=1, metadata=AT_LEAST_1)
+    eval_every: int = field(default=0, metadata=NON_NEGATIVE)
     eval_tasks: list[str] = field(default_factory=list)
-    eval_examples: int = 64
-    seed: int = 0
+    eval_examples: int = field(default=64, metadata=AT_LEAST_1)
+    seed: int = field(default=0, metadata=NON_NEGATIVE)
     report_to: Literal["none", "tensorboard", "wandb"] = "none"
     resume: bool = False
-    num_threads: int = 1
+    num_threads: int = field(default=1, metadata=NON_NEGATIVE)
     progress: bool = True
 
     def __post_init__(self) -> None:

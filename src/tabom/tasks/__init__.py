@@ -55,11 +55,15 @@ def _value(spec: str, name: str, tp: Any, text: str) -> Any:
         tp = args[0]  # ``int | None``: the int
     if tp is bool:
         if text.lower() not in ("true", "false", "1", "0"):
-            raise TaskSpecError(f"task spec {spec!r}: field {name!r} needs true/false, got {text!r}")
+            raise TaskSpecError(
+                f"task spec {spec!r}: field {name!r} needs true/false, got {text!r}"
+            )
         return text.lower() in ("true", "1")
     if tp is int:
         if not re.fullmatch(r"[+-]?[0-9]+", text):
-            raise TaskSpecError(f"task spec {spec!r}: field {name!r} needs an integer, got {text!r}")
+            raise TaskSpecError(
+                f"task spec {spec!r}: field {name!r} needs an integer, got {text!r}"
+            )
         return int(text)
     if tp is float:
         try:
