@@ -443,9 +443,12 @@ class DistillSummary:
         nfe_per_answer: forwards per answer (a batched forward counts once per row).
         tokens_per_forward: response tokens committed per forward per answer.
         decoded_now: answers decoded by this invocation (0 if the file was complete).
+        kept_now: trajectories this invocation added to the file (``keep`` decides which
+            answers become records: all, or the verified ones).
         decode_seconds: decode time summed over groups and processes (all invocations).
         wall_seconds: this invocation, start to end.
-        trajectories_per_minute: ``decoded_now`` per minute of this invocation's decode loop.
+        answers_per_minute: ``decoded_now`` per minute of this invocation's decode loop.
+        kept_per_minute: ``kept_now`` per minute of the same loop.
         processes: processes of this invocation.
         output: the trajectory file.
     """
@@ -459,9 +462,11 @@ class DistillSummary:
     nfe_per_answer: float
     tokens_per_forward: float
     decoded_now: int
+    kept_now: int
     decode_seconds: float
     wall_seconds: float
-    trajectories_per_minute: float
+    answers_per_minute: float
+    kept_per_minute: float
     processes: int
     output: str
 
@@ -474,8 +479,9 @@ class DistillSummary:
             f"-> {self.output}\n"
             f"verified {share}  {passes}\n"
             f"{self.nfe_per_answer:.2f} forwards/answer, {self.tokens_per_forward:.2f} "
-            f"tokens/forward; decoded {self.decoded_now} now on {self.processes} process(es), "
-            f"{self.trajectories_per_minute:.0f} trajectories/min; wall {self.wall_seconds:.1f} s"
+            f"tokens/forward on {self.processes} process(es); wall {self.wall_seconds:.1f} s\n"
+            f"now: decoded {self.decoded_now} answers ({self.answers_per_minute:.0f}/min), "
+            f"kept {self.kept_now} as trajectories ({self.kept_per_minute:.0f}/min)"
         )
 
 
@@ -631,6 +637,7 @@ def distill(cfg: DistillConfig) -> DistillSummary | None:
         check_resume(cfg, output)  # reads only: a refused rerun changes nothing
         output.parent.mkdir(parents=True, exist_ok=True)
         lines, done = consolidate(output, plan_order, group_ids, gen)  # checks, then repairs
+        records_before = len(lines)
         save_config(cfg, output.with_name(output.name + ".config.yaml"))  # only after the check
     state.wait_for_everyone()
     if not state.is_main_process:
@@ -691,17 +698,26 @@ def distill(cfg: DistillConfig) -> DistillSummary | None:
     if missing:
         raise RuntimeError(f"{output}: groups {missing[:5]} were not decoded (a process failed?)")
     decoded_now = sum(len(groups[g]) * cfg.n_samples for g in todo)
+    kept_now = len(lines) - records_before
+    minutes = max(loop_seconds, 1e-9) / 60
     summary = DistillSummary(
         **summarise(done, cfg.n_samples, cfg.ks, len(lines)),
         decoded_now=decoded_now,
+        kept_now=kept_now,
         wall_seconds=round(time.perf_counter() - t_start, 3),
-        trajectories_per_minute=round(60 * decoded_now / max(loop_seconds, 1e-9), 1),
+        answers_per_minute=round(decoded_now / minutes, 1),
+        kept_per_minute=round(kept_now / minutes, 1),
         processes=world,
         output=str(output),
     )
     payload = {"summary": dataclasses.asdict(summary), "config": to_dict(cfg), "gen": gen}
-    output.with_name(output.name + ".summary.json").write_text(json.dumps(payload, indent=1) + "\n")
+    summary_path = output.with_name(output.name + ".summary.json")
+    summary_path.write_text(json.dumps(payload, indent=1) + "\n")
     print(summary.format())
+    sidecars = ", ".join(
+        str(output.with_name(output.name + s)) for s in (".config.yaml", ".progress")
+    )
+    print(f"saved: {output} (trajectories); {summary_path}, {sidecars}")
     return summary
 
 

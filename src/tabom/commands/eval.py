@@ -166,6 +166,17 @@ def budget_key(cfg: DecodeConfig) -> str:
     return f"{cfg.score}@{cfg.tokens_per_step}"
 
 
+def set_label(spec: str) -> str:
+    """``spec`` with its domain for the shipped base model: ``old domain: addition:...``."""
+    domain = {OLD_DOMAIN: "old domain", NEW_DOMAIN: "new domain"}.get(spec.partition("@")[0])
+    return f"{domain}: {spec}" if domain else spec
+
+
+def sampling(temperature: float) -> str:
+    """How answers were drawn: ``greedy (T = 0)`` or ``sampled at T = 1``."""
+    return "greedy (T = 0)" if temperature == 0 else f"sampled at T = {temperature:g}"
+
+
 def format_table(results: dict[str, TaskResult]) -> str:
     """A markdown table of accuracy, pass@k and decode statistics."""
     ks = sorted({k for r in results.values() for k in r.pass_at})
@@ -224,6 +235,7 @@ def run_eval(cfg: EvalConfig) -> int:
     forgot: dict[str, Forgetting] = {}
     for spec, (task, examples) in sets.items():
         kwargs = {"seed": cfg.seed, "batch_size": cfg.batch_size, "progress": True}
+        label = set_label(spec)
         results[spec] = evaluate_task(
             dlm,
             task,
@@ -231,6 +243,7 @@ def run_eval(cfg: EvalConfig) -> int:
             cfg.main_decode,
             n_samples=cfg.n_samples,
             ks=tuple(cfg.ks),
+            desc=f"{label} [{cfg.n_samples} sample(s), {sampling(cfg.main_decode.temperature)}]",
             **kwargs,
         )
         one: dict[str, TaskResult] = {}
@@ -239,17 +252,24 @@ def run_eval(cfg: EvalConfig) -> int:
             if bcfg == cfg.decode and same_as_main:
                 one[key] = results[spec]
             else:
-                one[key] = evaluate_task(dlm, task, examples, bcfg, **kwargs)
+                desc = f"{label} [budget {key}, {sampling(bcfg.temperature)}]"
+                one[key] = evaluate_task(dlm, task, examples, bcfg, desc=desc, **kwargs)
         budgets[spec] = {k: r.accuracy for k, r in one.items()}
         if base is not None:
-            before = evaluate_task(base, task, examples, budgets_cfg[key0], **kwargs)
+            desc = f"{label} [baseline {cfg.baseline}, {key0}]"
+            before = evaluate_task(base, task, examples, budgets_cfg[key0], desc=desc, **kwargs)
             after = one[key0]
             forgot[spec] = forgetting([c[0] for c in before.correct], [c[0] for c in after.correct])
     alignment: Alignment | None = None
     if records is not None:
         alignment = trajectory_alignment(dlm, records, batch_size=cfg.batch_size)
+    main_t = cfg.main_decode.temperature
+    print(f"main run: {cfg.n_samples} answer(s) per problem, {sampling(main_t)}")
     print(format_table(results))
     print()
+    print(
+        f"one answer per problem at each budget (score@tokens per step), {sampling(cfg.decode.temperature)}"
+    )
     print(format_budgets(budgets))
     if forgot:
         print()
@@ -270,4 +290,7 @@ def run_eval(cfg: EvalConfig) -> int:
         }
         Path(cfg.output).parent.mkdir(parents=True, exist_ok=True)
         Path(cfg.output).write_text(json.dumps(payload, indent=1) + "\n")
+        print(f"\nsaved: {cfg.output} (results as JSON)")
+    else:
+        print("\nnot saved (--output FILE.json writes the results as JSON)")
     return 0

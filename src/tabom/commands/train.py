@@ -599,6 +599,8 @@ def train(cfg: TrainConfig) -> Path:
             final = final.merge_and_unload() if cfg.merge_lora else None
         if final is not None:
             save_model(DiffusionLM(final, dlm.tokenizer, dlm.spec, dlm.extra), out / "model")
+        saved = [out / n for n in ("model", "adapter", "checkpoints", "log.jsonl", "config.yaml")]
+        print("train: saved " + ", ".join(str(p) for p in saved if p.exists()))
     accelerator.wait_for_everyone()
     if tracker:
         accelerator.end_training()
