@@ -11,7 +11,6 @@ import torch
 
 from tabom import plots
 from tabom.cli import main
-from tabom.commands.demo.report import describe_task
 from tabom.models import TinyModelConfig, build_tiny, save_tiny
 
 # Flag spellings in one place.
@@ -119,6 +118,8 @@ def test_bar_values_sit_above_their_error_bars_and_axes_are_labelled(tmp_path, m
 
 
 def test_plot_titles_name_tasks_in_words():
+    from tabom.commands.demo.report import describe_task
+
     assert describe_task("addition:min_digits=4,max_digits=4,width=4") == "4-digit addition"
     assert describe_task("addition:min_digits=1,max_digits=3,width=4") == "1-3 digit addition"
     assert "=" not in describe_task("sudoku:n_blanks=8,max_blanks=12")
