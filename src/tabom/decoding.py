@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any, Literal, get_args
 import torch
 from tqdm.auto import tqdm
 
-from tabom.config import AT_LEAST_1, NON_NEGATIVE, PROBABILITY, UNIT
+from tabom.config import AT_LEAST_1, NON_NEGATIVE, PROBABILITY
 
 if TYPE_CHECKING:
     from tabom.models.base import DiffusionLM
@@ -125,7 +125,7 @@ class DecodeConfig:
     temperature: float = field(default=0.0, metadata=NON_NEGATIVE)
     top_p: float = field(default=1.0, metadata=PROBABILITY)
     top_k: int = field(default=0, metadata=NON_NEGATIVE)
-    threshold: float | None = field(default=None, metadata=UNIT)
+    threshold: float | None = field(default=None, metadata=PROBABILITY)
     record_entropy: bool = False
 
     def __post_init__(self) -> None:
