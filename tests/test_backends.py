@@ -41,10 +41,14 @@ from tabom.models.tiny import build_char_tokenizer
 PROMPTS = ["7+5=", "12+30=", "1+1="]  # different lengths: left padding in every batch
 EXPECTED = {
     "llada": dict(
-        name="llada", shift=False, attention="2d", template=True, lora=("q_proj", "v_proj")
+        name="llada",
+        shift=False,
+        attention="4d",
+        template=True,
+        lora=("q_proj", "v_proj"),
     ),
     "dream": dict(
-        name="dream", shift=True, attention="4d-self-pad", template=True, lora=("q_proj", "v_proj")
+        name="dream", shift=True, attention="4d", template=True, lora=("q_proj", "v_proj")
     ),
     "bert": dict(
         name="hf-mlm", shift=False, attention="2d", template=False, lora=("query", "value")
@@ -156,7 +160,9 @@ def test_a_causal_checkpoint_is_refused(tmp_path):
     model, tok = build_standin("llada")
     model.config.is_causal = True
     save_standin(model, tok, tmp_path / "causal", backend="llada")
-    with pytest.raises(ValueError, match=r"causal LM.*llada backend needs a bidirectional"):
+    with pytest.raises(
+        ValueError, match=r"is_causal true; the llada backend needs is_causal false"
+    ):
         load_model(str(tmp_path / "causal"))
     bert, tok = build_standin("bert")
     bert.config.is_decoder = True
@@ -245,7 +251,7 @@ def test_dream_path_equals_an_unshifted_model_by_construction(standins, attn):
     torch.testing.assert_close(la[:, 1:], lb[:, 1:], rtol=0, atol=0)
 
 
-def test_dream_standin_sees_a_4d_mask_only_when_padded(standins, monkeypatch):
+def test_native_dream_always_sees_a_4d_mask(standins, monkeypatch):
     dlm = load_model(standins["dream"])
     seen = []
     forward = dlm.model.forward
@@ -258,7 +264,8 @@ def test_dream_standin_sees_a_4d_mask_only_when_padded(standins, monkeypatch):
     x = torch.full((2, 6), 40)
     dlm(x, torch.ones_like(x))
     dlm(x, torch.tensor([[0, 1, 1, 1, 1, 1], [1] * 6]))
-    assert seen == [None, (2, 1, 6, 6)]
+    dlm(x)  # no mask given: all true
+    assert seen == [(2, 1, 6, 6)] * 3
 
 
 def test_lora_default_targets_wrap_every_backend(standins):
@@ -389,9 +396,9 @@ def test_remote_code_checkpoints_load_by_model_type(tmp_path, family):
     }[family]
     path = _fake_remote_checkpoint(tmp_path / family, model_type, forward, template)
     assert detect_backend(str(path)) == family  # from config.json alone, no tabom file
-    dlm = load_model(str(path))
+    dlm = load_model(str(path), trust_remote_code=True)  # the explicit remote-code choice
     assert type(dlm.model).__name__ == "FakeLM"  # AutoModel through auto_map
-    assert dlm.spec.name == family and dlm.mask_token_id == 2  # llada: from the config
+    assert dlm.spec.name == f"{family}-remote" and dlm.mask_token_id == 2  # llada: config
     assert dlm.spec.position_ids is (family == "dream")  # LLaDA's forward takes none
     assert dlm.spec.chat_template
     out = greedy(dlm, PROMPTS, gen_length=4)
@@ -399,6 +406,9 @@ def test_remote_code_checkpoints_load_by_model_type(tmp_path, family):
     if family == "dream":  # 4-D mask and positions: a padded row decodes as alone
         alone = greedy(dlm, PROMPTS[:1], gen_length=4)
         assert torch.equal(out.response_ids[0], alone.response_ids[0])
+    # commands without a backend field (distill, eval) take the choice from the folder
+    (path / "tabom_backend.json").write_text(json.dumps({"backend": f"{family}-remote"}))
+    assert load_model(str(path)).spec == dlm.spec
     # a saved copy (what tabom train writes) loads as the same backend with its code
     save_model(dlm, tmp_path / "copy")
     again = load_model(str(tmp_path / "copy"))

@@ -33,6 +33,7 @@ CONFIGS = {
     "inspect": "tabom.commands.inspect:InspectConfig",
     "demo": "tabom.commands.demo.config:DemoConfig",
     "sweep": "tabom.commands.demo.sweep:SweepConfig",
+    "export": "tabom.commands.export:ExportConfig",
 }
 
 

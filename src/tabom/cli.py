@@ -97,6 +97,11 @@ def _commands() -> dict[str, tuple[str, Callable[[], tuple[type, Callable[[Any],
 
         return TrainConfig, run_train
 
+    def export():
+        from tabom.commands.export import ExportConfig, run
+
+        return ExportConfig, run
+
     def demo():
         from tabom.commands.demo.config import DemoConfig
         from tabom.commands.demo.pipeline import run_demo
@@ -120,6 +125,7 @@ def _commands() -> dict[str, tuple[str, Callable[[], tuple[type, Callable[[Any],
             inspect,
         ),
         "train": ("post-train on trajectories or ground truth: sft, traj-sft, td, tabom", train),
+        "export": ("write a trained LLaDA / Dream model back in its hub layout and names", export),
         "demo": (
             "the whole pipeline on the shipped base model: distill, train 4 objectives, "
             "evaluate, report.md (--quick: a smoke run)",

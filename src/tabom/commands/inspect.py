@@ -2,7 +2,7 @@
 
 The summary counts records, prompts and samples, the verified share, the steps each answer
 took (last decode step + 1) and the tokens committed per step; the picture
-(:func:`tabom.report.plot_trajectory`) shows one answer's tokens coloured by decode step.
+(:func:`tabom.plots.plot_trajectory`) shows one answer's tokens coloured by decode step.
 Token labels come from the tokenizer of ``gen.model`` when it is available and matches the
 file's tokenizer fingerprint, else the ids are shown (and the command says so).
 """

@@ -46,7 +46,13 @@ from tabom.config import (
     to_dict,
 )
 from tabom.evaluate import greedy_accuracy, make_eval_sets
-from tabom.models import BACKENDS, DEFAULT_MODEL, load_model, save_model
+from tabom.models import (
+    BACKENDS,
+    DEFAULT_MODEL,
+    enable_gradient_checkpointing,
+    load_model,
+    save_model,
+)
 from tabom.models.base import DiffusionLM
 from tabom.models.lora import with_lora
 from tabom.objectives import OBJECTIVES, LossConfig, Objective, compute_objective
@@ -122,6 +128,8 @@ class TrainConfig:
         lora_alpha: LoRA scale α (the update is scaled by α / r).
         lora_dropout: dropout on the LoRA input.
         lora_targets: module names that get adapters (default: the backend's, q_proj, v_proj).
+        gradient_checkpointing: recompute each layer's activations in backward instead of
+            storing them (``tabom.models.enable_gradient_checkpointing``; on in the 7-8B recipes).
         merge_lora: with LoRA, also save the merged model to ``model/`` (loadable by
             ``load_model``); the adapter alone is always saved to ``adapter/``.
         loss: the loss settings M, W, m, λ, ties, unit, cut range, NELBO weight, ranking
@@ -163,6 +171,7 @@ class TrainConfig:
     lora_alpha: float = field(default=16.0, metadata=POSITIVE)
     lora_dropout: float = field(default=0.05, metadata=in_range(0, 1, high_open=True))
     lora_targets: list[str] | None = None
+    gradient_checkpointing: bool = False
     merge_lora: bool = True
     loss: LossConfig = field(default_factory=LossConfig)
     mixed_precision: Literal["auto", "bf16", "fp32"] = "auto"
@@ -227,6 +236,10 @@ class TrainConfig:
             raise ValueError(f"lora_rank must be >= 0 (0 = full fine-tuning), got {self.lora_rank}")
         if not 0 <= self.lora_dropout < 1:
             raise ValueError(f"lora_dropout must be in [0, 1), got {self.lora_dropout}")
+        if not isinstance(self.gradient_checkpointing, bool):
+            raise ValueError(
+                f"gradient_checkpointing must be true or false, got {self.gradient_checkpointing!r}"
+            )
         if self.eval_every and not self.eval_tasks:
             raise ValueError("eval_every: set eval_tasks (task specs) to evaluate on")
 
@@ -444,6 +457,8 @@ def train(cfg: TrainConfig) -> Path:
     set_seed(cfg.seed)
     lora = cfg.lora_rank > 0
     model = _with_lora(dlm.model, cfg, dlm.spec.lora_targets) if lora else dlm.model
+    if cfg.gradient_checkpointing:
+        enable_gradient_checkpointing(model)
     optimizer = torch.optim.AdamW(_param_groups(model, cfg.weight_decay), lr=cfg.lr)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda s: lr_factor(s, total, cfg.warmup_steps, cfg.min_lr_ratio)

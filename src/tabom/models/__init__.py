@@ -3,8 +3,11 @@
 :func:`load_model` takes a shipped name (``tiny-base``), a local folder or a hub id and picks
 the backend: a shipped name or a folder with ``tabom_backend.json`` says it itself; otherwise
 the checkpoint's ``config.json`` does (``model_type`` ``llada`` -> ``llada``, ``Dream`` ->
-``dream``, a ``*ForMaskedLM`` architecture -> ``hf-mlm``). :func:`save_model` writes any
-backend's model so that :func:`load_model` restores it.
+``dream``, a ``*ForMaskedLM`` architecture -> ``hf-mlm``). ``llada`` and ``dream`` load
+natively (transformers' Llama / Qwen2 classes, ``models/native.py``); ``llada-remote`` and
+``dream-remote`` run the checkpoint's own code. :func:`save_model` writes any backend's model
+atomically so that :func:`load_model` restores it; :func:`export_model` writes a native LLaDA /
+Dream back in its hub layout.
 """
 
 from __future__ import annotations
@@ -15,10 +18,24 @@ from typing import Any
 
 import torch
 
-from tabom.models.base import BACKEND_FILE, BackendSpec, DiffusionLM, align_logits, save_model
-from tabom.models.dream import DREAM, load_dream
-from tabom.models.hf import HF_MLM, BackendDefaults, load_hf_mlm, load_pretrained, torch_dtype
-from tabom.models.llada import LLADA, load_llada
+from tabom.models.base import (
+    BACKEND_FILE,
+    BackendSpec,
+    DiffusionLM,
+    align_logits,
+    enable_gradient_checkpointing,
+)
+from tabom.models.dream import DREAM, DREAM_NATIVE, DREAM_REMOTE, load_dream
+from tabom.models.hf import (
+    HF_MLM,
+    BackendDefaults,
+    load_hf_mlm,
+    load_pretrained,
+    tolerant_generation_config,
+    torch_dtype,
+)
+from tabom.models.llada import LLADA, LLADA_NATIVE, LLADA_REMOTE, load_llada
+from tabom.models.native import NativeFamily, atomic_dir, export_hub, load_native, save_native_files
 from tabom.models.tiny import (
     TinyModelConfig,
     build_tiny,
@@ -30,8 +47,16 @@ ASSETS = Path(__file__).resolve().parent.parent / "assets"
 SHIPPED = {"tiny-base": ASSETS / "tiny-base", "tiny-sudoku": ASSETS / "tiny-sudoku"}
 DEFAULT_MODEL = "tiny-base"
 TINY_BACKENDS = ("tiny", "tiny-dream")
-PRETRAINED: dict[str, BackendDefaults] = {"llada": LLADA, "dream": DREAM, "hf-mlm": HF_MLM}
+PRETRAINED: dict[str, BackendDefaults] = {
+    "llada": LLADA,
+    "dream": DREAM,
+    "llada-remote": LLADA_REMOTE,
+    "dream-remote": DREAM_REMOTE,
+    "hf-mlm": HF_MLM,
+}
 """Backend name -> its family data, for checkpoints loaded through ``transformers``."""
+NATIVE: dict[str, NativeFamily] = {"llada": LLADA_NATIVE, "dream": DREAM_NATIVE}
+"""Backends loaded natively (no remote code): name -> config and name maps."""
 BACKENDS = (*TINY_BACKENDS, *PRETRAINED)
 
 __all__ = [
@@ -42,11 +67,14 @@ __all__ = [
     "BackendDefaults",
     "BackendSpec",
     "DiffusionLM",
+    "NATIVE",
     "TinyModelConfig",
     "align_logits",
     "backend_from_config",
     "build_tiny",
     "detect_backend",
+    "enable_gradient_checkpointing",
+    "export_model",
     "load_dream",
     "load_hf_mlm",
     "load_llada",
@@ -135,6 +163,8 @@ def load_model(
     backend: str = "auto",
     dtype: str | torch.dtype | None = None,
     device: torch.device | str | None = None,
+    *,
+    trust_remote_code: bool = False,
 ) -> DiffusionLM:
     """Load a diffusion LM by shipped name, local folder or hub id.
 
@@ -145,6 +175,8 @@ def load_model(
         dtype: weights' dtype: ``auto``/``None`` = bf16 on a CUDA device with bf16 for the
             pretrained backends, fp32 otherwise (the tiny backends: fp32 unless asked).
         device: where to put the model (``None``: CPU).
+        trust_remote_code: run a LLaDA / Dream checkpoint's own modeling code (the
+            ``llada-remote`` / ``dream-remote`` backends) instead of the native classes.
 
     Returns:
         The model in eval mode with its tokenizer and resolved :class:`BackendSpec`.
@@ -152,7 +184,8 @@ def load_model(
     Raises:
         FileNotFoundError: nothing to load under that name.
         ValueError: an unknown backend, a checkpoint that is not bidirectional or has no
-            mask token.
+            mask token, a native name map that does not fit the weights.
+        RuntimeError: remote code that fails to import under the installed transformers.
 
     Example:
         >>> dlm = load_model("tiny-base")
@@ -160,6 +193,8 @@ def load_model(
     """
     if backend == "auto":
         backend = detect_backend(name_or_path)
+    if trust_remote_code and backend in NATIVE:
+        backend = f"{backend}-remote"
     if backend in TINY_BACKENDS:
         tiny_dtype = None if dtype in (None, "auto") else torch_dtype(dtype, device)
         dlm = load_tiny(resolve_model_path(name_or_path), dtype=tiny_dtype)
@@ -168,4 +203,51 @@ def load_model(
         return dlm
     if backend not in PRETRAINED:
         raise ValueError(f"backend must be auto or one of {', '.join(BACKENDS)}, got {backend!r}")
+    if backend in NATIVE:
+        return load_native(
+            name_or_path,
+            NATIVE[backend],
+            PRETRAINED[backend],
+            dtype=torch_dtype(dtype, device),
+            device=device,
+        )
     return load_pretrained(name_or_path, PRETRAINED[backend], dtype=dtype, device=device)
+
+
+def save_model(dlm: DiffusionLM, path: str | Path) -> None:
+    """Save any backend's model, tokenizer and ``tabom_backend.json`` to a folder, atomically.
+
+    The folder is written under a temporary name and renamed when complete, so a failed save
+    never leaves a complete-looking folder (an existing one stays as it was). :func:`load_model`
+    on it restores the same backend (the file names it). A native LLaDA / Dream also keeps the
+    original checkpoint's files in ``hub/`` (for :func:`export_model`); remote-code models
+    save their code with them (``save_pretrained``).
+    """
+    tolerant_generation_config(dlm.model)
+    with atomic_dir(path) as tmp:
+        save_tiny(dlm, tmp)
+        save_native_files(dlm, tmp)
+
+
+def export_model(
+    dlm: DiffusionLM, path: str | Path, dtype: str | torch.dtype | None = None
+) -> Path:
+    """Write a native LLaDA / Dream model in its original hub layout, names and files.
+
+    Args:
+        dlm: loaded with backend ``llada`` / ``dream`` from a hub checkpoint or from a folder
+            ``save_model`` wrote for one (a trained or merged model).
+        path: the folder to write (atomically).
+        dtype: the weights' dtype (``None``: as loaded).
+
+    Raises:
+        ValueError: not a native LLaDA / Dream model with its original files.
+    """
+    family = NATIVE.get(dlm.extra.get("native_family", ""))
+    if family is None:
+        raise ValueError(
+            f"export: backend {dlm.spec.name!r} has no hub layout to export to (only the "
+            f"native {', '.join(NATIVE)} backends)"
+        )
+    out_dtype = None if dtype is None else torch_dtype(dtype, None)
+    return export_hub(dlm, family, path, dtype=out_dtype)

@@ -19,9 +19,9 @@ from typing import Any, Literal
 import torch
 
 BACKEND_FILE = "tabom_backend.json"
-"""The file that names a saved model's backend (written by :func:`save_model`)."""
+"""The file that names a saved model's backend (written by :func:`write_model_files`)."""
 
-AttentionKind = Literal["2d", "4d-self-pad"]
+AttentionKind = Literal["2d", "4d-self-pad", "4d"]
 
 
 @dataclass(frozen=True)
@@ -118,6 +118,52 @@ def self_pad_attention_mask(
     return blocked.masked_fill(~allowed, torch.finfo(dtype).min)
 
 
+def make_bidirectional(model: Any) -> Any:
+    """Turn off causal attention in a transformers Llama / Qwen2 model, on any version.
+
+    transformers 5 builds a bidirectional mask from ``config.is_causal = False``; 4.x ignores
+    that field and lets SDPA apply a causal mask whenever it gets no mask (its attention
+    modules carry ``is_causal = True``). Setting both makes a model without a mask
+    bidirectional on either; with padding, the backends pass their own 4-D mask, which both
+    versions use as is.
+
+    Returns:
+        ``model``.
+    """
+    model.config.is_causal = False
+    for module in model.modules():
+        if isinstance(getattr(module, "is_causal", None), bool):
+            module.is_causal = False
+    return model
+
+
+def enable_gradient_checkpointing(model: Any) -> None:
+    """Recompute each decoder layer's activations in backward instead of storing them.
+
+    Works on a transformers model or a peft wrapper of one (the native Llama / Qwen2 classes
+    of every llada / dream / tiny backend); non-reentrant checkpointing, so a frozen base with
+    LoRA adapters needs no input gradients. Active in train mode only.
+
+    Raises:
+        ValueError: the model does not support gradient checkpointing (names its class).
+    """
+    inner = model
+    while hasattr(inner, "module"):  # DDP / FSDP wrappers
+        inner = inner.module
+    base = inner.get_base_model() if hasattr(inner, "get_base_model") else inner
+    if not getattr(base, "supports_gradient_checkpointing", False):
+        raise ValueError(
+            f"gradient_checkpointing: {type(base).__name__} does not support it (the native "
+            "llada / dream backends do; remote code may not)"
+        )
+    base.config.use_cache = False
+    kwargs = {"use_reentrant": False}
+    if hasattr(base, "activation_checkpointing_enable"):  # transformers >= 5.2x's name
+        base.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
+    else:
+        base.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
+
+
 @dataclass
 class DiffusionLM:
     """A bidirectional Hugging Face model, its tokenizer and its backend data.
@@ -192,16 +238,22 @@ class DiffusionLM:
                 kwargs["position_ids"] = position_ids_from_mask(attention_mask)
             if self.spec.attention == "2d":
                 kwargs["attention_mask"] = attention_mask
-            elif not bool(attention_mask.all()):  # 4-D only with padding (Dream: "full")
+            elif self.spec.attention == "4d" or not bool(attention_mask.all()):
+                # "4d-self-pad": 4-D only with padding (Dream's remote code: "full")
                 kwargs["attention_mask"] = self_pad_attention_mask(
                     attention_mask, self._mask_dtype()
                 )
+        elif self.spec.attention == "4d":
+            kwargs["attention_mask"] = self_pad_attention_mask(
+                torch.ones_like(input_ids), self._mask_dtype()
+            )
         raw = self.model(input_ids=input_ids, **kwargs).logits  # (B, L, V)
         return align_logits(raw, self.spec.shift_logits)
 
 
-def save_model(dlm: DiffusionLM, path: str | Path) -> None:
-    """Save any backend's model, tokenizer and ``tabom_backend.json`` to a folder.
+def write_model_files(dlm: DiffusionLM, path: str | Path) -> None:
+    """Write any backend's model, tokenizer and ``tabom_backend.json`` into a folder (not atomic:
+    :func:`tabom.models.save_model` wraps it in a temporary folder renamed when complete).
 
     :func:`tabom.models.load_model` on that folder restores the same backend (the file names
     it, with the tiny model's config when there is one); remote-code models save their code

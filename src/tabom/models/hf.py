@@ -1,16 +1,20 @@
 """Loading Hugging Face checkpoints as diffusion LMs; the ``hf-mlm`` backend (DESIGN §2).
 
-One loader serves every pretrained backend: a :class:`BackendDefaults` (static data per model
-family: remote code or not, model class, logit shift, attention kind, chat template, where the
-mask id lives, stop tokens, LoRA targets) is resolved against a checkpoint's config and
-tokenizer into a :class:`~tabom.models.base.BackendSpec`. ``llada.py`` and ``dream.py`` hold
-their families' data; this module holds ``hf-mlm``: any ``AutoModelForMaskedLM`` (BERT,
-RoBERTa, ModernBERT), bidirectional by construction, unshifted, 2-D padding mask.
+A :class:`BackendDefaults` (static data per model family: remote code or not, model class,
+logit shift, attention kind, chat template, where the mask id lives, stop tokens, LoRA
+targets) is resolved against a checkpoint's config and tokenizer into a
+:class:`~tabom.models.base.BackendSpec`. ``llada.py`` and ``dream.py`` hold their families'
+data (loaded natively by ``native.py``); :func:`load_pretrained` here serves ``hf-mlm`` (any
+``AutoModelForMaskedLM``: BERT, RoBERTa, ModernBERT; bidirectional, unshifted, 2-D mask) and
+the remote-code backends ``llada-remote`` / ``dream-remote``, with the dtype keyword of the
+installed transformers and a clear error when remote code fails to import.
 """
 
 from __future__ import annotations
 
 import inspect
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -251,6 +255,67 @@ def load_tokenizer(name_or_path: str | Path, *, trust_remote_code: bool = False)
     return tok
 
 
+REMOTE_CODE_TRANSFORMERS = ">=4.56,<5"
+"""The transformers range the LLaDA / Dream remote modeling files load under (4.57.6 tested)."""
+
+
+def dtype_keyword() -> str:
+    """``from_pretrained``'s dtype keyword for the installed transformers (``dtype`` from
+    4.56, ``torch_dtype`` before)."""
+    import transformers
+
+    major, minor = (int(x) for x in transformers.__version__.split(".")[:2])
+    return "dtype" if (major, minor) >= (4, 56) else "torch_dtype"
+
+
+@contextmanager
+def _remote_code_errors(where: str, defaults: BackendDefaults, trust: bool) -> Iterator[None]:
+    """Re-raise a remote modeling file's failure under this transformers with the range it needs.
+
+    Raises:
+        RuntimeError: names the checkpoint, the installed and the working transformers range,
+            and the native backend (for LLaDA / Dream).
+    """
+    if not trust:
+        yield
+        return
+    try:
+        yield
+    except (ImportError, AttributeError, KeyError, TypeError, NameError) as e:
+        import transformers
+
+        native = defaults.name.removesuffix("-remote")
+        raise RuntimeError(
+            f"{where}: its remote modeling code (trust_remote_code) failed under transformers "
+            f"{transformers.__version__}: {type(e).__name__}: {e}. The LLaDA / Dream remote files "
+            f"work with transformers{REMOTE_CODE_TRANSFORMERS} (pip install "
+            f"'transformers{REMOTE_CODE_TRANSFORMERS}'); or use backend {native!r}, which loads "
+            "the checkpoint natively without remote code"
+        ) from e
+
+
+def tolerant_generation_config(model: Any) -> None:
+    """Let a remote generation config whose ``validate`` takes no ``strict`` be saved.
+
+    Dream's ``DreamGenerationConfig.validate(self, is_init=False)`` predates the ``strict``
+    keyword that ``save_pretrained`` passes (transformers 4.57 and later: a ``TypeError`` after
+    the folder was created). The instance gets a ``validate`` that drops unknown keywords.
+    """
+    gen = getattr(model, "generation_config", None)
+    if gen is None:
+        return
+    params = inspect.signature(type(gen).validate).parameters
+    if "strict" in params or any(p.kind is p.VAR_KEYWORD for p in params.values()):
+        return
+    cls = type(gen)
+
+    def validate(self: Any, *args: Any, **kwargs: Any) -> Any:
+        return cls.validate(self, *args, **{k: v for k, v in kwargs.items() if k in params})
+
+    # a subclass, not an instance attribute: ``to_dict`` serialises the instance's __dict__
+    gen.__class__ = type(cls.__name__, (cls,), {"validate": validate})
+
+
 def load_pretrained(
     name_or_path: str | Path,
     defaults: BackendDefaults,
@@ -277,14 +342,19 @@ def load_pretrained(
 
     where = str(name_or_path)
     trust = defaults.trust_remote_code
-    config = AutoConfig.from_pretrained(name_or_path, trust_remote_code=trust)
+    with _remote_code_errors(where, defaults, trust):
+        config = AutoConfig.from_pretrained(name_or_path, trust_remote_code=trust)
     check_bidirectional(config, defaults, where)
     tok = load_tokenizer(name_or_path, trust_remote_code=trust)
     cls = model_class(config, defaults)
     try:
-        model = cls.from_pretrained(
-            name_or_path, config=config, dtype=torch_dtype(dtype, device), trust_remote_code=trust
-        )
+        with _remote_code_errors(where, defaults, trust):
+            model = cls.from_pretrained(
+                name_or_path,
+                config=config,
+                trust_remote_code=trust,
+                **{dtype_keyword(): torch_dtype(dtype, device)},
+            )
     except ValueError as e:
         if "Unrecognized configuration class" not in str(e):
             raise
@@ -315,12 +385,15 @@ def load_hf_mlm(
 
 __all__ = [
     "HF_MLM",
+    "REMOTE_CODE_TRANSFORMERS",
     "BackendDefaults",
     "check_bidirectional",
+    "dtype_keyword",
     "load_hf_mlm",
     "load_pretrained",
     "load_tokenizer",
     "model_class",
     "resolve_spec",
+    "tolerant_generation_config",
     "torch_dtype",
 ]

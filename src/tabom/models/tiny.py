@@ -17,7 +17,13 @@ from typing import Literal
 import torch
 
 from tabom.config import AT_LEAST_1
-from tabom.models.base import BACKEND_FILE, BackendSpec, DiffusionLM, save_model
+from tabom.models.base import (
+    BACKEND_FILE,
+    BackendSpec,
+    DiffusionLM,
+    make_bidirectional,
+    write_model_files,
+)
 
 SPECIAL_TOKENS = ("<pad>", "<eos>", "<mask>", "<unk>")
 CHARS = tuple(chr(i) for i in range(32, 127)) + ("\n",)
@@ -86,6 +92,7 @@ def tiny_spec(tokenizer, family: str) -> BackendSpec:
         shift_logits=family == "qwen2",
         eos_token_id=tokenizer.eos_token_id,
         pad_token_id=tokenizer.pad_token_id,
+        attention="4d",  # a mask every transformers version uses as is
     )
 
 
@@ -121,15 +128,16 @@ def build_tiny(cfg: TinyModelConfig | None = None, *, seed: int = 0) -> Diffusio
     )
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        model = model_cls(hf_config)
+        model = make_bidirectional(model_cls(hf_config))
     model.eval()
     dlm = DiffusionLM(model=model, tokenizer=tok, spec=tiny_spec(tok, cfg.family))
     dlm.extra["tiny_config"] = asdict(cfg)
     return dlm
 
 
-save_tiny = save_model
-"""Tiny models save like every backend (:func:`tabom.models.base.save_model`)."""
+save_tiny = write_model_files
+"""Tiny models are written like every backend (:func:`tabom.models.base.write_model_files`;
+:func:`tabom.models.save_model` is the atomic save)."""
 
 
 def load_tiny(path: str | Path, *, dtype: torch.dtype | None = None) -> DiffusionLM:
@@ -148,6 +156,7 @@ def load_tiny(path: str | Path, *, dtype: torch.dtype | None = None) -> Diffusio
     model.eval()
     if getattr(model.config, "is_causal", True):
         raise ValueError(f"{path}/config.json: is_causal must be false for a diffusion LM")
+    make_bidirectional(model)
     if tok.mask_token_id is None:
         raise ValueError(f"{path}: the tokenizer defines no mask token")
     family = "qwen2" if model.config.model_type == "qwen2" else "llama"

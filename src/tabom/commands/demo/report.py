@@ -1,6 +1,6 @@
 """The report of ``tabom demo``: table (mean ± std over seeds), plots, verdicts (DESIGN §7).
 
-:func:`write_report` turns the stage results of :mod:`tabom.demo` into ``report.md``,
+:func:`write_report` turns the stage results of :mod:`tabom.commands.demo.pipeline` into ``report.md``,
 ``report.json`` and the PNGs next to them, and states plainly, with the numbers, whether each
 of the paper's three claims holds on this run: higher new-domain accuracy than SFT, a wider
 knowledge boundary (pass@k), and less forgetting of the old domain.
