@@ -66,7 +66,7 @@ def main() -> None:
         )
         print(
             "| tokens/step | prompts/batch | keep | answers | records | verified | pass@1 "
-            f"| pass@{args.samples} | NFE/answer | decode s | trajectories/min |"
+            f"| pass@{args.samples} | NFE/answer | decode s | answers/min |"
         )
         print("|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|")
         for i, (tps, ppb, keep) in enumerate(runs):
@@ -77,8 +77,7 @@ def main() -> None:
                 n_samples=args.samples,
                 ks=[1, args.samples],
                 keep=keep,
-                tokens_per_step=tps,
-                decode=DecodeConfig(temperature=args.temperature),
+                decode=DecodeConfig(temperature=args.temperature, tokens_per_step=tps),
                 prompts_per_batch=ppb,
                 seed=args.seed,
                 output=str(Path(tmp) / f"run{i}.jsonl"),
@@ -90,7 +89,7 @@ def main() -> None:
             print(
                 f"| {tps} | {ppb} | {keep} | {s.samples} | {s.records} | {s.verified_share:.3f} "
                 f"| {s.pass_at[1]:.3f} | {s.pass_at[args.samples]:.3f} | {s.nfe_per_answer:.1f} "
-                f"| {s.decode_seconds:.2f} | {s.trajectories_per_minute:,.0f} |",
+                f"| {s.decode_seconds:.2f} | {s.answers_per_minute:,.0f} |",
                 flush=True,
             )
 

@@ -55,7 +55,9 @@ def test_eval_threshold_and_top_k_reach_the_decoder(tmp_path, model_dir, capsys)
     assert main([*argv[:-4], "--decode.threshold", "0.9"]) == 0
     assert "tok/fwd" in capsys.readouterr().out
     assert main([*argv[:-4], "--decode.threshold", "1.5"]) == 2
-    assert "decode.threshold must be in (0, 1]" in capsys.readouterr().err
+    assert (
+        "--decode.threshold: 1.5 is out of range; it must be in (0, 1]" in capsys.readouterr().err
+    )
 
 
 def test_every_commands_tabom_error_is_one_line_and_exit_2(tmp_path, capsys):

@@ -127,12 +127,28 @@ def test_a_nested_group_error_names_the_full_flag():
     from tabom.commands.demo.sweep import SweepConfig
     from tabom.commands.distill import DistillConfig
 
-    with pytest.raises(ConfigError, match=r"^decode\.top_p must be in \(0, 1\]"):
+    with pytest.raises(
+        ConfigError, match=r"^--decode\.top_p: 2\.0 is out of range; it must be in \(0, 1\]"
+    ):
         load_config(DistillConfig, None, ["--decode.top_p", "2"])
-    with pytest.raises(ConfigError, match=r"^demo\.loss\.td_window must be >= 1"):
+    with pytest.raises(
+        ConfigError, match=r"^--demo\.loss\.td_window: 0 is out of range; it must be >= 1"
+    ):
         load_config(SweepConfig, None, ["--demo.loss.td_window", "0"])
     # a group override keeps the field's own default group: distillation stays at temperature 1
     cfg = load_config(DistillConfig, None, ["--decode.score", "entropy"])
     assert (cfg.decode.score, cfg.decode.temperature) == ("entropy", 1.0)
     sweep = load_config(SweepConfig, None, ["--demo.loss.rank_ties", "reference"])
     assert (sweep.demo.loss.rank_ties, sweep.demo.loss.td_window) == ("reference", 3)
+
+
+def test_a_yaml_value_out_of_range_names_the_file_and_key(tmp_path):
+    from tabom.commands.train import TrainConfig
+
+    path = tmp_path / "run.yaml"
+    path.write_text("lr: .inf\nloss:\n  rank_margin: -0.5\n")
+    with pytest.raises(ConfigError, match=r"run.yaml: lr: inf is not a finite number"):
+        load_config(TrainConfig, path)
+    path.write_text("loss:\n  rank_margin: -0.5\n")
+    with pytest.raises(ConfigError, match=r"run.yaml: loss.rank_margin: -0.5 is out of range"):
+        load_config(TrainConfig, path)

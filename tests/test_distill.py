@@ -16,8 +16,9 @@ from tabom.commands import distill as distill_mod
 from tabom.commands.distill import DistillConfig, derive_seed, distill
 from tabom.config import ConfigError, load_config
 from tabom.decoding import DecodeConfig
+from tabom.errors import TabomError
 from tabom.models import TinyModelConfig, load_model
-from tabom.trajectory import TrajectoryFileError, TrajectoryWriter, read_trajectories
+from tabom.trajectory import TrajectoryWriter, read_trajectories
 
 SMALL = TinyModelConfig(hidden_size=32, num_layers=1, num_heads=4, intermediate_size=64)
 TASK = "addition:min_digits=1,max_digits=2"  # gen_length 4
@@ -192,7 +193,9 @@ def test_leftover_shards_are_merged_in_prompt_order(model_dir, tmp_path):
 
 def test_a_file_of_other_settings_is_refused(model_dir, tmp_path):
     distill(config(model_dir, tmp_path / "t.jsonl"))
-    with pytest.raises(TrajectoryFileError, match=r"t.jsonl:1: field 'gen.temperature'"):
+    with pytest.raises(
+        TabomError, match=r"t.jsonl was written .*decode.temperature: written with 1.0, now 0.5"
+    ):
         distill(config(model_dir, tmp_path / "t.jsonl", temperature=0.5))
 
 

@@ -1,38 +1,197 @@
-"""Training checkpoints: atomic save, find the latest complete one, check a resume (DESIGN §6).
+"""Training checkpoints: atomic save, verified resume, fallback to the previous one (DESIGN §6).
 
 A checkpoint is ``output_dir/checkpoints/step-N``: Accelerate's state (weights or adapter,
-optimizer, scheduler, RNG) plus ``trainer_state.json``. It is written to ``.tmp-step-N`` and
-renamed when complete, so a folder with the state file is whole. A resumed run must share the
-checkpoint's settings (``meta``); :func:`check_resume` names the ones that changed.
+optimizer, scheduler, RNG) plus ``trainer_state.json``, which also lists every file of the
+checkpoint with its size and sha256. It is written to ``.tmp-step-N`` and renamed when
+complete. On resume the newest checkpoint is verified against that list; a damaged one
+(a flipped byte, a torn RNG file, an unreadable state file) is skipped with a warning and the
+previous complete one is used. Folders not named exactly ``step-N`` (``step-10.bak``) are
+ignored. A resumed run must share the checkpoint's settings: :func:`read_state` names each one
+that changed, with both values.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
+import re
 import shutil
+import warnings
 from pathlib import Path
 from typing import Any
 
 from tabom.errors import TabomError
 
 STATE_FILE = "trainer_state.json"
+_NAME = re.compile(r"step-(\d+)")
+
+
+class CheckpointError(TabomError):
+    """No usable checkpoint: every one is damaged; the message names each."""
+
+
+class ResumeError(TabomError):
+    """Output written with other settings than this run's; names each setting, both values."""
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        for chunk in iter(lambda: f.read(1 << 22), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def manifest(folder: Path) -> dict[str, dict[str, Any]]:
+    """``relative path -> {"size", "sha256"}`` of every file under ``folder`` but the state file."""
+    return {
+        str(p.relative_to(folder)): {"size": p.stat().st_size, "sha256": _sha256(p)}
+        for p in sorted(folder.rglob("*"))
+        if p.is_file() and p.name != STATE_FILE
+    }
+
+
+def checkpoints(output_dir: str | Path) -> list[Path]:
+    """The complete checkpoints of ``output_dir/checkpoints`` (named ``step-N``, holding the
+    state file), newest first; anything else in the folder is ignored."""
+    root = Path(output_dir) / "checkpoints"
+    found = [
+        (int(m.group(1)), p)
+        for p in root.glob("step-*")
+        if (m := _NAME.fullmatch(p.name)) and p.is_dir() and (p / STATE_FILE).is_file()
+    ]
+    return [p for _, p in sorted(found, reverse=True)]
 
 
 def latest_checkpoint(output_dir: str | Path) -> Path | None:
-    """The complete checkpoint with the highest step in ``output_dir/checkpoints``, if any.
+    """The complete checkpoint with the highest step (not verified: :func:`resumable`)."""
+    found = checkpoints(output_dir)
+    return found[0] if found else None
 
-    Complete = renamed from its temporary folder, so it holds ``trainer_state.json``.
+
+def damage(ckpt: Path) -> str | None:
+    """Why ``ckpt`` cannot be resumed from (``None``: it is whole).
+
+    Checks that the state file parses and has a step, and that every file it lists exists
+    with its recorded size and sha256. (A checkpoint written before files were listed is
+    taken as it is.)
     """
-    root = Path(output_dir) / "checkpoints"
-    done = [p for p in root.glob("step-*") if (p / STATE_FILE).is_file()]
-    return max(done, key=lambda p: int(p.name.split("-")[1]), default=None)
+    try:
+        state = json.loads((ckpt / STATE_FILE).read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        return f"{STATE_FILE} is unreadable ({e})"
+    if not isinstance(state, dict) or not isinstance(state.get("step"), int):
+        return f"{STATE_FILE} has no step"
+    for name, want in (state.get("files") or {}).items():
+        path = ckpt / name
+        if not path.is_file():
+            return f"{name} is missing"
+        if path.stat().st_size != want["size"]:
+            return f"{name} has {path.stat().st_size} bytes, {want['size']} were written"
+        if _sha256(path) != want["sha256"]:
+            return f"{name} is damaged (its sha256 differs from the one written)"
+    return None
+
+
+def resumable(output_dir: str | Path) -> tuple[Path | None, dict[str, Any] | None]:
+    """The newest whole checkpoint and its state; damaged newer ones are skipped with a warning.
+
+    Returns:
+        ``(None, None)`` when there is no checkpoint.
+
+    Raises:
+        CheckpointError: checkpoints exist but every one is damaged (names each).
+    """
+    found = checkpoints(output_dir)
+    reasons = []
+    for i, ckpt in enumerate(found):
+        why = damage(ckpt)
+        if why is None:
+            return ckpt, json.loads((ckpt / STATE_FILE).read_text())
+        reasons.append(f"{ckpt.name}: {why}")
+        fallback = found[i + 1].name if i + 1 < len(found) else "none left"
+        warnings.warn(
+            f"{ckpt}: damaged checkpoint ({why}); falling back to the previous one ({fallback})",
+            RuntimeWarning,
+            stacklevel=2,
+        )
+    if found:
+        raise CheckpointError(
+            f"resume: every checkpoint in {Path(output_dir) / 'checkpoints'} is damaged "
+            f"({'; '.join(reasons)}); remove them to start over"
+        )
+    return None, None
+
+
+def read_state(ckpt: Path, meta: dict[str, Any]) -> dict[str, Any]:
+    """The checkpoint's state, after checking it was written with the settings in ``meta``.
+
+    Raises:
+        ResumeError: a setting differs from the checkpoint's; names each with both values.
+    """
+    state = json.loads((ckpt / STATE_FILE).read_text())
+    check_settings(state.get("settings", state), meta, f"{ckpt}")
+    return state
+
+
+def check_settings(written: dict[str, Any], now: dict[str, Any], where: str) -> None:
+    """Refuse to continue output written with other settings.
+
+    Raises:
+        ResumeError: names every setting of ``now`` whose value in ``written`` differs.
+    """
+    written, now = _flat(written), _flat(now)
+    missing = "<not recorded>"
+    changed = [k for k in now if written.get(k, missing) != now[k]]
+    if changed:
+        parts = ", ".join(
+            f"{k}: written with {written.get(k, missing)!r}, now {now[k]!r}" for k in changed
+        )
+        raise ResumeError(
+            f"resume: {where} was written with other settings ({parts}); use the same settings "
+            "to continue it, or another output folder"
+        )
+
+
+def _flat(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """Nested groups as dotted keys (``loss.td_window``), so a message names the one field."""
+    out: dict[str, Any] = {}
+    for k, v in tree.items():
+        if isinstance(v, dict) and v:
+            out.update(_flat(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+def file_sha256(path: str | Path) -> str:
+    """The sha256 of a file's bytes (the data a run was trained on)."""
+    return _sha256(Path(path))
+
+
+def truncate_log(path: Path, step: int) -> None:
+    """Drop ``log.jsonl`` lines past ``step`` (written after the checkpoint a run resumes from,
+    or by a run killed before its first one when ``step`` is 0); rewritten atomically."""
+    if not path.exists():
+        return
+    keep = []
+    for line in path.read_text().splitlines():
+        try:
+            if json.loads(line)["step"] <= step:
+                keep.append(line + "\n")
+        except (json.JSONDecodeError, KeyError, TypeError):
+            pass  # a line torn by the kill
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text("".join(keep))
+    os.replace(tmp, path)
 
 
 def save_checkpoint(accelerator: Any, out: Path, state: dict[str, Any]) -> Path:
-    """Accelerate state + ``trainer_state.json`` into ``checkpoints/step-N``, atomically.
+    """Accelerate state + ``trainer_state.json`` (with the file list) into ``checkpoints/step-N``.
 
     A collective: every process calls it (each writes its RNG file; the main one the rest).
+    Written to a temporary folder and renamed when complete.
     """
     root = out / "checkpoints"
     final, tmp = root / f"step-{state['step']}", root / f".tmp-step-{state['step']}"
@@ -43,7 +202,7 @@ def save_checkpoint(accelerator: Any, out: Path, state: dict[str, Any]) -> Path:
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
         with open(tmp / STATE_FILE, "w") as f:
-            f.write(json.dumps(state, indent=1) + "\n")
+            f.write(json.dumps({**state, "files": manifest(tmp)}, indent=1) + "\n")
             f.flush()
             os.fsync(f.fileno())
         shutil.rmtree(final, ignore_errors=True)  # re-saving the last step of a finished run
@@ -52,17 +211,18 @@ def save_checkpoint(accelerator: Any, out: Path, state: dict[str, Any]) -> Path:
     return final
 
 
-def read_state(ckpt: Path, meta: dict[str, Any]) -> dict[str, Any]:
-    """The checkpoint's ``trainer_state.json``, after checking it was written for ``meta``.
-
-    Raises:
-        TabomError: a setting in ``meta`` differs from the checkpoint's (names each one).
-    """
-    state = json.loads((ckpt / STATE_FILE).read_text())
-    changed = {k: (state.get(k), v) for k, v in meta.items() if state.get(k) != v}
-    if changed:
-        raise TabomError(f"resume: {ckpt} was written for other settings {changed}")
-    return state
-
-
-__all__ = ["STATE_FILE", "latest_checkpoint", "read_state", "save_checkpoint"]
+__all__ = [
+    "STATE_FILE",
+    "CheckpointError",
+    "ResumeError",
+    "check_settings",
+    "checkpoints",
+    "damage",
+    "file_sha256",
+    "latest_checkpoint",
+    "manifest",
+    "read_state",
+    "resumable",
+    "save_checkpoint",
+    "truncate_log",
+]

@@ -9,9 +9,11 @@ dataclass (dots for nested groups: ``--decode.threshold``, ``--loss.td_window``)
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from collections.abc import Callable
 from dataclasses import MISSING, fields, is_dataclass
+from pathlib import Path
 from typing import Any, get_type_hints
 
 from tabom import __version__
@@ -59,7 +61,11 @@ def _field_help(cls: type, prefix: str = "", defaults: Any = None) -> list[str]:
         if is_dataclass(tp):
             lines.extend(_field_help(tp, prefix=f"{prefix}{f.name}.", defaults=default))
             continue
-        lines.append(f"  --{prefix}{f.name} (default {default!r}): {described.get(f.name, '')}")
+        rng = f.metadata.get("range")
+        accepts = f"; {rng.describe()}" if rng is not None else ""
+        lines.append(
+            f"  --{prefix}{f.name} (default {default!r}{accepts}): {described.get(f.name, '')}"
+        )
     return lines
 
 
@@ -129,12 +135,49 @@ def _commands() -> dict[str, tuple[str, Callable[[], tuple[type, Callable[[Any],
     }
 
 
+HELP_CACHE = Path(__file__).with_name("cli_help.json")
+"""``tabom COMMAND --help`` texts, generated from the config classes by
+``python -m tabom.cli --refresh-help`` (a test fails when they differ from the live ones):
+importing a command means importing torch, several seconds on a busy CPU, for a page of text."""
+
+
+def command_help(name: str, summary: str, cfg_cls: type) -> str:
+    """The ``--help`` text of one command, from its config class (docstring and fields)."""
+    head = f"usage: tabom {name} [--config FILE.yaml] [--field value ...]\n\n{summary}\n"
+    return "\n".join([head, "fields:", *_field_help(cfg_cls)])
+
+
+def _cached_help() -> dict[str, str]:
+    """The generated help texts of this version, or nothing (then the live text is built)."""
+    try:
+        data = json.loads(HELP_CACHE.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return data.get("help", {}) if data.get("version") == __version__ else {}
+
+
+def live_help() -> dict[str, str]:
+    """Every command's ``--help`` text, built by importing each command (what the cache holds)."""
+    return {
+        name: command_help(name, summary, loader()[0])
+        for name, (summary, loader) in _commands().items()
+    }
+
+
+def refresh_help() -> Path:
+    """Regenerate :data:`HELP_CACHE` from the config classes."""
+    payload = {"version": __version__, "help": live_help()}
+    HELP_CACHE.write_text(json.dumps(payload, indent=1, ensure_ascii=False) + "\n", "utf-8")
+    return HELP_CACHE
+
+
 def run_command(name: str, runner: Callable[[Any], Any], cfg: Any) -> int:
     """``runner(cfg)`` as command ``name``: a :class:`TabomError` or a missing file is one line
-    on stderr and exit code 2, for every command."""
+    on stderr and exit code 2, for every command; so is an OS error (a full disk, no
+    permission), which is the machine's to fix, not a bug to trace."""
     try:
         result = runner(cfg)
-    except (TabomError, FileNotFoundError) as e:
+    except (TabomError, OSError) as e:
         print(f"tabom {name}: error: {e}", file=sys.stderr)
         return 2
     return result if isinstance(result, int) else 0
@@ -155,6 +198,9 @@ def main(argv: list[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name, (summary, _) in commands.items():
         sub.add_parser(name, help=summary, add_help=False)
+    if argv == ["--refresh-help"]:  # maintainers: after changing a config field
+        print(f"wrote {refresh_help()}")
+        return 0
     if argv and argv[0] == "--version":
         print(f"tabom {__version__}")
         return 0
@@ -165,12 +211,11 @@ def main(argv: list[str] | None = None) -> int:
     if name not in commands:
         parser.error(f"unknown command {name!r} (choose from {', '.join(commands)})")
     summary, loader = commands[name]
-    cfg_cls, runner = loader()
     if "-h" in rest or "--help" in rest:
-        print(f"usage: tabom {name} [--config FILE.yaml] [--field value ...]\n\n{summary}\n")
-        print("fields:")
-        print("\n".join(_field_help(cfg_cls)))
+        cached = _cached_help().get(name)  # no torch import: well under a second
+        print(cached if cached is not None else command_help(name, summary, loader()[0]))
         return 0
+    cfg_cls, runner = loader()
     if rest and not rest[0].startswith("-") and "path" in {f.name for f in fields(cfg_cls)}:
         rest = ["--path", *rest]  # a positional first argument is the config's ``path``
     config_file = None

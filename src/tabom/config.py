@@ -4,12 +4,17 @@ Every command's config is a dataclass (fields documented where declared, choices
 ``Literal``). Nested dataclasses are addressed with dots (``--model.hidden_size 256``). An
 unknown field, a value of the wrong type or a bad choice raises :class:`ConfigError` naming the
 flag or the YAML file and key, before any compute starts (DESIGN §1).
+
+Numbers: every float must be finite, and a field may declare its range where it is declared,
+``lr: float = field(default=2e-5, metadata=POSITIVE)`` (:class:`Range`); one generic check
+refuses a value outside it, naming the flag (``--lr``) and what the field accepts.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import types
 from pathlib import Path
 from typing import Any, Literal, TypeVar, Union, get_args, get_origin, get_type_hints
@@ -25,6 +30,75 @@ NONE_WORDS = ("", "none", "null", "~")
 
 class ConfigError(TabomError):
     """A config value is unknown, mistyped or out of range; the message names where it came from."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Range:
+    """The values a numeric field accepts (each list item, for a list field); ``None`` = open.
+
+    Attributes:
+        low: lower bound.
+        high: upper bound.
+        low_open: the bound itself is excluded (``> low``).
+        high_open: the bound itself is excluded (``< high``).
+    """
+
+    low: float | None = None
+    high: float | None = None
+    low_open: bool = False
+    high_open: bool = False
+
+    def accepts(self, value: float) -> bool:
+        if self.low is not None and (value <= self.low if self.low_open else value < self.low):
+            return False
+        return not (
+            self.high is not None and (value >= self.high if self.high_open else value > self.high)
+        )
+
+    def describe(self) -> str:
+        """``>= 1``, ``> 0``, ``in [0, 1)``: what to write instead (always a possible value)."""
+        if self.low is not None and self.high is not None:
+            left, right = "(" if self.low_open else "[", ")" if self.high_open else "]"
+            return f"in {left}{self.low:g}, {self.high:g}{right}"
+        if self.low is not None:
+            return f"{'>' if self.low_open else '>='} {self.low:g}"
+        if self.high is not None:
+            return f"{'<' if self.high_open else '<='} {self.high:g}"
+        return "any finite number"
+
+
+def in_range(
+    low: float | None = None,
+    high: float | None = None,
+    *,
+    low_open: bool = False,
+    high_open: bool = False,
+) -> dict[str, Range]:
+    """Field metadata declaring a :class:`Range` (``field(default=..., metadata=in_range(0, 1))``)."""
+    return {"range": Range(low, high, low_open, high_open)}
+
+
+POSITIVE = in_range(0, low_open=True)
+"""``> 0`` (a learning rate, a scale)."""
+NON_NEGATIVE = in_range(0)
+"""``>= 0`` (a weight, a margin, a count that may be 0 = off)."""
+AT_LEAST_1 = in_range(1)
+"""``>= 1`` (a size, a number of steps)."""
+UNIT = in_range(0, 1)
+"""``[0, 1]`` (a ratio)."""
+PROBABILITY = in_range(0, 1, low_open=True)
+"""``(0, 1]`` (top-p, a threshold)."""
+
+
+def _check_range(value: Any, metadata: Any, where: str) -> None:
+    """Refuse a number outside the field's declared :class:`Range` (items of a list too)."""
+    rng = metadata.get("range") if metadata else None
+    if rng is None or value is None:
+        return
+    for i, v in enumerate(value) if isinstance(value, (list, tuple)) else [(None, value)]:
+        if isinstance(v, (int, float)) and not isinstance(v, bool) and not rng.accepts(v):
+            at = where if i is None else f"{where}[{i}]"
+            raise ConfigError(f"{at}: {v!r} is out of range; it must be {rng.describe()}")
 
 
 def _convert(value: Any, tp: Any, where: str, construct: bool = True) -> Any:
@@ -93,9 +167,12 @@ def _convert(value: Any, tp: Any, where: str, construct: bool = True) -> Any:
         if isinstance(value, bool):
             raise ConfigError(f"{where}: expected a number, got {value!r}")
         try:
-            return float(value)
+            number = float(value)
         except (TypeError, ValueError):
             raise ConfigError(f"{where}: expected a number, got {value!r}") from None
+        if not math.isfinite(number):
+            raise ConfigError(f"{where}: {value!r} is not a finite number")
+        return number
     if tp is str:
         if isinstance(value, (dict, list)):
             raise ConfigError(f"{where}: expected a string, got {value!r}")
@@ -112,6 +189,7 @@ def _build(cls: type[C], values: dict[str, Any], where: str, construct: bool = T
     """
     hints = get_type_hints(cls)
     names = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+    meta = {f.name: f.metadata for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
     values = _onto_group_defaults(cls, values)
     kwargs = {}
     for key, value in values.items():
@@ -120,7 +198,9 @@ def _build(cls: type[C], values: dict[str, Any], where: str, construct: bool = T
                 f"{where}: unknown field {key!r} for {cls.__name__} "
                 f"(known: {', '.join(sorted(names))})"
             )
-        kwargs[key] = _convert(value, hints[key], f"{where}.{key}" if where else key, construct)
+        at = f"{where}.{key}" if where else key
+        kwargs[key] = _convert(value, hints[key], at, construct)
+        _check_range(kwargs[key], meta[key], at)
     if not construct:
         return kwargs
     try:
@@ -261,7 +341,12 @@ def load_config(
             raise ConfigError(f"{path}: {e}") from None
         tree = loaded
     if argv:
-        tree = _merge(tree, parse_overrides(cls, argv))
+        overrides = parse_overrides(cls, argv)
+        try:  # the flags' values alone, so errors name the flag (``--lr``)
+            _build(cls, overrides, "", construct=False)
+        except ConfigError as e:
+            raise ConfigError(f"--{e}") from None
+        tree = _merge(tree, overrides)
     return _build(cls, tree, "")
 
 
@@ -275,4 +360,17 @@ def save_config(cfg: Any, path: str | Path) -> None:
     Path(path).write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
 
 
-__all__ = ["ConfigError", "load_config", "parse_overrides", "save_config", "to_dict"]
+__all__ = [
+    "AT_LEAST_1",
+    "NON_NEGATIVE",
+    "POSITIVE",
+    "PROBABILITY",
+    "UNIT",
+    "ConfigError",
+    "Range",
+    "in_range",
+    "load_config",
+    "parse_overrides",
+    "save_config",
+    "to_dict",
+]

@@ -16,12 +16,13 @@ from __future__ import annotations
 import dataclasses
 import math
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal, get_args
 
 import torch
 from tqdm.auto import tqdm
 
+from tabom.config import AT_LEAST_1, NON_NEGATIVE, PROBABILITY
 from tabom.head import HeadModel, as_head_model, logits_at
 
 if TYPE_CHECKING:
@@ -117,15 +118,15 @@ class DecodeConfig:
         record_entropy: also return the proposal's entropy at each position when committed.
     """
 
-    gen_length: int | None = None
-    steps: int | None = None
-    tokens_per_step: int = 1
-    block_length: int | None = None
+    gen_length: int | None = field(default=None, metadata=AT_LEAST_1)
+    steps: int | None = field(default=None, metadata=AT_LEAST_1)
+    tokens_per_step: int = field(default=1, metadata=AT_LEAST_1)
+    block_length: int | None = field(default=None, metadata=AT_LEAST_1)
     score: ScoreName = "confidence"
-    temperature: float = 0.0
-    top_p: float = 1.0
-    top_k: int = 0
-    threshold: float | None = None
+    temperature: float = field(default=0.0, metadata=NON_NEGATIVE)
+    top_p: float = field(default=1.0, metadata=PROBABILITY)
+    top_k: int = field(default=0, metadata=NON_NEGATIVE)
+    threshold: float | None = field(default=None, metadata=PROBABILITY)
     record_entropy: bool = False
 
     def __post_init__(self) -> None:

@@ -76,8 +76,11 @@ def evaluate_task(
     seed: int = 0,
     batch_size: int = 64,
     progress: bool = False,
+    desc: str | None = None,
 ) -> TaskResult:
     """Accuracy and pass@k of ``dlm`` on ``examples`` under the decode budget ``cfg``.
+
+    ``desc`` labels the progress bar (default: the task's name).
 
     ``cfg`` gives the score, temperature and tokens per step; the response length comes from
     the task (:func:`budget_for`). With ``n_samples > 1`` use a temperature above 0. Forwards
@@ -94,7 +97,7 @@ def evaluate_task(
         generator=gen,
         batch_size=batch_size,
         progress=progress,
-        desc=task.name,
+        desc=desc or task.name,
     )
     seconds = time.perf_counter() - t0
     verdicts = [

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
@@ -17,6 +18,68 @@ from tabom.errors import TabomError
 
 class JsonlError(TabomError):
     """A JSONL line that is not a JSON object; the message names file and line."""
+
+
+MAX_DEPTH = 32
+"""Deepest nesting of ``[`` / ``{`` a line may have (a trajectory record needs 3); deeper is
+refused before parsing, so a hostile line never reaches Python's recursion limit."""
+
+
+class StrictJsonError(ValueError):
+    """Why one line is not strict JSON; ``key`` is the repeated key, if that is the reason."""
+
+    def __init__(self, reason: str, key: str | None = None) -> None:
+        self.reason, self.key = reason, key
+        super().__init__(reason)
+
+
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in out:
+            raise StrictJsonError("duplicate key in the object", key=key)
+        out[key] = value
+    return out
+
+
+def _bare_constant(name: str) -> Any:
+    raise StrictJsonError(f"bare {name} is not JSON (write null, or a finite number)")
+
+
+_STRING = re.compile(rb'"(?:[^"\\]|\\.)*"')
+_BRACKET = re.compile(rb"[\[\]{}]")
+
+
+def _depth(raw: bytes) -> int:
+    """The deepest ``[`` / ``{`` nesting of one line (strings skipped), capped past MAX_DEPTH."""
+    if raw.count(b"[") + raw.count(b"{") <= MAX_DEPTH:
+        return 0  # cannot be deeper than the brackets it has
+    depth = top = 0
+    for m in _BRACKET.finditer(_STRING.sub(b'""', raw)):
+        depth += 1 if m.group() in (b"[", b"{") else -1
+        if depth > top:
+            top = depth
+            if top > MAX_DEPTH:
+                break
+    return top
+
+
+def loads_strict(raw: bytes | str) -> Any:
+    """One line of strict JSON: no bare ``NaN`` / ``Infinity``, no repeated key, nesting at
+    most :data:`MAX_DEPTH` (what Python's ``json`` accepts beyond RFC 8259 is refused).
+
+    Raises:
+        StrictJsonError: why the line is not strict JSON.
+    """
+    data = raw.encode("utf-8") if isinstance(raw, str) else raw
+    if _depth(data) > MAX_DEPTH:
+        raise StrictJsonError(f"nested deeper than {MAX_DEPTH} levels of [ and {{")
+    try:
+        return json.loads(data, object_pairs_hook=_unique_keys, parse_constant=_bare_constant)
+    except StrictJsonError:
+        raise
+    except (json.JSONDecodeError, UnicodeDecodeError, ValueError, RecursionError) as e:
+        raise StrictJsonError(f"not valid JSON ({e})") from None
 
 
 def write_jsonl(path: str | Path, rows: Iterable[dict[str, Any]]) -> Path:
@@ -53,18 +116,26 @@ def read_jsonl(
     path = Path(path)
     make = error or (lambda p, i, why: JsonlError(f"{p}:{i}: {why}"))
     out: list[tuple[int, dict[str, Any]]] = []
-    with path.open(encoding="utf-8") as f:
+    with path.open("rb") as f:
         for i, line in enumerate(f, start=1):
             if not line.strip():
                 continue
             try:
-                rec = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise make(path, i, f"not valid JSON ({e.msg})") from None
+                rec = loads_strict(line)
+            except StrictJsonError as e:
+                why = e.reason if e.key is None else f"field {e.key!r}: {e.reason}"
+                raise make(path, i, why) from None
             if not isinstance(rec, dict):
                 raise make(path, i, "not a JSON object")
             out.append((i, rec))
     return out
 
 
-__all__ = ["JsonlError", "read_jsonl", "write_jsonl"]
+__all__ = [
+    "MAX_DEPTH",
+    "JsonlError",
+    "StrictJsonError",
+    "loads_strict",
+    "read_jsonl",
+    "write_jsonl",
+]

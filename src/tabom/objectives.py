@@ -16,11 +16,12 @@ trains). A ranking variant is one function in :mod:`tabom.losses` plus one entry
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
 
 import torch
 
+from tabom.config import AT_LEAST_1, NON_NEGATIVE, POSITIVE
 from tabom.head import HeadModel, as_head_model, ce_entropy_at
 from tabom.losses import RankTies, entropy_rank_loss
 from tabom.masking import CutRange, WindowUnit, random_mask, time_delay_mask
@@ -62,17 +63,17 @@ class LossConfig:
             numbers bit for bit).
     """
 
-    td_window: int = 32
-    rank_window: int = 32
-    rank_margin: float = 0.1
-    rank_weight: float = 1.0
+    td_window: int = field(default=32, metadata=AT_LEAST_1)
+    rank_window: int = field(default=32, metadata=AT_LEAST_1)
+    rank_margin: float = field(default=0.1, metadata=NON_NEGATIVE)
+    rank_weight: float = field(default=1.0, metadata=NON_NEGATIVE)
     rank_ties: RankTies = "strict"
     rank_loss: str = "hinge"
-    rank_beta: float = 1.0
+    rank_beta: float = field(default=1.0, metadata=POSITIVE)
     window_unit: WindowUnit = "steps"
     td_cut_range: CutRange = "design"
     nelbo_weight: bool = False
-    loss_chunk: int = 0
+    loss_chunk: int = field(default=0, metadata=NON_NEGATIVE)
 
     def __post_init__(self) -> None:
         for name in ("td_window", "rank_window"):

@@ -147,20 +147,25 @@ def plot_metric_bars(
     path: str | Path,
     *,
     title: str = "",
+    ylabels: Mapping[str, str] | None = None,
     dpi: int = 120,
 ) -> Path:
     """One bar panel per metric: a bar per model with its mean and a ± std error bar.
+
+    Each value is written above the top of its error bar (never on it).
 
     Args:
         panels: ``{metric title: {model: (mean, std)}}``; models in display order.
         path: the PNG to write.
         title: figure title.
+        ylabels: ``{metric title: y-axis label}`` (default: the metric title's first word
+            group, e.g. ``accuracy``).
         dpi: resolution.
 
     Returns:
         The path written.
     """
-    fig = _figure(3.3 * len(panels) + 0.6, 3.4, dpi)
+    fig = _figure(3.4 * len(panels) + 0.6, 3.6, dpi)
     for i, (metric, values) in enumerate(panels.items()):
         ax = fig.add_subplot(1, len(panels), i + 1)
         names = list(values)
@@ -168,12 +173,16 @@ def plot_metric_bars(
         stds = [values[n][1] for n in names]
         colors = [f"C{j}" for j in range(len(names))]
         ax.bar(range(len(names)), means, yerr=stds, color=colors, capsize=3)
-        for j, m in enumerate(means):
-            ax.text(j, m, f"{m:.3f}", ha="center", va="bottom", fontsize=7)
+        tops = [m + s for m, s in zip(means, stds, strict=True)]
+        ymax = max(1e-3, max(tops)) * 1.22
+        for j, (m, top) in enumerate(zip(means, tops, strict=True)):
+            # above the error bar's cap, so the number never sits on the bar
+            ax.text(j, top + 0.02 * ymax, f"{m:.3f}", ha="center", va="bottom", fontsize=7)
         ax.set_xticks(range(len(names)))
         ax.set_xticklabels(names, rotation=30, ha="right", fontsize=8)
         ax.set_title(metric, fontsize=9)
-        ax.set_ylim(0, max(1e-3, max(m + s for m, s in zip(means, stds, strict=True))) * 1.18)
+        ax.set_ylabel((ylabels or {}).get(metric, metric.split(" (")[0]), fontsize=8)
+        ax.set_ylim(0, ymax)
     if title:
         fig.suptitle(title, fontsize=10)
     return _save(fig, path)
@@ -197,7 +206,7 @@ def plot_budgets(
     Returns:
         The path written.
     """
-    fig = _figure(5.6, 3.8, dpi)
+    fig = _figure(6.8, 3.8, dpi)
     ax = fig.add_subplot()
     for j, (name, points) in enumerate(curves.items()):
         xs = sorted(points)
@@ -214,7 +223,8 @@ def plot_budgets(
     ax.set_xlabel("tokens committed per forward (1 = full diffusion decoding)", fontsize=8)
     ax.set_ylabel("greedy accuracy")
     ax.set_title(title, fontsize=9)
-    ax.legend(fontsize=7)
+    # outside the axes: the legend never covers a curve or an error bar
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0)
     return _save(fig, path)
 
 

@@ -128,8 +128,24 @@ def collate_trajectories(items: Sequence[dict[str, Any]], pad_token_id: int) -> 
     )
 
 
+def model_positions(model: Any) -> int | None:
+    """The longest prompt + response ``model`` was built for (its config's position count)."""
+    config = getattr(model, "config", None)
+    for key in ("max_position_embeddings", "max_sequence_length", "n_positions"):
+        value = getattr(config, key, None)
+        if isinstance(value, int) and value > 0:
+            return value
+    return None
+
+
 def load_trajectories(
-    path: str | Path, *, tokenizer: Any, vocab_size: int, verified_only: bool = False
+    path: str | Path,
+    *,
+    tokenizer: Any,
+    vocab_size: int,
+    verified_only: bool = False,
+    max_length: int | None = None,
+    mask_token_id: int | None = None,
 ) -> list[TrajectoryRecord]:
     """Read and validate a trajectory file against the model.
 
@@ -138,6 +154,8 @@ def load_trajectories(
         tokenizer: the model's tokenizer; every record's ``gen.tokenizer`` must match it.
         vocab_size: the model's vocabulary size (every id must be below it).
         verified_only: keep only records the verifier accepted (``verified: true``).
+        max_length: the model's positions (:func:`model_positions`): prompt + response fit.
+        mask_token_id: the model's [MASK] id, never a training target.
 
     Returns:
         The records, in file order.
@@ -150,7 +168,13 @@ def load_trajectories(
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"data: no such trajectory file {path}")
-    records = read_trajectories(path, tokenizer=tokenizer, vocab_size=vocab_size)
+    records = read_trajectories(
+        path,
+        tokenizer=tokenizer,
+        vocab_size=vocab_size,
+        max_length=max_length,
+        mask_token_id=mask_token_id,
+    )
     if not records:
         raise TrainDataError(f"{path}: data: the trajectory file holds no records (empty file)")
     if verified_only:
@@ -203,10 +227,20 @@ def check_windows(
     extra = cut_extra(cut_range)  # type: ignore[arg-type]
     if td_window > top + extra:
         rng = "{0, …, s_max − M + 1}" if extra else "{0, …, s_max − M}"
+        # advise only what the flags accept: loss.td_window >= 1
+        if top + extra >= 1:
+            advice = f"use loss.td_window <= {top + extra}"
+        elif not extra and top + 1 >= 1:
+            advice = "use loss.td_cut_range inclusive (then loss.td_window 1 fits)"
+        else:
+            advice = (
+                "these trajectories are too short for time-delay masking (decode with more "
+                "steps, or train them with objective traj-sft)"
+            )
         raise TrainDataError(
             f"{path}: loss.td_window: M = {td_window} {window_unit} but the largest {what} in the "
             f"file is {top}, so no trajectory can be cut (the cut s ranges over "
-            f"{rng}); use loss.td_window <= {top + extra}"
+            f"{rng}); {advice}"
         )
     if rank_window is not None and rank_window > top + 1:
         raise TrainDataError(
@@ -384,6 +418,7 @@ __all__ = [
     "TrajectoryBatch",
     "TrainDataError",
     "batch_indices",
+    "model_positions",
     "check_windows",
     "ground_truth_items",
     "load_trajectories",

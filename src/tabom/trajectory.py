@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from tabom.errors import TabomError
+from tabom.jsonl import MAX_DEPTH, StrictJsonError, loads_strict
 
 SCHEMA_VERSION = 1
 METHODS = ("confidence", "margin", "entropy", "random")
@@ -174,7 +175,18 @@ def _typed(
 def _check_gen(path: Path, line: int, gen: dict[str, Any], length: int) -> int:
     """Validate ``gen``; return the bound on decode steps (``steps``, or T in threshold mode)."""
     for key, types in _GEN_TYPES.items():
-        _typed(path, line, gen, key, types, prefix="gen.")
+        value = _typed(path, line, gen, key, types, prefix="gen.")
+        if isinstance(value, float) and not math.isfinite(value):
+            raise TrajectoryFileError(path, line, f"gen.{key}", f"{value!r} is not finite")
+    threshold = gen.get("threshold")
+    if threshold is not None and (
+        isinstance(threshold, bool)
+        or not isinstance(threshold, (int, float))
+        or not math.isfinite(threshold)
+    ):
+        raise TrajectoryFileError(
+            path, line, "gen.threshold", f"expected a number, got {threshold!r}"
+        )
     for key in ("block_length", "threshold", "steps"):
         if key not in gen:
             raise TrajectoryFileError(path, line, f"gen.{key}", "missing (null when unused)")
@@ -215,6 +227,8 @@ def parse_record(
     line: int = 0,
     tokenizer: dict[str, Any] | None = None,
     vocab_size: int | None = None,
+    max_length: int | None = None,
+    mask_token_id: int | None = None,
 ) -> TrajectoryRecord:
     """Validate one decoded JSON object and build its record.
 
@@ -225,6 +239,9 @@ def parse_record(
         tokenizer: the model's :func:`tokenizer_fingerprint`; ``gen.tokenizer`` must equal it.
         vocab_size: the model's vocabulary; every id must lie in ``[0, vocab_size)``
             (default: ``gen.vocab_size`` when recorded, else ``gen.tokenizer.size``).
+        max_length: the model's positions: prompt + response must fit in them.
+        mask_token_id: the model's [MASK] id, which no response token may be (a committed
+            token is never the mask).
 
     Returns:
         The record (with ``line`` set).
@@ -247,6 +264,14 @@ def parse_record(
     sample = _typed(path, line, rec, "sample", (int,))
     if sample < 0:
         raise TrajectoryFileError(path, line, "sample", f"{sample} is negative")
+    if rid != f"{prompt_id}#{sample}":
+        raise TrajectoryFileError(
+            path,
+            line,
+            "id",
+            f"{rid!r} is not prompt_id#sample ({prompt_id!r}#{sample}): the key of resume "
+            "and dedup must match the record",
+        )
     prompt = _typed(path, line, rec, "prompt", (str,))
     text = _typed(path, line, rec, "response_text", (str,))
     method = _typed(path, line, rec, "method", (str,))
@@ -280,6 +305,22 @@ def parse_record(
     response = _int_list(path, line, rec, "response_token_ids", 0, vocab_size)
     if not response:
         raise TrajectoryFileError(path, line, "response_token_ids", "empty")
+    if mask_token_id is not None and mask_token_id in response:
+        raise TrajectoryFileError(
+            path,
+            line,
+            "response_token_ids",
+            f"item {response.index(mask_token_id)} is the model's [MASK] id {mask_token_id} "
+            "(a committed token is never the mask)",
+        )
+    if max_length is not None and len(prompt_ids) + len(response) > max_length:
+        raise TrajectoryFileError(
+            path,
+            line,
+            "prompt_token_ids",
+            f"prompt ({len(prompt_ids)}) + response ({len(response)}) = "
+            f"{len(prompt_ids) + len(response)} tokens exceed the model's {max_length} positions",
+        )
     order = _int_list(path, line, rec, "decoding_order", -1, bound)
     if len(order) != len(response):
         raise TrajectoryFileError(
@@ -295,8 +336,12 @@ def parse_record(
                 path, line, "decode_entropy", f"expected a list of {len(response)} numbers or nulls"
             )
         for i, v in enumerate(entropy):
-            if v is not None and (isinstance(v, bool) or not isinstance(v, (int, float))):
-                raise TrajectoryFileError(path, line, "decode_entropy", f"item {i} is {v!r}")
+            if v is not None and (
+                isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v)
+            ):
+                raise TrajectoryFileError(
+                    path, line, "decode_entropy", f"item {i} is {v!r}, not a finite number"
+                )
     return TrajectoryRecord(
         id=rid,
         prompt_id=prompt_id,
@@ -318,11 +363,26 @@ def parse_record(
 # --------------------------------------------------------------------------- files
 
 
-def drop_torn_tail(path: str | Path) -> bool:
+RECORD_PREFIX = b'{"schema_version": '
+"""How every line :class:`TrajectoryRecord` writes begins (what a torn last line must start with)."""
+
+
+def drop_torn_tail(path: str | Path, prefix: bytes | None = None) -> bool:
     """Cut a last line that has no newline (a write interrupted by a kill), with a warning.
+
+    Call it only on a file whose complete lines were checked (``read_trajectories(...,
+    torn_tail=True)``): it never decides on its own that a file is safe to cut.
+
+    Args:
+        path: the file.
+        prefix: what the torn line must begin with (as far as it goes), e.g.
+            :data:`RECORD_PREFIX`; a tail that does not is not a torn line of ours.
 
     Returns:
         Whether anything was cut. The file then ends after its last complete line.
+
+    Raises:
+        TrajectoryFileError: the tail does not begin like ``prefix`` (nothing is cut).
     """
     path = Path(path)
     if not path.exists() or path.stat().st_size == 0:
@@ -341,6 +401,17 @@ def drop_torn_tail(path: str | Path) -> bool:
             keep = pos + last + 1 if last >= 0 else (0 if pos == 0 else size)
         f.seek(0)
         line = 1 + sum(f.read(min(chunk, keep - i)).count(b"\n") for i in range(0, keep, chunk))
+        if prefix is not None:
+            f.seek(keep)
+            head = f.read(min(len(prefix), size - keep))
+            if not prefix.startswith(head):
+                raise TrajectoryFileError(
+                    path,
+                    line,
+                    "<line>",
+                    f"last line has no newline and does not begin like a line of this file "
+                    f"({prefix.decode()}...); not touching it",
+                )
         f.truncate(keep)
         f.flush()
         os.fsync(f.fileno())
@@ -353,17 +424,39 @@ def drop_torn_tail(path: str | Path) -> bool:
     return True
 
 
-def iter_json_lines(path: str | Path) -> Iterable[tuple[int, Any]]:
-    """``(line, object)`` for each non-blank line of a JSONL file.
+def loads_line(raw: bytes | str, path: str | Path, line: int) -> Any:
+    """One line of strict JSON (:func:`tabom.jsonl.loads_strict`: no bare NaN / Infinity, no
+    repeated key, bounded nesting).
+
+    Raises:
+        TrajectoryFileError: names file, line and (for a repeated key) the field.
+    """
+    try:
+        return loads_strict(raw)
+    except StrictJsonError as e:
+        raise TrajectoryFileError(path, line, e.key or "<line>", e.reason) from None
+
+
+def iter_json_lines(path: str | Path, *, torn_tail: bool = False) -> Iterable[tuple[int, Any]]:
+    """``(line, object)`` for each non-blank line of a JSONL file (strict: :func:`loads_line`).
+
+    Args:
+        path: the file.
+        torn_tail: stop quietly at a last line without newline (a caller that checks the
+            complete lines before repairing the file: :func:`drop_torn_tail`).
 
     Raises:
         TrajectoryFileError: a line is not valid JSON, or the last line has no newline
-            (truncated: see :func:`drop_torn_tail`).
+            (truncated: see :func:`drop_torn_tail`) and ``torn_tail`` is false.
     """
     path = Path(path)
+    if path.is_dir():
+        raise TrajectoryFileError(path, 0, "<file>", "is a folder, not a JSONL file")
     with path.open("rb") as f:
         for i, raw in enumerate(f, start=1):
             if not raw.endswith(b"\n"):
+                if torn_tail:
+                    return
                 raise TrajectoryFileError(
                     path,
                     i,
@@ -373,10 +466,7 @@ def iter_json_lines(path: str | Path) -> Iterable[tuple[int, Any]]:
                 )
             if not raw.strip():
                 continue
-            try:
-                yield i, json.loads(raw)
-            except (json.JSONDecodeError, UnicodeDecodeError) as e:
-                raise TrajectoryFileError(path, i, "<line>", f"not valid JSON ({e})") from None
+            yield i, loads_line(raw, path, i)
 
 
 def read_trajectories(
@@ -385,6 +475,9 @@ def read_trajectories(
     tokenizer: Any = None,
     vocab_size: int | None = None,
     gen: dict[str, Any] | None = None,
+    max_length: int | None = None,
+    mask_token_id: int | None = None,
+    torn_tail: bool = False,
 ) -> list[TrajectoryRecord]:
     """Read and validate every record of a trajectory file.
 
@@ -395,6 +488,10 @@ def read_trajectories(
         vocab_size: the model's vocabulary size (ids must be below it).
         gen: when given, every record's ``gen`` must equal it (a file written with other
             settings is refused: resume safety).
+        max_length: the model's positions (prompt + response must fit).
+        mask_token_id: the model's [MASK] id (never a response token).
+        torn_tail: read the complete lines of a file whose last line was torn by a kill
+            (the caller repairs it after checking them: :func:`drop_torn_tail`).
 
     Returns:
         The records in file order.
@@ -410,8 +507,16 @@ def read_trajectories(
         fp = tokenizer_fingerprint(tokenizer)
     records: list[TrajectoryRecord] = []
     seen: dict[str, int] = {}
-    for line, obj in iter_json_lines(path):
-        rec = parse_record(obj, path=path, line=line, tokenizer=fp, vocab_size=vocab_size)
+    for line, obj in iter_json_lines(path, torn_tail=torn_tail):
+        rec = parse_record(
+            obj,
+            path=path,
+            line=line,
+            tokenizer=fp,
+            vocab_size=vocab_size,
+            max_length=max_length,
+            mask_token_id=mask_token_id,
+        )
         if rec.id in seen:
             raise TrajectoryFileError(path, line, "id", f"{rec.id!r} repeats line {seen[rec.id]}")
         if gen is not None and rec.gen != gen:
@@ -478,13 +583,16 @@ def _json_line(obj: dict[str, Any]) -> str:
 
 
 __all__ = [
+    "MAX_DEPTH",
     "METHODS",
+    "RECORD_PREFIX",
     "SCHEMA_VERSION",
     "TrajectoryFileError",
     "TrajectoryRecord",
     "TrajectoryWriter",
     "drop_torn_tail",
     "iter_json_lines",
+    "loads_line",
     "parse_record",
     "read_trajectories",
     "tokenizer_fingerprint",

@@ -37,10 +37,13 @@ from pathlib import Path
 from typing import Any, Literal
 
 import torch
+import yaml
 from tqdm.auto import tqdm
 
-from tabom.config import save_config, to_dict
+from tabom.checkpoint import check_settings
+from tabom.config import AT_LEAST_1, NON_NEGATIVE, save_config, to_dict
 from tabom.decoding import DecodeConfig, decode_batches, response_text
+from tabom.errors import TabomError
 from tabom.evaluate import pass_at_k
 from tabom.models import DEFAULT_MODEL, load_model
 from tabom.models.base import DiffusionLM
@@ -49,12 +52,15 @@ from tabom.tasks import (
     make_task,
 )
 from tabom.tasks.base import DataFileError, Example, Task, read_jsonl, require_str
+from tabom.train_data import model_positions
 from tabom.trajectory import (
+    RECORD_PREFIX,
     TrajectoryFileError,
     TrajectoryRecord,
     TrajectoryWriter,
     drop_torn_tail,
     iter_json_lines,
+    loads_line,
     read_trajectories,
     tokenizer_fingerprint,
     write_trajectories,
@@ -89,7 +95,8 @@ class DistillConfig:
         output: the trajectory file; ``.progress``, ``.summary.json`` and ``.config.yaml``
             sidecars go next to it.
         ks: the k of pass@k over the prompts (each <= n_samples).
-        num_threads: torch CPU threads per process (0 = torch's default).
+        num_threads: torch CPU threads per process; 1 is fastest for the tiny model
+            (docs/benchmarks.md); 0 = torch's default.
         progress: show a progress bar.
     """
 
@@ -99,15 +106,15 @@ class DistillConfig:
     prompt_field: str | None = None
     id_field: str | None = None
     split: str = "train"
-    n_prompts: int | None = 256
-    n_samples: int = 4
+    n_prompts: int | None = field(default=256, metadata=AT_LEAST_1)
+    n_samples: int = field(default=4, metadata=AT_LEAST_1)
     keep: Literal["verified", "all"] = "verified"
     decode: DecodeConfig = field(default_factory=lambda: DecodeConfig(temperature=1.0))
-    seed: int = 0
-    prompts_per_batch: int = 8
+    seed: int = field(default=0, metadata=NON_NEGATIVE)
+    prompts_per_batch: int = field(default=8, metadata=AT_LEAST_1)
     output: str = "runs/distill/trajectories.jsonl"
-    ks: list[int] = field(default_factory=lambda: [1, 4])
-    num_threads: int = 0
+    ks: list[int] = field(default_factory=lambda: [1, 4], metadata=AT_LEAST_1)
+    num_threads: int = field(default=1, metadata=NON_NEGATIVE)
     progress: bool = True
 
     def __post_init__(self) -> None:
@@ -171,7 +178,7 @@ def read_prompt_rows(path: str, split: str = "train") -> list[tuple[int, dict[st
     elif p.is_file():
         kinds = {".parquet": "parquet", ".csv": "csv", ".json": "json", ".arrow": "arrow"}
         if p.suffix not in kinds:
-            raise ValueError(f"prompts_file {path}: unknown format (use {', '.join(kinds)})")
+            raise TabomError(f"prompts_file {path}: unknown format (use {', '.join(kinds)})")
         ds = datasets.load_dataset(kinds[p.suffix], data_files=str(p), split="train")
     else:
         ds = datasets.load_dataset(path, split=split)
@@ -311,7 +318,7 @@ def _verify(task: Task, ex: Example, text: str) -> bool:
     try:
         return bool(task.verify(ex, text))
     except (KeyError, TypeError, ValueError) as e:
-        raise ValueError(
+        raise TabomError(
             f"prompt {ex.id!r}: task {task.name!r} cannot verify it ({e!r}); the prompt's data "
             "lacks what the verifier reads (use the task's own file format, or task: none)"
         ) from e
@@ -326,17 +333,27 @@ def _paths(output: Path, rank: int | None = None) -> tuple[Path, Path]:
     return base, base.with_name(base.name + ".progress")
 
 
-def read_progress(path: Path, groups: list[list[str]]) -> dict[int, GroupStats]:
+PROGRESS_PREFIX = b'{"group": '
+"""How every sidecar line begins (``GroupStats`` as JSON)."""
+
+
+def read_progress(
+    path: Path, groups: list[list[str]], *, torn_tail: bool = False
+) -> dict[int, GroupStats]:
     """The sidecar's finished groups, checked against this run's groups of prompt ids.
+
+    ``torn_tail``: ignore a last line without newline (the caller repairs it after the check).
 
     Raises:
         TrajectoryFileError: a malformed line or a group whose prompts differ from this run's.
     """
     out: dict[int, GroupStats] = {}
     names = [f.name for f in dataclasses.fields(GroupStats)]
-    for line, obj in iter_json_lines(path):
+    for line, obj in iter_json_lines(path, torn_tail=torn_tail):
         if not isinstance(obj, dict) or sorted(obj) != sorted(names):
             raise TrajectoryFileError(path, line, "<line>", f"expected an object with {names}")
+        if not isinstance(obj["group"], int) or isinstance(obj["group"], bool):
+            raise TrajectoryFileError(path, line, "group", f"expected an int, got {obj['group']!r}")
         stats = GroupStats(**obj)
         if not 0 <= stats.group < len(groups) or stats.prompt_ids != groups[stats.group]:
             raise TrajectoryFileError(
@@ -370,11 +387,11 @@ def consolidate(
     records: dict[str, TrajectoryRecord] = {}
     stats: dict[int, GroupStats] = {}
     main_ids: list[str] = []
+    # 1) check every complete line of every file first: a file that is not this run's own
+    # trajectory file (or sidecar) is refused before anything in it is changed
     for records_path, progress_path in sources:
-        for path in (records_path, progress_path):
-            drop_torn_tail(path)
         if records_path.exists():
-            for rec in read_trajectories(records_path, gen=gen):
+            for rec in read_trajectories(records_path, gen=gen, torn_tail=True):
                 if rec.id not in plan_order:
                     raise TrajectoryFileError(
                         records_path,
@@ -386,8 +403,12 @@ def consolidate(
                 if records_path == output:
                     main_ids.append(rec.id)
         if progress_path.exists():
-            for g, s in read_progress(progress_path, groups).items():
+            for g, s in read_progress(progress_path, groups, torn_tail=True).items():
                 stats.setdefault(g, s)
+    # 2) only then cut the lines a kill tore (each must begin like one of ours)
+    for records_path, progress_path in sources:
+        drop_torn_tail(records_path, RECORD_PREFIX)
+        drop_torn_tail(progress_path, PROGRESS_PREFIX)
     ordered = sorted(records.values(), key=lambda r: plan_order[r.id])
     if shards or main_ids != [r.id for r in ordered]:
         write_trajectories(output, ordered)
@@ -422,9 +443,12 @@ class DistillSummary:
         nfe_per_answer: forwards per answer (a batched forward counts once per row).
         tokens_per_forward: response tokens committed per forward per answer.
         decoded_now: answers decoded by this invocation (0 if the file was complete).
+        kept_now: trajectories this invocation added to the file (``keep`` decides which
+            answers become records: all, or the verified ones).
         decode_seconds: decode time summed over groups and processes (all invocations).
         wall_seconds: this invocation, start to end.
-        trajectories_per_minute: ``decoded_now`` per minute of this invocation's decode loop.
+        answers_per_minute: ``decoded_now`` per minute of this invocation's decode loop.
+        kept_per_minute: ``kept_now`` per minute of the same loop.
         processes: processes of this invocation.
         output: the trajectory file.
     """
@@ -438,9 +462,11 @@ class DistillSummary:
     nfe_per_answer: float
     tokens_per_forward: float
     decoded_now: int
+    kept_now: int
     decode_seconds: float
     wall_seconds: float
-    trajectories_per_minute: float
+    answers_per_minute: float
+    kept_per_minute: float
     processes: int
     output: str
 
@@ -453,8 +479,9 @@ class DistillSummary:
             f"-> {self.output}\n"
             f"verified {share}  {passes}\n"
             f"{self.nfe_per_answer:.2f} forwards/answer, {self.tokens_per_forward:.2f} "
-            f"tokens/forward; decoded {self.decoded_now} now on {self.processes} process(es), "
-            f"{self.trajectories_per_minute:.0f} trajectories/min; wall {self.wall_seconds:.1f} s"
+            f"tokens/forward on {self.processes} process(es); wall {self.wall_seconds:.1f} s\n"
+            f"now: decoded {self.decoded_now} answers ({self.answers_per_minute:.0f}/min), "
+            f"kept {self.kept_now} as trajectories ({self.kept_per_minute:.0f}/min)"
         )
 
 
@@ -484,6 +511,61 @@ def summarise(
         "tokens_per_forward": sum(s.committed for s in stats.values()) / max(1, forwards),
         "decode_seconds": round(sum(s.seconds for s in stats.values()), 3),
     }
+
+
+RESUME_SETTINGS = (
+    "model",
+    "task",
+    "prompts_file",
+    "prompt_field",
+    "id_field",
+    "split",
+    "n_samples",
+    "keep",
+    "decode",
+    "seed",
+    "prompts_per_batch",
+)
+"""Every setting that shapes the output file (the whole decode group: score, budget,
+sampling): a rerun onto an existing file must match them (``n_prompts`` may grow; the ``gen``
+of each record and the sidecar's groups check the rest)."""
+
+
+def check_resume(cfg: DistillConfig, output: Path) -> None:
+    """Refuse to continue ``output`` with other settings than those that wrote it; reads only.
+
+    The settings come from the ``OUTPUT.config.yaml`` sidecar; without one, the score and
+    task are compared with the records' ``method`` and ``data_source``.
+
+    Raises:
+        ResumeError: names each differing setting with both values.
+        TrajectoryFileError: an unreadable sidecar.
+    """
+    progress = _paths(output)[1]
+    if not (output.is_file() and output.stat().st_size) and not progress.exists():
+        return  # nothing written yet
+    now = {k: v for k, v in to_dict(cfg).items() if k in RESUME_SETTINGS}
+    sidecar = output.with_name(output.name + ".config.yaml")
+    if sidecar.is_file():
+        try:
+            written = yaml.safe_load(sidecar.read_text())
+        except yaml.YAMLError as e:
+            raise TrajectoryFileError(sidecar, 0, "<file>", f"not valid YAML ({e})") from None
+        if not isinstance(written, dict):
+            raise TrajectoryFileError(sidecar, 0, "<file>", "not a mapping of settings")
+        check_settings({k: written.get(k) for k in now}, now, str(output))
+        return
+    if output.is_file() and output.stat().st_size:
+        with output.open("rb") as f:
+            first = f.readline()
+        if first.endswith(b"\n") and first.strip():
+            rec = loads_line(first, output, 1)
+            if isinstance(rec, dict):
+                written = {"decode.score": rec.get("method", cfg.decode.score)}
+                current = {"decode.score": cfg.decode.score}
+                if cfg.prompts_file is None:
+                    written["task"], current["task"] = rec.get("data_source", cfg.task), cfg.task
+                check_settings(written, current, str(output))
 
 
 def distill(cfg: DistillConfig) -> DistillSummary | None:
@@ -517,6 +599,16 @@ def distill(cfg: DistillConfig) -> DistillSummary | None:
         for j in range(cfg.n_samples)
     }
     decode_cfg = cfg.decode_config()
+    positions = model_positions(dlm.model)
+    if positions is not None:  # prompt + response must fit the model, before any decoding
+        for i, ex in enumerate(examples):
+            n = len(dlm.encode_prompt(ex.prompt))
+            if n + decode_cfg.gen_length > positions:
+                raise TabomError(
+                    f"{cfg.prompts_file or 'prompts'}: prompt {ex.id!r} (#{i + 1}) has {n} tokens; "
+                    f"with gen_length {decode_cfg.gen_length} that is more than the model's "
+                    f"{positions} positions"
+                )
     gen = {
         "steps": None if decode_cfg.threshold is not None else decode_cfg.steps,
         "gen_length": decode_cfg.gen_length,
@@ -542,9 +634,11 @@ def distill(cfg: DistillConfig) -> DistillSummary | None:
 
     # 2) resume: the main process merges leftovers (torn lines, shards of a killed run)
     if state.is_main_process:
+        check_resume(cfg, output)  # reads only: a refused rerun changes nothing
         output.parent.mkdir(parents=True, exist_ok=True)
-        save_config(cfg, output.with_name(output.name + ".config.yaml"))
-        lines, done = consolidate(output, plan_order, group_ids, gen)
+        lines, done = consolidate(output, plan_order, group_ids, gen)  # checks, then repairs
+        records_before = len(lines)
+        save_config(cfg, output.with_name(output.name + ".config.yaml"))  # only after the check
     state.wait_for_everyone()
     if not state.is_main_process:
         lines = (
@@ -604,17 +698,26 @@ def distill(cfg: DistillConfig) -> DistillSummary | None:
     if missing:
         raise RuntimeError(f"{output}: groups {missing[:5]} were not decoded (a process failed?)")
     decoded_now = sum(len(groups[g]) * cfg.n_samples for g in todo)
+    kept_now = len(lines) - records_before
+    minutes = max(loop_seconds, 1e-9) / 60
     summary = DistillSummary(
         **summarise(done, cfg.n_samples, cfg.ks, len(lines)),
         decoded_now=decoded_now,
+        kept_now=kept_now,
         wall_seconds=round(time.perf_counter() - t_start, 3),
-        trajectories_per_minute=round(60 * decoded_now / max(loop_seconds, 1e-9), 1),
+        answers_per_minute=round(decoded_now / minutes, 1),
+        kept_per_minute=round(kept_now / minutes, 1),
         processes=world,
         output=str(output),
     )
     payload = {"summary": dataclasses.asdict(summary), "config": to_dict(cfg), "gen": gen}
-    output.with_name(output.name + ".summary.json").write_text(json.dumps(payload, indent=1) + "\n")
+    summary_path = output.with_name(output.name + ".summary.json")
+    summary_path.write_text(json.dumps(payload, indent=1) + "\n")
     print(summary.format())
+    sidecars = ", ".join(
+        str(output.with_name(output.name + s)) for s in (".config.yaml", ".progress")
+    )
+    print(f"saved: {output} (trajectories); {summary_path}, {sidecars}")
     return summary
 
 

@@ -21,7 +21,9 @@ from pathlib import Path
 
 import torch
 
+from tabom.config import AT_LEAST_1, NON_NEGATIVE
 from tabom.decoding import DecodeConfig, ScoreName
+from tabom.errors import TabomError
 from tabom.evaluate import TaskResult, evaluate_task
 from tabom.metrics import Alignment, Forgetting, forgetting, trajectory_alignment
 from tabom.models import DEFAULT_MODEL, load_model
@@ -64,25 +66,26 @@ class EvalConfig:
         trajectories: a trajectory JSONL (``tabom distill``): Kendall τ alignment between the
             model's entropy order and the file's decode orders, and TDS (docs/method.md).
         output: write results as JSON here.
-        num_threads: torch CPU threads (0 = default).
+        num_threads: torch CPU threads; 1 is fastest for the tiny model
+            (docs/benchmarks.md); 0 = torch's default.
     """
 
     model: str = DEFAULT_MODEL
     adapter: str | None = None
     tasks: list[str] = field(default_factory=lambda: [OLD_DOMAIN, NEW_DOMAIN])
-    n_examples: int | None = None
-    n_samples: int = 1
-    ks: list[int] = field(default_factory=lambda: [1])
+    n_examples: int | None = field(default=None, metadata=AT_LEAST_1)
+    n_samples: int = field(default=1, metadata=AT_LEAST_1)
+    ks: list[int] = field(default_factory=lambda: [1], metadata=AT_LEAST_1)
     decode: DecodeConfig = field(default_factory=DecodeConfig)
-    budget_tokens_per_step: list[int] | None = None
+    budget_tokens_per_step: list[int] | None = field(default=None, metadata=AT_LEAST_1)
     budget_scores: list[ScoreName] | None = None
-    sample_temperature: float | None = None
-    seed: int = 0
-    batch_size: int = 64
+    sample_temperature: float | None = field(default=None, metadata=NON_NEGATIVE)
+    seed: int = field(default=0, metadata=NON_NEGATIVE)
+    batch_size: int = field(default=64, metadata=AT_LEAST_1)
     baseline: str | None = None
     trajectories: str | None = None
     output: str | None = None
-    num_threads: int = 0
+    num_threads: int = field(default=1, metadata=NON_NEGATIVE)
 
     def __post_init__(self) -> None:
         if any(k > self.n_samples for k in self.ks):
@@ -141,7 +144,7 @@ def load_eval_set(spec: str, n: int | None, seed: int) -> tuple[Task, list[Examp
     except DataFileError:
         raise  # names the file, line and field
     except ValueError as e:  # a task without data files (``addition@x.jsonl``)
-        raise ValueError(f"eval set {spec!r}: {e}") from e
+        raise TabomError(f"eval set {spec!r}: {e}") from e
     if n is not None and n < len(examples):
         keep = torch.randperm(len(examples), generator=gen)[:n].sort().values.tolist()
         examples = [examples[i] for i in keep]
@@ -161,6 +164,17 @@ def budget_key(cfg: DecodeConfig) -> str:
     if cfg.steps is not None:
         return f"{cfg.score}@s{cfg.steps}"
     return f"{cfg.score}@{cfg.tokens_per_step}"
+
+
+def set_label(spec: str) -> str:
+    """``spec`` with its domain for the shipped base model: ``old domain: addition:...``."""
+    domain = {OLD_DOMAIN: "old domain", NEW_DOMAIN: "new domain"}.get(spec.partition("@")[0])
+    return f"{domain}: {spec}" if domain else spec
+
+
+def sampling(temperature: float) -> str:
+    """How answers were drawn: ``greedy (T = 0)`` or ``sampled at T = 1``."""
+    return "greedy (T = 0)" if temperature == 0 else f"sampled at T = {temperature:g}"
 
 
 def format_table(results: dict[str, TaskResult]) -> str:
@@ -206,14 +220,22 @@ def run_eval(cfg: EvalConfig) -> int:
         torch.set_num_threads(cfg.num_threads)
     dlm = load_eval_model(cfg.model, cfg.adapter)
     base = load_model(cfg.baseline) if cfg.baseline else None
+    records = None
+    if cfg.trajectories:  # read and checked before any decoding
+        from tabom.trajectory import read_trajectories
+
+        records = read_trajectories(
+            cfg.trajectories, tokenizer=dlm.tokenizer, vocab_size=dlm.vocab_size
+        )
+    sets = {spec: load_eval_set(spec, cfg.n_examples, cfg.seed) for spec in cfg.tasks}
     budgets_cfg = cfg.budgets()
     key0 = next(iter(budgets_cfg))
     results: dict[str, TaskResult] = {}
     budgets: dict[str, dict[str, float]] = {}
     forgot: dict[str, Forgetting] = {}
-    for spec in cfg.tasks:
-        task, examples = load_eval_set(spec, cfg.n_examples, cfg.seed)
+    for spec, (task, examples) in sets.items():
         kwargs = {"seed": cfg.seed, "batch_size": cfg.batch_size, "progress": True}
+        label = set_label(spec)
         results[spec] = evaluate_task(
             dlm,
             task,
@@ -221,6 +243,7 @@ def run_eval(cfg: EvalConfig) -> int:
             cfg.main_decode,
             n_samples=cfg.n_samples,
             ks=tuple(cfg.ks),
+            desc=f"{label} [{cfg.n_samples} sample(s), {sampling(cfg.main_decode.temperature)}]",
             **kwargs,
         )
         one: dict[str, TaskResult] = {}
@@ -229,22 +252,24 @@ def run_eval(cfg: EvalConfig) -> int:
             if bcfg == cfg.decode and same_as_main:
                 one[key] = results[spec]
             else:
-                one[key] = evaluate_task(dlm, task, examples, bcfg, **kwargs)
+                desc = f"{label} [budget {key}, {sampling(bcfg.temperature)}]"
+                one[key] = evaluate_task(dlm, task, examples, bcfg, desc=desc, **kwargs)
         budgets[spec] = {k: r.accuracy for k, r in one.items()}
         if base is not None:
-            before = evaluate_task(base, task, examples, budgets_cfg[key0], **kwargs)
+            desc = f"{label} [baseline {cfg.baseline}, {key0}]"
+            before = evaluate_task(base, task, examples, budgets_cfg[key0], desc=desc, **kwargs)
             after = one[key0]
             forgot[spec] = forgetting([c[0] for c in before.correct], [c[0] for c in after.correct])
     alignment: Alignment | None = None
-    if cfg.trajectories:
-        from tabom.trajectory import read_trajectories
-
-        records = read_trajectories(
-            cfg.trajectories, tokenizer=dlm.tokenizer, vocab_size=dlm.vocab_size
-        )
+    if records is not None:
         alignment = trajectory_alignment(dlm, records, batch_size=cfg.batch_size)
+    main_t = cfg.main_decode.temperature
+    print(f"main run: {cfg.n_samples} answer(s) per problem, {sampling(main_t)}")
     print(format_table(results))
     print()
+    print(
+        f"one answer per problem at each budget (score@tokens per step), {sampling(cfg.decode.temperature)}"
+    )
     print(format_budgets(budgets))
     if forgot:
         print()
@@ -265,4 +290,7 @@ def run_eval(cfg: EvalConfig) -> int:
         }
         Path(cfg.output).parent.mkdir(parents=True, exist_ok=True)
         Path(cfg.output).write_text(json.dumps(payload, indent=1) + "\n")
+        print(f"\nsaved: {cfg.output} (results as JSON)")
+    else:
+        print("\nnot saved (--output FILE.json writes the results as JSON)")
     return 0

@@ -11,10 +11,12 @@ from __future__ import annotations
 
 import statistics
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from tabom.config import AT_LEAST_1, NON_NEGATIVE
+from tabom.errors import TabomError
 from tabom.trajectory import TrajectoryRecord, read_trajectories
 
 
@@ -34,12 +36,12 @@ class InspectConfig:
     """
 
     path: str = ""
-    index: int = 0
+    index: int = field(default=0, metadata=NON_NEGATIVE)
     id: str | None = None
     png: str | None = None
     draw: bool = True
     tokenizer: str | None = None
-    wrap: int = 32
+    wrap: int = field(default=32, metadata=AT_LEAST_1)
 
     def __post_init__(self) -> None:
         if not self.path:
@@ -133,11 +135,11 @@ def run_inspect(cfg: InspectConfig) -> int:
     if cfg.id is not None:
         matches = [i for i, r in enumerate(records) if r.id == cfg.id]
         if not matches:
-            raise ValueError(f"id: no record {cfg.id!r} in {cfg.path}")
+            raise TabomError(f"id: no record {cfg.id!r} in {cfg.path}")
         index = matches[0]
     else:
         if not 0 <= cfg.index < len(records):
-            raise ValueError(f"index: {cfg.index} is outside [0, {len(records)})")
+            raise TabomError(f"index: {cfg.index} is outside [0, {len(records)})")
         index = cfg.index
     from tabom.plots import plot_trajectory, token_labels
 

@@ -5,6 +5,11 @@ tail up to the task's response length) is masked with a per-sample ratio t ~ U(0
 model is trained with cross-entropy on the masked tokens weighted 1/t (the NELBO of the
 paper's Eq. 1). The prompt is never masked. This produces the "old domain" base model that
 self-distillation later adapts. Run: ``tabom pretrain --config configs/tiny_pretrain.yaml``.
+
+Resume works like ``tabom train`` (:mod:`tabom.checkpoint`): ``save_every`` writes Accelerate
+state (weights, optimizer, scheduler, RNG, and the data and masking generators) to
+``checkpoints/step-N``; ``--resume`` continues from the newest whole one, refused when a
+setting other than the cadence differs, and gives the same weights as an uninterrupted run.
 """
 
 from __future__ import annotations
@@ -18,7 +23,14 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from tabom.config import save_config
+from tabom.checkpoint import (
+    check_settings,
+    latest_checkpoint,
+    resumable,
+    save_checkpoint,
+    truncate_log,
+)
+from tabom.config import AT_LEAST_1, NON_NEGATIVE, POSITIVE, UNIT, ConfigError, save_config, to_dict
 from tabom.evaluate import greedy_accuracy, make_eval_sets
 from tabom.models import TinyModelConfig, build_tiny, save_model
 from tabom.models.base import DiffusionLM
@@ -49,29 +61,32 @@ class PretrainConfig:
         eval_every: evaluate on ``eval_tasks`` every N steps (0 = only at the end).
         eval_tasks: task specs to evaluate on (default: ``tasks``).
         eval_examples: generated problems per eval task (seeded apart from training).
-        save_every: write a checkpoint every N steps (0 = only the final model).
+        save_every: write a resumable checkpoint every N steps (0 = only the final model).
         seed: seed of weights, data and masking.
-        num_threads: torch CPU threads (0 = torch's default).
+        resume: continue from the newest whole checkpoint in ``output_dir``.
+        num_threads: torch CPU threads; 1 is fastest for the tiny model
+            (docs/benchmarks.md); 0 = torch's default.
     """
 
     output_dir: str = "runs/pretrain"
     model: TinyModelConfig = field(default_factory=TinyModelConfig)
     tasks: list[str] = field(default_factory=lambda: ["addition:min_digits=1,max_digits=4"])
-    task_weights: list[float] | None = None
-    steps: int = 2000
-    batch_size: int = 128
-    lr: float = 1e-3
-    min_lr_ratio: float = 0.1
-    warmup_steps: int = 100
-    weight_decay: float = 0.01
-    grad_clip: float = 1.0
+    task_weights: list[float] | None = field(default=None, metadata=NON_NEGATIVE)
+    steps: int = field(default=2000, metadata=AT_LEAST_1)
+    batch_size: int = field(default=128, metadata=AT_LEAST_1)
+    lr: float = field(default=1e-3, metadata=POSITIVE)
+    min_lr_ratio: float = field(default=0.1, metadata=UNIT)
+    warmup_steps: int = field(default=100, metadata=NON_NEGATIVE)
+    weight_decay: float = field(default=0.01, metadata=NON_NEGATIVE)
+    grad_clip: float = field(default=1.0, metadata=NON_NEGATIVE)
     nelbo_weight: bool = True
-    eval_every: int = 500
+    eval_every: int = field(default=500, metadata=NON_NEGATIVE)
     eval_tasks: list[str] | None = None
-    eval_examples: int = 128
-    save_every: int = 0
-    seed: int = 0
-    num_threads: int = 0
+    eval_examples: int = field(default=128, metadata=AT_LEAST_1)
+    save_every: int = field(default=0, metadata=NON_NEGATIVE)
+    seed: int = field(default=0, metadata=NON_NEGATIVE)
+    resume: bool = False
+    num_threads: int = field(default=1, metadata=NON_NEGATIVE)
 
     def __post_init__(self) -> None:
         if not self.tasks:
@@ -114,6 +129,23 @@ def sample_batch(
     return out
 
 
+class _Generators:
+    """The data and masking generators as one object Accelerate checkpoints (state_dict)."""
+
+    def __init__(self, **gens: torch.Generator) -> None:
+        self.gens = gens
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        return {k: g.get_state() for k, g in self.gens.items()}
+
+    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        for k, g in self.gens.items():
+            g.set_state(state[k])
+
+
+CADENCE = ("output_dir", "eval_every", "save_every", "resume", "num_threads")
+"""Settings a resume may change; every other one must match the checkpoint's."""
+
 RANK_SEED_STRIDE = 1_000_003  # process r draws data from seed + r·stride, masks from that + 1
 
 
@@ -125,11 +157,18 @@ def pretrain(cfg: PretrainConfig) -> Path:
     if cfg.num_threads:
         torch.set_num_threads(cfg.num_threads)
     out = Path(cfg.output_dir)
+    if latest_checkpoint(out) is not None and not cfg.resume:
+        raise ConfigError(
+            f"resume: {out} already holds checkpoints ({latest_checkpoint(out).name}); pass "
+            "--resume to continue that run, or use another output_dir"
+        )
     accelerator = Accelerator(cpu=not torch.cuda.is_available())
     main = accelerator.is_main_process
-    if main:
-        out.mkdir(parents=True, exist_ok=True)
-        save_config(cfg, out / "config.yaml")
+    settings = {k: v for k, v in to_dict(cfg).items() if k not in CADENCE}
+    settings["world"] = accelerator.num_processes
+    ckpt, ckpt_state = resumable(out) if cfg.resume else (None, None)
+    if ckpt is not None:  # before any file is written
+        check_settings(ckpt_state.get("settings", {}), settings, str(ckpt))
     dlm = build_tiny(cfg.model, seed=cfg.seed)  # the same initial weights on every process
     tok = dlm.tokenizer
     tasks = [make_task(s) for s in cfg.tasks]
@@ -147,6 +186,17 @@ def pretrain(cfg: PretrainConfig) -> Path:
         optimizer, lambda s: lr_factor(s, cfg.steps, cfg.warmup_steps, cfg.min_lr_ratio)
     )
     dlm.model, optimizer, scheduler = accelerator.prepare(dlm.model, optimizer, scheduler)
+    accelerator.register_for_checkpointing(_Generators(data=data_gen, mask=mask_gen))
+    start = 0
+    if ckpt is not None:
+        accelerator.load_state(str(ckpt))
+        start = ckpt_state["step"]
+    if main:
+        out.mkdir(parents=True, exist_ok=True)
+        save_config(cfg, out / "config.yaml")  # only now: the resume check has passed
+        truncate_log(out / "log.jsonl", start)  # steps past the checkpoint run again
+        if ckpt is not None:
+            print(f"pretrain: resuming {out} from {ckpt.name}")
 
     def unwrapped(d: DiffusionLM) -> DiffusionLM:
         return dataclasses.replace(d, model=accelerator.unwrap_model(d.model))
@@ -154,7 +204,7 @@ def pretrain(cfg: PretrainConfig) -> Path:
     log = (out / "log.jsonl").open("a") if main else None
 
     # 2) the loop: sample, mask, loss, step, log, eval, save
-    bar = tqdm(range(cfg.steps), desc="pretrain", disable=not main)
+    bar = tqdm(range(start, cfg.steps), desc="pretrain", disable=not main)
     t0 = time.perf_counter()
     for step in bar:
         dlm.model.train()
@@ -188,8 +238,8 @@ def pretrain(cfg: PretrainConfig) -> Path:
             log.write(json.dumps(record) + "\n")
             log.flush()
         bar.set_postfix(loss=f"{record['loss']:.3f}")
-        if main and cfg.save_every and done % cfg.save_every == 0 and done != cfg.steps:
-            save_model(unwrapped(dlm), out / "checkpoints" / f"step-{done}")
+        if cfg.save_every and done % cfg.save_every == 0 and done != cfg.steps:
+            save_checkpoint(accelerator, out, {"step": done, "settings": settings})
 
     # 3) final save
     if log is not None:
@@ -198,6 +248,7 @@ def pretrain(cfg: PretrainConfig) -> Path:
     accelerator.wait_for_everyone()
     if main:
         save_model(unwrapped(dlm), final)
+        print(f"pretrain: model -> {final}")
     return final
 
 

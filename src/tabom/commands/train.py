@@ -27,8 +27,24 @@ from typing import Any, Literal
 import torch
 from tqdm.auto import tqdm
 
-from tabom.checkpoint import latest_checkpoint, read_state, save_checkpoint
-from tabom.config import ConfigError, save_config, to_dict
+from tabom.checkpoint import (
+    check_settings,
+    file_sha256,
+    latest_checkpoint,
+    resumable,
+    save_checkpoint,
+    truncate_log,
+)
+from tabom.config import (
+    AT_LEAST_1,
+    NON_NEGATIVE,
+    POSITIVE,
+    UNIT,
+    ConfigError,
+    in_range,
+    save_config,
+    to_dict,
+)
 from tabom.evaluate import greedy_accuracy, make_eval_sets
 from tabom.models import (
     BACKENDS,
@@ -49,6 +65,7 @@ from tabom.train_data import (
     collate_trajectories,
     ground_truth_items,
     load_trajectories,
+    model_positions,
     steps_per_epoch,
 )
 
@@ -62,6 +79,10 @@ LOG_KEYS = (
     "n_uncut",
     "samples",
 )
+CADENCE = ("output_dir", "save_every", "log_every", "eval_every", "progress", "resume")
+CADENCE += ("num_threads", "report_to")
+"""Settings that do not shape the trained model: a resume may change them (every other one
+must match the checkpoint's)."""
 
 
 @dataclass
@@ -123,7 +144,8 @@ class TrainConfig:
         seed: seed of LoRA init, data order and masking.
         report_to: also log to ``tensorboard`` or ``wandb`` (needs the package).
         resume: continue from the latest complete checkpoint in ``output_dir``.
-        num_threads: torch CPU threads (0 = torch's default).
+        num_threads: torch CPU threads; 1 is fastest for the tiny model
+            (docs/benchmarks.md); 0 = torch's default.
         progress: show a progress bar.
     """
 
@@ -133,35 +155,35 @@ class TrainConfig:
     data: str | None = None
     objective: Objective = "tabom"
     gt_task: str | None = None
-    gt_examples: int = 256
+    gt_examples: int = field(default=256, metadata=AT_LEAST_1)
     verified_only: bool = False
     output_dir: str = "runs/train"
-    epochs: int = 5
-    max_steps: int = 0
-    batch_size: int = 4
-    grad_accum: int = 8
-    lr: float = 2e-5
-    weight_decay: float = 0.01
-    warmup_steps: int = 50
-    min_lr_ratio: float = 0.0
-    grad_clip: float = 1.0
-    lora_rank: int = 16
-    lora_alpha: float = 16.0
-    lora_dropout: float = 0.05
+    epochs: int = field(default=5, metadata=NON_NEGATIVE)
+    max_steps: int = field(default=0, metadata=NON_NEGATIVE)
+    batch_size: int = field(default=4, metadata=AT_LEAST_1)
+    grad_accum: int = field(default=8, metadata=AT_LEAST_1)
+    lr: float = field(default=2e-5, metadata=POSITIVE)
+    weight_decay: float = field(default=0.01, metadata=NON_NEGATIVE)
+    warmup_steps: int = field(default=50, metadata=NON_NEGATIVE)
+    min_lr_ratio: float = field(default=0.0, metadata=UNIT)
+    grad_clip: float = field(default=1.0, metadata=NON_NEGATIVE)
+    lora_rank: int = field(default=16, metadata=NON_NEGATIVE)
+    lora_alpha: float = field(default=16.0, metadata=POSITIVE)
+    lora_dropout: float = field(default=0.05, metadata=in_range(0, 1, high_open=True))
     lora_targets: list[str] | None = None
     gradient_checkpointing: bool = False
     merge_lora: bool = True
     loss: LossConfig = field(default_factory=LossConfig)
     mixed_precision: Literal["auto", "bf16", "fp32"] = "auto"
-    save_every: int = 0
-    log_every: int = 1
-    eval_every: int = 0
+    save_every: int = field(default=0, metadata=NON_NEGATIVE)
+    log_every: int = field(default=1, metadata=AT_LEAST_1)
+    eval_every: int = field(default=0, metadata=NON_NEGATIVE)
     eval_tasks: list[str] = field(default_factory=list)
-    eval_examples: int = 64
-    seed: int = 0
+    eval_examples: int = field(default=64, metadata=AT_LEAST_1)
+    seed: int = field(default=0, metadata=NON_NEGATIVE)
     report_to: Literal["none", "tensorboard", "wandb"] = "none"
     resume: bool = False
-    num_threads: int = 0
+    num_threads: int = field(default=1, metadata=NON_NEGATIVE)
     progress: bool = True
 
     def __post_init__(self) -> None:
@@ -252,6 +274,8 @@ def load_train_items(cfg: TrainConfig, dlm: DiffusionLM) -> tuple[Any, int]:
         tokenizer=dlm.tokenizer,
         vocab_size=dlm.vocab_size,
         verified_only=cfg.verified_only,
+        max_length=model_positions(dlm.model),
+        mask_token_id=dlm.mask_token_id,
     )
     n_short = 0
     if cfg.objective in ("td", "tabom"):
@@ -368,20 +392,6 @@ def _param_groups(model: Any, weight_decay: float) -> list[dict[str, Any]]:
     ]
 
 
-def _truncate_log(path: Path, step: int) -> None:
-    """Drop log lines past ``step`` (written by the killed run after its last checkpoint)."""
-    if not path.exists():
-        return
-    keep = []
-    for line in path.read_text().splitlines():
-        try:
-            if json.loads(line)["step"] <= step:
-                keep.append(line + "\n")
-        except (json.JSONDecodeError, KeyError):
-            pass  # a line torn by the kill
-    path.write_text("".join(keep))
-
-
 # --------------------------------------------------------------------------- the loop
 
 
@@ -408,13 +418,27 @@ def train(cfg: TrainConfig) -> Path:
     dlm = load_model(cfg.model, backend=cfg.backend, dtype=_load_dtype(cfg))
     items, _ = load_train_items(cfg, dlm)  # too-short trajectories: a warning
     tracker = _check_tracker(cfg.report_to)
-    ckpt = latest_checkpoint(out)
-    if ckpt is not None and not cfg.resume:
+    newest = latest_checkpoint(out)
+    if newest is not None and not cfg.resume:
         raise ConfigError(
-            f"resume: {out} already holds checkpoints ({ckpt.name}); pass --resume to continue "
+            f"resume: {out} already holds checkpoints ({newest.name}); pass --resume to continue "
             "that run, or use another output_dir"
         )
     eval_sets = make_eval_sets(cfg.eval_tasks, cfg.eval_examples, cfg.seed)
+
+    # where to start: the newest whole checkpoint (damaged ones skipped with a warning), and
+    # only if it was written with every setting that shapes the model, before any file changes
+    from accelerate import PartialState
+
+    world = PartialState(cpu=not torch.cuda.is_available()).num_processes
+    spe = steps_per_epoch(len(items), cfg.batch_size * cfg.grad_accum * world)
+    total = cfg.max_steps or cfg.epochs * spe
+    settings = {k: v for k, v in to_dict(cfg).items() if k not in CADENCE}
+    settings.update(world=world, total=total, n_items=len(items))
+    settings["data_sha256"] = file_sha256(cfg.data) if cfg.data else None
+    ckpt, ckpt_state = resumable(out) if cfg.resume else (None, None)
+    if ckpt is not None:
+        check_settings(ckpt_state.get("settings", {}), settings, str(ckpt))
 
     # 2) accelerator, seeds, LoRA or full fine-tuning, optimizer, warmup + cosine schedule
     precision = {"fp32": "no", "bf16": "bf16"}.get(cfg.mixed_precision)
@@ -429,15 +453,13 @@ def train(cfg: TrainConfig) -> Path:
         log_with=tracker,
         project_dir=str(out),
     )
-    rank, world = accelerator.process_index, accelerator.num_processes
+    rank = accelerator.process_index
     set_seed(cfg.seed)
     lora = cfg.lora_rank > 0
     model = _with_lora(dlm.model, cfg, dlm.spec.lora_targets) if lora else dlm.model
     if cfg.gradient_checkpointing:
         enable_gradient_checkpointing(model)
     optimizer = torch.optim.AdamW(_param_groups(model, cfg.weight_decay), lr=cfg.lr)
-    spe = steps_per_epoch(len(items), cfg.batch_size * cfg.grad_accum * world)
-    total = cfg.max_steps or cfg.epochs * spe
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda s: lr_factor(s, total, cfg.warmup_steps, cfg.min_lr_ratio)
     )
@@ -453,29 +475,18 @@ def train(cfg: TrainConfig) -> Path:
                     del w[key]
 
         accelerator.register_save_state_pre_hook(keep_adapter)
-    meta = {  # what a resumed run must share with the checkpoint to continue it exactly
-        "n_items": len(items),
-        "objective": cfg.objective,
-        "seed": cfg.seed,
-        "batch_size": cfg.batch_size,
-        "grad_accum": cfg.grad_accum,
-        "world": world,
-        "lora_rank": cfg.lora_rank,
-        "total": total,
-    }
     start = 0
+    if ckpt is not None:
+        accelerator.load_state(str(ckpt), **({"strict": False} if lora else {}))
+        start = ckpt_state["step"]
     if accelerator.is_main_process:
         out.mkdir(parents=True, exist_ok=True)
-        save_config(cfg, out / "config.yaml")
-        if cfg.resume and ckpt is None:
-            print(f"train: no complete checkpoint in {out}; starting at step 0")
-    if ckpt is not None:
-        state = read_state(ckpt, meta)
-        accelerator.load_state(str(ckpt), **({"strict": False} if lora else {}))
-        start = state["step"]
-        if accelerator.is_main_process:
-            _truncate_log(out / "log.jsonl", start)
+        save_config(cfg, out / "config.yaml")  # only now: the resume check has passed
+        truncate_log(out / "log.jsonl", start)  # steps past the checkpoint run again
+        if ckpt is not None:
             print(f"train: resuming {out} from {ckpt.name}")
+        elif cfg.resume:
+            print(f"train: no complete checkpoint in {out}; starting at step 0")
     if tracker:
         flat = {
             k: v if isinstance(v, (int, float, str, bool)) else str(v)
@@ -586,7 +597,7 @@ def train(cfg: TrainConfig) -> Path:
                     ce=f"{record['ce']:.3f}", rank=f"{record['rank']:.3f}", lr=f"{lr:.2e}"
                 )
         if (cfg.save_every and done % cfg.save_every == 0) or done == total:
-            save_checkpoint(accelerator, out, {"step": done, "epoch": epoch, **meta})
+            save_checkpoint(accelerator, out, {"step": done, "epoch": epoch, "settings": settings})
     bar.close()
     if log is not None:
         log.close()
@@ -605,6 +616,8 @@ def train(cfg: TrainConfig) -> Path:
             final = final.merge_and_unload() if cfg.merge_lora else None
         if final is not None:
             save_model(DiffusionLM(final, dlm.tokenizer, dlm.spec, dlm.extra), out / "model")
+        saved = [out / n for n in ("model", "adapter", "checkpoints", "log.jsonl", "config.yaml")]
+        print("train: saved " + ", ".join(str(p) for p in saved if p.exists()))
     accelerator.wait_for_everyone()
     if tracker:
         accelerator.end_training()

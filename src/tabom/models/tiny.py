@@ -10,12 +10,13 @@ so that the realignment path is exercised on this machine. The tokenizer is char
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Literal
 
 import torch
 
+from tabom.config import AT_LEAST_1
 from tabom.models.base import (
     BACKEND_FILE,
     BackendSpec,
@@ -67,11 +68,11 @@ class TinyModelConfig:
     """
 
     family: Literal["llama", "qwen2"] = "llama"
-    hidden_size: int = 128
-    num_layers: int = 4
-    num_heads: int = 4
-    intermediate_size: int = 384
-    max_length: int = 128
+    hidden_size: int = field(default=128, metadata=AT_LEAST_1)
+    num_layers: int = field(default=4, metadata=AT_LEAST_1)
+    num_heads: int = field(default=4, metadata=AT_LEAST_1)
+    intermediate_size: int = field(default=384, metadata=AT_LEAST_1)
+    max_length: int = field(default=128, metadata=AT_LEAST_1)
 
     def __post_init__(self) -> None:
         if self.family not in ("llama", "qwen2"):

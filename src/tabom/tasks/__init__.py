@@ -19,6 +19,7 @@ import types
 from pathlib import Path
 from typing import Any, Union, get_args, get_origin, get_type_hints
 
+from tabom.errors import TabomError
 from tabom.tasks.addition import AdditionTask
 from tabom.tasks.base import DataFileError, Example, Task, read_jsonl, require_str
 from tabom.tasks.countdown import CountdownTask
@@ -39,6 +40,10 @@ NEW_DOMAIN = "addition:min_digits=4,max_digits=4,width=4"
 """Its new domain: 4-digit sums, seen in 1% of pretraining batches (docs/benchmarks.md)."""
 
 
+class TaskSpecError(TabomError):
+    """A task spec that names no task, an unknown field or a bad value; names the spec."""
+
+
 def _value(spec: str, name: str, tp: Any, text: str) -> Any:
     """``text`` as the field's resolved type ``tp``: int, float, bool or str (else an error).
 
@@ -50,21 +55,25 @@ def _value(spec: str, name: str, tp: Any, text: str) -> Any:
         tp = args[0]  # ``int | None``: the int
     if tp is bool:
         if text.lower() not in ("true", "false", "1", "0"):
-            raise ValueError(f"task spec {spec!r}: field {name!r} needs true/false, got {text!r}")
+            raise TaskSpecError(
+                f"task spec {spec!r}: field {name!r} needs true/false, got {text!r}"
+            )
         return text.lower() in ("true", "1")
     if tp is int:
         if not re.fullmatch(r"[+-]?[0-9]+", text):
-            raise ValueError(f"task spec {spec!r}: field {name!r} needs an integer, got {text!r}")
+            raise TaskSpecError(
+                f"task spec {spec!r}: field {name!r} needs an integer, got {text!r}"
+            )
         return int(text)
     if tp is float:
         try:
             value = float(text)
         except ValueError:
-            raise ValueError(
+            raise TaskSpecError(
                 f"task spec {spec!r}: field {name!r} needs a number, got {text!r}"
             ) from None
         if not math.isfinite(value):
-            raise ValueError(f"task spec {spec!r}: field {name!r} must be finite, got {text!r}")
+            raise TaskSpecError(f"task spec {spec!r}: field {name!r} must be finite, got {text!r}")
         return value
     return text
 
@@ -85,7 +94,7 @@ def make_task(spec: str) -> Task:
     name, _, args = spec.strip().partition(":")
     name = name.strip()
     if name not in TASKS:
-        raise ValueError(f"unknown task {name!r} in spec {spec!r}; known: {', '.join(TASKS)}")
+        raise TaskSpecError(f"unknown task {name!r} in spec {spec!r}; known: {', '.join(TASKS)}")
     cls = TASKS[name]
     allowed = {f.name: f for f in dataclasses.fields(cls) if f.init}
     hints = get_type_hints(cls)
@@ -94,16 +103,21 @@ def make_task(spec: str) -> Task:
         key, eq, value = item.partition("=")
         key = key.strip()
         if not eq:
-            raise ValueError(f"task spec {spec!r}: expected field=value, got {item!r}")
+            raise TaskSpecError(f"task spec {spec!r}: expected field=value, got {item!r}")
         if key not in allowed:
-            raise ValueError(
+            raise TaskSpecError(
                 f"task spec {spec!r}: unknown field {key!r} for task {name!r}; "
                 f"known: {', '.join(allowed)}"
             )
         if key in kwargs:
-            raise ValueError(f"task spec {spec!r}: field {key!r} given twice")
+            raise TaskSpecError(f"task spec {spec!r}: field {key!r} given twice")
         kwargs[key] = _value(spec, key, hints[key], value)
-    return cls(**kwargs)
+    try:
+        return cls(**kwargs)
+    except TabomError:
+        raise
+    except (TypeError, ValueError) as e:
+        raise TaskSpecError(f"task spec {spec!r}: {e}") from None
 
 
 def load_examples(spec: str, path: str | Path) -> list[Example]:
@@ -122,7 +136,7 @@ def load_examples(spec: str, path: str | Path) -> list[Example]:
     """
     task = make_task(spec)
     if not hasattr(task, "load"):
-        raise ValueError(f"task {task.name!r} has no data files to load; use generate()")
+        raise TaskSpecError(f"task {task.name!r} has no data files to load; use generate()")
     return task.load(path)
 
 
@@ -137,6 +151,7 @@ __all__ = [
     "GSM8KTask",
     "SudokuTask",
     "Task",
+    "TaskSpecError",
     "load_examples",
     "make_task",
     "read_jsonl",

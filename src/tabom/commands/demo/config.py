@@ -10,6 +10,7 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
+from tabom.config import AT_LEAST_1, NON_NEGATIVE, POSITIVE
 from tabom.decoding import DecodeConfig
 from tabom.models import DEFAULT_MODEL
 from tabom.objectives import OBJECTIVES, LossConfig
@@ -86,26 +87,26 @@ class DemoConfig:
     model: str = DEFAULT_MODEL
     new_task: str = NEW_DOMAIN
     old_task: str = OLD_DOMAIN
-    distill_prompts: int = 1500
-    distill_samples: int = 8
+    distill_prompts: int = field(default=1500, metadata=AT_LEAST_1)
+    distill_samples: int = field(default=8, metadata=AT_LEAST_1)
     decode: DecodeConfig = field(default_factory=lambda: DecodeConfig(temperature=1.0))
-    distill_seed: int = 0
+    distill_seed: int = field(default=0, metadata=NON_NEGATIVE)
     objectives: list[str] = field(default_factory=lambda: ["sft", "traj-sft", "td", "tabom"])
-    seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
-    epochs: int = 5
-    batch_size: int = 32
-    lr: float = 5e-4
+    seeds: list[int] = field(default_factory=lambda: [0, 1, 2], metadata=NON_NEGATIVE)
+    epochs: int = field(default=5, metadata=AT_LEAST_1)
+    batch_size: int = field(default=32, metadata=AT_LEAST_1)
+    lr: float = field(default=5e-4, metadata=POSITIVE)
     loss: LossConfig = field(default_factory=lambda: LossConfig(td_window=3, rank_window=3))
-    test_examples: int = 500
-    val_examples: int = 300
-    old_examples: int = 500
-    pass_examples: int = 200
-    n_samples: int = 16
-    ks: list[int] = field(default_factory=lambda: [1, 4, 16])
-    tokens_per_step: list[int] = field(default_factory=lambda: [1, 2, 3])
-    align_samples: int = 8
-    split_seed: int = 1234
-    num_threads: int = 1
+    test_examples: int = field(default=500, metadata=AT_LEAST_1)
+    val_examples: int = field(default=300, metadata=AT_LEAST_1)
+    old_examples: int = field(default=500, metadata=AT_LEAST_1)
+    pass_examples: int = field(default=200, metadata=AT_LEAST_1)
+    n_samples: int = field(default=16, metadata=AT_LEAST_1)
+    ks: list[int] = field(default_factory=lambda: [1, 4, 16], metadata=AT_LEAST_1)
+    tokens_per_step: list[int] = field(default_factory=lambda: [1, 2, 3], metadata=AT_LEAST_1)
+    align_samples: int = field(default=8, metadata=AT_LEAST_1)
+    split_seed: int = field(default=1234, metadata=NON_NEGATIVE)
+    num_threads: int = field(default=1, metadata=NON_NEGATIVE)
     progress: bool = True
 
     def __post_init__(self) -> None:

@@ -37,6 +37,18 @@ from tabom.plots import (
 from tabom.trajectory import read_trajectories
 
 
+def describe_task(spec: str) -> str:
+    """A task spec as words for titles: ``addition:min_digits=4,max_digits=4,width=4`` ->
+    ``4-digit addition``; other tasks: ``sudoku (n_blanks 8)``."""
+    name, _, args = spec.partition(":")
+    fields = dict(part.split("=", 1) for part in args.split(",") if "=" in part)
+    if name == "addition" and "max_digits" in fields:
+        lo, hi = fields.get("min_digits", "1"), fields["max_digits"]
+        return f"{hi}-digit addition" if lo == hi else f"{lo}-{hi} digit addition"
+    extra = ", ".join(f"{k} {v}" for k, v in fields.items() if k != "width")
+    return f"{name} ({extra})" if extra else name
+
+
 def flips_against_base(results: dict[str, list[dict[str, Any]]]) -> dict[str, list[dict]]:
     """Forgetting of every run against the base model on the old-domain items (greedy).
 
@@ -207,21 +219,28 @@ def write_report(
     t1, k = cfg.tokens_per_step[0], rows["_kmax"]
 
     # 1) plots
+    new, old = describe_task(cfg.new_task), describe_task(cfg.old_task)
     plot_metric_bars(
         {
-            f"new-domain greedy acc ({t1} tok/step)": {
+            f"new domain: greedy acc ({t1} tok/step)": {
                 n: mean_std(rows[n][f"new@{t1}"]) for n in names
             },
-            f"new-domain pass@{k} (T=1)": {n: mean_std(rows[n][f"pass@{k}"]) for n in names},
-            "old-domain greedy acc": {n: mean_std(rows[n]["old"]) for n in names},
+            f"new domain: pass@{k} (T=1)": {n: mean_std(rows[n][f"pass@{k}"]) for n in names},
+            "old domain: greedy acc": {n: mean_std(rows[n]["old"]) for n in names},
         },
         root / "accuracy.png",
-        title=f"tiny-base post-trained on {cfg.new_task} (mean ± std over {len(cfg.seeds)} seeds)",
+        title=f"{cfg.model} post-trained on {new} (old domain: {old}); "
+        f"mean ± std over {len(cfg.seeds)} seeds",
+        ylabels={
+            f"new domain: greedy acc ({t1} tok/step)": "greedy accuracy",
+            f"new domain: pass@{k} (T=1)": f"pass@{k}",
+            "old domain: greedy acc": "greedy accuracy",
+        },
     )
     plot_budgets(
         {n: {t: mean_std(rows[n][f"new@{t}"]) for t in cfg.tokens_per_step} for n in names},
         root / "budgets.png",
-        title="new-domain greedy accuracy against step budget",
+        title=f"new domain ({new}): greedy accuracy against step budget",
     )
     curves = {}
     for n in names:

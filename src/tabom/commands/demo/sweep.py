@@ -31,6 +31,7 @@ from tabom.commands.demo.pipeline import (
     train_settings,
     train_stage,
 )
+from tabom.config import AT_LEAST_1, NON_NEGATIVE, POSITIVE, in_range
 from tabom.decoding import DecodeConfig
 from tabom.evaluate import evaluate_task
 from tabom.metrics import mean_std
@@ -61,15 +62,17 @@ class SweepConfig:
 
     demo: DemoConfig = field(default_factory=DemoConfig)
     output_dir: str | None = None
-    seeds: list[int] = field(default_factory=lambda: [0, 1])
-    rank_weight: list[float] = field(default_factory=lambda: [0.3, 3.0])
-    rank_margin: list[float] = field(default_factory=lambda: [0.0, 0.5])
-    window: list[int] = field(default_factory=lambda: [2, 4])
-    lr: list[float] = field(default_factory=lambda: [1e-3])
-    epochs: list[int] = field(default_factory=lambda: [15])
-    data_fraction: list[float] = field(default_factory=lambda: [0.5])
+    seeds: list[int] = field(default_factory=lambda: [0, 1], metadata=NON_NEGATIVE)
+    rank_weight: list[float] = field(default_factory=lambda: [0.3, 3.0], metadata=NON_NEGATIVE)
+    rank_margin: list[float] = field(default_factory=lambda: [0.0, 0.5], metadata=NON_NEGATIVE)
+    window: list[int] = field(default_factory=lambda: [2, 4], metadata=AT_LEAST_1)
+    lr: list[float] = field(default_factory=lambda: [1e-3], metadata=POSITIVE)
+    epochs: list[int] = field(default_factory=lambda: [15], metadata=AT_LEAST_1)
+    data_fraction: list[float] = field(
+        default_factory=lambda: [0.5], metadata=in_range(0, 1, low_open=True)
+    )
     inclusive_cut: bool = True
-    old_val_examples: int = 300
+    old_val_examples: int = field(default=300, metadata=AT_LEAST_1)
 
     def __post_init__(self) -> None:
         bad = [f for f in self.data_fraction if not 0 < f <= 1]
