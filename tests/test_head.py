@@ -494,3 +494,10 @@ def test_native_lora_gradient_checkpointing_and_chunks_keep_the_gradients(name, 
     assert scale > 0 and plain.keys() == other.keys()
     for n, g in plain.items():
         torch.testing.assert_close(other[n], g, rtol=1e-5, atol=1e-6 * scale)
+
+
+def test_loss_chunk_is_checked():
+    assert LossConfig(loss_chunk=64).loss_chunk == 64
+    for bad in (-1, 2.5, True):
+        with pytest.raises(ValueError, match="loss_chunk"):
+            LossConfig(loss_chunk=bad)
