@@ -51,6 +51,7 @@ from tabom.evaluate import evaluate_task
 from tabom.jsonl import write_jsonl
 from tabom.metrics import trajectory_alignment
 from tabom.models import load_model
+from tabom.objectives import GROUND_TRUTH_OBJECTIVES
 from tabom.tasks import make_task
 from tabom.tasks.base import Example, Task
 from tabom.trajectory import read_trajectories
@@ -222,7 +223,7 @@ def train_stage(
     """A ``train/OBJECTIVE/seedS`` stage: one training run from the base on ``data``."""
 
     def fn(folder: Path) -> dict[str, Any]:
-        sft = objective == "sft"
+        sft = objective in GROUND_TRUTH_OBJECTIVES
         tcfg = TrainConfig(
             model=cfg.model,
             data=str(data / ("ground_truth.jsonl" if sft else "trajectories.jsonl")),
