@@ -22,16 +22,17 @@ from pathlib import Path
 
 import torch
 
-from tabom.evaluate import Budget, evaluate_task
+from tabom.decoding import DecodeConfig
+from tabom.evaluate import evaluate_task
 from tabom.models import load_model
 from tabom.tasks import make_task
 
 OLD = "sudoku:n_blanks=4,max_blanks=8"
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "sudoku4x4"
 ORDERS = {
-    "confidence": Budget(score="confidence"),
-    "random": Budget(score="random"),
-    "left-to-right": Budget(score="confidence", block_length=1),
+    "confidence": DecodeConfig(score="confidence"),
+    "random": DecodeConfig(score="random"),
+    "left-to-right": DecodeConfig(score="confidence", block_length=1),
 }
 
 
@@ -77,7 +78,7 @@ def main() -> None:
             dlm,
             t,
             exs,
-            Budget(score="confidence", temperature=1.0),
+            DecodeConfig(score="confidence", temperature=1.0),
             n_samples=k,
             ks=(1, k),
             seed=args.seed,

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import torch
 
-from tabom.evaluate import Budget, evaluate_task
+from tabom.decoding import DecodeConfig
+from tabom.evaluate import evaluate_task
 from tabom.models import SHIPPED, detect_backend, load_model
 from tabom.tasks import make_task
 
@@ -15,6 +16,6 @@ def test_tiny_sudoku_is_shipped_and_solves_easy_puzzles():
     dlm = load_model("tiny-sudoku")
     task = make_task("sudoku:n_blanks=4,max_blanks=6")
     examples = task.generate(24, torch.Generator().manual_seed(99))
-    res = evaluate_task(dlm, task, examples, Budget(score="confidence"))
+    res = evaluate_task(dlm, task, examples, DecodeConfig(score="confidence"))
     assert res.accuracy >= 0.9  # docs/benchmarks.md: 1.00 on 300 puzzles with 4-8 blanks
     assert res.nfe_per_answer == task.gen_length  # one token per forward
