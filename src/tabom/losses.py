@@ -24,7 +24,6 @@ import torch.nn.functional as F
 from tabom.masking import WindowUnit, window_mask
 
 RankTies = Literal["strict", "reference", "decode-entropy"]
-RankLossName = Literal["hinge", "hinge-sg", "logistic", "logistic-sg", "plackett-luce"]
 
 
 def masked_ce(
@@ -343,7 +342,7 @@ def rank_loss(
     decode_step: torch.Tensor,
     cut: torch.Tensor,
     *,
-    variant: RankLossName = "hinge",
+    variant: str = "hinge",
     window: int,
     margin: float | Literal["auto"] = 0.1,
     margin_fraction: float = 0.5,
@@ -373,7 +372,7 @@ def rank_loss(
         logits: ``(B, L, V)`` aligned logits of the one forward at the cut state.
         decode_step: ``(B, L)`` long, d per position, -1 where never decoded / not response.
         cut: ``(B,)`` long, the cut s per sample; -1 for samples that were not cut.
-        variant: the ranking term (``rank_loss`` field).
+        variant: the ranking term, a name of :data:`RANK_LOSSES` (``rank_loss`` field).
         window: W, the ranking window, in ``window_unit``.
         margin: m (the hinge margin; for the smooth forms a shift of the difference, 0 for
             the plain Bradley–Terry / Plackett–Luce likelihood), or ``"auto"``:

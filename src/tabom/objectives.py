@@ -144,7 +144,7 @@ entry per term of :data:`tabom.losses.RANK_LOSSES` (the one list of variants), e
 dispatching to :func:`tabom.losses.rank_loss`. A function takes ``(logits, decode_step, cut,
 *, window, supervise, ties, decode_entropy, window_unit, **own)`` and returns an object with
 ``loss``, ``n_pairs`` and ``n_samples``; a new variant is one term function in losses.py and
-its name in ``losses.RANK_LOSSES`` / ``losses.RankLossName``."""
+its entry in ``losses.RANK_LOSSES``."""
 
 
 @dataclass
