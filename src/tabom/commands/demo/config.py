@@ -167,6 +167,9 @@ class DemoConfig:
             ``lr`` alone.
         tune_rank_weight: the tuning points of ranking arms (λ, at ``lr``); empty =
             ``loss.rank_weight`` alone. Both grids must be the same size (the same budget).
+        eval_order: ``reverse`` evaluates the models last first: a second ``tabom demo`` with
+            the same settings, started once training is done, shares the evaluation work
+            (each finished stage is cached for the other; results and report are the same).
     """
 
     output_dir: str = "runs/demo"
@@ -203,6 +206,7 @@ class DemoConfig:
     oracle_min_rank: int = 0
     tune_lr: list[float] = field(default_factory=list)
     tune_rank_weight: list[float] = field(default_factory=list)
+    eval_order: Literal["forward", "reverse"] = "forward"
 
     def __post_init__(self) -> None:
         for arm in self.objectives:

@@ -460,7 +460,9 @@ def run_demo(cfg: DemoConfig) -> int:
     eval_s, eval_cached = 0.0, True
     jobs = [(name, i, path) for name, paths in models.items() for i, path in enumerate(paths)]
     print(f"demo: [3/4] evaluating {len(jobs)} models")
-    for name, i, path in tqdm(jobs, desc="eval models", disable=not cfg.progress):
+    done_by: dict[tuple[str, int], dict[str, Any]] = {}
+    order = jobs[::-1] if cfg.eval_order == "reverse" else jobs
+    for name, i, path in tqdm(order, desc="eval models", disable=not cfg.progress):
         folder = root / "eval" / (name if name == "base" else f"{name}-seed{cfg.seeds[i]}")
         stage_set = {**eset, "model": path, "trained": _trained_key(path)}
         done = run_stage(
@@ -470,7 +472,9 @@ def run_demo(cfg: DemoConfig) -> int:
         )
         eval_s += done["seconds"]
         eval_cached = eval_cached and done["cached"]
-        results.setdefault(name, []).append(done["result"])
+        done_by[(name, i)] = done["result"]
+    for name, i, _ in jobs:  # results in seed order whatever the evaluation order
+        results.setdefault(name, []).append(done_by[(name, i)])
     timings["eval"] = (eval_s, eval_cached)
 
     # 5) report
