@@ -85,7 +85,8 @@ def test_stage_keys_follow_what_the_stages_depend_on():
 
 
 def test_sweep_points_override_demo_fields():
-    from tabom.commands.demo.sweep import SweepConfig, point_config, sweep_points
+    from tabom.commands.demo.pipeline import point_config
+    from tabom.commands.demo.sweep import SweepConfig, sweep_points
 
     demo = DemoConfig()
     for _, point in sweep_points(SweepConfig()):

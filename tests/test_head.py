@@ -28,8 +28,8 @@ from tabom.decoding import (
     propose as new_propose,
 )
 from tabom.head import LogitsModel, ce_entropy, ce_entropy_at
-from tabom.losses import entropy_rank_loss, masked_ce
-from tabom.masking import random_mask, time_delay_mask
+from tabom.losses import entropy_rank_loss, masked_ce, planner_weighted_ce
+from tabom.masking import confidence_reveal_order, random_mask, time_delay_mask
 from tabom.models import TinyModelConfig, build_tiny
 from tabom.models.base import DiffusionLM
 from tabom.models.standin import make_standin
@@ -134,13 +134,23 @@ def run_objective(model, ids, attn, resp, steps, *, objective, seed, mask_token_
 def full_logits_objective(dlm, ids, attn, resp, steps, *, objective, seed, nelbo=False):
     """The objectives before this change: all (B, L, V) logits, then CE and rank gathers."""
     g = torch.Generator().manual_seed(seed)
-    if objective in ("td", "tabom"):
+    if objective == "puma":  # the model's own confidence reveal order of the ground truth
+        with torch.no_grad():
+            steps = confidence_reveal_order(
+                lambda x: dlm(x, attn), ids, resp, mask_token_id=dlm.mask_token_id
+            )
+    if objective in ("td", "tabom", "puma"):
         plan = time_delay_mask(
             ids, steps, response_mask=resp, window=3, mask_token_id=dlm.mask_token_id, generator=g
         )
     else:
         plan = random_mask(ids, resp, mask_token_id=dlm.mask_token_id, generator=g)
     logits = dlm(plan.input_ids, attn)
+    if objective == "papl":
+        ce = planner_weighted_ce(
+            logits, ids, plan.supervise, tau=0.7, mix=0.8, mask_token_id=dlm.mask_token_id
+        )
+        return ce, torch.zeros(())
     ce = masked_ce(
         logits,
         ids,
@@ -162,7 +172,7 @@ def grads(model: torch.nn.Module, loss: torch.Tensor) -> list[torch.Tensor]:
 
 
 @pytest.mark.parametrize("kind", ["tiny", "tiny-dream", "bert"])
-@pytest.mark.parametrize("objective", ["sft", "traj-sft", "td", "tabom"])
+@pytest.mark.parametrize("objective", ["sft", "traj-sft", "td", "tabom", "puma", "papl"])
 @pytest.mark.parametrize("chunk", [0, 3])
 def test_loss_and_gradient_equal_the_full_logits_path(models, kind, objective, chunk):
     dlm = models[kind]
@@ -187,6 +197,8 @@ def test_loss_and_gradient_equal_the_full_logits_path(models, kind, objective, c
         rank_weight=1.5,
         nelbo_weight=nelbo,
         loss_chunk=chunk,
+        papl_tau=0.7,
+        papl_mix=0.8,
     )
     assert out.n_supervised > chunk  # chunking really splits the rows
     torch.testing.assert_close(out.ce, ce, rtol=REL, atol=0)

@@ -17,5 +17,7 @@ def test_tiny_sudoku_is_shipped_and_solves_easy_puzzles():
     task = make_task("sudoku:n_blanks=4,max_blanks=6")
     examples = task.generate(24, torch.Generator().manual_seed(99))
     res = evaluate_task(dlm, task, examples, DecodeConfig(score="confidence"))
-    assert res.accuracy >= 0.9  # docs/benchmarks.md: 1.00 on 300 puzzles with 4-8 blanks
+    # docs/benchmarks.md: 0.81 on 300 puzzles with 4-8 blanks (0.83 on these 24 with 4-6),
+    # 0.18 on the real 12-blank file: a deliberately weak base (issue 12 headroom)
+    assert res.accuracy >= 0.7
     assert res.nfe_per_answer == task.gen_length  # one token per forward

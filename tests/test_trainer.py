@@ -21,7 +21,7 @@ from tabom.commands.distill import DistillConfig, distill
 from tabom.commands.train import TrainConfig, latest_checkpoint, load_train_items, train
 from tabom.config import ConfigError, load_config
 from tabom.models import TinyModelConfig, build_tiny, load_model
-from tabom.objectives import LossConfig, compute_objective
+from tabom.objectives import GROUND_TRUTH_OBJECTIVES, RANK_LOSSES, LossConfig, compute_objective
 from tabom.train_data import (
     TrainDataError,
     batch_indices,
@@ -158,17 +158,24 @@ def test_ground_truth_items_end_with_the_stop_token_when_the_backend_has_one(tmp
         )
 
 
-@pytest.mark.parametrize("objective", ["sft", "traj-sft", "td", "tabom"])
+RUNS = [("sft", {}), ("traj-sft", {}), ("td", {}), ("puma", {}), ("papl", {})]
+RUNS += [("tabom", {"rank_loss": v}) for v in sorted(RANK_LOSSES)]
+RUNS += [("tabom", {"rank_loss": "hinge-sg", "rank_margin": "auto"})]
+
+
+@pytest.mark.parametrize(("objective", "loss_over"), RUNS)
 def test_a_few_steps_lower_the_loss_and_change_every_parameter(
-    model_dir, traj, tmp_path, objective
+    model_dir, traj, tmp_path, objective, loss_over
 ):
-    over = {"gt_task": TASK, "gt_examples": 16} if objective == "sft" else {}
+    gt = objective in GROUND_TRUTH_OBJECTIVES
+    over = {"gt_task": TASK, "gt_examples": 16} if gt else {}
     cfg = config(
         model_dir,
-        None if objective == "sft" else traj,
+        None if gt else traj,
         tmp_path / "run",
         objective=objective,
         **over,
+        **loss_over,
     )
     before = fixed_batch_loss(load_model(model_dir), cfg)
     out = train(cfg)

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 import torch
 
 from tabom.decoding import DecodeConfig, decode_texts
-from tabom.metrics import pass_at_k
+from tabom.metrics import kendall_tau_b, pass_at_k
 from tabom.models.base import DiffusionLM
 from tabom.tasks.base import Example, Task
 
@@ -31,6 +31,9 @@ class TaskResult:
         nfe_per_answer: forwards per answer (a batched forward counts once per row).
         tokens_per_forward: response tokens committed per forward.
         correct: ``[problem][sample]`` verdicts (for per-item forgetting).
+        responses: ``[problem][sample]`` response texts.
+        decode_steps: ``[answer]`` the decode step of each response position (-1 = never),
+            answers in problem-major order (the order of :func:`tau_to_order`).
         seconds: wall time.
     """
 
@@ -43,6 +46,7 @@ class TaskResult:
     tokens_per_forward: float
     correct: list[list[bool]] = field(repr=False)
     responses: list[list[str]] = field(repr=False)
+    decode_steps: list[list[int]] = field(default_factory=list, repr=False)
     seconds: float = 0.0
 
 
@@ -124,6 +128,7 @@ def evaluate_task(
         tokens_per_forward=committed / max(1, int(forwards.sum())),
         correct=correct,
         responses=responses,
+        decode_steps=out.decode_step.tolist(),
         seconds=seconds,
     )
 
@@ -152,3 +157,36 @@ def greedy_accuracy(
     cfg = DecodeConfig(score="confidence", tokens_per_step=1)
     dlm.model.eval()
     return {spec: evaluate_task(dlm, t, exs, cfg).accuracy for spec, (t, exs) in eval_sets.items()}
+
+
+def tau_to_order(
+    decode_steps: list[list[int]], reference: list[list[int]], *, min_rank: int = 0
+) -> list[float]:
+    """Kendall τ-b of each answer's decode order against a reference order (DESIGN §7).
+
+    Per answer, over the response positions whose reference rank is ``>= min_rank`` and that
+    were decoded: τ-b between the decode steps and the reference ranks (ties in either count
+    as ties). The reference is the task's oracle order (``task.oracle_rank``) or another
+    model's decode steps on the same prompts.
+
+    Args:
+        decode_steps: ``[answer][position]`` decode steps (-1 = never decoded).
+        reference: ``[answer][position]`` reference ranks, the same shape; ranks below
+            ``min_rank`` (e.g. -1: not ranked) are left out.
+        min_rank: the lowest reference rank that counts.
+
+    Returns:
+        One τ per answer; NaN where fewer than two positions count or all are tied.
+
+    Raises:
+        ValueError: the two lists differ in length or in an answer's length.
+    """
+    if len(decode_steps) != len(reference):
+        raise ValueError(f"{len(decode_steps)} decode orders but {len(reference)} references")
+    out = []
+    for i, (d, r) in enumerate(zip(decode_steps, reference, strict=True)):
+        if len(d) != len(r):
+            raise ValueError(f"answer {i}: {len(d)} decode steps but {len(r)} reference ranks")
+        keep = [j for j in range(len(d)) if r[j] >= min_rank and d[j] >= 0]
+        out.append(kendall_tau_b([d[j] for j in keep], [r[j] for j in keep]))
+    return out

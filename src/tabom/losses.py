@@ -24,7 +24,6 @@ import torch.nn.functional as F
 from tabom.masking import WindowUnit, window_mask
 
 RankTies = Literal["strict", "reference", "decode-entropy"]
-RankLossName = Literal["hinge", "hinge-sg", "logistic", "logistic-sg", "plackett-luce"]
 
 
 def masked_ce(
@@ -352,7 +351,7 @@ def rank_loss(
     decode_step: torch.Tensor,
     cut: torch.Tensor,
     *,
-    variant: RankLossName = "hinge",
+    variant: str = "hinge",
     window: int,
     margin: float | Literal["auto"] = 0.1,
     margin_fraction: float = 0.5,
@@ -383,7 +382,7 @@ def rank_loss(
         logits: ``(B, L, V)`` aligned logits of the one forward at the cut state.
         decode_step: ``(B, L)`` long, d per position, -1 where never decoded / not response.
         cut: ``(B,)`` long, the cut s per sample; -1 for samples that were not cut.
-        variant: the ranking term (``rank_loss`` field).
+        variant: the ranking term, a name of :data:`RANK_LOSSES` (``rank_loss`` field).
         window: W, the ranking window, in ``window_unit``.
         margin: m (the hinge margin; for the smooth forms a shift of the difference, 0 for
             the plain Bradley–Terry / Plackett–Luce likelihood), or ``"auto"``:
@@ -481,7 +480,6 @@ def planner_weights(
         raise ValueError(f"papl_mix must be in [0, 1], got {mix}")
     if score not in ("target", "confidence"):
         raise ValueError(f"papl_score must be 'target' or 'confidence', got {score!r}")
-    sel = supervise.bool()
     with torch.no_grad():
         z = _at_least_fp32(logits.detach()).clone()
         if mask_token_id is not None:
@@ -491,6 +489,27 @@ def planner_weights(
             log_c = logq.gather(-1, targets.unsqueeze(-1)).squeeze(-1)  # (B, L)
         else:
             log_c = logq.max(-1).values
+    return planner_weights_from_scores(log_c, supervise, tau=tau, mix=mix)
+
+
+def planner_weights_from_scores(
+    log_c: torch.Tensor, supervise: torch.Tensor, *, tau: float = 1.0, mix: float = 1.0
+) -> torch.Tensor:
+    """:func:`planner_weights` from the planner's log-confidences ``log_c`` ``(B, L)``.
+
+    ``compute_objective`` calls this with ``log c`` computed at the supervised rows only (the
+    LM head never runs elsewhere); :func:`planner_weights` computes ``log c`` from full logits.
+
+    Returns:
+        ``(B, L)`` float weights, detached, 0 outside ``supervise``; mean 1 per sample.
+    """
+    if not (0 < tau < float("inf")):
+        raise ValueError(f"papl_tau must be finite and > 0, got {tau}")
+    if not 0 <= mix <= 1:
+        raise ValueError(f"papl_mix must be in [0, 1], got {mix}")
+    sel = supervise.bool()
+    with torch.no_grad():
+        log_c = log_c.detach()
         keyed = (log_c / tau).clamp(min=torch.finfo(log_c.dtype).min).masked_fill(~sel, -torch.inf)
         pi = keyed.softmax(-1).nan_to_num(0.0)  # (B, L); a row with nothing supervised -> 0
         n = sel.sum(1, keepdim=True)  # (B, 1)

@@ -52,6 +52,43 @@ def mean_std(values: list[float]) -> tuple[float, float]:
     return statistics.fmean(vals), statistics.stdev(vals) if len(vals) > 1 else 0.0
 
 
+_T975 = (12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179,
+         2.160, 2.145, 2.131, 2.120, 2.110, 2.101, 2.093, 2.086, 2.080, 2.074, 2.069, 2.064,
+         2.060, 2.056, 2.052, 2.048, 2.045, 2.042)  # fmt: skip
+"""Student t 0.975 quantiles for 1..30 degrees of freedom."""
+
+
+def t_quantile_975(df: float) -> float:
+    """The 0.975 quantile of Student's t with ``df`` degrees of freedom (rounded down: a
+    slightly wider, conservative interval between table entries; 1.96 past 30)."""
+    if not df >= 1:
+        raise ValueError(f"t quantile needs df >= 1, got {df}")
+    return _T975[int(df) - 1] if df < 31 else 1.96
+
+
+def diff_ci(a: list[float], b: list[float]) -> tuple[float, float, float]:
+    """Difference of means a − b with a 95% Welch t interval over independent runs (seeds).
+
+    Returns:
+        ``(diff, low, high)``; NaN bounds when either side has fewer than two values; a
+        zero-variance pair gives the point interval.
+    """
+    a = [v for v in a if v == v]
+    b = [v for v in b if v == v]
+    if not a or not b:
+        return math.nan, math.nan, math.nan
+    diff = statistics.fmean(a) - statistics.fmean(b)
+    if len(a) < 2 or len(b) < 2:
+        return diff, math.nan, math.nan
+    va, vb = statistics.variance(a) / len(a), statistics.variance(b) / len(b)
+    se = math.sqrt(va + vb)
+    if se == 0:
+        return diff, diff, diff
+    df = (va + vb) ** 2 / (va**2 / (len(a) - 1) + vb**2 / (len(b) - 1))
+    half = t_quantile_975(df) * se
+    return diff, diff - half, diff + half
+
+
 @dataclass
 class Forgetting:
     """Forgetting of one model against a baseline on the same items.
@@ -273,9 +310,11 @@ def trajectory_alignment(
 __all__ = [
     "Alignment",
     "Forgetting",
+    "diff_ci",
     "forgetting",
     "kendall_tau_b",
     "mean_std",
     "pass_at_k",
+    "t_quantile_975",
     "trajectory_alignment",
 ]

@@ -1,16 +1,19 @@
-"""The four post-training objectives, selected by one field (DESIGN §5 table).
+"""The post-training objectives, selected by one field (DESIGN §5 table, issue 12 controls).
 
 ``sft`` / ``traj-sft``: random masking + masked CE (the paper's Eq. 1; ``sft`` may weight by
 1/t, the MDLM NELBO). ``td``: time-delay masking at a cut s + CE on the next M steps (Eq. 9
-without its ranking half). ``tabom``: the same plus λ times the entropy ranking loss of
-Eq. 8, i.e. the full Eq. 9. One forward per batch to the hidden states; the LM head then runs
-at the supervised positions only (the ranked ones are among them), and the CE and the
-entropies come from that one ``(N, V)`` logits tensor, optionally in chunks (``tabom.head``,
-``loss_chunk``). Torch only.
+without its ranking half). ``tabom``: the same plus λ times a ranking term (``rank_loss``;
+``hinge`` is Eq. 8, i.e. the full Eq. 9). Controls on the ground truth: ``puma``
+(time-delay masking along the model's own confidence reveal order, recomputed per batch,
+arXiv 2602.10314) and ``papl`` (random masking, CE weighted by a detached softmax planner,
+arXiv 2509.23405). One training forward per batch to the hidden states (``puma`` adds no-grad
+reveal forwards); the LM head then runs at the supervised positions only (the ranked ones are
+among them), and the CE, the entropies and PAPL's planner weights come from those rows,
+optionally in chunks (``tabom.head``, ``loss_chunk``). Torch only.
 
 :class:`LossConfig` is the one group of loss settings (``--loss.*`` on every command that
-trains). A ranking variant is one function in :mod:`tabom.losses` plus one entry of
-:data:`RANK_LOSSES` here.
+trains). A ranking variant is one term in :data:`tabom.losses.RANK_LOSSES`; :data:`RANK_LOSSES`
+here is built from it (name -> (function, its keywords from the config)).
 """
 
 from __future__ import annotations
@@ -21,16 +24,27 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import torch
 
-from tabom.config import AT_LEAST_1, NON_NEGATIVE, POSITIVE
+from tabom import losses as _losses
+from tabom.config import AT_LEAST_1, NON_NEGATIVE, POSITIVE, UNIT
 from tabom.head import HeadModel, as_head_model, ce_entropy_at
-from tabom.losses import RankTies, entropy_rank_loss
-from tabom.masking import CutRange, WindowUnit, random_mask, time_delay_mask
+from tabom.losses import RankTies, planner_weights_from_scores, rank_loss
+from tabom.masking import (
+    CutRange,
+    WindowUnit,
+    confidence_reveal_order,
+    random_mask,
+    time_delay_mask,
+)
 
 if TYPE_CHECKING:
     from tabom.train_data import TrajectoryBatch
 
-Objective = Literal["sft", "traj-sft", "td", "tabom"]
-OBJECTIVES: tuple[str, ...] = ("sft", "traj-sft", "td", "tabom")
+Objective = Literal["sft", "traj-sft", "td", "tabom", "puma", "papl"]
+OBJECTIVES: tuple[str, ...] = ("sft", "traj-sft", "td", "tabom", "puma", "papl")
+GROUND_TRUTH_OBJECTIVES: tuple[str, ...] = ("sft", "puma", "papl")
+"""Objectives trained on ground-truth answers (the others on self-distilled trajectories)."""
+TIME_DELAY_OBJECTIVES: tuple[str, ...] = ("td", "tabom", "puma")
+"""Objectives whose masking is the time-delay state at a cut (M, cut range apply)."""
 
 
 @dataclass
@@ -40,12 +54,17 @@ class LossConfig:
     Attributes:
         td_window: M, the supervision window after the cut (``td``, ``tabom``).
         rank_window: W, the ranking window after the cut (``tabom``); effective min(W, M).
-        rank_margin: m, the hinge margin of the ranking loss (the paper's γ).
+        rank_margin: m, the margin of the ranking loss (the paper's γ), or ``auto``: per
+            sample m = ``rank_margin_fraction`` × the detached mean entropy of its window
+            (:func:`tabom.losses.auto_margin`).
+        rank_margin_fraction: the fraction of ``rank_margin: auto``.
         rank_weight: λ, the weight of the ranking loss.
         rank_ties: same-step pairs: ``strict`` (excluded, Eq. 8), ``decode-entropy`` (ordered by
             the recorded entropy, Definition 1), ``reference`` (by position, the authors' code).
-        rank_loss: the ranking term, a name of ``tabom.objectives.RANK_LOSSES`` (``hinge``:
-            the paper's Eq. 8).
+        rank_loss: the ranking term, a name of :data:`RANK_LOSSES`: ``hinge`` (the paper's
+            Eq. 8), ``hinge-sg`` (the later token's entropy detached), ``logistic``
+            (Bradley-Terry), ``logistic-sg``, ``plackett-luce`` (the window's listwise order
+            likelihood).
         rank_beta: β, the inverse temperature of likelihood-based ranking variants (DESIGN
             §5's later extensions: logistic, Plackett-Luce); the hinge does not use it (β is
             absorbed into m and λ there).
@@ -61,11 +80,13 @@ class LossConfig:
             at once: bounded memory at large vocabularies and many supervised tokens; the
             same values up to float rounding); 0 = all rows at once (the full-logits path's
             numbers bit for bit).
+        papl_tau: τ, the temperature of ``papl``'s softmax planner over the masked positions.
+        papl_mix: the planner's share of ``papl``'s CE weight (0 = plain random-mask CE).
     """
 
     td_window: int = field(default=32, metadata=AT_LEAST_1)
     rank_window: int = field(default=32, metadata=AT_LEAST_1)
-    rank_margin: float = field(default=0.1, metadata=NON_NEGATIVE)
+    rank_margin: float | Literal["auto"] = field(default=0.1, metadata=NON_NEGATIVE)
     rank_weight: float = field(default=1.0, metadata=NON_NEGATIVE)
     rank_ties: RankTies = "strict"
     rank_loss: str = "hinge"
@@ -74,12 +95,18 @@ class LossConfig:
     td_cut_range: CutRange = "design"
     nelbo_weight: bool = False
     loss_chunk: int = field(default=0, metadata=NON_NEGATIVE)
+    rank_margin_fraction: float = field(default=0.5, metadata=NON_NEGATIVE)
+    papl_tau: float = field(default=1.0, metadata=POSITIVE)
+    papl_mix: float = field(default=1.0, metadata=UNIT)
 
     def __post_init__(self) -> None:
         for name in ("td_window", "rank_window"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
-        for name in ("rank_margin", "rank_weight"):
+        names = ["rank_weight", "rank_margin_fraction"]
+        if self.rank_margin != "auto":
+            names.append("rank_margin")
+        for name in names:
             value = getattr(self, name)
             if not value >= 0:
                 raise ValueError(f"{name} must be >= 0, got {value}")
@@ -91,6 +118,10 @@ class LossConfig:
             raise ValueError(f"loss_chunk must be >= 0 (0 = no chunking), got {self.loss_chunk}")
         if not 0 < self.rank_beta < float("inf"):
             raise ValueError(f"rank_beta must be > 0 and finite, got {self.rank_beta}")
+        if not 0 < self.papl_tau < float("inf"):
+            raise ValueError(f"papl_tau must be > 0 and finite, got {self.papl_tau}")
+        if not 0 <= self.papl_mix <= 1:
+            raise ValueError(f"papl_mix must be in [0, 1], got {self.papl_mix}")
         if self.rank_loss not in RANK_LOSSES:
             raise ValueError(
                 f"rank_loss must be one of {', '.join(RANK_LOSSES)}, got {self.rank_loss!r}"
@@ -102,20 +133,34 @@ class LossConfig:
         Raises:
             ValueError: ``nelbo_weight`` with a time-delay objective.
         """
-        if self.nelbo_weight and objective in ("td", "tabom"):
+        if self.nelbo_weight and objective not in ("sft", "traj-sft"):
             raise ValueError(f"nelbo_weight: applies to sft / traj-sft, not {objective!r}")
 
 
+def _variant_keywords(name: str) -> Callable[[LossConfig], dict[str, Any]]:
+    """The keywords of :func:`tabom.losses.rank_loss` for variant ``name`` from a config."""
+
+    def own(loss: LossConfig) -> dict[str, Any]:
+        return {
+            "variant": name,
+            "margin": loss.rank_margin,
+            "margin_fraction": loss.rank_margin_fraction,
+            "beta": loss.rank_beta,
+        }
+
+    return own
+
+
 RANK_LOSSES: dict[str, tuple[Callable[..., Any], Callable[[LossConfig], dict[str, Any]]]] = {
-    "hinge": (entropy_rank_loss, lambda loss: {"margin": loss.rank_margin}),  # Eq. 8
+    name: (rank_loss, _variant_keywords(name)) for name in _losses.RANK_LOSSES
 }
-"""``--loss.rank_loss`` name -> (function in :mod:`tabom.losses`, its own keywords from the
-:class:`LossConfig`). Every function takes ``(logits, decode_step, cut, *, window, supervise,
-ties, decode_entropy, window_unit, entropy, **own)`` and returns an object with ``loss``,
-``n_pairs`` and ``n_samples``; :func:`compute_objective` passes ``logits=None`` and the
-``(B, L)`` entropies it computed at the supervised rows as ``entropy`` (every ranking term is
-a function of the window's entropies). A new variant is that function in losses.py plus one line here, e.g.
-``"logistic": (logistic_rank_loss, lambda loss: {"beta": loss.rank_beta})``."""
+"""``--loss.rank_loss`` name -> (function, its own keywords from the :class:`LossConfig`), one
+entry per term of :data:`tabom.losses.RANK_LOSSES` (the one list of variants), each
+dispatching to :func:`tabom.losses.rank_loss`. A function takes ``(logits, decode_step, cut,
+*, window, supervise, ties, decode_entropy, window_unit, entropy, **own)`` and returns an object with
+``loss``, ``n_pairs`` and ``n_samples``; :func:`compute_objective` passes ``logits=None`` and
+the ``(B, L)`` entropies it computed at the supervised rows as ``entropy``. A new variant is one term function in losses.py and
+its entry in ``losses.RANK_LOSSES``."""
 
 
 @dataclass
@@ -161,8 +206,12 @@ def compute_objective(
             ``response_mask`` (True on response positions), ``decoding_order`` (d at response
             positions, -1 elsewhere; used by ``td`` and ``tabom``) and ``decode_entropy`` (for
             ``rank_ties="decode-entropy"``).
-        objective: ``sft``, ``traj-sft``, ``td`` or ``tabom``.
-        loss: M, W, m, λ, ties, unit, cut range, NELBO weight (:class:`LossConfig`).
+        objective: ``sft``, ``traj-sft``, ``td``, ``tabom``, ``puma`` (ground truth,
+            time-delay masking on the model's confidence reveal order, computed here with
+            ``model_fn`` under no grad) or ``papl`` (ground truth, random masking,
+            planner-weighted CE).
+        loss: M, W, m, λ, ties, unit, cut range, NELBO weight, ranking variant, PAPL's τ
+            and mix (:class:`LossConfig`).
         mask_token_id: id of [MASK].
         generator: source of the masking randomness.
 
@@ -177,13 +226,19 @@ def compute_objective(
     response_mask, decode_step = batch.response_mask, batch.decoding_order
     if objective not in OBJECTIVES:
         raise ValueError(f"objective must be one of {OBJECTIVES}, got {objective!r}")
-    trajectory = objective in ("td", "tabom")
-    if trajectory and decode_step is None:
+    if objective in ("td", "tabom") and decode_step is None:
         raise ValueError(f"objective {objective!r} needs decode_step (trajectories)")
     loss.check(objective)
 
     # 1) mask: random ratio t per sample, or the trajectory state at a cut s
-    if trajectory:
+    if objective == "puma":  # the trajectory is the model's own reveal order of the ground truth
+        decode_step = confidence_reveal_order(
+            lambda x: model_fn(x, attention_mask),
+            input_ids,
+            response_mask,
+            mask_token_id=mask_token_id,
+        )
+    if objective in TIME_DELAY_OBJECTIVES:
         plan = time_delay_mask(
             input_ids,
             decode_step,
@@ -215,8 +270,17 @@ def compute_objective(
         entropy=objective == "tabom",
     )  # (N,), (N,)
 
-    # 3) CE on the supervised positions (token mean, or the 1/t NELBO)
-    if loss.nelbo_weight:
+    # 3) CE on the supervised positions (token mean, the 1/t NELBO, or planner-weighted)
+    if objective == "papl":
+        with torch.no_grad():  # the planner's confidence in the clean token, [MASK] left out
+            z = model.apply_head(model.gather_hidden(hidden.detach(), rows, cols)).float()
+            z[:, mask_token_id] = float("-inf")
+            log_c_rows = z.log_softmax(-1).gather(-1, input_ids[rows, cols, None]).squeeze(-1)
+            log_c = torch.zeros(sel.shape, dtype=log_c_rows.dtype, device=log_c_rows.device)
+            log_c = log_c.index_put((rows, cols), log_c_rows)
+        w = planner_weights_from_scores(log_c, sel, tau=loss.papl_tau, mix=loss.papl_mix)
+        ce = (ce_rows * w[rows, cols]).sum() / sel.sum().clamp(min=1)
+    elif loss.nelbo_weight:
         ce = (ce_rows * (1.0 / plan.t)[rows]).sum() / response_mask.sum().clamp(min=1)
     else:
         ce = ce_rows.sum() / sel.sum().clamp(min=1)

@@ -1,4 +1,5 @@
-"""``tabom train``: post-training with sft, traj-sft, td or tabom in one explicit loop (DESIGN §5-6).
+"""``tabom train``: post-training with one objective (sft, traj-sft, td, tabom, puma, papl) in one
+explicit loop (DESIGN §5-6).
 
 The loop runs on Hugging Face Accelerate: one CPU process here, DDP / FSDP / DeepSpeed under
 ``accelerate launch`` with the same code. LoRA via peft or full fine-tuning; gradient
@@ -55,7 +56,13 @@ from tabom.models import (
 )
 from tabom.models.base import DiffusionLM
 from tabom.models.lora import with_lora
-from tabom.objectives import OBJECTIVES, LossConfig, Objective, compute_objective
+from tabom.objectives import (
+    GROUND_TRUTH_OBJECTIVES,
+    OBJECTIVES,
+    LossConfig,
+    Objective,
+    compute_objective,
+)
 from tabom.schedule import lr_factor
 from tabom.train_data import (
     TrainDataError,
@@ -102,15 +109,17 @@ class TrainConfig:
             is ``load_model``'s default for a model loaded on the CPU, fp32 (the model is
             loaded there, then moved to the device by Accelerate).
         data: for ``traj-sft`` / ``td`` / ``tabom``: the trajectory JSONL (``tabom distill``);
-            for ``sft`` without ``gt_task``: a JSONL of ``{"prompt", "answer"}`` lines
+            for ``sft`` / ``puma`` / ``papl`` without ``gt_task``: a JSONL of ``{"prompt", "answer"}`` lines
             (responses are the answer, the backend's end-of-turn token if it has one, LLaDA's
             ``<|eot_id|>`` or Dream's ``<|im_end|>``, then EOS up to the longest such + 1).
         objective: ``sft`` (ground truth, random masking), ``traj-sft`` (trajectories' tokens,
-            random masking), ``td`` (time-delay masking) or ``tabom`` (td + ranking).
-        gt_task: ``sft`` only: a task spec whose generated instances are the ground truth
-            (answers, plus the end-of-turn token if any, padded with EOS to the task's
-            gen_length); instead of ``data``.
-        gt_examples: ``sft`` with ``gt_task``: instances generated from ``seed``.
+            random masking), ``td`` (time-delay masking), ``tabom`` (td + ranking), ``puma``
+            (ground truth, time-delay masking on the model's own reveal order) or ``papl``
+            (ground truth, random masking, planner-weighted CE).
+        gt_task: ground-truth objectives only (``sft``, ``puma``, ``papl``): a task spec whose
+            generated instances are the ground truth (answers, plus the end-of-turn token if
+            any, padded with EOS to the task's gen_length); instead of ``data``.
+        gt_examples: with ``gt_task``: instances generated from ``seed``.
         verified_only: train only on records the verifier accepted (``verified: true``).
         output_dir: final model (``model/``), LoRA adapter (``adapter/``), ``checkpoints/``,
             ``log.jsonl`` and the resolved ``config.yaml``.
@@ -198,18 +207,21 @@ class TrainConfig:
             )
         if self.objective not in OBJECTIVES:
             raise ValueError(f"objective must be one of {OBJECTIVES}, got {self.objective!r}")
-        if self.objective == "sft":
+        if self.objective in GROUND_TRUTH_OBJECTIVES:
             if (self.gt_task is None) == (self.data is None):
                 raise ValueError(
-                    "objective sft: give exactly one of gt_task (a task spec) and data "
-                    "(a JSONL of prompt/answer lines)"
+                    f"objective {self.objective}: give exactly one of gt_task (a task spec) "
+                    "and data (a JSONL of prompt/answer lines)"
                 )
         else:
             if self.data is None:
                 raise ValueError(f"data: objective {self.objective!r} needs a trajectory file")
             if self.gt_task is not None:
-                raise ValueError(f"gt_task: only objective sft uses it, not {self.objective!r}")
-        if self.loss.nelbo_weight and self.objective in ("td", "tabom"):
+                raise ValueError(
+                    f"gt_task: only objectives {', '.join(GROUND_TRUTH_OBJECTIVES)} use it, "
+                    f"not {self.objective!r}"
+                )
+        if self.loss.nelbo_weight and self.objective not in ("sft", "traj-sft"):
             raise ValueError(
                 f"loss.nelbo_weight: applies to sft / traj-sft, not {self.objective!r}"
             )
@@ -257,7 +269,7 @@ def load_train_items(cfg: TrainConfig, dlm: DiffusionLM) -> tuple[Any, int]:
     Raises:
         FileNotFoundError, TrajectoryFileError, DataFileError, TrainDataError: bad data.
     """
-    if cfg.objective == "sft":
+    if cfg.objective in GROUND_TRUTH_OBJECTIVES:
         items = ground_truth_items(
             tokenizer=dlm.tokenizer,
             eos_token_id=dlm.spec.eos_token_id,

@@ -321,5 +321,24 @@ class SudokuTask:
         return oracle_response_rank(_puzzle(example), self.gen_length)
 
 
+REAL_DIR = Path(__file__).resolve().parent.parent / "assets" / "sudoku4x4"
+"""Shipped copies of Dream's three hardest 4x4 files (``sudoku_4x4_{4,5,6}.jsonl``, Apache-2.0;
+``assets/sudoku4x4/README.md``)."""
+REAL_GIVENS = (4, 5, 6)
+
+
+def real_puzzles(givens: tuple[int, ...] = REAL_GIVENS) -> list[Example]:
+    """The shipped real puzzles with these numbers of givens (12, 11, 10 blanks), file order.
+
+    Raises:
+        ValueError: a number of givens that is not shipped.
+    """
+    bad = [g for g in givens if g not in REAL_GIVENS]
+    if bad:
+        raise ValueError(f"sudoku: real files ship {REAL_GIVENS} givens, not {bad}")
+    task = SudokuTask()
+    return [ex for g in givens for ex in task.load(REAL_DIR / f"sudoku_4x4_{g}.jsonl")]
+
+
 def _puzzle(example: Example) -> Grid:
     return tuple(int(ch) for ch in example.data["puzzle"])

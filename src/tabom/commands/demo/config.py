@@ -1,22 +1,91 @@
 """Config of ``tabom demo`` (and the base of ``tabom sweep``): :class:`DemoConfig`.
 
 The decode settings of self-distillation and the loss settings of every training run are the
-components' own groups (``--decode.*``, ``--loss.*``) and enter the stage keys whole.
+components' own groups (``--decode.*``, ``--loss.*``) and enter the stage keys whole. A
+testbed (``--testbed addition | sudoku``) and a protocol (``--protocol single | full``) are
+presets: each sets the fields still at their defaults (:data:`TESTBEDS`, :data:`PROTOCOLS`).
+An *arm* is an objective name, or ``tabom-VARIANT`` for ``tabom`` with ``loss.rank_loss``
+VARIANT (:func:`parse_arm`).
 """
 
 from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 from tabom.config import AT_LEAST_1, NON_NEGATIVE, POSITIVE
 from tabom.decoding import DecodeConfig
 from tabom.models import DEFAULT_MODEL
-from tabom.objectives import OBJECTIVES, LossConfig
+from tabom.objectives import OBJECTIVES, RANK_LOSSES, LossConfig
 from tabom.tasks import NEW_DOMAIN, OLD_DOMAIN
 
 MODELS = ("base", "sft", "traj-sft", "td", "tabom")
+"""The default arms, base first (the report orders rows as ``["base", *objectives]``)."""
+ALL_ARMS = [
+    "sft",
+    "traj-sft",
+    "td",
+    "tabom",
+    *(f"tabom-{v}" for v in RANK_LOSSES if v != "hinge"),
+    "puma",
+    "papl",
+]
+"""Every objective and every ranking variant (``tabom`` is the hinge, Eq. 8)."""
+TESTBEDS: dict[str, dict[str, Any]] = {
+    "addition": {},  # the defaults
+    "sudoku": {
+        "model": "tiny-sudoku",
+        "new_task": "sudoku:n_blanks=10,max_blanks=12",
+        "old_task": "sudoku:n_blanks=4,max_blanks=8",
+        "heldout": "sudoku-real",
+        "distill_prompts": 500,
+        "distill_samples": 4,
+        "test_examples": 224,
+        "val_examples": 100,
+        "pass_examples": 100,
+        "old_examples": 300,
+        "stratum": "n_rounds",
+        "hard_min": 3,
+        "oracle_min_rank": 1,
+    },
+}
+"""Per testbed, the fields it sets when still at their defaults. ``sudoku``: base
+``tiny-sudoku`` (old domain 4-8 blanks), distillation on generated 10-12-blank puzzles, the
+new-domain validation and test sets from the shipped real files with 10-12 blanks
+(``heldout: sudoku-real``, :func:`tabom.tasks.sudoku.real_puzzles`), split by propagation
+rounds; the hard stratum is ``stratum >= hard_min``."""
+PROTOCOLS: dict[str, dict[str, Any]] = {
+    "single": {},
+    "full": {
+        "objectives": ALL_ARMS,
+        "seeds": [0, 1, 2, 3, 4],
+        "tune_lr": [5e-4, 1e-3],
+        "tune_rank_weight": [0.3, 1.0],
+        "tokens_per_step": [1, 2],
+        "n_samples": 8,
+        "ks": [1, 8],
+        "align_samples": 4,
+        "loss": LossConfig(td_window=3, rank_window=3, td_cut_range="inclusive"),
+    },
+}
+"""``--protocol full``: every arm, 5 seeds, two tuning points per arm chosen on validation,
+the inclusive cut range (DESIGN §5's range never supervises the last decode step, which on
+these short trajectories is the hardest token: docs/results.md)."""
+TESTBED_PROTOCOL: dict[tuple[str, str], dict[str, Any]] = {
+    ("sudoku", "full"): {
+        "tune_lr": [],
+        "tune_rank_weight": [],
+        "tokens_per_step": [1],
+        "pass_examples": 50,
+        "old_examples": 200,
+        "align_samples": 2,
+    },
+}
+"""Overrides of one testbed under one protocol, applied first. Sudoku under ``full``: one
+tuning point per arm (the defaults: lr 5e-4, λ 1) and smaller evaluation sets, so that every
+arm's 5 seeds fit the 2-core CPU budget (each Sudoku run costs ~4x an addition run, ``puma``
+~20x: one reveal forward per response position per batch)."""
 QUICK: dict[str, Any] = {
     "output_dir": "runs/demo-quick",
     "distill_prompts": 200,
@@ -29,7 +98,8 @@ QUICK: dict[str, Any] = {
     "ks": [1, 8],
     "align_samples": 4,
 }
-"""What ``--quick`` sets, for every field still at its default."""
+"""What ``--quick`` sets, for every field still at its default (``output_dir``: ``-quick``
+appended to the testbed's / protocol's folder)."""
 WARMUP_STEPS = 5
 """Linear warmup steps of every training run."""
 MIN_LR_RATIO = 0.1
@@ -60,7 +130,10 @@ class DemoConfig:
             ``--decode.score`` ...; :class:`tabom.decoding.DecodeConfig`; default temperature 1,
             one token per step, the task's response length).
         distill_seed: seed of the distillation prompts and samples.
-        objectives: post-training objectives compared (each trained from the base).
+        objectives: the arms compared (each trained from the base): objective names
+            (``sft``, ``traj-sft``, ``td``, ``tabom``, ``puma``, ``papl``) or
+            ``tabom-VARIANT`` (``tabom`` with ``loss.rank_loss`` VARIANT, e.g.
+            ``tabom-logistic-sg``).
         seeds: training seeds per objective (data order, masking); the table shows mean ± std.
         epochs: passes over the trajectories; every objective runs the same number of optimizer
             steps, ``epochs × ceil(trajectories / batch_size)``.
@@ -80,6 +153,24 @@ class DemoConfig:
         split_seed: seed of the test and validation sets.
         num_threads: torch CPU threads (1 is fastest for the tiny model on a busy 2-core CPU).
         progress: progress bars.
+        testbed: ``addition`` (the embedded default) or ``sudoku``: the preset of
+            :data:`TESTBEDS` for the fields still at their defaults.
+        protocol: ``single`` (one setting, the seeds above) or ``full`` (:data:`PROTOCOLS`:
+            every arm, 5 seeds, the tuning grids, chosen on the validation split).
+        heldout: where the new-domain validation and test problems come from: ``None`` =
+            generated by ``new_task``; ``sudoku-real`` = the shipped real Sudoku files.
+        stratum: the ``difficulty`` key the new-domain test accuracy is split by (addition:
+            the longest carry chain; ``None``: no split).
+        hard_min: the hard stratum is ``stratum >= hard_min``.
+        oracle_min_rank: τ to the task's oracle order counts positions of oracle rank >= this
+            (Sudoku: 1, leaving out the copied givens).
+        tune_lr: the tuning points of arms without a ranking term (learning rates); empty =
+            ``lr`` alone.
+        tune_rank_weight: the tuning points of ranking arms (λ, at ``lr``); empty =
+            ``loss.rank_weight`` alone. Both grids must be the same size (the same budget).
+        eval_order: ``reverse`` evaluates the models last first: a second ``tabom demo`` with
+            the same settings, started once training is done, shares the evaluation work
+            (each finished stage is cached for the other; results and report are the same).
     """
 
     output_dir: str = "runs/demo"
@@ -108,33 +199,102 @@ class DemoConfig:
     split_seed: int = field(default=1234, metadata=NON_NEGATIVE)
     num_threads: int = field(default=1, metadata=NON_NEGATIVE)
     progress: bool = True
+    testbed: Literal["addition", "sudoku"] = "addition"
+    protocol: Literal["single", "full"] = "single"
+    heldout: Literal["sudoku-real"] | None = None
+    stratum: str | None = "carry_chain"
+    hard_min: int = 3
+    oracle_min_rank: int = 0
+    tune_lr: list[float] = field(default_factory=list)
+    tune_rank_weight: list[float] = field(default_factory=list)
+    eval_order: Literal["forward", "reverse"] = "forward"
 
     def __post_init__(self) -> None:
-        bad = [o for o in self.objectives if o not in OBJECTIVES]
-        if bad:
-            raise ValueError(f"objectives: {bad} are not among {OBJECTIVES}")
+        for arm in self.objectives:
+            parse_arm(arm)
+        if len(set(self.objectives)) != len(self.objectives):
+            raise ValueError(f"objectives: {self.objectives} names an arm twice")
         if not self.seeds:
             raise ValueError("seeds: give at least one seed")
         if any(k > self.n_samples for k in self.ks):
             raise ValueError(f"ks {self.ks}: every k must be <= n_samples ({self.n_samples})")
         if self.pass_examples > self.test_examples:
             raise ValueError("pass_examples must be <= test_examples (a prefix of the test set)")
+        if (
+            self.tune_lr
+            and self.tune_rank_weight
+            and len(self.tune_lr) != len(self.tune_rank_weight)
+        ):
+            raise ValueError(
+                f"tune_lr {self.tune_lr} / tune_rank_weight {self.tune_rank_weight}: every arm "
+                "gets the same tuning budget, give both grids the same number of points"
+            )
+        bad = [v for v in [*self.tune_lr, *self.tune_rank_weight] if not 0 < v < float("inf")]
+        if bad:
+            raise ValueError(f"tune_lr / tune_rank_weight: {bad} must be finite and > 0")
 
     def resolved(self) -> DemoConfig:
-        """With ``quick``: the :data:`QUICK` values for every field still at its default."""
-        if not self.quick:
-            return self
+        """The testbed's, the protocol's and (with ``quick``) :data:`QUICK`'s values for every
+        field still at its default; ``output_dir`` runs/demo[-sudoku][-full][-quick]."""
         defaults = DemoConfig()
-        changes = {k: v for k, v in QUICK.items() if getattr(self, k) == getattr(defaults, k)}
+        changes: dict[str, Any] = {}
+        presets = [
+            TESTBED_PROTOCOL.get((self.testbed, self.protocol), {}),
+            TESTBEDS[self.testbed],
+            PROTOCOLS[self.protocol],
+        ]
+        presets.append(QUICK if self.quick else {})
+        for preset in presets:
+            for k, v in preset.items():
+                if (
+                    k != "output_dir"
+                    and k not in changes
+                    and getattr(self, k) == getattr(defaults, k)
+                ):
+                    changes[k] = v
+        if self.output_dir == defaults.output_dir:
+            suffix = "" if self.testbed == "addition" else f"-{self.testbed}"
+            suffix += "" if self.protocol == "single" else f"-{self.protocol}"
+            changes["output_dir"] = f"runs/demo{suffix}{'-quick' if self.quick else ''}"
         return dataclasses.replace(self, **changes)
+
+    def arm_points(self, arm: str) -> list[dict[str, Any]]:
+        """The tuning points of one arm: ``[{"rank_weight": λ} ...]`` for ranking arms,
+        ``[{"lr": lr} ...]`` for the others; ``[{}]`` when its grid is empty."""
+        objective, _ = parse_arm(arm)
+        if objective == "tabom":
+            return [{"rank_weight": v} for v in self.tune_rank_weight] or [{}]
+        return [{"lr": v} for v in self.tune_lr] or [{}]
+
+
+def parse_arm(arm: str) -> tuple[str, dict[str, Any]]:
+    """``(objective, loss overrides)`` of an arm: an objective name, or ``tabom-VARIANT``.
+
+    Raises:
+        ValueError: neither an objective nor ``tabom-`` + a name of ``RANK_LOSSES``.
+    """
+    if arm in OBJECTIVES:
+        return arm, {}
+    variant = arm.removeprefix("tabom-")
+    if arm.startswith("tabom-") and variant in RANK_LOSSES:
+        return "tabom", {"rank_loss": variant}
+    raise ValueError(
+        f"objectives: {arm!r} is neither an objective ({', '.join(OBJECTIVES)}) nor "
+        f"tabom-VARIANT with VARIANT in {', '.join(RANK_LOSSES)}"
+    )
 
 
 __all__ = [
     "MIN_LR_RATIO",
+    "ALL_ARMS",
     "MODELS",
+    "PROTOCOLS",
     "QUICK",
+    "TESTBEDS",
+    "TESTBED_PROTOCOL",
     "TRAIN_SETTINGS",
     "WARMUP_STEPS",
     "WEIGHT_DECAY",
     "DemoConfig",
+    "parse_arm",
 ]

@@ -20,13 +20,13 @@ import torch
 
 from tabom.commands.demo.config import (
     MIN_LR_RATIO,
-    MODELS,
     WARMUP_STEPS,
     WEIGHT_DECAY,
     DemoConfig,
 )
 from tabom.config import to_dict
-from tabom.metrics import forgetting, mean_std
+from tabom.evaluate import tau_to_order
+from tabom.metrics import diff_ci, forgetting, mean_std
 from tabom.plots import (
     plot_budgets,
     plot_entropy_curves,
@@ -92,12 +92,22 @@ def compare(a: list[float], b: list[float], higher_is_better: bool = True) -> tu
     return diff, word
 
 
+def model_names(results: dict[str, Any], cfg: DemoConfig) -> list[str]:
+    """The report's row order: base, then the arms in ``cfg.objectives`` order."""
+    return [m for m in ["base", *cfg.objectives] if m in results]
+
+
 def collect(results: dict[str, list[dict[str, Any]]], cfg: DemoConfig) -> dict[str, Any]:
-    """Per model, per metric: the list of per-seed values."""
+    """Per model, per metric: the list of per-seed values.
+
+    ``tau_base`` is the mean τ-b of the model's greedy decode order to the base model's on
+    the same test prompts (every decoded response position).
+    """
     forgot = flips_against_base(results)
     kmax = str(max(cfg.ks))
+    base_steps = results["base"][0].get("decode_steps")
     out: dict[str, Any] = {}
-    for name in [m for m in MODELS if m in results]:
+    for name in model_names(results, cfg):
         runs = results[name]
         row: dict[str, list[float]] = {}
         for tps in cfg.tokens_per_step:
@@ -113,6 +123,17 @@ def collect(results: dict[str, list[dict[str, Any]]], cfg: DemoConfig) -> dict[s
         row["tau"] = [r["alignment"]["tau"] for r in runs]
         row["tau0"] = [r["alignment"]["tau_initial"] for r in runs]
         row["tds"] = [r["alignment"]["tds"] for r in runs]
+        nan = float("nan")
+        row["hard"] = [r.get("hard", nan) for r in runs]
+        row["tau_oracle"] = [r.get("tau_oracle", nan) for r in runs]
+        row["tau_base"] = [
+            mean_std(tau_to_order(r["decode_steps"], base_steps))[0]
+            if base_steps is not None and "decode_steps" in r
+            else nan
+            for r in runs
+        ]
+        for level in runs[0].get("by_stratum", {}):
+            row[f"stratum={level}"] = [r["by_stratum"].get(level, nan) for r in runs]
         out[name] = row
     out["_kmax"] = kmax
     return out
@@ -126,8 +147,9 @@ def table(rows: dict[str, Any], cfg: DemoConfig) -> str:
     head += [f"pass@{k} (T=1)" for k in cfg.ks]
     head += ["old acc", "forgetting", "correct→wrong", "wrong→correct", "NFE (1 tok/step)"]
     head += ["τ all states", "τ all-masked", "TDS", "val acc"]
+    head += [f"hard acc ({cfg.stratum} ≥ {cfg.hard_min})", "τ decode→oracle", "τ decode→base"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    for name in [m for m in MODELS if m in rows]:
+    for name in [m for m in ["base", *cfg.objectives] if m in rows]:
         r = rows[name]
         cells = [f"**{name}**" if name == "tabom" else name, str(len(r["old"]))]
         cells += [_fmt(r[f"new@{t}"]) for t in tps]
@@ -137,8 +159,111 @@ def table(rows: dict[str, Any], cfg: DemoConfig) -> str:
         cells += [_fmt(r[f"nfe@{tps[0]}"], 1)]
         cells += [_fmt(r[k]) for k in ("tau", "tau0")]
         cells += [_fmt(r["tds"], 4), _fmt(r["val"])]
+        cells += [_fmt(r["hard"]), _fmt(r["tau_oracle"]), _fmt(r["tau_base"])]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
+
+
+def strata_table(rows: dict[str, Any], cfg: DemoConfig, sizes: dict[str, int]) -> str:
+    """New-domain greedy test accuracy per difficulty stratum (mean ± std over seeds)."""
+    names = [m for m in ["base", *cfg.objectives] if m in rows]
+    levels = list(sizes)
+    if not levels:
+        return "(no difficulty strata for this task)"
+    head = ["model", *(f"{cfg.stratum} = {lv} (n = {sizes[lv]})" for lv in levels)]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for name in names:
+        cells = [name, *(_fmt(rows[name].get(f"stratum={lv}", [])) for lv in levels)]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+CLAIMS = (
+    ("new-domain acc", "new@1", True),
+    ("pass@k", "pass@k", True),
+    ("forgetting", "forgetting", False),
+    ("hard-stratum acc", "hard", True),
+)
+"""The protocol's claims: (label, metric key, higher is better)."""
+
+
+def _ci(diff: tuple[float, float, float]) -> str:
+    d, lo, hi = diff
+    if d != d:
+        return "–"
+    return f"{d:+.3f} [{lo:+.3f}, {hi:+.3f}]" if lo == lo else f"{d:+.3f}"
+
+
+def protocol_section(
+    rows: dict[str, Any], cfg: DemoConfig, tuning: dict[str, Any] | None
+) -> list[str]:
+    """The fair-protocol tables: the validation choice per arm, and per claim each arm's
+    difference to traj-sft and td with a 95% Welch t interval over seeds, and a verdict."""
+    k = rows["_kmax"]
+    t1 = cfg.tokens_per_step[0]
+    key = {"new@1": f"new@{t1}", "pass@k": f"pass@{k}", "forgetting": "forgetting", "hard": "hard"}
+    arms = [a for a in cfg.objectives if a in rows]
+    out = []
+    if tuning:
+        out += [
+            "### Tuning (validation split only; mean over seeds per point)",
+            "",
+            "| arm | points | val acc per point | chosen |",
+            "|---|---|---|---|",
+        ]
+        for arm in arms:
+            t = tuning.get(arm, {})
+            vals = (
+                ", ".join(f"{p}: {mean_std(v)[0]:.3f}" for p, v in t.get("val", {}).items())
+                or "(one point)"
+            )
+            out.append(f"| {arm} | {len(t.get('points', []))} | {vals} | {t.get('chosen')} |")
+        out.append("")
+    refs = [r for r in ("traj-sft", "td") if r in rows]
+    if not refs or len(cfg.seeds) < 2:
+        return out
+    head = ["arm"]
+    for label, _, higher in CLAIMS:
+        for ref in refs:
+            head.append(f"{label} − {ref}{'' if higher else ' (lower is better)'}")
+    out += [
+        f"### Differences to {' and '.join(refs)} (mean difference [95% CI], Welch t over "
+        f"{len(cfg.seeds)} seeds; pass@k = pass@{k}, new-domain acc at {t1} token(s) per step)",
+        "",
+        "| " + " | ".join(head) + " |",
+        "|" + "---|" * len(head),
+    ]
+    for arm in arms:
+        cells = [arm]
+        for _, metric, _higher in CLAIMS:
+            for ref in refs:
+                m = key[metric]
+                cells.append("–" if arm == ref else _ci(diff_ci(rows[arm][m], rows[ref][m])))
+        out.append("| " + " | ".join(cells) + " |")
+    out.append("")
+    out.append(testbed_verdict(rows, cfg, key))
+    return out
+
+
+def testbed_verdict(rows: dict[str, Any], cfg: DemoConfig, key: dict[str, str]) -> str:
+    """One line: does any ranking arm beat ``td`` (its ablation) on new-domain accuracy?"""
+    ranking = [a for a in cfg.objectives if a in rows and a.startswith("tabom")]
+    if "td" not in rows or not ranking:
+        return "(no verdict: needs td and a ranking arm)"
+    m = key["new@1"]
+    scored = [(a, diff_ci(rows[a][m], rows["td"][m])) for a in ranking]
+    best, (d, lo, hi) = max(scored, key=lambda x: x[1][0])
+    helps = [a for a, (_, lo_, _) in scored if lo_ == lo_ and lo_ > 0]
+    hurts = [a for a, (_, _, hi_) in scored if hi_ == hi_ and hi_ < 0]
+    ref = ""
+    if "traj-sft" in rows:
+        ref = f"; against traj-sft the best ranking arm is {_ci(diff_ci(rows[best][m], rows['traj-sft'][m]))}"
+    return (
+        f"**Verdict ({cfg.testbed}):** the ranking term (tabom arms against td, same masking "
+        f"without it) helps new-domain accuracy for {', '.join(helps) or 'no arm'} and hurts "
+        f"for {', '.join(hurts) or 'no arm'} (95% CI excludes 0); the best arm, {best}, is "
+        f"{_ci((d, lo, hi))} against td{ref}."
+    )
 
 
 def verdicts(rows: dict[str, Any], cfg: DemoConfig) -> list[str]:
@@ -208,6 +333,7 @@ def write_report(
     timings: dict[str, tuple[float, bool]],
     t_start: float,
     t_report: float,
+    tuning: dict[str, Any] | None = None,
 ) -> Path:
     """Write ``report.md``, ``report.json`` and the PNGs into ``root``.
 
@@ -215,7 +341,7 @@ def write_report(
         The path of ``report.md``.
     """
     rows = collect(results, cfg)
-    names = [m for m in MODELS if m in results]
+    names = model_names(results, cfg)
     t1, k = cfg.tokens_per_step[0], rows["_kmax"]
 
     # 1) plots
@@ -263,7 +389,19 @@ def write_report(
         for stage, (seconds, cached) in timings.items()
     ]
     timing_rows.append(f"| report + plots | {time.perf_counter() - t_report:.0f} s |")
-    cmd = "tabom demo --quick" if cfg.quick else "tabom demo"
+    cmd = (
+        "tabom demo"
+        + "".join(
+            f" --{k} {v}"
+            for k, v, d in (
+                ("testbed", cfg.testbed, "addition"),
+                ("protocol", cfg.protocol, "single"),
+            )
+            if v != d
+        )
+        + (" --quick" if cfg.quick else "")
+    )
+    sizes = results["base"][0].get("stratum_sizes", {})
     lines = [
         "# tabom demo report",
         "",
@@ -304,6 +442,14 @@ def write_report(
         "",
         table(rows, cfg),
         "",
+        f"## New-domain test accuracy by difficulty (`{cfg.stratum}`)",
+        "",
+        strata_table(rows, cfg, sizes),
+        "",
+        "## Protocol",
+        "",
+        *protocol_section(rows, cfg, tuning),
+        "",
         "## Verdict on the paper's claims",
         "",
         *verdicts(rows, cfg),
@@ -327,7 +473,7 @@ def write_report(
     ]
     path = root / "report.md"
     path.write_text("\n".join(lines))
-    payload = {"config": to_dict(cfg), "rows": rows, "steps": steps}
+    payload = {"config": to_dict(cfg), "rows": rows, "steps": steps, "tuning": tuning}
     (root / "report.json").write_text(json.dumps(payload, indent=1, default=str) + "\n")
     return path
 

@@ -4,14 +4,14 @@ It reuses the demo's splits and distilled trajectories (running the distill stag
 with the same settings) and varies one setting at a time around the demo's defaults: λ
 (``rank_weight``), m (``rank_margin``), M = W (``td_window``), the learning rate, the number of
 epochs and the share of trajectories used; ``traj-sft`` runs at the same lr / epochs / data
-points as the reference. Every point is scored on the new-domain VALIDATION set and an
+points as the reference; then every other ranking variant and the controls ``puma`` / ``papl``.
+The fair comparison with validation-chosen settings and CIs is ``tabom demo --protocol full``. Every point is scored on the new-domain VALIDATION set and an
 old-domain validation set (never the test sets); results go to ``sweep.md`` / ``sweep.json``.
 Run: ``tabom sweep`` (after or instead of ``tabom demo``), ``tabom sweep --quick``.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import math
 from dataclasses import dataclass, field
@@ -27,6 +27,7 @@ from tabom.commands.demo.pipeline import (
     distill_stage,
     draw,
     make_splits,
+    point_config,
     run_stage,
     train_settings,
     train_stage,
@@ -36,6 +37,7 @@ from tabom.decoding import DecodeConfig
 from tabom.evaluate import evaluate_task
 from tabom.metrics import mean_std
 from tabom.models import load_model
+from tabom.objectives import RANK_LOSSES
 from tabom.tasks import make_task
 from tabom.trajectory import read_trajectories, write_trajectories
 
@@ -57,6 +59,8 @@ class SweepConfig:
         data_fraction: shares (in (0, 1]) of the verified trajectories used (tabom and
             traj-sft): the trajectories of the first prompts, in file order.
         inclusive_cut: also try the inclusive cut range (td and tabom; an experiment).
+        variants: also try every other ranking variant (``loss.rank_loss``) and the control
+            objectives ``puma`` and ``papl`` at the defaults.
         old_val_examples: old-domain validation problems (disjoint from the demo's old test set).
     """
 
@@ -72,6 +76,7 @@ class SweepConfig:
         default_factory=lambda: [0.5], metadata=in_range(0, 1, low_open=True)
     )
     inclusive_cut: bool = True
+    variants: bool = True
     old_val_examples: int = field(default=300, metadata=AT_LEAST_1)
 
     def __post_init__(self) -> None:
@@ -95,15 +100,10 @@ def sweep_points(cfg: SweepConfig) -> list[tuple[str, dict[str, Any]]]:
             ("td", {"td_cut_range": "inclusive"}),
             ("tabom", {"td_cut_range": "inclusive"}),
         ]
+    if cfg.variants:
+        pts += [("tabom", {"rank_loss": v}) for v in RANK_LOSSES if v != "hinge"]
+        pts += [("puma", {}), ("papl", {})]
     return pts
-
-
-def point_config(demo: DemoConfig, point: dict[str, Any]) -> DemoConfig:
-    """The demo settings of one sweep point: loss fields go into the ``loss`` group."""
-    loss_names = {f.name for f in dataclasses.fields(demo.loss)}
-    loss = {k: v for k, v in point.items() if k in loss_names}
-    top = {k: v for k, v in point.items() if k not in loss_names and k != "data_fraction"}
-    return dataclasses.replace(demo, loss=dataclasses.replace(demo.loss, **loss), **top)
 
 
 def run_sweep(cfg: SweepConfig) -> int:
@@ -191,4 +191,4 @@ def run_sweep(cfg: SweepConfig) -> int:
     return 0
 
 
-__all__ = ["SweepConfig", "point_config", "run_sweep", "sweep_points"]
+__all__ = ["SweepConfig", "run_sweep", "sweep_points"]

@@ -1,0 +1,143 @@
+"""``tabom demo``'s testbeds and fair protocol (issue 12): arms, presets, the real Sudoku
+held-out sets, the validation-only choice of each arm's setting, τ to a reference order and
+the Welch interval of the report."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import pytest
+
+from tabom.cli import main
+from tabom.commands.demo import pipeline
+from tabom.commands.demo.config import ALL_ARMS, DemoConfig, parse_arm
+from tabom.evaluate import tau_to_order
+from tabom.metrics import diff_ci, t_quantile_975
+from tabom.objectives import OBJECTIVES, RANK_LOSSES
+
+
+def test_arms_are_objectives_or_ranking_variants():
+    assert parse_arm("td") == ("td", {})
+    assert parse_arm("tabom-logistic-sg") == ("tabom", {"rank_loss": "logistic-sg"})
+    with pytest.raises(ValueError, match="tabom-VARIANT"):
+        parse_arm("tabom-nope")
+    with pytest.raises(ValueError, match="tabom-VARIANT"):
+        DemoConfig(objectives=["td", "dpo"])
+    # every objective and every variant is an arm of the full protocol, once
+    assert set(OBJECTIVES) <= set(ALL_ARMS) and len(set(ALL_ARMS)) == len(ALL_ARMS)
+    assert {f"tabom-{v}" for v in RANK_LOSSES if v != "hinge"} <= set(ALL_ARMS)
+
+
+def test_every_arm_gets_the_same_tuning_budget():
+    cfg = DemoConfig(tune_lr=[5e-4, 1e-3], tune_rank_weight=[0.3, 1.0])
+    assert cfg.arm_points("td") == [{"lr": 5e-4}, {"lr": 1e-3}]
+    assert cfg.arm_points("tabom-hinge-sg") == [{"rank_weight": 0.3}, {"rank_weight": 1.0}]
+    assert DemoConfig().arm_points("tabom") == [{}]
+    with pytest.raises(ValueError, match="same number of points"):
+        DemoConfig(tune_lr=[5e-4, 1e-3], tune_rank_weight=[1.0])
+    with pytest.raises(ValueError, match="finite and > 0"):
+        DemoConfig(tune_lr=[0.0])
+
+
+def test_presets_fill_only_fields_left_at_default():
+    assert DemoConfig().resolved() == DemoConfig()  # the no-flag demo is unchanged
+    full = DemoConfig(protocol="full", seeds=[7, 8, 9, 10, 11]).resolved()
+    assert full.seeds == [7, 8, 9, 10, 11] and full.objectives == ALL_ARMS
+    assert full.output_dir == "runs/demo-full" and full.loss.td_cut_range == "inclusive"
+    assert len(full.arm_points("td")) == len(full.arm_points("tabom")) == 2
+    sud = DemoConfig(testbed="sudoku", protocol="full").resolved()
+    assert sud.model == "tiny-sudoku" and sud.heldout == "sudoku-real"
+    assert sud.stratum == "n_rounds" and sud.oracle_min_rank == 1
+    assert sud.arm_points("td") == sud.arm_points("tabom") == [{}]
+    assert sud.output_dir == "runs/demo-sudoku-full"
+    assert DemoConfig(testbed="sudoku", output_dir="x").resolved().output_dir == "x"
+
+
+def test_sudoku_held_out_sets_are_real_puzzles_disjoint_from_distillation():
+    cfg = DemoConfig(testbed="sudoku", distill_prompts=200, old_examples=10).resolved()
+    s = pipeline.make_splits(cfg)
+    assert len(s["val"]) == cfg.val_examples and len(s["test"]) == cfg.test_examples
+    assert all(ex.id.startswith("sudoku-sudoku_4x4_") for ex in s["val"] + s["test"])
+    prompts = {ex.prompt for ex in s["distill"]}
+    assert not prompts & {ex.prompt for ex in s["val"] + s["test"]}
+    assert not {ex.id for ex in s["val"]} & {ex.id for ex in s["test"]}
+    with pytest.raises(ValueError, match="need 400"):
+        pipeline.make_splits(
+            DemoConfig(testbed="sudoku", test_examples=300, val_examples=100).resolved()
+        )
+
+
+def test_tau_to_order_against_hand_computed_cases():
+    steps = [[0, 1, 2, -1], [2, 1, 0, 3], [0, 0, 1, 2]]
+    ref = [[0, 1, 2, -1], [0, 1, 2, -1], [5, 1, 2, 3]]
+    taus = tau_to_order(steps, ref)
+    assert taus[0] == pytest.approx(1.0) and taus[1] == pytest.approx(-1.0)
+    # row 3: (0,5) (0,1) (1,2) (2,3): 6 pairs, one tie in x; concordant 3, discordant 2
+    assert taus[2] == pytest.approx((3 - 2) / math.sqrt(5 * 6))
+    assert tau_to_order([[0, 1, 2]], [[0, 1, 2]], min_rank=1) == [pytest.approx(1.0)]
+    assert math.isnan(tau_to_order([[0, 1]], [[0, -1]])[0])  # one position left: undefined
+    with pytest.raises(ValueError, match="reference ranks"):
+        tau_to_order([[0, 1]], [[0, 1, 2]])
+
+
+def test_diff_ci_is_the_welch_interval():
+    d, lo, hi = diff_ci([1.0, 2.0, 3.0], [0.0, 0.0, 0.0])
+    # se² = 1/3, df = 2 -> t = 4.303
+    assert d == 2.0 and hi - d == pytest.approx(4.303 * math.sqrt(1 / 3)) and lo < 0 < d
+    d, lo, hi = diff_ci([0.5, 0.5], [0.2, 0.2])
+    assert (d, lo, hi) == (pytest.approx(0.3), pytest.approx(0.3), pytest.approx(0.3))
+    assert math.isnan(diff_ci([0.5], [0.2, 0.3])[1])
+    assert t_quantile_975(4) == 2.776 and t_quantile_975(100) == 1.96
+
+
+def test_each_arm_keeps_the_point_best_on_validation(tmp_path, monkeypatch):
+    """The choice reads only validation accuracy (a fake: lr 1e-3 / λ 0.3 score best)."""
+    seen = []
+
+    def fake_train_stage(cfg, objective, seed, steps, data):
+        def fn(folder: Path):
+            (folder / "model").mkdir()
+            return {"lr": cfg.lr, "rank_weight": cfg.loss.rank_weight, "obj": objective}
+
+        return fn
+
+    def fake_validate(cfg, model, splits):
+        seen.append(model)
+        return 0.9 if ("lr0.001" in model or "rank_weight0.3" in model) else 0.1
+
+    monkeypatch.setattr(pipeline, "train_stage", fake_train_stage)
+    monkeypatch.setattr(pipeline, "validate_model", fake_validate)
+    cfg = DemoConfig(
+        objectives=["td", "tabom-hinge-sg"],
+        seeds=[0, 1],
+        tune_lr=[5e-4, 1e-3],
+        tune_rank_weight=[0.3, 1.0],
+    )
+    splits = {"val": [], "test": []}
+    models, tuning, _, _ = pipeline.train_arms(cfg, tmp_path, splits, {"key": "k"}, 3)
+    assert tuning["td"]["chosen"] == "lr0.001"
+    assert tuning["tabom-hinge-sg"]["chosen"] == "rank_weight0.3"
+    assert all("lr0.001" in m for m in models["td"]) and len(models["td"]) == 2
+    assert len(seen) == 8  # 2 arms x 2 points x 2 seeds, each validated once
+    # the variant's own setting reached its training runs
+    marker = tmp_path / "train" / "tabom-hinge-sg" / "rank_weight0.3" / "seed0" / "stage.json"
+    assert '"rank_loss": "hinge-sg"' in marker.read_text().replace("\n", "").replace("  ", " ")
+
+
+@pytest.mark.slow
+def test_sudoku_testbed_with_variants_and_controls_end_to_end(tmp_path):
+    out = tmp_path / "demo"
+    argv = ["demo", "--testbed", "sudoku", "--output_dir", str(out), "--progress", "false"]
+    argv += ["--objectives", "td,tabom-logistic-sg,puma,papl", "--seeds", "0,1"]
+    argv += ["--distill_prompts", "40", "--distill_samples", "2", "--epochs", "1"]
+    argv += ["--test_examples", "30", "--val_examples", "20", "--pass_examples", "10"]
+    argv += ["--old_examples", "30", "--n_samples", "2", "--ks", "1,2", "--align_samples", "1"]
+    argv += ["--tokens_per_step", "1", "--tune_lr", "5e-4,1e-3", "--tune_rank_weight", "0.3,1"]
+    assert main(argv) == 0
+    report = (out / "report.md").read_text()
+    for arm in ("td", "tabom-logistic-sg", "puma", "papl"):
+        assert f"| {arm} |" in report, arm
+    assert "n_rounds = " in report and "τ decode→oracle" in report
+    assert "Differences to td" in report and "Verdict (sudoku)" in report
+    assert "val acc per point" in report
