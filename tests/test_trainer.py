@@ -466,7 +466,7 @@ def test_verified_only_with_nothing_verified_is_refused(model_dir, traj, tmp_pat
     [
         ({"objective": "sft", "data": None}, "exactly one of gt_task"),
         ({"objective": "sft", "gt_task": "addition"}, "exactly one of gt_task"),
-        ({"objective": "td", "gt_task": "addition"}, "gt_task: only objectives sft, puma, papl use it"),
+        ({"objective": "td", "gt_task": "addition"}, "gt_task: only objectives sft, puma, papl"),
         ({"objective": "td", "data": None}, "data: objective 'td' needs"),
         ({"objective": "tabom", "loss.nelbo_weight": True}, "loss.nelbo_weight"),
         ({"loss.td_window": 0}, r"--loss.td_window: 0 is out of range; it must be >= 1$"),

@@ -78,7 +78,9 @@ TESTBED_PROTOCOL: dict[tuple[str, str], dict[str, Any]] = {
         "tune_rank_weight": [],
         "tokens_per_step": [1],
         "pass_examples": 50,
-        "old_examples": 200,
+        "n_samples": 4,
+        "ks": [1, 4],
+        "old_examples": 100,
         "align_samples": 2,
     },
 }
