@@ -6,13 +6,13 @@ from __future__ import annotations
 
 import pytest
 import torch
-from tests.test_losses import MASK, FakeModel, as_batch, trajectories
 
 from tabom import losses
 from tabom.config import ConfigError, load_config
 from tabom.losses import masked_ce, planner_weighted_ce, rank_loss
 from tabom.masking import confidence_reveal_order, random_mask, time_delay_mask
 from tabom.objectives import OBJECTIVES, RANK_LOSSES, LossConfig, compute_objective
+from test_losses import MASK, FakeModel, as_batch, trajectories
 
 
 def test_the_objective_table_is_the_losses_registry():
