@@ -45,7 +45,7 @@ import torch
 
 from tabom.losses import entropy_rank_loss, masked_ce
 from tabom.masking import time_delay_mask
-from tabom.models.base import BackendSpec, DiffusionLM
+from tabom.models.base import DiffusionLM
 
 PATHS = ("full", "positions")
 
@@ -68,25 +68,9 @@ def reset_peak_rss() -> float:
 
 def build_model(vocab: int, args: argparse.Namespace, train: bool) -> DiffusionLM:
     """A random bidirectional Llama with ``vocab`` tokens (mask id = vocab - 1)."""
-    from transformers import LlamaConfig, LlamaForCausalLM
+    from bench_train_step import build_model as build  # the sibling script, run from here
 
-    config = LlamaConfig(
-        vocab_size=vocab,
-        hidden_size=args.hidden,
-        intermediate_size=args.hidden * 3,
-        num_hidden_layers=args.layers,
-        num_attention_heads=args.heads,
-        num_key_value_heads=args.heads,
-        max_position_embeddings=args.prompt + args.gen,
-        is_causal=False,
-        use_cache=False,
-        tie_word_embeddings=False,
-    )
-    torch.manual_seed(0)
-    model = LlamaForCausalLM(config)
-    model.train(train)
-    spec = BackendSpec("bench", vocab - 1, False, eos_token_id=1, pad_token_id=0)
-    return DiffusionLM(model=model, tokenizer=None, spec=spec)
+    return build(args, vocab=vocab, train=train)
 
 
 class FullLogits:
@@ -104,16 +88,9 @@ class FullLogits:
 
 def train_batch(vocab: int, args: argparse.Namespace) -> dict[str, torch.Tensor]:
     """Random [prompt | response] ids and a random one-token-per-step decode order."""
-    g = torch.Generator().manual_seed(1)
-    B, P, T = args.batch, args.prompt, args.gen
-    ids = torch.randint(3, vocab - 1, (B, P + T), generator=g)
-    attn = torch.ones(B, P + T, dtype=torch.long)
-    resp = torch.zeros(B, P + T, dtype=torch.bool)
-    resp[:, P:] = True
-    order = torch.full((B, P + T), -1, dtype=torch.long)
-    for b in range(B):
-        order[b, P:] = torch.randperm(T, generator=g)
-    return {"input_ids": ids, "attention_mask": attn, "response_mask": resp, "decode_step": order}
+    from bench_train_step import build_batch
+
+    return build_batch(args, vocab=vocab)
 
 
 def full_objective(dlm: DiffusionLM, batch: dict, args: argparse.Namespace) -> torch.Tensor:

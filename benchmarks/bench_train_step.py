@@ -39,12 +39,17 @@ from tabom.train_data import TrajectoryBatch
 OBJECTIVES = ("traj-sft", "td", "tabom")
 
 
-def build_model(args: argparse.Namespace) -> DiffusionLM:
-    """A random bidirectional Llama with ``args.vocab`` tokens (mask id = vocab - 1)."""
+def build_model(
+    args: argparse.Namespace, *, vocab: int | None = None, train: bool = True
+) -> DiffusionLM:
+    """A random bidirectional Llama with ``vocab`` (default ``args.vocab``) tokens (mask id =
+    vocab - 1), LoRA when ``args.lora_rank``; ``benchmarks/bench_head.py`` builds its models
+    here too."""
     from transformers import LlamaConfig, LlamaForCausalLM
 
+    vocab = args.vocab if vocab is None else vocab
     config = LlamaConfig(
-        vocab_size=args.vocab,
+        vocab_size=vocab,
         hidden_size=args.hidden,
         intermediate_size=args.hidden * 3,
         num_hidden_layers=args.layers,
@@ -57,23 +62,25 @@ def build_model(args: argparse.Namespace) -> DiffusionLM:
     )
     torch.manual_seed(0)
     model = LlamaForCausalLM(config)
-    if args.lora_rank:
+    if getattr(args, "lora_rank", 0):
         from peft import LoraConfig, get_peft_model
 
         lora = LoraConfig(
             r=args.lora_rank, lora_alpha=args.lora_rank, target_modules=["q_proj", "v_proj"]
         )
         model = get_peft_model(model, lora)
-    model.train()
-    spec = BackendSpec("bench", args.vocab - 1, False, eos_token_id=1, pad_token_id=0)
+    model.train(train)
+    spec = BackendSpec("bench", vocab - 1, False, eos_token_id=1, pad_token_id=0)
     return DiffusionLM(model=model, tokenizer=None, spec=spec)
 
 
-def build_batch(args: argparse.Namespace) -> dict[str, torch.Tensor]:
-    """Random [prompt | response] ids and a random one-token-per-step decode order."""
+def build_batch(args: argparse.Namespace, *, vocab: int | None = None) -> dict[str, torch.Tensor]:
+    """Random [prompt | response] ids (``vocab``, default ``args.vocab``) and a random
+    one-token-per-step decode order."""
+    vocab = args.vocab if vocab is None else vocab
     g = torch.Generator().manual_seed(1)
     B, P, T = args.batch, args.prompt, args.gen
-    ids = torch.randint(3, args.vocab - 1, (B, P + T), generator=g)
+    ids = torch.randint(3, vocab - 1, (B, P + T), generator=g)
     attn = torch.ones(B, P + T, dtype=torch.long)
     resp = torch.zeros(B, P + T, dtype=torch.bool)
     resp[:, P:] = True

@@ -17,10 +17,9 @@ from tabom.commands.distill import DistillConfig, derive_seed, distill
 from tabom.config import ConfigError, load_config
 from tabom.decoding import DecodeConfig
 from tabom.errors import TabomError
-from tabom.models import TinyModelConfig, load_model
+from tabom.models import load_model
 from tabom.trajectory import TrajectoryWriter, read_trajectories
 
-SMALL = TinyModelConfig(hidden_size=32, num_layers=1, num_heads=4, intermediate_size=64)
 TASK = "addition:min_digits=1,max_digits=2"  # gen_length 4
 DECODE_FIELDS = set(DecodeConfig.__dataclass_fields__)
 

@@ -12,19 +12,12 @@ from pathlib import Path
 from typing import Union, get_args, get_origin, get_type_hints
 
 import pytest
-import torch
 
 from tabom import cli
 from tabom.cli import main
-from tabom.models import TinyModelConfig, build_tiny, save_tiny
+from test_faults_files import TASK, flag, one_line_error
 
-# Flag spellings and config classes in one place (the command layer may move / rename them).
-RENAMED: dict[str, str] = {
-    **{k: f"decode.{k}" for k in ("score", "temperature", "top_p", "top_k", "steps")},
-    **{k: f"decode.{k}" for k in ("gen_length", "tokens_per_step", "block_length", "threshold")},
-    **{k: f"loss.{k}" for k in ("td_window", "rank_window", "rank_margin", "rank_weight")},
-    **{k: f"loss.{k}" for k in ("rank_ties", "window_unit", "td_cut_range", "nelbo_weight")},
-}
+# Config classes in one place (the command layer may move / rename them).
 CONFIGS = {
     "pretrain": "tabom.commands.pretrain:PretrainConfig",
     "distill": "tabom.commands.distill:DistillConfig",
@@ -35,10 +28,6 @@ CONFIGS = {
     "sweep": "tabom.commands.demo.sweep:SweepConfig",
     "export": "tabom.commands.export:ExportConfig",
 }
-
-
-def flag(name: str) -> str:
-    return "--" + RENAMED.get(name, name)
 
 
 def forbid_running(monkeypatch) -> None:
@@ -55,23 +44,7 @@ def forbid_running(monkeypatch) -> None:
     monkeypatch.setattr(cli, "_commands", guarded)
 
 
-SMALL = TinyModelConfig(hidden_size=32, num_layers=1, num_heads=4, intermediate_size=64)
-TASK = "addition:min_digits=4,max_digits=4,width=4"
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-@pytest.fixture(scope="module")
-def model_dir(tmp_path_factory) -> str:
-    path = tmp_path_factory.mktemp("model") / "m"
-    save_tiny(build_tiny(SMALL, seed=0), path)
-    return str(path)
+pytestmark = pytest.mark.usefixtures("one_thread")  # model_dir, one_thread: conftest.py
 
 
 @pytest.fixture(scope="module")
@@ -113,18 +86,6 @@ FLOAT_FIELDS = [
     for name, tp in _numeric_fields(_config_class(command))
     if tp is float
 ]
-
-
-def one_line_error(capsys, *needles: str) -> str:
-    """The command's error: one ``tabom CMD: error: ...`` line, no traceback, every needle in it
-    (progress bars of model loading may share stderr)."""
-    err = capsys.readouterr().err
-    assert "Traceback" not in err, err
-    lines = [x for x in err.replace("\r", "\n").splitlines() if x.startswith("tabom ")]
-    assert len(lines) == 1 and ": error: " in lines[0], err
-    for needle in needles:
-        assert needle in lines[0], lines[0]
-    return lines[0]
 
 
 @pytest.mark.parametrize("value", ["nan", "inf", "-inf"])

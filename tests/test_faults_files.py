@@ -9,12 +9,11 @@ import shutil
 from pathlib import Path
 
 import pytest
-import torch
 
 from tabom.cli import main
-from tabom.models import TinyModelConfig, build_tiny, save_tiny
 
-# Flag spellings in one place (the command layer may rename them, e.g. to ``--decode.score``).
+# Flag spellings in one place (the command layer may rename them, e.g. to ``--decode.score``);
+# the other test_faults_* files import ``flag``, ``TASK`` and ``one_line_error`` from here.
 RENAMED: dict[str, str] = {
     **{k: f"decode.{k}" for k in ("score", "temperature", "top_p", "top_k", "steps")},
     **{k: f"decode.{k}" for k in ("gen_length", "tokens_per_step", "block_length", "threshold")},
@@ -28,23 +27,10 @@ def flag(name: str) -> str:
 
 
 WRITER = "tabom.trajectory.TrajectoryWriter"  # the class whose ``write`` a full disk fails
-SMALL = TinyModelConfig(hidden_size=32, num_layers=1, num_heads=4, intermediate_size=64)
 TASK = "addition:min_digits=4,max_digits=4,width=4"  # responses of 6 tokens
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-@pytest.fixture(scope="module")
-def model_dir(tmp_path_factory) -> str:
-    path = tmp_path_factory.mktemp("model") / "m"
-    save_tiny(build_tiny(SMALL, seed=0), path)
-    return str(path)
+pytestmark = pytest.mark.usefixtures("one_thread")  # model_dir, one_thread: conftest.py
 
 
 def distill_argv(model_dir: str, output: Path, *extra: str) -> list[str]:

@@ -13,39 +13,14 @@ from safetensors.torch import load_file
 
 from tabom.cli import main
 from tabom.models import TinyModelConfig, build_tiny, save_tiny
-
-# Flag spellings in one place (the command layer may rename them, e.g. to ``--loss.td_window``).
-RENAMED: dict[str, str] = {
-    **{k: f"decode.{k}" for k in ("score", "temperature", "top_p", "top_k", "steps")},
-    **{k: f"decode.{k}" for k in ("gen_length", "tokens_per_step", "block_length", "threshold")},
-    **{k: f"loss.{k}" for k in ("td_window", "rank_window", "rank_margin", "rank_weight")},
-    **{k: f"loss.{k}" for k in ("rank_ties", "window_unit", "td_cut_range", "nelbo_weight")},
-}
-
-
-def flag(name: str) -> str:
-    return "--" + RENAMED.get(name, name)
-
+from test_faults_files import TASK, flag, one_line_error
 
 SMALL = TinyModelConfig(hidden_size=32, num_layers=1, num_heads=4, intermediate_size=64)
-TASK = "addition:min_digits=4,max_digits=4,width=4"  # responses of 6 tokens: 6 decode steps
 MODEL_FLAGS = ["--model.hidden_size", "32", "--model.num_layers", "1", "--model.num_heads", "4"]
 MODEL_FLAGS += ["--model.intermediate_size", "64"]
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-@pytest.fixture(scope="module")
-def model_dir(tmp_path_factory) -> str:
-    path = tmp_path_factory.mktemp("model") / "m"
-    save_tiny(build_tiny(SMALL, seed=0), path)
-    return str(path)
+pytestmark = pytest.mark.usefixtures("one_thread")  # model_dir, one_thread: conftest.py
 
 
 @pytest.fixture(scope="module")
@@ -58,18 +33,6 @@ def other_model_dir(tmp_path_factory) -> str:
 def snapshot(folder: Path) -> dict[str, bytes]:
     """Every file under ``folder`` (names relative to it) and its bytes."""
     return {str(p.relative_to(folder)): p.read_bytes() for p in folder.rglob("*") if p.is_file()}
-
-
-def one_line_error(capsys, *needles: str) -> str:
-    """The command's error: one ``tabom CMD: error: ...`` line, no traceback, every needle in it
-    (progress bars of model loading may share stderr)."""
-    err = capsys.readouterr().err
-    assert "Traceback" not in err, err
-    lines = [x for x in err.replace("\r", "\n").splitlines() if x.startswith("tabom ")]
-    assert len(lines) == 1 and ": error: " in lines[0], err
-    for needle in needles:
-        assert needle in lines[0], lines[0]
-    return lines[0]
 
 
 # --------------------------------------------------------------------------- distill

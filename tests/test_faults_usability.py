@@ -7,38 +7,12 @@ import json
 from pathlib import Path
 
 import pytest
-import torch
 
 from tabom import plots
 from tabom.cli import main
-from tabom.models import TinyModelConfig, build_tiny, save_tiny
+from test_faults_files import TASK, flag
 
-# Flag spellings in one place.
-RENAMED = {k: f"decode.{k}" for k in ("temperature", "score", "tokens_per_step")}
-RENAMED |= {k: f"loss.{k}" for k in ("td_window", "rank_window")}
-
-
-def flag(name: str) -> str:
-    return "--" + RENAMED.get(name, name)
-
-
-SMALL = TinyModelConfig(hidden_size=32, num_layers=1, num_heads=4, intermediate_size=64)
-TASK = "addition:min_digits=4,max_digits=4,width=4"
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-@pytest.fixture(scope="module")
-def model_dir(tmp_path_factory) -> str:
-    path = tmp_path_factory.mktemp("model") / "m"
-    save_tiny(build_tiny(SMALL, seed=0), path)
-    return str(path)
+pytestmark = pytest.mark.usefixtures("one_thread")  # model_dir, one_thread: conftest.py
 
 
 def test_eval_labels_its_bars_and_tables_and_says_where_it_saved(model_dir, tmp_path, capsys):

@@ -209,8 +209,19 @@ def test_a_wrong_map_norm_rope_or_shift_fails_the_parity_check(kind, tmp_path):
 def test_a_map_that_leaves_a_weight_unused_is_refused():
     pairs = tuple(p for p in LLADA_TO_NATIVE if "ln_f" not in p[0])
     family = dataclasses.replace(LLADA_NATIVE, to_native=pairs)
-    with pytest.raises(ValueError, match=r"name map does not fit.*model\.norm\.weight"):
+    with pytest.raises(
+        ValueError,
+        match=r"\(model\.safetensors\): the llada name map does not fit.*model\.norm\.weight",
+    ):
         load_native(FIXTURES / "llada", family, LLADA, dtype=torch.float32)
+
+
+def test_a_config_json_that_is_not_json_is_refused_naming_the_file(tmp_path):
+    folder = tmp_path / "m"
+    shutil.copytree(FIXTURES / "llada", folder)
+    (folder / "config.json").write_text('{"d_model": 8,\n  oops}')
+    with pytest.raises(ValueError, match=r"m/config\.json: not valid JSON \(line 2\)"):
+        load_native(folder, LLADA_NATIVE, LLADA, dtype=torch.float32)
 
 
 def test_unsupported_llada_options_are_refused_by_field(tmp_path):

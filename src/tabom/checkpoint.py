@@ -6,7 +6,7 @@ checkpoint with its size and sha256. It is written to ``.tmp-step-N`` and rename
 complete. On resume the newest checkpoint is verified against that list; a damaged one
 (a flipped byte, a torn RNG file, an unreadable state file) is skipped with a warning and the
 previous complete one is used. Folders not named exactly ``step-N`` (``step-10.bak``) are
-ignored. A resumed run must share the checkpoint's settings: :func:`read_state` names each one
+ignored. A resumed run must share the checkpoint's settings: :func:`resume_point` names each one
 that changed, with both values.
 """
 
@@ -21,6 +21,7 @@ import warnings
 from pathlib import Path
 from typing import Any
 
+from tabom.config import ConfigError
 from tabom.errors import TabomError
 
 STATE_FILE = "trainer_state.json"
@@ -124,15 +125,39 @@ def resumable(output_dir: str | Path) -> tuple[Path | None, dict[str, Any] | Non
     return None, None
 
 
-def read_state(ckpt: Path, meta: dict[str, Any]) -> dict[str, Any]:
-    """The checkpoint's state, after checking it was written with the settings in ``meta``.
+def resume_point(
+    output_dir: str | Path, resume: bool, settings: dict[str, Any]
+) -> tuple[Path | None, dict[str, Any] | None]:
+    """Where a run in ``output_dir`` starts: the checkpoint to continue, checked, or none.
+
+    Reads only, so a refused run changes no file.
+
+    Args:
+        output_dir: the run's output folder.
+        resume: the run's ``--resume``.
+        settings: the settings that shape the model (no cadence ones); a checkpoint written
+            with other values is refused.
+
+    Returns:
+        ``(checkpoint, its state)``, or ``(None, None)`` to start at step 0.
 
     Raises:
-        ResumeError: a setting differs from the checkpoint's; names each with both values.
+        ConfigError: checkpoints exist but ``--resume`` is not set.
+        CheckpointError: every checkpoint is damaged.
+        ResumeError: a setting differs from the checkpoint's (names each, both values).
     """
-    state = json.loads((ckpt / STATE_FILE).read_text())
-    check_settings(state.get("settings", state), meta, f"{ckpt}")
-    return state
+    if not resume:
+        newest = latest_checkpoint(output_dir)
+        if newest is not None:
+            raise ConfigError(
+                f"resume: {output_dir} already holds checkpoints ({newest.name}); pass --resume "
+                "to continue that run, or use another output_dir"
+            )
+        return None, None
+    ckpt, state = resumable(output_dir)
+    if ckpt is not None:
+        check_settings(state.get("settings", {}), settings, str(ckpt))
+    return ckpt, state
 
 
 def check_settings(written: dict[str, Any], now: dict[str, Any], where: str) -> None:
@@ -221,7 +246,7 @@ __all__ = [
     "file_sha256",
     "latest_checkpoint",
     "manifest",
-    "read_state",
+    "resume_point",
     "resumable",
     "save_checkpoint",
     "truncate_log",

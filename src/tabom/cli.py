@@ -124,7 +124,10 @@ def _commands() -> dict[str, tuple[str, Callable[[], tuple[type, Callable[[Any],
             "summarise a trajectory file and draw one trajectory (tabom inspect FILE)",
             inspect,
         ),
-        "train": ("post-train on trajectories or ground truth: sft, traj-sft, td, tabom, puma, papl", train),
+        "train": (
+            "post-train on trajectories or ground truth: sft, traj-sft, td, tabom, puma, papl",
+            train,
+        ),
         "export": ("write a trained LLaDA / Dream model back in its hub layout and names", export),
         "demo": (
             "the whole pipeline on the shipped base model: distill, train 4 objectives, "

@@ -101,6 +101,19 @@ def _check_range(value: Any, metadata: Any, where: str) -> None:
             raise ConfigError(f"{at}: {v!r} is out of range; it must be {rng.describe()}")
 
 
+def check_ranges(cfg: Any) -> None:
+    """Refuse a field of ``cfg`` outside its declared :class:`Range` (for ``__post_init__``).
+
+    Flags and YAML are checked by :func:`load_config` before ``cfg`` is built (naming the flag);
+    this is the same check for a config built in Python, naming the field.
+
+    Raises:
+        ConfigError: the first field out of range, with what it accepts.
+    """
+    for f in dataclasses.fields(cfg):
+        _check_range(getattr(cfg, f.name), f.metadata, f.name)
+
+
 def _convert(value: Any, tp: Any, where: str, construct: bool = True) -> Any:
     """Check/coerce ``value`` against the annotation ``tp``; ``where`` names the source.
 
@@ -368,6 +381,7 @@ __all__ = [
     "UNIT",
     "ConfigError",
     "Range",
+    "check_ranges",
     "in_range",
     "load_config",
     "parse_overrides",

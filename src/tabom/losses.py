@@ -472,24 +472,24 @@ def planner_weights(
         ``(B, L)`` float weights, 0 outside ``supervise``.
 
     Raises:
-        ValueError: τ not finite and > 0, ``mix`` outside [0, 1], or an unknown score.
+        ValueError: τ not finite and > 0, ``mix`` outside [0, 1] (both checked by
+            :func:`planner_weights_from_scores`), or an unknown score.
     """
-    if not (0 < tau < float("inf")):
-        raise ValueError(f"papl_tau must be finite and > 0, got {tau}")
-    if not 0 <= mix <= 1:
-        raise ValueError(f"papl_mix must be in [0, 1], got {mix}")
     if score not in ("target", "confidence"):
         raise ValueError(f"papl_score must be 'target' or 'confidence', got {score!r}")
-    with torch.no_grad():
-        z = _at_least_fp32(logits.detach()).clone()
+    sel = supervise.bool()
+    with torch.no_grad():  # log c at the supervised rows only (the weight is 0 elsewhere)
+        z = _at_least_fp32(logits.detach()[sel])  # (N, V), a copy
         if mask_token_id is not None:
-            z[..., mask_token_id] = float("-inf")
-        logq = z.log_softmax(-1)  # (B, L, V)
+            z[:, mask_token_id] = float("-inf")
+        logq = z.log_softmax(-1)
         if score == "target":
-            log_c = logq.gather(-1, targets.unsqueeze(-1)).squeeze(-1)  # (B, L)
+            c_rows = logq.gather(-1, targets[sel].unsqueeze(-1)).squeeze(-1)  # (N,)
         else:
-            log_c = logq.max(-1).values
-    return planner_weights_from_scores(log_c, supervise, tau=tau, mix=mix)
+            c_rows = logq.max(-1).values
+        log_c = torch.zeros(sel.shape, dtype=c_rows.dtype, device=c_rows.device)
+        log_c[sel] = c_rows  # (B, L)
+    return planner_weights_from_scores(log_c, sel, tau=tau, mix=mix)
 
 
 def planner_weights_from_scores(

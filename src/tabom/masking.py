@@ -290,14 +290,17 @@ def confidence_reveal_order(
         logits = forward(x)
         if logits.dim() != 3 or logits.shape[:2] != x.shape:
             raise ValueError(f"forward returned logits {tuple(logits.shape)} for {tuple(x.shape)}")
-        logp = logits.float().clone()
-        logp[..., mask_token_id] = float("-inf")
-        logp = logp.log_softmax(-1)  # (B, L, V)
-        # 2) log score of every position: log max q, or log q(ground truth)
+        z = logits[hidden].float()  # (N, V), the still-masked rows only (a copy)
+        z[:, mask_token_id] = float("-inf")
+        logp = z.log_softmax(-1)
+        # 2) log score of every still-masked position: log max q, or log q(ground truth);
+        #    -inf elsewhere
         if score == "confidence":
-            s = logp.max(-1).values
+            s_rows = logp.max(-1).values
         else:
-            s = logp.gather(-1, input_ids.unsqueeze(-1)).squeeze(-1)
+            s_rows = logp.gather(-1, input_ids[hidden].unsqueeze(-1)).squeeze(-1)
+        s = torch.full((b, length), float("-inf"), dtype=s_rows.dtype, device=device)
+        s[hidden] = s_rows
         if temperature > 0:
             u = torch.rand(b, length, generator=generator, device=device)
             s = s / temperature - torch.log(-torch.log(u.clamp(min=1e-20)))  # + Gumbel

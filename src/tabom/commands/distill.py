@@ -41,7 +41,7 @@ import yaml
 from tqdm.auto import tqdm
 
 from tabom.checkpoint import check_settings
-from tabom.config import AT_LEAST_1, NON_NEGATIVE, save_config, to_dict
+from tabom.config import AT_LEAST_1, NON_NEGATIVE, check_ranges, save_config, to_dict
 from tabom.decoding import DecodeConfig, decode_batches, response_text
 from tabom.errors import TabomError
 from tabom.evaluate import pass_at_k
@@ -118,11 +118,7 @@ class DistillConfig:
     progress: bool = True
 
     def __post_init__(self) -> None:
-        for name in ("n_samples", "prompts_per_batch"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
-        if self.n_prompts is not None and self.n_prompts < 1:
-            raise ValueError(f"n_prompts must be >= 1 or None, got {self.n_prompts}")
+        check_ranges(self)
         if self.n_prompts is None and self.prompts_file is None:
             raise ValueError("n_prompts: generated prompts need a count (None only with a file)")
         if self.task is None and self.prompts_file is None:
@@ -134,7 +130,9 @@ class DistillConfig:
         if any(not 1 <= k <= self.n_samples for k in self.ks):
             raise ValueError(f"ks {self.ks}: every k must be in [1, n_samples={self.n_samples}]")
         if self.n_samples > 1 and self.decode.temperature == 0:
-            raise ValueError("n_samples > 1 with temperature 0 decodes the same answer n times")
+            raise ValueError(
+                "n_samples > 1 with decode.temperature 0 decodes the same answer n times"
+            )
         try:  # the task's T against the decode budget, before any work starts
             self.decode_config()
         except ValueError as e:

@@ -91,7 +91,10 @@ class EvalConfig:
         if any(k > self.n_samples for k in self.ks):
             raise ValueError(f"ks {self.ks}: every k must be <= n_samples ({self.n_samples})")
         if self.n_samples > 1 and self.main_decode.temperature == 0:
-            raise ValueError("n_samples > 1 with temperature 0 decodes the same answer n times")
+            raise ValueError(
+                "n_samples > 1 with temperature 0 (sample_temperature, else decode.temperature) "
+                "decodes the same answer n times"
+            )
         if self.budget_tokens_per_step is not None and (
             not self.budget_tokens_per_step or any(t < 1 for t in self.budget_tokens_per_step)
         ):

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from tabom.config import AT_LEAST_1, NON_NEGATIVE
+from tabom.config import AT_LEAST_1, NON_NEGATIVE, check_ranges
 from tabom.errors import TabomError
 from tabom.trajectory import TrajectoryRecord, read_trajectories
 
@@ -46,8 +46,7 @@ class InspectConfig:
     def __post_init__(self) -> None:
         if not self.path:
             raise ValueError("path: give the trajectory file (tabom inspect FILE)")
-        if self.wrap < 1:
-            raise ValueError(f"wrap must be >= 1, got {self.wrap}")
+        check_ranges(self)
 
 
 def _stats(values: list[float]) -> dict[str, float]:

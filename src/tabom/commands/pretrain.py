@@ -24,13 +24,19 @@ import torch
 from tqdm.auto import tqdm
 
 from tabom.checkpoint import (
-    check_settings,
-    latest_checkpoint,
-    resumable,
+    resume_point,
     save_checkpoint,
     truncate_log,
 )
-from tabom.config import AT_LEAST_1, NON_NEGATIVE, POSITIVE, UNIT, ConfigError, save_config, to_dict
+from tabom.config import (
+    AT_LEAST_1,
+    NON_NEGATIVE,
+    POSITIVE,
+    UNIT,
+    check_ranges,
+    save_config,
+    to_dict,
+)
 from tabom.evaluate import greedy_accuracy, make_eval_sets
 from tabom.models import TinyModelConfig, build_tiny, save_model
 from tabom.models.base import DiffusionLM
@@ -95,9 +101,7 @@ class PretrainConfig:
             raise ValueError(
                 f"task_weights has {len(self.task_weights)} entries but tasks has {len(self.tasks)}"
             )
-        for name in ("steps", "batch_size"):
-            if getattr(self, name) <= 0:
-                raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
+        check_ranges(self)
 
 
 def encode_example(tokenizer, task: Task, ex: Example, eos_id: int) -> tuple[list[int], list[int]]:
@@ -157,18 +161,11 @@ def pretrain(cfg: PretrainConfig) -> Path:
     if cfg.num_threads:
         torch.set_num_threads(cfg.num_threads)
     out = Path(cfg.output_dir)
-    if latest_checkpoint(out) is not None and not cfg.resume:
-        raise ConfigError(
-            f"resume: {out} already holds checkpoints ({latest_checkpoint(out).name}); pass "
-            "--resume to continue that run, or use another output_dir"
-        )
     accelerator = Accelerator(cpu=not torch.cuda.is_available())
     main = accelerator.is_main_process
     settings = {k: v for k, v in to_dict(cfg).items() if k not in CADENCE}
     settings["world"] = accelerator.num_processes
-    ckpt, ckpt_state = resumable(out) if cfg.resume else (None, None)
-    if ckpt is not None:  # before any file is written
-        check_settings(ckpt_state.get("settings", {}), settings, str(ckpt))
+    ckpt, ckpt_state = resume_point(out, cfg.resume, settings)  # before any file is written
     dlm = build_tiny(cfg.model, seed=cfg.seed)  # the same initial weights on every process
     tok = dlm.tokenizer
     tasks = [make_task(s) for s in cfg.tasks]

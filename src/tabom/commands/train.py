@@ -29,10 +29,9 @@ import torch
 from tqdm.auto import tqdm
 
 from tabom.checkpoint import (
-    check_settings,
     file_sha256,
     latest_checkpoint,
-    resumable,
+    resume_point,
     save_checkpoint,
     truncate_log,
 )
@@ -42,6 +41,7 @@ from tabom.config import (
     POSITIVE,
     UNIT,
     ConfigError,
+    check_ranges,
     in_range,
     save_config,
     to_dict,
@@ -196,6 +196,7 @@ class TrainConfig:
     progress: bool = True
 
     def __post_init__(self) -> None:
+        check_ranges(self)  # a config built in Python; flags and YAML are checked before
         if self.backend != "auto" and self.backend not in BACKENDS:
             raise ValueError(
                 f"backend must be auto or one of {', '.join(BACKENDS)}, got {self.backend!r}"
@@ -225,29 +226,11 @@ class TrainConfig:
             raise ValueError(
                 f"loss.nelbo_weight: applies to sft / traj-sft, not {self.objective!r}"
             )
-        positive = ("batch_size", "grad_accum", "log_every")
-        for name in (*positive, "gt_examples"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
-        for name in ("epochs", "max_steps", "warmup_steps", "save_every", "eval_every"):
-            if getattr(self, name) < 0:
-                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
         if self.epochs == 0 and self.max_steps == 0:
             raise ValueError(
                 f"epochs / max_steps: one of them must be positive, got epochs {self.epochs}, "
                 f"max_steps {self.max_steps}"
             )
-        if self.lr <= 0:
-            raise ValueError(f"lr must be > 0, got {self.lr}")
-        for name in ("grad_clip", "weight_decay"):
-            if getattr(self, name) < 0:
-                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
-        if not 0 <= self.min_lr_ratio <= 1:
-            raise ValueError(f"min_lr_ratio must be in [0, 1], got {self.min_lr_ratio}")
-        if self.lora_rank < 0:
-            raise ValueError(f"lora_rank must be >= 0 (0 = full fine-tuning), got {self.lora_rank}")
-        if not 0 <= self.lora_dropout < 1:
-            raise ValueError(f"lora_dropout must be in [0, 1), got {self.lora_dropout}")
         if not isinstance(self.gradient_checkpointing, bool):
             raise ValueError(
                 f"gradient_checkpointing must be true or false, got {self.gradient_checkpointing!r}"
@@ -430,12 +413,6 @@ def train(cfg: TrainConfig) -> Path:
     dlm = load_model(cfg.model, backend=cfg.backend, dtype=_load_dtype(cfg))
     items, _ = load_train_items(cfg, dlm)  # too-short trajectories: a warning
     tracker = _check_tracker(cfg.report_to)
-    newest = latest_checkpoint(out)
-    if newest is not None and not cfg.resume:
-        raise ConfigError(
-            f"resume: {out} already holds checkpoints ({newest.name}); pass --resume to continue "
-            "that run, or use another output_dir"
-        )
     eval_sets = make_eval_sets(cfg.eval_tasks, cfg.eval_examples, cfg.seed)
 
     # where to start: the newest whole checkpoint (damaged ones skipped with a warning), and
@@ -448,9 +425,7 @@ def train(cfg: TrainConfig) -> Path:
     settings = {k: v for k, v in to_dict(cfg).items() if k not in CADENCE}
     settings.update(world=world, total=total, n_items=len(items))
     settings["data_sha256"] = file_sha256(cfg.data) if cfg.data else None
-    ckpt, ckpt_state = resumable(out) if cfg.resume else (None, None)
-    if ckpt is not None:
-        check_settings(ckpt_state.get("settings", {}), settings, str(ckpt))
+    ckpt, ckpt_state = resume_point(out, cfg.resume, settings)
 
     # 2) accelerator, seeds, LoRA or full fine-tuning, optimizer, warmup + cosine schedule
     precision = {"fp32": "no", "bf16": "bf16"}.get(cfg.mixed_precision)

@@ -24,6 +24,7 @@ from tabom.models.base import (
     DiffusionLM,
     align_logits,
     enable_gradient_checkpointing,
+    write_model_files,
 )
 from tabom.models.dream import DREAM, DREAM_NATIVE, DREAM_REMOTE, load_dream
 from tabom.models.hf import (
@@ -205,11 +206,7 @@ def load_model(
         raise ValueError(f"backend must be auto or one of {', '.join(BACKENDS)}, got {backend!r}")
     if backend in NATIVE:
         return load_native(
-            name_or_path,
-            NATIVE[backend],
-            PRETRAINED[backend],
-            dtype=torch_dtype(dtype, device),
-            device=device,
+            name_or_path, NATIVE[backend], PRETRAINED[backend], dtype=dtype, device=device
         )
     return load_pretrained(name_or_path, PRETRAINED[backend], dtype=dtype, device=device)
 
@@ -225,7 +222,7 @@ def save_model(dlm: DiffusionLM, path: str | Path) -> None:
     """
     tolerant_generation_config(dlm.model)
     with atomic_dir(path) as tmp:
-        save_tiny(dlm, tmp)
+        write_model_files(dlm, tmp)
         save_native_files(dlm, tmp)
 
 

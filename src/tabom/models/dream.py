@@ -29,7 +29,7 @@ from typing import Any
 import torch
 
 from tabom.models.base import DiffusionLM
-from tabom.models.hf import BackendDefaults, load_tokenizer, torch_dtype
+from tabom.models.hf import BackendDefaults, load_tokenizer
 from tabom.models.native import NativeFamily, load_native
 
 DREAM = BackendDefaults(
@@ -151,9 +151,7 @@ def load_dream(
     Example:
         >>> dlm = load_dream("Dream-org/Dream-v0-Instruct-7B", device="cuda")  # doctest: +SKIP
     """
-    return load_native(
-        name_or_path, DREAM_NATIVE, DREAM, dtype=torch_dtype(dtype, device), device=device
-    )
+    return load_native(name_or_path, DREAM_NATIVE, DREAM, dtype=dtype, device=device)
 
 
 __all__ = [

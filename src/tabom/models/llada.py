@@ -28,7 +28,7 @@ from typing import Any
 import torch
 
 from tabom.models.base import DiffusionLM
-from tabom.models.hf import BackendDefaults, load_tokenizer, torch_dtype
+from tabom.models.hf import BackendDefaults, load_tokenizer
 from tabom.models.native import NativeFamily, load_native
 
 LLADA = BackendDefaults(
@@ -66,25 +66,26 @@ _BLOCK = {  # LLaDA block name -> Llama decoder-layer name
     "attn_norm": "input_layernorm",
     "ff_norm": "post_attention_layernorm",
 }
-LLADA_TO_NATIVE: tuple[tuple[str, str], ...] = (
-    (r"^model\.transformer\.wte\.", "model.embed_tokens."),
+_NAMES = (  # (hub prefix, native prefix); {i} is the block / layer index
+    ("model.transformer.wte", "model.embed_tokens"),
     *(
-        (rf"^model\.transformer\.blocks\.(\d+)\.{hub}\.", rf"model.layers.\1.{native}.")
+        (f"model.transformer.blocks.{{i}}.{hub}", f"model.layers.{{i}}.{native}")
         for hub, native in _BLOCK.items()
     ),
-    (r"^model\.transformer\.ln_f\.", "model.norm."),
-    (r"^model\.transformer\.ff_out\.", "lm_head."),
+    ("model.transformer.ln_f", "model.norm"),
+    ("model.transformer.ff_out", "lm_head"),
 )
+
+
+def _pair(src: str, dst: str) -> tuple[str, str]:
+    """``(regex, replacement)`` renaming the prefix ``src`` (``{i}`` any index) to ``dst``."""
+    pattern = "^" + re.escape(src).replace(re.escape("{i}"), r"(\d+)") + r"\."
+    return pattern, dst.replace("{i}", r"\1") + "."
+
+
+LLADA_TO_NATIVE: tuple[tuple[str, str], ...] = tuple(_pair(h, n) for h, n in _NAMES)
 """Hub parameter name (regex) -> ``LlamaForCausalLM`` name."""
-LLADA_TO_HUB: tuple[tuple[str, str], ...] = (
-    (r"^model\.embed_tokens\.", "model.transformer.wte."),
-    *(
-        (rf"^model\.layers\.(\d+)\.{re.escape(native)}\.", rf"model.transformer.blocks.\1.{hub}.")
-        for hub, native in _BLOCK.items()
-    ),
-    (r"^model\.norm\.", "model.transformer.ln_f."),
-    (r"^lm_head\.", "model.transformer.ff_out."),
-)
+LLADA_TO_HUB: tuple[tuple[str, str], ...] = tuple(_pair(n, h) for h, n in _NAMES)
 """``LlamaForCausalLM`` name (regex) -> hub parameter name (export)."""
 
 _REQUIRED = {  # hub config field -> the only value the native class reproduces
@@ -186,9 +187,7 @@ def load_llada(
     Example:
         >>> dlm = load_llada("GSAI-ML/LLaDA-8B-Instruct", device="cuda")  # doctest: +SKIP
     """
-    return load_native(
-        name_or_path, LLADA_NATIVE, LLADA, dtype=torch_dtype(dtype, device), device=device
-    )
+    return load_native(name_or_path, LLADA_NATIVE, LLADA, dtype=dtype, device=device)
 
 
 __all__ = [

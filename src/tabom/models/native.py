@@ -134,7 +134,7 @@ def load_native(
     family: NativeFamily,
     defaults: Any,
     *,
-    dtype: torch.dtype,
+    dtype: str | torch.dtype | None = None,
     device: torch.device | str | None = None,
 ) -> DiffusionLM:
     """Load a hub checkpoint (or a saved native folder) of ``family`` in its native class.
@@ -143,7 +143,8 @@ def load_native(
         name_or_path: hub id or local folder (hub layout, or native layout with ``hub/``).
         family: the family's config and name maps.
         defaults: its ``BackendDefaults`` (mask id sources, stop tokens, template, LoRA).
-        dtype: weights' dtype.
+        dtype: weights' dtype (:func:`~tabom.models.hf.torch_dtype`; ``None``: bf16 on CUDA,
+            else fp32).
         device: where to put the model (``None``: CPU).
 
     Returns:
@@ -151,16 +152,26 @@ def load_native(
         ``native_family`` and ``hub_dir`` (the original checkpoint's files, for export).
 
     Raises:
-        ValueError: an unsupported config, a causal native config, or a name map that
-            leaves weights missing or unused; names the checkpoint.
+        FileNotFoundError: the folder has no ``config.json``.
+        ValueError: an unreadable or unsupported ``config.json``, a causal native config, or
+            a name map that leaves weights missing or unused; names the checkpoint.
     """
     from transformers.utils import logging as hf_logging
 
-    from tabom.models.hf import dtype_keyword, resolve_spec
+    from tabom.models.hf import dtype_keyword, resolve_spec, torch_dtype
 
+    weights_dtype = torch_dtype(dtype, device)  # a bad name fails before any download
     folder = checkpoint_dir(name_or_path)
     where = str(name_or_path)
-    raw = json.loads((folder / "config.json").read_text())
+    config_file = folder / "config.json"
+    if not config_file.is_file():
+        raise FileNotFoundError(f"{where}: no config.json in {folder}")
+    try:
+        raw = json.loads(config_file.read_text())
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{config_file}: not valid JSON (line {e.lineno}): {e.msg}") from None
+    if not isinstance(raw, dict):
+        raise ValueError(f"{config_file}: expected a JSON object, got {type(raw).__name__}")
     cls = _transformers_class(family.model_class)
     if raw.get("model_type") == family.native_model_type:  # saved by tabom: native names
         config = cls.config_class.from_pretrained(folder)
@@ -184,7 +195,7 @@ def load_native(
             folder,
             config=config,
             key_mapping=key_mapping,
-            **{dtype_keyword(): dtype},
+            **{dtype_keyword(): weights_dtype},
             attn_implementation="sdpa",
             output_loading_info=True,
         )
@@ -192,8 +203,9 @@ def load_native(
         hf_logging.set_verbosity(verbosity)
     bad = {k: sorted(info[k]) for k in ("missing_keys", "unexpected_keys", "mismatched_keys")}
     if any(bad.values()):
+        weights = INDEX_FILE if (folder / INDEX_FILE).is_file() else "model.safetensors"
         raise ValueError(
-            f"{where}: the {family.name} name map does not fit this checkpoint: "
+            f"{where} ({weights}): the {family.name} name map does not fit this checkpoint: "
             + "; ".join(f"{k} {v}" for k, v in bad.items() if v)
         )
     make_bidirectional(model)
