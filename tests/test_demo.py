@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import time
 
 import pytest
 
@@ -109,9 +108,7 @@ def test_compare_uses_two_standard_errors():
 @pytest.mark.slow
 def test_demo_quick_end_to_end(tmp_path, capsys):
     out = tmp_path / "demo"
-    t0 = time.perf_counter()
     assert main(["demo", "--quick", "--output_dir", str(out), "--progress", "false"]) == 0
-    assert time.perf_counter() - t0 < 120
     report = (out / "report.md").read_text()
     for png in ("accuracy.png", "budgets.png", "entropy.png", "trajectory.png"):
         assert (out / png).stat().st_size > 1000 and f"({png})" in report
@@ -121,10 +118,13 @@ def test_demo_quick_end_to_end(tmp_path, capsys):
     assert "Verdict" in report and "pass@8" in report
     rows = json.loads((out / "report.json").read_text())["rows"]
     assert len(rows["tabom"]["old"]) == 2 and rows["base"]["forgetting"] == [0.0]
-    # a second run skips every finished stage
-    t1 = time.perf_counter()
+    # a second run skips every finished stage: no model, trajectory or evaluation is rewritten
+    # (a behaviour, not a time: timings belong in benchmarks/)
+    stamps = {p: p.stat().st_mtime_ns for p in out.rglob("*") if p.is_file()}
+    stages = [p for p in stamps if p.suffix in (".safetensors", ".jsonl")]
+    assert stages
     assert main(["demo", "--quick", "--output_dir", str(out), "--progress", "false"]) == 0
-    assert time.perf_counter() - t1 < 30
+    assert all(p.stat().st_mtime_ns == stamps[p] for p in stages)
     assert "cached" in (out / "report.md").read_text()
 
 

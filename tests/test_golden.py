@@ -4,7 +4,17 @@ greedy decode, compared with stored numbers (STYLE: torchtune's recipe tests).
 Refactors must not change a number. The stored values are in ``tests/golden/*.json``; after a
 change that is *meant* to change them (a new loss definition, not a move), regenerate with
 ``TABOM_REGEN_GOLDEN=1 pytest tests/test_golden.py`` and say why in the commit.
-Everything runs on one CPU thread with fixed seeds, so the numbers are deterministic.
+Everything runs on one CPU thread with fixed seeds, so the numbers are deterministic on one
+kernel path; CPUs round float32 differently (``ATEN_CPU_CAPABILITY=default|avx2|avx512`` picks
+three paths), so the losses are compared with a relative tolerance per optimizer step, ten
+times the largest difference measured between kernel paths (the gap grows as three full
+fine-tuning steps at lr 1e-3 compound it). Measured on the stored numbers (AMD EPYC, torch
+2.13.0): ``default`` vs ``avx2`` 1.1e-6, 2.7e-5, 9.7e-5 at steps 1-3, always on ``tabom.rank``
+(a hinge on entropy differences); an AVX-512 machine differed by 3.2e-6 on ``traj-sft.ce`` at
+step 3. A change to a loss moves step 1 alone far past 1e-5: the one-line change of the hinge's
+margin to ``0.95 * margin`` in ``losses._hinge`` moves ``tabom.rank`` at step 1 by 5.0e-2
+relative (5,000 times its tolerance) and fails this test. Token ids, decode steps and counts
+stay exact.
 """
 
 from __future__ import annotations
@@ -28,7 +38,8 @@ REGEN = os.environ.get("TABOM_REGEN_GOLDEN") == "1"
 TASK = "addition:min_digits=3,max_digits=3"
 PROMPTS = ["12+34=", "305+17=", "999+1=", "40+404="]
 OBJECTIVES = ("sft", "traj-sft", "td", "tabom")
-REL = 1e-6
+REL_PER_STEP = (1e-5, 3e-4, 1e-3)
+"""Relative tolerance of the logged losses at optimizer steps 1, 2, 3 (see the module doc)."""
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -44,9 +55,10 @@ def check(name: str, got: dict) -> None:
     assert want.keys() == got.keys()
     for key, values in want.items():
         assert len(values) == len(got[key]), key
-        for w, g in zip(values, got[key], strict=True):
+        for step, (w, g) in enumerate(zip(values, got[key], strict=True)):
             if isinstance(w, float):
-                assert math.isclose(g, w, rel_tol=REL, abs_tol=1e-9), (key, g, w)
+                rel = REL_PER_STEP[min(step, len(REL_PER_STEP) - 1)]
+                assert math.isclose(g, w, rel_tol=rel, abs_tol=1e-9), (key, step + 1, g, w)
             else:
                 assert g == w, (key, g, w)
 

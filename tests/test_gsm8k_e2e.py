@@ -13,18 +13,17 @@ import json
 import math
 import re
 from fractions import Fraction
-from pathlib import Path
 
 import pytest
 
+from realdata import needs, real_data
 from tabom.cli import main
 from tabom.commands.eval import load_eval_set
 from tabom.models import load_model
 from tabom.models.standin import build_standin, save_standin
 from tabom.tasks import make_task
 
-DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "gsm8k"
-TEST, TRAIN = DATA / "test.jsonl", DATA / "train.jsonl"
+TEST, TRAIN = real_data("gsm8k/test.jsonl"), real_data("gsm8k/train.jsonl")
 SPECIALS = ["<pad>", "<eos>", "<mask>", "<unk>", "<|user|>", "<|assistant|>", "<|eot_id|>"]
 TEMPLATE = (
     "{% for m in messages %}<|{{ m['role'] }}|>{{ m['content'] }}<|eot_id|>{% endfor %}"
@@ -32,7 +31,7 @@ TEMPLATE = (
 )  # like LLaDA's: the assistant header always follows
 GEN = 32  # response tokens
 
-pytestmark = pytest.mark.skipif(not TEST.is_file(), reason=f"no GSM8K data at {DATA}")
+pytestmark = [needs("gsm8k/test.jsonl"), needs("gsm8k/train.jsonl")]
 
 
 def train_bpe(n_lines: int = 1500, vocab_size: int = 800):

@@ -10,9 +10,10 @@ what the logged samples give.
 from __future__ import annotations
 
 import re
-from pathlib import Path
 
 import pytest
+
+from realdata import needs, real_data
 
 lm_eval = pytest.importorskip("lm_eval")
 
@@ -20,11 +21,11 @@ from tabom.decoding import DecodeConfig, decode, pad_prompts, response_text  # n
 from tabom.models import load_model  # noqa: E402
 from tabom.models.standin import build_standin, save_standin  # noqa: E402
 
-DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "gsm8k" / "test.jsonl"
+DATA = real_data("gsm8k/test.jsonl")
 TASK = "tabom_gsm8k_local"
 GEN = 16
 
-pytestmark = pytest.mark.skipif(not DATA.is_file(), reason=f"no GSM8K data at {DATA}")
+pytestmark = needs("gsm8k/test.jsonl")
 
 YAML = f"""task: {TASK}
 dataset_path: json

@@ -19,12 +19,13 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from realdata import REAL_CODE
 from tabom.cli import main
 from tabom.commands.train import TrainConfig
 from tabom.models import enable_gradient_checkpointing, load_model, save_model
 from tabom.models.hf import REMOTE_CODE_TRANSFORMERS, dtype_keyword, tolerant_generation_config
 
-FIXTURES = Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "real-code"
+FIXTURES = REAL_CODE
 NATIVE_FIXTURES = ["llada-masked", "dream"]
 
 

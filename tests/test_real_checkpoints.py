@@ -21,12 +21,13 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
+from realdata import REAL_CODE
 from tabom.models import NATIVE, export_model, load_model, save_model
 from tabom.models.dream import DREAM, DREAM_NATIVE
 from tabom.models.llada import LLADA, LLADA_NATIVE, LLADA_TO_NATIVE
 from tabom.models.native import load_native
 
-FIXTURES = Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "real-code"
+FIXTURES = REAL_CODE
 TOL = 1e-4
 FOLDERS = {  # fixture -> (backend, cases that the native class must match)
     "llada": ("llada", ("prompt", "random_10", "random_4")),  # hub file ignores the mask

@@ -7,14 +7,14 @@ Addition: the longest carry chain and the units-first order. Sudoku: iterated na
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
 import torch
 
+from realdata import VENDORED
 from tabom.tasks import AdditionTask, SudokuTask, addition, make_task, sudoku
 
-DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "sudoku4x4"
+DATA = VENDORED / "sudoku4x4"
 
 
 def grid(text: str) -> tuple[int, ...]:

@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from realdata import VENDORED, needs
 from tabom.tasks import (
     TASKS,
     AdditionTask,
@@ -32,8 +33,8 @@ from tabom.tasks import (
     sudoku,
 )
 
-DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
-needs_data = pytest.mark.skipif(not DATA.is_dir(), reason=f"real data not found at {DATA}")
+DATA = VENDORED  # countdown, sudoku4x4 and the GSM8K test set are vendored under tests/data
+needs_data = needs("gsm8k/test.jsonl")
 
 NASTY = [
     "",

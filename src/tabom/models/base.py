@@ -26,12 +26,6 @@ BACKEND_FILE = "tabom_backend.json"
 
 AttentionKind = Literal["2d", "4d-self-pad", "4d"]
 
-MIN_HEAD_ROWS = 8
-"""The head runs on at least this many rows (zero rows appended): CPU BLAS takes another kernel
-for a product of fewer rows, whose rounding differs from the whole-sequence product's, so with
-this the logits at chosen positions equal ``dlm(...)[rows, positions]`` bit for bit on CPU."""
-
-
 @dataclass(frozen=True)
 class BackendSpec:
     """What a sampler or trainer needs to know about a model family (resolved per checkpoint).
@@ -364,12 +358,7 @@ class DiffusionLM:
         slot = self._head_slot()
         if slot is None:
             return hidden_rows
-        head = slot[2]
-        n = hidden_rows.shape[0]
-        if 0 < n < MIN_HEAD_ROWS:  # BLAS rounds a product of so few rows differently
-            pad = hidden_rows.new_zeros((MIN_HEAD_ROWS - n, *hidden_rows.shape[1:]))
-            return head(torch.cat([hidden_rows, pad]))[:n]
-        return head(hidden_rows)
+        return slot[2](hidden_rows)
 
     def linear_head(self) -> tuple[torch.Tensor, torch.Tensor | None] | None:
         """``(weight, bias)`` of the output embeddings for the chunked loss; ``None`` when the
