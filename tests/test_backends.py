@@ -198,14 +198,46 @@ def test_self_pad_mask_never_has_an_empty_row():
     assert add.dtype == torch.bfloat16 and torch.equal(add == 0, m)
 
 
+def assert_rounding_tie(dlm, batch, i, alone, kind, prompt) -> None:
+    """Row ``i`` of a padded batch decoded otherwise than the prompt alone: at the first step
+    where they part, the two must have seen the same state with logits equal to float rounding
+    (so padding leaked nothing), and the two positions chosen must have had confidences within
+    rounding of each other (a tie the batch's other kernel broke the other way)."""
+    d_batch, d_alone = batch.decode_step[i], alone.decode_step[0]
+    step = int(min(d_batch[d_batch != d_alone].min(), d_alone[d_batch != d_alone].min()))
+    before = d_alone < step  # the state both reached: the tokens decoded before that step
+    assert torch.equal(before, d_batch < step), (kind, prompt)
+    assert torch.equal(alone.response_ids[0][before], batch.response_ids[i][before])
+    T = d_alone.shape[0]
+
+    def state(out, row):
+        x = out.sequences[row].clone()
+        x[-T:][~before] = dlm.mask_token_id
+        return x[None], out.attention_mask[row][None]
+
+    x_b, m_b = state(batch, i)
+    x_a, m_a = state(alone, 0)
+    ids_b, mask_b = batch.sequences.clone(), batch.attention_mask
+    ids_b[i] = x_b[0]
+    logits_b = dlm(ids_b, mask_b)[i, -T:]  # the padded batch, row i at that state
+    logits_a = dlm(x_a, m_a)[0, -T:]
+    torch.testing.assert_close(logits_b, logits_a, rtol=1e-4, atol=1e-4)
+    q = torch.softmax(logits_a.float(), -1).max(-1).values
+    picked = ((d_batch == step) | (d_alone == step)) & ~before
+    assert float(q[picked].max() - q[picked].min()) < 1e-4, (kind, prompt, q[picked])
+
+
 @pytest.mark.parametrize("kind", STANDINS)
 def test_left_padded_batch_decodes_like_each_prompt_alone(standins, kind):
     dlm = load_model(standins[kind])
     batch = greedy(dlm, PROMPTS, block=4)
     for i, p in enumerate(PROMPTS):
         alone = greedy(dlm, [p], block=4)
-        assert torch.equal(batch.response_ids[i], alone.response_ids[0]), (kind, p)
-        assert torch.equal(batch.decode_step[i], alone.decode_step[0]), (kind, p)
+        same = torch.equal(batch.response_ids[i], alone.response_ids[0]) and torch.equal(
+            batch.decode_step[i], alone.decode_step[0]
+        )
+        if not same:  # only a near-tie that float rounding broke the other way may explain it
+            assert_rounding_tie(dlm, batch, i, alone, kind, p)
     logits = dlm(batch.sequences, batch.attention_mask)  # pad rows included
     assert not bool(torch.isnan(logits).any())
     assert sorted(batch.decode_step[0].tolist()) == list(range(8))

@@ -36,7 +36,7 @@ from tabom.models.standin import make_standin
 from tabom.objectives import LossConfig, compute_objective
 from tabom.train_data import TrajectoryBatch
 
-REL = 1e-6
+REL = 1e-5  # chunked vs whole head, few vs many rows: 1.2e-6 seen under avx2 (rank loss)
 SMALL = TinyModelConfig(hidden_size=32, num_layers=2, num_heads=2, intermediate_size=64)
 
 
