@@ -19,6 +19,7 @@ the limits. Run: ``Sandbox().run_many([program, ...])``.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
 import os
@@ -316,9 +317,7 @@ def _cpu_exhausted(err: bytes) -> bool:
     return b"CPU time limit" in err or not err.strip()
 
 
-def _collect(
-    proc: subprocess.Popen, deadline: float, cap: int
-) -> tuple[bytes, bytes, bool, bool]:
+def _collect(proc: subprocess.Popen, deadline: float, cap: int) -> tuple[bytes, bytes, bool, bool]:
     """Read stdout and stderr until both close or a limit is hit; the process is reaped.
 
     Returns:
@@ -371,10 +370,8 @@ def _exited(pid: int, deadline: float) -> bool:
 
 def _kill_group(proc: subprocess.Popen) -> None:
     """SIGKILL the child's process group (it leads it); leftovers of a finished run too."""
-    try:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(proc.pid, signal.SIGKILL)
-    except (ProcessLookupError, PermissionError):
-        pass
 
 
 def _rmtree(path: str) -> None:

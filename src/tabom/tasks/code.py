@@ -74,7 +74,11 @@ def defines(code: str, name: str) -> bool:
 
 
 def build_program(
-    code: str, *, tests: str, prompt: str | None = None, entry_point: str | None = None,
+    code: str,
+    *,
+    tests: str,
+    prompt: str | None = None,
+    entry_point: str | None = None,
     setup: str = "",
 ) -> str:
     """Candidate + tests as one program (see the module docstring for the order)."""
@@ -111,7 +115,8 @@ class _SandboxedTask:
     def __post_init__(self) -> None:
         check_ranges(self)
         limits = SandboxLimits(
-            timeout=self.timeout, cpu_seconds=max(1, int(-(-self.timeout // 1))),
+            timeout=self.timeout,
+            cpu_seconds=max(1, int(-(-self.timeout // 1))),
             memory_mb=self.memory_mb,
         )
         self._sandbox = Sandbox(
@@ -157,8 +162,11 @@ class _SandboxedTask:
         """The sandbox's verdict (status and reason) on each ``(example, response)``."""
         too_long = [len(text) > MAX_CODE_CHARS for _, text in pairs]
         found = self.sandbox.run_many(
-            [self.program(ex, text) for (ex, text), long in zip(pairs, too_long, strict=True)
-             if not long]
+            [
+                self.program(ex, text)
+                for (ex, text), long in zip(pairs, too_long, strict=True)
+                if not long
+            ]
         )
         it = iter(found)
         return [
@@ -198,16 +206,17 @@ class HumanEvalTask(_SandboxedTask):
         path = Path(path)
         out = []
         for line, rec in read_jsonl(path):
-            f = {k: require_str(path, line, rec, k) for k in
-                 ("task_id", "prompt", "canonical_solution", "test", "entry_point")}
+            f = {
+                k: require_str(path, line, rec, k)
+                for k in ("task_id", "prompt", "canonical_solution", "test", "entry_point")
+            }
             tests = f"{f['test']}\n\ncheck({f['entry_point']})"
             out.append(
                 Example(
                     id="humaneval-" + f["task_id"].rpartition("/")[2],
                     prompt=HUMANEVAL_PROMPT.format(prompt=f["prompt"].strip()),
                     answer=f["canonical_solution"],
-                    data={"prompt": f["prompt"], "entry_point": f["entry_point"],
-                          "tests": tests},
+                    data={"prompt": f["prompt"], "entry_point": f["entry_point"], "tests": tests},
                 )
             )
         return out
@@ -229,7 +238,9 @@ class MBPPTask(_SandboxedTask):
 
     def __post_init__(self) -> None:
         if self.split not in MBPP_SPLITS:
-            raise ValueError(f"mbpp: split must be one of {', '.join(MBPP_SPLITS)}, got {self.split!r}")
+            raise ValueError(
+                f"mbpp: split must be one of {', '.join(MBPP_SPLITS)}, got {self.split!r}"
+            )
         super().__post_init__()
 
     def load(self, path: str | Path) -> list[Example]:
@@ -254,7 +265,9 @@ class MBPPTask(_SandboxedTask):
                 raise DataFileError(path, line, "test_setup_code", "expected a string")
             if not low <= task_id <= high:
                 continue
-            run = tests + (_str_list(path, line, rec, "challenge_test_list") if self.challenge else [])
+            run = tests + (
+                _str_list(path, line, rec, "challenge_test_list") if self.challenge else []
+            )
             out.append(
                 Example(
                     id=f"mbpp-{task_id}",
@@ -282,9 +295,15 @@ class CodeTask(_SandboxedTask):
         path = Path(path)
         out = []
         for line, rec in read_jsonl(path):
-            prompt, tests = require_str(path, line, rec, "prompt"), require_str(path, line, rec, "tests")
-            opt = {k: require_str(path, line, rec, k) for k in ("entry_point", "setup", "answer")
-                   if rec.get(k) is not None}
+            prompt, tests = (
+                require_str(path, line, rec, "prompt"),
+                require_str(path, line, rec, "tests"),
+            )
+            opt = {
+                k: require_str(path, line, rec, k)
+                for k in ("entry_point", "setup", "answer")
+                if rec.get(k) is not None
+            }
             data: dict[str, Any] = {"tests": tests, "setup": opt.get("setup", "")}
             if opt.get("entry_point"):
                 data |= {"prompt": prompt, "entry_point": opt["entry_point"]}

@@ -12,6 +12,7 @@ misses the deadline: such an answer is wrong, and the worker is restarted.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import importlib.util
 import json
@@ -164,10 +165,8 @@ class _Worker:
 
     def stop(self) -> None:
         if self.proc is not None:
-            try:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.killpg(self.proc.pid, signal.SIGKILL)
-            except (ProcessLookupError, PermissionError):
-                pass
             self.proc.wait()
             for f in (self.proc.stdin, self.proc.stdout, self.proc.stderr):
                 if f is not None:
@@ -233,10 +232,8 @@ class MathVerifier:
             w.stop()
 
     def __del__(self) -> None:  # pragma: no cover - interpreter shutdown
-        try:
+        with contextlib.suppress(Exception):
             self.close()
-        except Exception:
-            pass
 
 
 @dataclass
