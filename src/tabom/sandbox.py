@@ -39,7 +39,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
-from tabom.config import AT_LEAST_1, POSITIVE, check_ranges
+from tabom.config import AT_LEAST_1, NON_NEGATIVE, POSITIVE, check_ranges
 from tabom.errors import TabomError
 
 Status = Literal["passed", "failed", "timeout", "error"]
@@ -82,8 +82,9 @@ class SandboxLimits:
         cpu_seconds: CPU seconds (``RLIMIT_CPU``).
         memory_mb: address space in MiB (``RLIMIT_AS``).
         file_size_mb: largest file the program may write, MiB (``RLIMIT_FSIZE``).
-        max_processes: ``RLIMIT_NPROC`` (processes of the user; the kernel does not apply it
-            to root, where the pid namespace and the timeout bound a fork bomb instead).
+        max_processes: 0 (default): the program may start no process (a seccomp filter
+            refuses ``fork``/``clone``; threads work); n > 0: ``RLIMIT_NPROC`` = n, which
+            counts all processes of the user and which the kernel does not apply to root.
         max_output_kb: stdout + stderr beyond this many KiB kills the run (failed).
     """
 
@@ -91,7 +92,7 @@ class SandboxLimits:
     cpu_seconds: int = field(default=10, metadata=AT_LEAST_1)
     memory_mb: int = field(default=1024, metadata=AT_LEAST_1)
     file_size_mb: int = field(default=16, metadata=AT_LEAST_1)
-    max_processes: int = field(default=64, metadata=AT_LEAST_1)
+    max_processes: int = field(default=0, metadata=NON_NEGATIVE)
     max_output_kb: int = field(default=1024, metadata=AT_LEAST_1)
 
     def __post_init__(self) -> None:
@@ -104,11 +105,22 @@ DRIVER = r"""
 import os, resource, sys
 _nonce = sys.argv.pop()
 _cpu, _mem, _fsize, _nproc = (int(x) for x in sys.argv[1:5])
-def _lim(kind, value):
+_bpf = bytes.fromhex(sys.argv[5])
+if _bpf:  # no new processes: a seccomp filter (the kernel ignores RLIMIT_NPROC for root)
+    import ctypes
+    class _Prog(ctypes.Structure):
+        _fields_ = [("len", ctypes.c_ushort), ("filter", ctypes.c_char_p)]
+    _libc = ctypes.CDLL(None, use_errno=True)
+    _p = _Prog(len(_bpf) // 8, _bpf)
+    if _libc.prctl(38, 1, 0, 0, 0) or _libc.prctl(22, 2, ctypes.byref(_p), 0, 0):
+        raise SystemExit("sandbox: cannot install the seccomp filter")
+    del ctypes, _Prog, _libc, _p
+def _lim(kind, value, extra=0):
     soft, hard = resource.getrlimit(kind)
     value = value if hard == resource.RLIM_INFINITY else min(value, hard)
-    resource.setrlimit(kind, (value, value))
-_lim(resource.RLIMIT_CPU, _cpu)
+    top = value + extra if hard == resource.RLIM_INFINITY else min(value + extra, hard)
+    resource.setrlimit(kind, (value, top))
+_lim(resource.RLIMIT_CPU, _cpu, 1)  # SIGXCPU at the limit, SIGKILL a second later
 _lim(resource.RLIMIT_AS, _mem)
 _lim(resource.RLIMIT_FSIZE, _fsize)
 _lim(resource.RLIMIT_NPROC, _nproc)
@@ -127,6 +139,46 @@ for _s in (sys.stdout, sys.stderr):
 _write(1, ("\n" + _nonce + "\n").encode())
 _exit(0)
 """
+
+
+_SECCOMP_ARCH = {  # machine -> (audit arch, fork, vfork, clone, clone3); -1: no such call
+    "x86_64": (0xC000003E, 57, 58, 56, 435),
+    "aarch64": (0xC00000B7, -1, -1, 220, 435),
+}
+
+
+def no_fork_filter() -> bytes:
+    """A seccomp BPF program that refuses new processes and allows everything else.
+
+    ``fork``, ``vfork`` and ``clone`` without ``CLONE_THREAD`` fail with EAGAIN (threads still
+    work), ``clone3`` with ENOSYS (the C library then falls back to ``clone``), and every call
+    of a foreign ABI (x32, i386 on x86_64) with ENOSYS. Empty on a machine without a table.
+    """
+    import platform
+    import struct
+
+    arch = _SECCOMP_ARCH.get(platform.machine())
+    if arch is None:
+        return b""
+    audit, fork, vfork, clone, clone3 = (x & 0xFFFFFFFF for x in arch)
+    ld, jeq, jge, jset, ret = 0x20, 0x15, 0x35, 0x45, 0x06
+    allow, eagain, enosys = 0x7FFF0000, 0x00050000 | 11, 0x00050000 | 38
+    prog = [  # (code, jt, jf, k); a jump goes to the next index + offset
+        (ld, 0, 0, 4),  # 0: arch
+        (jeq, 0, 10, audit),  # 1: foreign ABI -> 12
+        (ld, 0, 0, 0),  # 2: syscall number
+        (jge, 8, 0, 0x40000000),  # 3: x32 -> 12
+        (jeq, 5, 0, fork),  # 4: -> 10
+        (jeq, 4, 0, vfork),  # 5: -> 10
+        (jeq, 5, 0, clone3),  # 6: -> 12
+        (jeq, 0, 3, clone),  # 7: other calls -> 11
+        (ld, 0, 0, 16),  # 8: clone flags (low word of args[0])
+        (jset, 1, 0, 0x00010000),  # 9: CLONE_THREAD -> 11, else 10
+        (ret, 0, 0, eagain),  # 10
+        (ret, 0, 0, allow),  # 11
+        (ret, 0, 0, enosys),  # 12
+    ]
+    return b"".join(struct.pack("<HBBI", *ins) for ins in prog)
 
 
 @functools.lru_cache(maxsize=8)
@@ -234,7 +286,8 @@ class Sandbox:
         lim = self.limits
         argv = [self.python, "-I", "-B", "-c", DRIVER]
         argv += [str(lim.cpu_seconds), str(lim.memory_mb << 20), str(lim.file_size_mb << 20)]
-        argv += [str(lim.max_processes), nonce]
+        bpf = no_fork_filter() if lim.max_processes == 0 else b""
+        argv += [str(max(1, lim.max_processes)), bpf.hex(), nonce]
         if self.bwrap is None:
             return argv
         return bwrap_command(self.bwrap, self.python, workdir) + argv
@@ -265,15 +318,15 @@ class Sandbox:
         finally:
             _rmtree(workdir)
         rc = proc.returncode
+        if self.bwrap is not None and rc is not None and rc > 128:
+            rc = -(rc - 128)  # bwrap reports a child killed by signal s as 128 + s
         if timed_out:
             return Verdict("timeout", f"wall time over {lim.timeout:g} s", seconds)
         if over:
             return Verdict("failed", f"output over {lim.max_output_kb} KiB", seconds)
         if rc == 0 and out.endswith(f"\n{nonce}\n".encode()):
             return Verdict("passed", "ran to the end", seconds)
-        if rc in (-signal.SIGXCPU, -signal.SIGKILL) and _cpu_exhausted(err):
-            return Verdict("timeout", f"CPU time over {lim.cpu_seconds} s", seconds)
-        if rc in (-signal.SIGXCPU,):
+        if rc == -signal.SIGXCPU:
             return Verdict("timeout", f"CPU time over {lim.cpu_seconds} s", seconds)
         if self.bwrap is not None and rc == 1 and err.startswith(b"bwrap: "):
             return Verdict("error", _last_line(err), seconds)
@@ -311,10 +364,6 @@ class Sandbox:
             with ThreadPoolExecutor(max_workers=min(self.workers, len(unique))) as pool:
                 found = dict(zip(unique, pool.map(self.run, unique), strict=True))
         return [found[p] for p in programs]
-
-
-def _cpu_exhausted(err: bytes) -> bool:
-    return b"CPU time limit" in err or not err.strip()
 
 
 def _collect(proc: subprocess.Popen, deadline: float, cap: int) -> tuple[bytes, bytes, bool, bool]:
