@@ -17,7 +17,9 @@ from tabom.sandbox import Sandbox, SandboxLimits, SandboxUnavailable, bwrap_work
 from tabom.tasks import TaskSpecError, make_task
 
 HAVE_BWRAP = bwrap_works()
-needs_bwrap = pytest.mark.skipif(not HAVE_BWRAP, reason="no working bubblewrap (.ci/run installs it)")
+needs_bwrap = pytest.mark.skipif(
+    not HAVE_BWRAP, reason="no working bubblewrap (.ci/run installs it)"
+)
 LIMITS = SandboxLimits(timeout=2.0, cpu_seconds=2, memory_mb=512, max_output_kb=256)
 
 
@@ -94,7 +96,10 @@ def hostile_cases(tmp_path, port: int) -> dict[str, tuple[str, set[str]]]:
         "infinite loop": ("while True:\n    pass\n", {"timeout"}),
         "fork bomb": ("import os\nwhile True:\n    os.fork()\n", fail),
         "subprocess": ("import subprocess\nsubprocess.run(['true'], check=True)\n", fail),
-        "memory bomb": ("a = []\nwhile True:\n    a.append(bytearray(50 << 20))\n", fail_or_timeout),
+        "memory bomb": (
+            "a = []\nwhile True:\n    a.append(bytearray(50 << 20))\n",
+            fail_or_timeout,
+        ),
         "100 MB of output": (
             "import sys\nfor _ in range(100):\n    sys.stdout.write('x' * (1 << 20))\n",
             fail,
