@@ -12,9 +12,11 @@ from pathlib import Path
 
 import pytest
 
-from tabom.tasks import DataFileError, make_task
-from tabom.tasks import math_task as math_mod
-from tabom.tasks.math_task import PROMPT_SUFFIX, MathVerifier, MathVerifyMissing, last_boxed
+pytest.importorskip("math_verify")
+
+from tabom.tasks import DataFileError, make_task  # noqa: E402
+from tabom.tasks import math_task as math_mod  # noqa: E402
+from tabom.tasks.math_task import PROMPT_SUFFIX, MathVerifier, MathVerifyMissing, last_boxed  # noqa: E402
 
 VENDORED = Path(__file__).parent / "data" / "math500" / "test_sample.jsonl"
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data" / "math500" / "test.jsonl"
