@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import re
 import threading
 import time
 from pathlib import Path
@@ -115,7 +116,8 @@ def test_without_math_verify_the_task_says_how_to_install_it(monkeypatch):
 
 def variants(answer: str) -> list[str]:
     """Formatting variants of an answer: spaces, \\dfrac for \\frac, \\left( \\right) dropped."""
-    out = [f"  {answer.replace(',', ' , ')}  ", answer.replace("\\frac", "\\dfrac")]
+    spaced = re.sub(r"([+=])", r" \1 ", answer).replace(", ", " ,  ")  # not "10,\\!080"
+    out = [f"  {spaced}  ", answer.replace("\\frac", "\\dfrac")]
     if "\\left(" in answer:
         out.append(answer.replace("\\left(", "(").replace("\\right)", ")"))
     return out

@@ -12,7 +12,8 @@ built with ``weak_isolation=True`` (docs/models.md says what that mode does not 
 
 A pass means the program ran to its end: a driver executes it and then writes a random nonce
 as the last line of stdout; exit code 0 without the nonce (``sys.exit(0)`` or ``os._exit(0)``
-before the tests, a killed interpreter) fails. Programs run in parallel on a thread pool
+before the tests, a killed interpreter) fails. (The nonce guards against early exits, not
+against a program written to forge it: it shares the driver's process.) Programs run in parallel on a thread pool
 (each thread waits on one child process) and verdicts are cached by a hash of the program and
 the limits. Run: ``Sandbox().run_many([program, ...])``.
 """
