@@ -68,11 +68,11 @@ def test_verdicts_are_cached_by_program_and_a_repeated_program_runs_once(sb):
 
 @needs_bwrap
 def test_the_pool_runs_programs_side_by_side():
-    s = Sandbox(LIMITS, workers=3)
-    progs = [f"import time\ntime.sleep(1.0)\nassert {i} >= 0\n" for i in range(3)]
+    s = Sandbox(SandboxLimits(timeout=10.0), workers=3)
+    progs = [f"import time\ntime.sleep(2.0)\nassert {i} >= 0\n" for i in range(3)]
     t0 = time.monotonic()
     assert all(v.passed for v in s.run_many(progs))
-    assert time.monotonic() - t0 < 2.6  # one after the other: > 3 s of sleeping
+    assert time.monotonic() - t0 < 5.0  # one after the other: > 6 s of sleeping alone
 
 
 def test_the_no_fork_filter_is_a_whole_bpf_program():
