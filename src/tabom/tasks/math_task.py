@@ -127,7 +127,9 @@ class _Worker:
         self.buf = b""
         reply = self._read(time.monotonic() + 120)
         if reply is None or not reply.get("ready"):
-            err = self.proc.stderr.read().decode(errors="replace")[-500:] if self.proc else ""
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(self.proc.pid, signal.SIGKILL)  # then its stderr ends
+            err = self.proc.stderr.read().decode(errors="replace")[-500:]  # type: ignore[union-attr]
             self.stop()
             raise TabomError(f"math: the math-verify worker did not start: {err}")
 
@@ -231,9 +233,11 @@ class MathVerifier:
         for w in self._all:
             w.stop()
 
-    def __del__(self) -> None:  # pragma: no cover - interpreter shutdown
-        with contextlib.suppress(Exception):
+    def __del__(self) -> None:  # pragma: no cover - garbage collection, interpreter exit
+        try:  # noqa: SIM105 - at exit contextlib itself may be gone
             self.close()
+        except Exception:
+            pass
 
 
 @dataclass
