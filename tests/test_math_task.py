@@ -154,3 +154,12 @@ def test_every_math500_answer_is_equivalent_to_itself_its_box_and_variants():
         assert v.equivalent_many([(a, str(int(a) + 1)) for a in nums]) == [False] * len(nums)
     finally:
         v.close()
+
+
+def test_a_worker_that_cannot_start_is_a_clear_error(monkeypatch):
+    from tabom.errors import TabomError
+
+    monkeypatch.setattr(math_mod, "WORKER", "import sys\nsys.stderr.write('boom')\nsys.exit(1)\n")
+    v = MathVerifier(timeout=2.0)
+    with pytest.raises(TabomError, match="did not start: boom"):
+        v.equivalent("1", "1")
