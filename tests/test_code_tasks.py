@@ -8,6 +8,7 @@ import re
 from pathlib import Path
 
 import pytest
+import torch
 
 from tabom.sandbox import bwrap_works
 from tabom.tasks import DataFileError, make_task
@@ -68,6 +69,9 @@ def test_loaders_read_the_shared_formats():
     assert mb[4].data["setup"].startswith("root = Node(1)")
     test_split = make_task("mbpp:split=test").load(VENDORED / "mbpp" / "mbpp_sample.jsonl")
     assert [e.id for e in test_split] == ["mbpp-11", "mbpp-367"]
+    drawn = make_task(f"humaneval:path={VENDORED / 'humaneval' / 'HumanEval_sample.jsonl'}")
+    a = drawn.generate(3, torch.Generator().manual_seed(0))
+    assert a == drawn.generate(3, torch.Generator().manual_seed(0)) and len({e.id for e in a}) == 3
 
 
 def test_a_malformed_code_file_names_the_line_and_field(tmp_path):
