@@ -88,7 +88,8 @@ def last_boxed(text: str) -> str | None:
 # dropped first, so that no folder named like a stdlib module shadows it.
 WORKER = r"""
 import sys
-del sys.path[0]
+if sys.path and sys.path[0] in ("", "."):
+    del sys.path[0]
 import json, logging, resource
 mem = int(sys.argv[1])
 resource.setrlimit(resource.RLIMIT_AS, (mem, mem))
