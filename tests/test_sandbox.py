@@ -75,6 +75,13 @@ def test_the_pool_runs_programs_side_by_side():
     assert time.monotonic() - t0 < 5.0  # one after the other: > 6 s of sleeping alone
 
 
+@needs_bwrap
+def test_a_sandbox_that_cannot_set_itself_up_is_an_error_not_a_fail(monkeypatch):
+    monkeypatch.setattr(sandbox_mod, "no_fork_filter", lambda: b"\x00" * 8)  # prctl refuses it
+    v = Sandbox(LIMITS).execute("assert True\n")
+    assert v.status == "error" and "seccomp" in v.reason
+
+
 def test_the_no_fork_filter_is_a_whole_bpf_program():
     bpf = no_fork_filter()
     if not bpf:

@@ -62,7 +62,7 @@ class Verdict:
             too much output), ``timeout`` (wall or CPU time) or ``error`` (the sandbox itself
             could not run it).
         reason: a short reason (the last line of stderr, the limit hit, ...).
-        seconds: wall time of the run (0 for a cached verdict's later uses: the first's).
+        seconds: wall time of the run (a cached verdict keeps the first run's).
     """
 
     status: Status
@@ -329,7 +329,7 @@ class Sandbox:
             return Verdict("passed", "ran to the end", seconds)
         if rc == -signal.SIGXCPU:
             return Verdict("timeout", f"CPU time over {lim.cpu_seconds} s", seconds)
-        if self.bwrap is not None and rc == 1 and err.startswith(b"bwrap: "):
+        if rc == 1 and err.startswith((b"bwrap: ", b"sandbox: ")):  # before the program ran
             return Verdict("error", _last_line(err), seconds)
         if rc == 0:
             return Verdict("failed", "exited before the end of the tests (no end marker)", seconds)
