@@ -15,7 +15,7 @@ import torch
 from tabom.decoding import DecodeConfig, decode_texts
 from tabom.metrics import kendall_tau_b, pass_at_k
 from tabom.models.base import DiffusionLM
-from tabom.tasks.base import Example, Task
+from tabom.tasks.base import Example, Task, verify_all
 
 
 @dataclass
@@ -104,11 +104,10 @@ def evaluate_task(
         desc=desc or task.name,
     )
     seconds = time.perf_counter() - t0
-    verdicts = [
-        task.verify(ex, texts[i * n_samples + j])
-        for i, ex in enumerate(examples)
-        for j in range(n_samples)
-    ]
+    verdicts = verify_all(  # a code / math task checks them in parallel
+        task,
+        [(ex, texts[i * n_samples + j]) for i, ex in enumerate(examples) for j in range(n_samples)],
+    )
     correct = [verdicts[i * n_samples : (i + 1) * n_samples] for i in range(len(examples))]
     responses = [texts[i * n_samples : (i + 1) * n_samples] for i in range(len(examples))]
     forwards = out.forwards_per_row  # (N,)

@@ -217,8 +217,12 @@ def main(argv: list[str] | None = None) -> None:
     """``python -m tabom.lm_eval_adapter ARGS``: the ``lm_eval`` CLI with ``tabom`` registered."""
     from lm_eval.__main__ import cli_evaluate
 
+    from tabom.lm_eval_tasks import FOLDER
+
     if argv is not None:
         sys.argv = [sys.argv[0], *argv]
+    if "--include_path" not in sys.argv:  # tabom_humaneval / tabom_mbpp: scored by the sandbox
+        sys.argv += ["--include_path", str(FOLDER)]
     cli_evaluate()
 
 

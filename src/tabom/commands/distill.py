@@ -51,7 +51,7 @@ from tabom.tasks import (
     NEW_DOMAIN,  # the shipped base model's new domain: default prompts
     make_task,
 )
-from tabom.tasks.base import DataFileError, Example, Task, read_jsonl, require_str
+from tabom.tasks.base import DataFileError, Example, Task, read_jsonl, require_str, verify_all
 from tabom.train_data import model_positions
 from tabom.trajectory import (
     RECORD_PREFIX,
@@ -273,13 +273,15 @@ def decode_group(
     responses = out.response_ids.tolist()  # (B, T)
     orders = out.decode_step.tolist()  # (B, T)
     entropies = out.decode_entropy.tolist()  # type: ignore[union-attr]
+    texts = [response_text(tok, ids, dlm.spec.stop_ids) for ids in responses]
+    pairs = [(ex, texts[i * n + j]) for i, ex in enumerate(examples) for j in range(n)]
+    verdicts = [None] * len(pairs) if task is None else _verify_group(task, pairs)
     records, correct = [], []
     for i, ex in enumerate(examples):
         row_verdicts: list[bool | None] = []
         for j in range(n):
             r = i * n + j
-            text = response_text(tok, responses[r], dlm.spec.stop_ids)
-            verified = None if task is None else _verify(task, ex, text)
+            text, verified = texts[r], verdicts[r]
             row_verdicts.append(verified)
             records.append(
                 TrajectoryRecord(
@@ -310,6 +312,21 @@ def decode_group(
         round(seconds, 4),
     )
     return records, stats
+
+
+def _verify_group(task: Task, pairs: list[tuple[Example, str]]) -> list[bool | None]:
+    """The verdicts of a group's answers: all at once for a task with ``verify_many`` (the
+    code tasks run their sandboxes in parallel), else one by one."""
+    if not hasattr(task, "verify_many"):
+        return [_verify(task, ex, text) for ex, text in pairs]
+    try:
+        return list(verify_all(task, pairs))
+    except TabomError:
+        raise
+    except (KeyError, TypeError, ValueError):
+        for ex, text in pairs:  # name the prompt whose data the verifier cannot read
+            _verify(task, ex, text)
+        raise
 
 
 def _verify(task: Task, ex: Example, text: str) -> bool:

@@ -58,7 +58,9 @@ PRETRAINED: dict[str, BackendDefaults] = {
 """Backend name -> its family data, for checkpoints loaded through ``transformers``."""
 NATIVE: dict[str, NativeFamily] = {"llada": LLADA_NATIVE, "dream": DREAM_NATIVE}
 """Backends loaded natively (no remote code): name -> config and name maps."""
-BACKENDS = (*TINY_BACKENDS, *PRETRAINED)
+SCRIPTED = "scripted"
+"""A stand-in with answers known in advance, for end-to-end tests (``models/scripted.py``)."""
+BACKENDS = (*TINY_BACKENDS, *PRETRAINED, SCRIPTED)
 
 __all__ = [
     "BACKENDS",
@@ -202,6 +204,10 @@ def load_model(
         if device is not None:
             dlm.model.to(device)
         return dlm
+    if backend == SCRIPTED:
+        from tabom.models.scripted import load_scripted
+
+        return load_scripted(resolve_model_path(name_or_path))
     if backend not in PRETRAINED:
         raise ValueError(f"backend must be auto or one of {', '.join(BACKENDS)}, got {backend!r}")
     if backend in NATIVE:

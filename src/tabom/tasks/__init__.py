@@ -5,6 +5,7 @@ A task is named by a spec string, ``name`` or ``name:field=value,field=value``::
     make_task("addition:min_digits=5,max_digits=5")
     make_task("countdown:n_operands=4")
     make_task("gsm8k:path=../shared/data/gsm8k/test.jsonl")
+    make_task("mbpp:path=mbpp.jsonl,split=test,workers=2")  # code: run in a sandbox
 
 Values are parsed as their field's type (int, float, bool; an error names the field
 otherwise); the rest stay strings.
@@ -22,8 +23,10 @@ from typing import Any, Union, get_args, get_origin, get_type_hints
 from tabom.errors import TabomError
 from tabom.tasks.addition import AdditionTask
 from tabom.tasks.base import DataFileError, Example, Task, read_jsonl, require_str
+from tabom.tasks.code import CodeTask, HumanEvalTask, MBPPTask
 from tabom.tasks.countdown import CountdownTask
 from tabom.tasks.gsm8k import GSM8KTask
+from tabom.tasks.math_task import MathTask
 from tabom.tasks.sudoku import SudokuTask
 
 TASKS: dict[str, type] = {
@@ -31,6 +34,10 @@ TASKS: dict[str, type] = {
     "countdown": CountdownTask,
     "sudoku": SudokuTask,
     "gsm8k": GSM8KTask,
+    "math": MathTask,
+    "humaneval": HumanEvalTask,
+    "mbpp": MBPPTask,
+    "code": CodeTask,
 }
 """Registry: spec name -> task dataclass."""
 
@@ -145,10 +152,14 @@ __all__ = [
     "OLD_DOMAIN",
     "TASKS",
     "AdditionTask",
+    "CodeTask",
     "CountdownTask",
     "DataFileError",
     "Example",
     "GSM8KTask",
+    "HumanEvalTask",
+    "MBPPTask",
+    "MathTask",
     "SudokuTask",
     "Task",
     "TaskSpecError",

@@ -7,7 +7,7 @@ malformed data files raise :class:`DataFileError` naming the file, the line and 
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
@@ -64,6 +64,18 @@ class Task(Protocol):
     def verify(self, example: Example, response: str) -> bool:
         """Whether ``response`` (model text, already cut at EOS) solves ``example``."""
         ...
+
+
+def verify_all(task: Task, pairs: Sequence[tuple[Example, str]]) -> list[bool]:
+    """Verdicts of many ``(example, response)`` pairs, in order.
+
+    A task with a batched ``verify_many`` (the code tasks run their sandboxes in parallel, math
+    its math-verify workers) gets them all at once; any other is asked one pair at a time.
+    """
+    many = getattr(task, "verify_many", None)
+    if many is not None:
+        return [bool(v) for v in many(pairs)]
+    return [bool(task.verify(ex, text)) for ex, text in pairs]
 
 
 def read_jsonl(path: str | Path) -> list[tuple[int, dict[str, Any]]]:
