@@ -28,15 +28,25 @@ def _token_label(text: str, limit: int = 5) -> str:
 def token_labels(record: TrajectoryRecord, tokenizer: str | None) -> tuple[list[str] | None, str]:
     """Labels for the record's tokens from a matching tokenizer, and where they came from.
 
+    Only a tokenizer the user names (``tokenizer``) or a shipped model's is loaded: a path
+    or hub id written inside the file (``gen.model``) is not opened uninvited.
+
     Returns:
-        ``(labels, note)``; ``labels`` is ``None`` (draw ids) when the tokenizer cannot be
-        loaded or its fingerprint differs from the file's ``gen.tokenizer``.
+        ``(labels, note)``; ``labels`` is ``None`` (draw ids) when no tokenizer is named, it
+        cannot be loaded or its fingerprint differs from the file's ``gen.tokenizer``.
     """
     from transformers import AutoTokenizer
 
-    from tabom.models import resolve_model_path
+    from tabom.models import SHIPPED, resolve_model_path
 
-    name = tokenizer or record.gen.get("model", "")
+    name = tokenizer
+    if name is None:
+        name = str(record.gen.get("model", ""))
+        if name not in SHIPPED:
+            return None, (
+                f"token ids shown: the file's model {name!r} is not loaded uninvited; "
+                "--tokenizer MODEL labels the tokens"
+            )
     try:
         tok = AutoTokenizer.from_pretrained(resolve_model_path(name))
     except (OSError, ValueError) as e:  # FileNotFoundError is an OSError

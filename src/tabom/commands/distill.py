@@ -98,6 +98,8 @@ class DistillConfig:
         num_threads: torch CPU threads per process; 1 is fastest for the tiny model
             (docs/benchmarks.md); 0 = torch's default.
         progress: show a progress bar.
+        trust_remote_code: run the checkpoint's own modeling code (``llada-remote`` /
+            ``dream-remote``); never implied by a file in the model folder.
     """
 
     model: str = DEFAULT_MODEL
@@ -116,6 +118,7 @@ class DistillConfig:
     ks: list[int] = field(default_factory=lambda: [1, 4], metadata=AT_LEAST_1)
     num_threads: int = field(default=1, metadata=NON_NEGATIVE)
     progress: bool = True
+    trust_remote_code: bool = False
 
     def __post_init__(self) -> None:
         check_ranges(self)
@@ -585,7 +588,8 @@ def distill(cfg: DistillConfig) -> DistillSummary | None:
     state = PartialState(cpu=not torch.cuda.is_available())
     rank, world = state.process_index, state.num_processes
     output = Path(cfg.output)
-    dlm = load_model(cfg.model, device=state.device)  # bf16 weights on a CUDA device
+    # bf16 weights on a CUDA device; remote code only when asked for
+    dlm = load_model(cfg.model, device=state.device, trust_remote_code=cfg.trust_remote_code)
     task = make_task(cfg.task) if cfg.task is not None else None
     examples = load_prompts(cfg, task)
     G = cfg.prompts_per_batch

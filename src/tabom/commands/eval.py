@@ -68,6 +68,8 @@ class EvalConfig:
         output: write results as JSON here.
         num_threads: torch CPU threads; 1 is fastest for the tiny model
             (docs/benchmarks.md); 0 = torch's default.
+        trust_remote_code: run the checkpoint's own modeling code (``llada-remote`` /
+            ``dream-remote``) for ``model`` and ``baseline``; never implied by a file.
     """
 
     model: str = DEFAULT_MODEL
@@ -86,6 +88,7 @@ class EvalConfig:
     trajectories: str | None = None
     output: str | None = None
     num_threads: int = field(default=1, metadata=NON_NEGATIVE)
+    trust_remote_code: bool = False
 
     def __post_init__(self) -> None:
         if any(k > self.n_samples for k in self.ks):
@@ -154,9 +157,11 @@ def load_eval_set(spec: str, n: int | None, seed: int) -> tuple[Task, list[Examp
     return task, examples
 
 
-def load_eval_model(model: str, adapter: str | None = None) -> DiffusionLM:
+def load_eval_model(
+    model: str, adapter: str | None = None, *, trust_remote_code: bool = False
+) -> DiffusionLM:
     """``model`` (name or folder), with a peft LoRA ``adapter`` merged in when given."""
-    dlm = load_model(model)
+    dlm = load_model(model, trust_remote_code=trust_remote_code)
     return dlm if adapter is None else merge_adapter(dlm, adapter)
 
 
@@ -221,8 +226,9 @@ def run_eval(cfg: EvalConfig) -> int:
     """Evaluate ``cfg.model`` on every set; print the tables, write JSON if asked."""
     if cfg.num_threads:
         torch.set_num_threads(cfg.num_threads)
-    dlm = load_eval_model(cfg.model, cfg.adapter)
-    base = load_model(cfg.baseline) if cfg.baseline else None
+    trust = cfg.trust_remote_code
+    dlm = load_eval_model(cfg.model, cfg.adapter, trust_remote_code=trust)
+    base = load_model(cfg.baseline, trust_remote_code=trust) if cfg.baseline else None
     records = None
     if cfg.trajectories:  # read and checked before any decoding
         from tabom.trajectory import read_trajectories

@@ -3,8 +3,10 @@
 The summary counts records, prompts and samples, the verified share, the steps each answer
 took (last decode step + 1) and the tokens committed per step; the picture
 (:func:`tabom.plots.plot_trajectory`) shows one answer's tokens coloured by decode step.
-Token labels come from the tokenizer of ``gen.model`` when it is available and matches the
-file's tokenizer fingerprint, else the ids are shown (and the command says so).
+Token labels come from the tokenizer the user names (``--tokenizer``; by default the record's
+``gen.model`` only when it is a shipped model: a path or hub id named inside a file is never
+opened uninvited) when it matches the file's tokenizer fingerprint, else the ids are shown
+(and the command says so).
 """
 
 from __future__ import annotations
@@ -31,7 +33,7 @@ class InspectConfig:
         png: where the picture goes (default: ``FILE`` without suffix + ``.{index}.png``).
         draw: draw the picture (needs matplotlib: ``pip install 'tabom[plot]'``).
         tokenizer: model folder or shipped name whose tokenizer labels the tokens
-            (default: the record's ``gen.model``).
+            (default: the record's ``gen.model`` if it is a shipped model, else ids).
         wrap: response positions per row of the picture.
     """
 

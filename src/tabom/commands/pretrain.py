@@ -7,7 +7,7 @@ paper's Eq. 1). The prompt is never masked. This produces the "old domain" base 
 self-distillation later adapts. Run: ``tabom pretrain --config configs/tiny_pretrain.yaml``.
 
 Resume works like ``tabom train`` (:mod:`tabom.checkpoint`): ``save_every`` writes Accelerate
-state (weights, optimizer, scheduler, RNG, and the data and masking generators) to
+state (weights, optimizer, scheduler, RNG; the data and masking generators as tensors) to
 ``checkpoints/step-N``; ``--resume`` continues from the newest whole one, refused when a
 setting other than the cadence differs, and gives the same weights as an uninterrupted run.
 """
@@ -24,6 +24,7 @@ import torch
 from tqdm.auto import tqdm
 
 from tabom.checkpoint import (
+    load_generators,
     resume_point,
     save_checkpoint,
     truncate_log,
@@ -133,20 +134,6 @@ def sample_batch(
     return out
 
 
-class _Generators:
-    """The data and masking generators as one object Accelerate checkpoints (state_dict)."""
-
-    def __init__(self, **gens: torch.Generator) -> None:
-        self.gens = gens
-
-    def state_dict(self) -> dict[str, torch.Tensor]:
-        return {k: g.get_state() for k, g in self.gens.items()}
-
-    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
-        for k, g in self.gens.items():
-            g.set_state(state[k])
-
-
 CADENCE = ("output_dir", "eval_every", "save_every", "resume", "num_threads")
 """Settings a resume may change; every other one must match the checkpoint's."""
 
@@ -183,9 +170,10 @@ def pretrain(cfg: PretrainConfig) -> Path:
         optimizer, lambda s: lr_factor(s, cfg.steps, cfg.warmup_steps, cfg.min_lr_ratio)
     )
     dlm.model, optimizer, scheduler = accelerator.prepare(dlm.model, optimizer, scheduler)
-    accelerator.register_for_checkpointing(_Generators(data=data_gen, mask=mask_gen))
+    generators = {"data": data_gen, "mask": mask_gen}  # saved as tensors, never pickled
     start = 0
     if ckpt is not None:
+        load_generators(ckpt, accelerator.process_index, generators)  # first: refuses pickles
         accelerator.load_state(str(ckpt))
         start = ckpt_state["step"]
     if main:
@@ -236,7 +224,7 @@ def pretrain(cfg: PretrainConfig) -> Path:
             log.flush()
         bar.set_postfix(loss=f"{record['loss']:.3f}")
         if cfg.save_every and done % cfg.save_every == 0 and done != cfg.steps:
-            save_checkpoint(accelerator, out, {"step": done, "settings": settings})
+            save_checkpoint(accelerator, out, {"step": done, "settings": settings}, generators)
 
     # 3) final save
     if log is not None:

@@ -18,6 +18,7 @@ from typing import Any
 
 import torch
 
+from tabom.errors import TabomError
 from tabom.models.base import (
     BACKEND_FILE,
     BackendSpec,
@@ -59,6 +60,9 @@ PRETRAINED: dict[str, BackendDefaults] = {
 NATIVE: dict[str, NativeFamily] = {"llada": LLADA_NATIVE, "dream": DREAM_NATIVE}
 """Backends loaded natively (no remote code): name -> config and name maps."""
 BACKENDS = (*TINY_BACKENDS, *PRETRAINED)
+REMOTE = ("llada-remote", "dream-remote")
+"""Backends that run a checkpoint's own code: only when the caller names them (or passes
+``trust_remote_code``), never because a file in the model folder says so."""
 
 __all__ = [
     "BACKENDS",
@@ -178,12 +182,16 @@ def load_model(
         device: where to put the model (``None``: CPU).
         trust_remote_code: run a LLaDA / Dream checkpoint's own modeling code (the
             ``llada-remote`` / ``dream-remote`` backends) instead of the native classes.
+            Without it, ``auto`` refuses a folder whose ``tabom_backend.json`` names a
+            remote-code backend (a file must not decide that code runs).
 
     Returns:
         The model in eval mode with its tokenizer and resolved :class:`BackendSpec`.
 
     Raises:
         FileNotFoundError: nothing to load under that name.
+        TabomError: ``auto`` on a folder naming a remote-code backend without
+            ``trust_remote_code``.
         ValueError: an unknown backend, a checkpoint that is not bidirectional or has no
             mask token, a native name map that does not fit the weights.
         RuntimeError: remote code that fails to import under the installed transformers.
@@ -194,6 +202,14 @@ def load_model(
     """
     if backend == "auto":
         backend = detect_backend(name_or_path)
+        if backend in REMOTE and not trust_remote_code:  # named by a file, not by the user
+            raise TabomError(
+                f"model {name_or_path!r}: its {BACKEND_FILE} names backend {backend!r}, which "
+                "runs the checkpoint's own Python code, so only an explicit choice runs it: "
+                f"--backend {backend} (train, export), --trust_remote_code true (distill, "
+                "eval), trust_remote_code=True in Python; or load it natively with backend "
+                f"{backend.removesuffix('-remote')}"
+            )
     if trust_remote_code and backend in NATIVE:
         backend = f"{backend}-remote"
     if backend in TINY_BACKENDS:
