@@ -532,11 +532,58 @@ sampling): a rerun onto an existing file must match them (``n_prompts`` may grow
 of each record and the sidecar's groups check the rest)."""
 
 
-def check_resume(cfg: DistillConfig, output: Path) -> None:
+def fingerprints(cfg: DistillConfig, examples: list[Example]) -> dict[str, Any]:
+    """What a setting's value does not show: the model's weights (:mod:`tabom.fingerprint`;
+    ``None`` for a hub id) and each prompt's text, for ``OUTPUT.fingerprint.json``."""
+    from tabom.fingerprint import model_fingerprint, prompt_hashes
+
+    return {
+        "model_weights": model_fingerprint(cfg.model),
+        "prompts": prompt_hashes((ex.id, ex.prompt) for ex in examples),
+    }
+
+
+def check_fingerprints(cfg: DistillConfig, output: Path, now: dict[str, Any]) -> None:
+    """Refuse a resume onto other weights or edited prompts at the same paths; reads only.
+
+    Raises:
+        ResumeError: the model's weights or a shared prompt's text differ (names the setting).
+        TrajectoryFileError: an unreadable sidecar.
+    """
+    from tabom.checkpoint import ResumeError
+
+    path = output.with_name(output.name + ".fingerprint.json")
+    if not path.is_file():
+        return  # written before fingerprints were recorded: the settings alone are checked
+    try:
+        written = json.loads(path.read_text(encoding="utf-8"))
+        old_weights, old_prompts = written["model_weights"], dict(written["prompts"])
+    except (ValueError, KeyError, TypeError) as e:
+        raise TrajectoryFileError(path, 0, "<file>", f"not a fingerprint file ({e!r})") from None
+    if old_weights and now["model_weights"] and old_weights != now["model_weights"]:
+        raise ResumeError(
+            f"resume: model: the weights in {cfg.model} are not those {output} was decoded "
+            f"with (fingerprint {old_weights[:12]} then, {now['model_weights'][:12]} now: "
+            "replaced at the same path?); use those weights, or another output"
+        )
+    changed = [k for k, v in now["prompts"].items() if old_prompts.get(k, v) != v]
+    if changed:
+        source = f"prompts_file {cfg.prompts_file}" if cfg.prompts_file else "prompts"
+        raise ResumeError(
+            f"resume: {source}: {len(changed)} prompt(s) differ in text from those {output} "
+            f"was written from (first: {changed[0]!r}; edited at the same path?); use the "
+            "same prompts, or another output"
+        )
+
+
+def check_resume(
+    cfg: DistillConfig, output: Path, fingerprint: dict[str, Any] | None = None
+) -> None:
     """Refuse to continue ``output`` with other settings than those that wrote it; reads only.
 
     The settings come from the ``OUTPUT.config.yaml`` sidecar; without one, the score and
-    task are compared with the records' ``method`` and ``data_source``.
+    task are compared with the records' ``method`` and ``data_source``. ``fingerprint``
+    (:func:`fingerprints`) is compared with ``OUTPUT.fingerprint.json``.
 
     Raises:
         ResumeError: names each differing setting with both values.
@@ -545,6 +592,8 @@ def check_resume(cfg: DistillConfig, output: Path) -> None:
     progress = _paths(output)[1]
     if not (output.is_file() and output.stat().st_size) and not progress.exists():
         return  # nothing written yet
+    if fingerprint is not None:
+        check_fingerprints(cfg, output, fingerprint)
     now = {k: v for k, v in to_dict(cfg).items() if k in RESUME_SETTINGS}
     sidecar = output.with_name(output.name + ".config.yaml")
     if sidecar.is_file():
@@ -567,6 +616,18 @@ def check_resume(cfg: DistillConfig, output: Path) -> None:
                 if cfg.prompts_file is None:
                     written["task"], current["task"] = rec.get("data_source", cfg.task), cfg.task
                 check_settings(written, current, str(output))
+
+
+def _save_fingerprint(output: Path, now: dict[str, Any]) -> None:
+    """Write ``OUTPUT.fingerprint.json``, keeping the prompts a shorter rerun does not list."""
+    path = output.with_name(output.name + ".fingerprint.json")
+    prompts = {}
+    if path.is_file():
+        prompts = json.loads(path.read_text(encoding="utf-8"))["prompts"]
+    payload = {"model_weights": now["model_weights"], "prompts": {**prompts, **now["prompts"]}}
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(payload, indent=0) + "\n", encoding="utf-8")
+    tmp.replace(path)
 
 
 def distill(cfg: DistillConfig) -> DistillSummary | None:
@@ -636,11 +697,13 @@ def distill(cfg: DistillConfig) -> DistillSummary | None:
 
     # 2) resume: the main process merges leftovers (torn lines, shards of a killed run)
     if state.is_main_process:
-        check_resume(cfg, output)  # reads only: a refused rerun changes nothing
+        fingerprint = fingerprints(cfg, examples)
+        check_resume(cfg, output, fingerprint)  # reads only: a refused rerun changes nothing
         output.parent.mkdir(parents=True, exist_ok=True)
         lines, done = consolidate(output, plan_order, group_ids, gen)  # checks, then repairs
         records_before = len(lines)
         save_config(cfg, output.with_name(output.name + ".config.yaml"))  # only after the check
+        _save_fingerprint(output, fingerprint)
     state.wait_for_everyone()
     if not state.is_main_process:
         lines = (

@@ -425,6 +425,10 @@ def train(cfg: TrainConfig) -> Path:
     settings = {k: v for k, v in to_dict(cfg).items() if k not in CADENCE}
     settings.update(world=world, total=total, n_items=len(items))
     settings["data_sha256"] = file_sha256(cfg.data) if cfg.data else None
+    if cfg.lora_rank > 0:  # checkpoints hold the adapter: the base must be the same weights
+        from tabom.fingerprint import model_fingerprint
+
+        settings["model_weights"] = model_fingerprint(cfg.model)
     ckpt, ckpt_state = resume_point(out, cfg.resume, settings)
 
     # 2) accelerator, seeds, LoRA or full fine-tuning, optimizer, warmup + cosine schedule
