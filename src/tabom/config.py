@@ -225,17 +225,16 @@ def _build(cls: type[C], values: dict[str, Any], where: str, construct: bool = T
 
 
 def _name_the_flag(message: str, where: str, names: set[str], cls_name: str) -> str:
-    """A group's own error (``td_window must be >= 1``) with its full flag (``loss.td_window``).
+    """A group's own error (``td_window must be >= 1``) with its full flag (``--loss.td_window``).
 
     A group validates its fields by their own names; nested at ``where`` the flag is
-    ``where.field``. Messages that start with another word get ``where:`` in front.
+    ``--where.field``. Messages that start with another word get ``where:`` (or the class) in
+    front.
     """
-    if not where:
-        return f"{cls_name}: {message}"
     head = message.split(" ", 1)[0].rstrip(":")
     if head.split(".")[0].split("[")[0] in names:
-        return f"{where}.{message}"
-    return f"{where}: {message}"
+        return f"--{where}.{message}" if where else f"--{message}"
+    return f"{where}: {message}" if where else f"{cls_name}: {message}"
 
 
 def _onto_group_defaults(cls: type, values: dict[str, Any]) -> dict[str, Any]:
@@ -332,6 +331,25 @@ def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+def read_yaml(path: Path) -> Any:
+    """A YAML file's data; plain YAML only (no ``!!python`` tags).
+
+    Raises:
+        ConfigError: unreadable or not valid YAML (names the file, line and column).
+    """
+    try:
+        return yaml.safe_load(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"{path}: not a UTF-8 text file ({e.reason})") from None
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        at = f"line {mark.line + 1}, column {mark.column + 1}: " if mark is not None else ""
+        problem = getattr(e, "problem", None) or str(e).splitlines()[0]
+        if "\\t" in problem or "\t" in problem:  # PyYAML writes a tab as \t
+            problem += " (YAML indents with spaces, not tabs)"
+        raise ConfigError(f"{path}: {at}not valid YAML: {problem}") from None
+
+
 def load_config(
     cls: type[C], config_file: str | Path | None = None, argv: list[str] | None = None
 ) -> C:
@@ -345,7 +363,7 @@ def load_config(
         path = Path(config_file)
         if not path.is_file():
             raise ConfigError(f"--config: no such file {path}")
-        loaded = yaml.safe_load(path.read_text()) or {}
+        loaded = read_yaml(path) or {}
         if not isinstance(loaded, dict):
             raise ConfigError(f"{path}: expected a mapping of config fields at the top level")
         try:  # keys and types of the file alone, so errors name it; no __post_init__ yet
@@ -385,6 +403,7 @@ __all__ = [
     "in_range",
     "load_config",
     "parse_overrides",
+    "read_yaml",
     "save_config",
     "to_dict",
 ]

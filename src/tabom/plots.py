@@ -119,14 +119,19 @@ def plot_trajectory(
         ax.text(c, r + 0.3, str(d), ha="center", va="center", fontsize=6, color=color)
     ax.set_xticks(range(cols))
     ax.set_xticklabels([str(c) for c in range(cols)], fontsize=6)
-    ax.set_yticks(range(rows))
-    ax.set_yticklabels([str(r * cols) for r in range(rows)], fontsize=6)
-    ax.set_xlabel("response position (row start on the left)", fontsize=7)
+    ax.set_yticks(range(rows) if rows > 1 else [])  # one row: no row-start tick to read
+    ax.set_yticklabels([str(r * cols) for r in range(rows)] if rows > 1 else [], fontsize=6)
+    ax.set_xlabel(
+        "response position" + (" (row start on the left)" if rows > 1 else ""), fontsize=7
+    )
     bar = fig.colorbar(image, ax=ax, label="decode step", fraction=0.04, pad=0.02)
     bar.ax.yaxis.set_major_locator(MaxNLocator(integer=True))
     verdict = {True: "verified", False: "wrong", None: "unverified"}[record.verified]
     prompt = record.prompt if len(record.prompt) <= 60 else record.prompt[:57] + "..."
-    ax.set_title(f"{record.id} ({record.method}, {verdict})\n{prompt!r}", fontsize=8)
+    model = record.gen.get("model", "?")
+    ax.set_title(
+        f"{record.id} ({record.method}, {verdict}; model {model})\n{prompt!r}", fontsize=8
+    )
     return _save(fig, path)
 
 
@@ -147,6 +152,8 @@ def _figure(width: float, height: float, dpi: int, *, hint: str = ""):
 def _save(fig, path: str | Path) -> Path:
     fig.tight_layout()
     path = Path(path)
+    if path.suffix.lower() != ".png":  # what savefig would write, so the caller names it
+        path = path.with_name(path.name + ".png")
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path)
     return path

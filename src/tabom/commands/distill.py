@@ -122,6 +122,8 @@ class DistillConfig:
 
     def __post_init__(self) -> None:
         check_ranges(self)
+        if not self.output.strip() or self.output.endswith(("/", "\\")):
+            raise ValueError(f"output: {self.output!r} is not a file path (a .jsonl file)")
         if self.n_prompts is None and self.prompts_file is None:
             raise ValueError("n_prompts: generated prompts need a count (None only with a file)")
         if self.task is None and self.prompts_file is None:
@@ -160,15 +162,18 @@ def read_prompt_rows(path: str, split: str = "train") -> list[tuple[int, dict[st
     """``(line or row number, record)`` of a prompts file: JSONL natively, else ``datasets``.
 
     Raises:
-        ImportError: a non-JSONL source and no ``datasets`` package.
+        TabomError: an unknown file format, or a non-JSONL source and no ``datasets`` package.
     """
     p = Path(path)
     if p.suffix == ".jsonl":
         return read_jsonl(p)
+    kinds = {".parquet": "parquet", ".csv": "csv", ".json": "json", ".arrow": "arrow"}
+    if p.is_file() and p.suffix not in kinds:
+        raise TabomError(f"prompts_file {path}: unknown format (use .jsonl, {', '.join(kinds)})")
     try:
         import datasets
     except ImportError:
-        raise ImportError(
+        raise TabomError(
             f"prompts_file {path}: reading it needs the optional `datasets` package "
             "(pip install datasets); a .jsonl file works without it"
         ) from None
@@ -177,9 +182,6 @@ def read_prompt_rows(path: str, split: str = "train") -> list[tuple[int, dict[st
         if isinstance(ds, datasets.DatasetDict):
             ds = ds[split]
     elif p.is_file():
-        kinds = {".parquet": "parquet", ".csv": "csv", ".json": "json", ".arrow": "arrow"}
-        if p.suffix not in kinds:
-            raise TabomError(f"prompts_file {path}: unknown format (use {', '.join(kinds)})")
         ds = datasets.load_dataset(kinds[p.suffix], data_files=str(p), split="train")
     else:
         ds = datasets.load_dataset(path, split=split)

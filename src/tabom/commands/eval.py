@@ -24,7 +24,7 @@ import torch
 from tabom.config import AT_LEAST_1, NON_NEGATIVE
 from tabom.decoding import DecodeConfig, ScoreName
 from tabom.errors import TabomError
-from tabom.evaluate import TaskResult, evaluate_task
+from tabom.evaluate import TaskResult, budget_for, evaluate_task
 from tabom.metrics import Alignment, Forgetting, forgetting, trajectory_alignment
 from tabom.models import DEFAULT_MODEL, load_model
 from tabom.models.base import DiffusionLM
@@ -226,6 +226,12 @@ def run_eval(cfg: EvalConfig) -> int:
     """Evaluate ``cfg.model`` on every set; print the tables, write JSON if asked."""
     if cfg.num_threads:
         torch.set_num_threads(cfg.num_threads)
+    # 1) the sets and their decode settings, checked before any model loads
+    sets = {spec: load_eval_set(spec, cfg.n_examples, cfg.seed) for spec in cfg.tasks}
+    budgets_cfg = cfg.budgets()
+    for task, _ in sets.values():
+        for bcfg in (cfg.main_decode, *budgets_cfg.values()):
+            budget_for(task, bcfg)  # a gen_length or block length that does not fit the task
     trust = cfg.trust_remote_code
     dlm = load_eval_model(cfg.model, cfg.adapter, trust_remote_code=trust)
     base = load_model(cfg.baseline, trust_remote_code=trust) if cfg.baseline else None
@@ -236,8 +242,6 @@ def run_eval(cfg: EvalConfig) -> int:
         records = read_trajectories(
             cfg.trajectories, tokenizer=dlm.tokenizer, vocab_size=dlm.vocab_size
         )
-    sets = {spec: load_eval_set(spec, cfg.n_examples, cfg.seed) for spec in cfg.tasks}
-    budgets_cfg = cfg.budgets()
     key0 = next(iter(budgets_cfg))
     results: dict[str, TaskResult] = {}
     budgets: dict[str, dict[str, float]] = {}

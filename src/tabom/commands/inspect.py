@@ -30,7 +30,8 @@ class InspectConfig:
         path: the trajectory file.
         index: position (0-based) of the record to draw.
         id: draw the record with this id instead of ``index``.
-        png: where the picture goes (default: ``FILE`` without suffix + ``.{index}.png``).
+        png: where the picture goes (default: ``FILE`` without suffix + ``.{index}.png``;
+            a folder: that name inside it; ``.png`` is added to a name without it).
         draw: draw the picture (needs matplotlib: ``pip install 'tabom[plot]'``).
         tokenizer: model folder or shipped name whose tokenizer labels the tokens
             (default: the record's ``gen.model`` if it is a shipped model, else ids).
@@ -146,9 +147,12 @@ def run_inspect(cfg: InspectConfig) -> int:
 
     record = records[index]
     labels, note = token_labels(record, cfg.tokenizer)
-    png = cfg.png or str(Path(cfg.path).with_suffix("")) + f".{index}.png"
-    plot_trajectory(record, png, labels=labels, wrap=cfg.wrap)
-    print(f"drew {record.id} -> {png} ({note})")
+    default = Path(str(Path(cfg.path).with_suffix("")) + f".{index}.png")
+    png = Path(cfg.png) if cfg.png else default
+    if png.is_dir():  # --png FOLDER: the picture goes inside it
+        png = png / default.name
+    written = plot_trajectory(record, png, labels=labels, wrap=cfg.wrap)
+    print(f"drew {record.id} -> {written} ({note})")
     return 0
 
 

@@ -102,6 +102,8 @@ class PretrainConfig:
             raise ValueError(
                 f"task_weights has {len(self.task_weights)} entries but tasks has {len(self.tasks)}"
             )
+        if self.task_weights is not None and not sum(self.task_weights) > 0:
+            raise ValueError(f"task_weights: {self.task_weights} gives no task a weight > 0")
         check_ranges(self)
 
 

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -46,6 +47,7 @@ from tabom.config import (
     save_config,
     to_dict,
 )
+from tabom.errors import TabomError
 from tabom.evaluate import greedy_accuracy, make_eval_sets
 from tabom.models import (
     BACKENDS,
@@ -532,8 +534,10 @@ def train(cfg: TrainConfig) -> Path:
                 # 3c) backward on every micro-batch of every process: never skipped, so the
                 # gradient all-reduce always has every rank
                 accelerator.backward(res.total)
-                if accelerator.sync_gradients and cfg.grad_clip:
-                    grad_norm = accelerator.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+                if accelerator.sync_gradients:  # the norm of the reduced gradient: every rank's
+                    clip = cfg.grad_clip or math.inf  # inf: measured, not clipped
+                    grad_norm = accelerator.clip_grad_norm_(model.parameters(), clip)
+                    _stop_if_nonfinite(float(grad_norm), "gradient norm", step + 1, out)
                 optimizer.step()  # a no-op until the last micro-batch of the step
                 if accelerator.sync_gradients:
                     scheduler.step()
@@ -588,6 +592,7 @@ def train(cfg: TrainConfig) -> Path:
                     ce=f"{record['ce']:.3f}", rank=f"{record['rank']:.3f}", lr=f"{lr:.2e}"
                 )
         if (cfg.save_every and done % cfg.save_every == 0) or done == total:
+            _stop_if_nonfinite(_weights_finite(accelerator, model), "weight", done, out)
             save_checkpoint(accelerator, out, {"step": done, "epoch": epoch, "settings": settings})
     bar.close()
     if log is not None:
@@ -613,6 +618,34 @@ def train(cfg: TrainConfig) -> Path:
     if tracker:
         accelerator.end_training()
     return out
+
+
+class TrainingDiverged(TabomError):
+    """A non-finite gradient or weight: the run stops before saving it (exit 2)."""
+
+
+def _weights_finite(accelerator: Any, model: torch.nn.Module) -> float:
+    """0.0 when every trainable weight of every process is finite, else nan (a collective)."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    bad = sum(int((~torch.isfinite(p.detach())).sum()) for p in params)
+    total = accelerator.reduce(torch.tensor([float(bad)], device=accelerator.device), "sum")
+    return 0.0 if float(total.item()) == 0 else math.nan
+
+
+def _stop_if_nonfinite(value: float, what: str, step: int, out: Path) -> None:
+    """Refuse to step or save on a non-finite ``value``; names the last good checkpoint.
+
+    Raises:
+        TrainingDiverged: ``value`` is nan or inf.
+    """
+    if math.isfinite(value):
+        return
+    last = latest_checkpoint(out)  # written only after this check passed
+    keep = f"the last good checkpoint is {last}" if last else "no checkpoint was written"
+    raise TrainingDiverged(
+        f"step {step}: non-finite {what} ({value}); stopped "
+        f"before stepping or saving it ({keep}); lower --lr or set --grad_clip"
+    )
 
 
 def run_train(cfg: TrainConfig) -> int:

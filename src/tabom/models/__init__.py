@@ -120,7 +120,7 @@ def backend_from_config(config: dict[str, Any], where: str = "<config>") -> str:
     archs = config.get("architectures") or []
     if any(str(a).endswith("ForMaskedLM") for a in archs):
         return "hf-mlm"
-    raise ValueError(
+    raise TabomError(
         f"{where}: cannot tell the backend from model_type {model_type!r} and architectures "
         f"{archs}; pass backend= one of {', '.join(BACKENDS)} (a bidirectional Llama/Qwen2 "
         f"stand-in needs {BACKEND_FILE} or an explicit backend)"
@@ -142,10 +142,13 @@ def detect_backend(name_or_path: str) -> str:
         return "tiny"
     path = Path(name_or_path)
     if path.is_dir() and (path / BACKEND_FILE).is_file():
-        meta = json.loads((path / BACKEND_FILE).read_text())
-        backend = meta.get("backend")
+        try:
+            meta = json.loads((path / BACKEND_FILE).read_text(encoding="utf-8"))
+        except (UnicodeDecodeError, json.JSONDecodeError) as e:
+            raise TabomError(f"{path / BACKEND_FILE}: not valid JSON ({e})") from None
+        backend = meta.get("backend") if isinstance(meta, dict) else None
         if backend not in BACKENDS:
-            raise ValueError(
+            raise TabomError(
                 f"{path / BACKEND_FILE}: backend {backend!r} is not one of {', '.join(BACKENDS)}"
             )
         return backend
