@@ -159,6 +159,7 @@ def test_out_of_range_values_are_refused_naming_the_flag(
 ):
     monkeypatch.chdir(tmp_path)
     forbid_running(monkeypatch)
+    (tmp_path / "x.jsonl").write_text("")  # inspect's file exists: the flag is what is wrong
     extra = [str(tmp_path / "x.jsonl")] if command == "inspect" else []
     assert main([command, *extra, flag(name), value]) == 2
     one_line_error(capsys, flag(name))

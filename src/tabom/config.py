@@ -13,6 +13,7 @@ refuses a value outside it, naming the flag (``--lr``) and what the field accept
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import json
 import math
 import types
@@ -274,14 +275,36 @@ def _check_flag(cls: type, dotted: str) -> tuple[Any, bool]:
             raise ConfigError(f"--{dotted}: {part!r} is not a field (its parent is not a group)")
         hints = get_type_hints(tp)
         if part not in hints:
-            known = ", ".join(sorted(f.name for f in dataclasses.fields(tp)))
-            raise ConfigError(f"--{dotted}: unknown field {part!r} (known: {known})")
+            raise ConfigError(unknown_flag(dotted, sorted(all_flags(cls))))
         tp = hints[part]
         args = [a for a in get_args(tp) if a is not type(None)]
         optional = get_origin(tp) in (Union, types.UnionType) and type(None) in get_args(tp)
         if get_origin(tp) in (Union, types.UnionType) and len(args) == 1:
             tp = args[0]
     return tp, optional
+
+
+def all_flags(cls: type, prefix: str = "") -> list[str]:
+    """Every dotted field name of ``cls`` (``lr``, ``loss.td_window``), groups expanded."""
+    out = []
+    hints = get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        tp = hints[f.name]
+        if dataclasses.is_dataclass(tp):
+            out += all_flags(tp, f"{prefix}{f.name}.")
+        else:
+            out.append(prefix + f.name)
+    return out
+
+
+def unknown_flag(dotted: str, known: list[str]) -> str:
+    """``--lrr: unknown flag; did you mean --lr?`` (the closest known spellings, or a hint)."""
+    close = difflib.get_close_matches(dotted, known, n=3, cutoff=0.6)
+    if not close:  # a group's field given without its group: --td_window for --loss.td_window
+        close = [k for k in known if k.rsplit(".", 1)[-1] == dotted.rsplit(".", 1)[-1]]
+    if close:
+        return f"--{dotted}: unknown flag; did you mean {' or '.join('--' + c for c in close)}?"
+    return f"--{dotted}: unknown flag (--help lists the {len(known)} flags)"
 
 
 def parse_overrides(cls: type, argv: list[str]) -> dict[str, Any]:
@@ -398,6 +421,7 @@ __all__ = [
     "PROBABILITY",
     "UNIT",
     "ConfigError",
+    "all_flags",
     "Range",
     "check_ranges",
     "in_range",
@@ -406,4 +430,5 @@ __all__ = [
     "read_yaml",
     "save_config",
     "to_dict",
+    "unknown_flag",
 ]

@@ -412,6 +412,8 @@ def train(cfg: TrainConfig) -> Path:
     if cfg.num_threads:
         torch.set_num_threads(cfg.num_threads)
     out = Path(cfg.output_dir)
+    if cfg.data and not Path(cfg.data).is_file():  # before the model loads (seconds to minutes)
+        raise FileNotFoundError(f"data: no such file {cfg.data}")
     dlm = load_model(cfg.model, backend=cfg.backend, dtype=_load_dtype(cfg))
     items, _ = load_train_items(cfg, dlm)  # too-short trajectories: a warning
     tracker = _check_tracker(cfg.report_to)
