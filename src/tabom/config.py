@@ -89,6 +89,9 @@ UNIT = in_range(0, 1)
 """``[0, 1]`` (a ratio)."""
 PROBABILITY = in_range(0, 1, low_open=True)
 """``(0, 1]`` (top-p, a threshold)."""
+LEARNING_RATE = in_range(0, 1e30, low_open=True)
+"""``(0, 1e30]``: AdamW's float32 step (lr / (1 - β1)) overflows near 3.4e37; any rate this
+large diverges, which training then reports as a non-finite gradient."""
 
 
 def _check_range(value: Any, metadata: Any, where: str) -> None:
@@ -113,6 +116,19 @@ def check_ranges(cfg: Any) -> None:
     """
     for f in dataclasses.fields(cfg):
         _check_range(getattr(cfg, f.name), f.metadata, f.name)
+
+
+def split_list(text: str) -> list[str]:
+    """``a,b`` -> ``[a, b]``, keeping a task spec's own commas: a piece ``key=value`` with no
+    ``:`` continues the previous ``name:key=value`` item, so
+    ``addition:min_digits=1,max_digits=3,sudoku`` is two specs, not three."""
+    items: list[str] = []
+    for piece in text.split(","):
+        if items and "=" in piece and ":" not in piece and ":" in items[-1]:
+            items[-1] += "," + piece
+        elif piece != "":
+            items.append(piece)
+    return items
 
 
 def _convert(value: Any, tp: Any, where: str, construct: bool = True) -> Any:
@@ -146,7 +162,7 @@ def _convert(value: Any, tp: Any, where: str, construct: bool = True) -> Any:
         return value
     if origin in (list, tuple):
         if isinstance(value, str):
-            value = [v for v in value.split(",") if v != ""]
+            value = split_list(value)
         elif isinstance(value, (int, float, bool)):
             value = [value]  # `--ks 1` reads as a scalar: a one-item list
         if not isinstance(value, (list, tuple)):
@@ -416,6 +432,7 @@ def save_config(cfg: Any, path: str | Path) -> None:
 
 __all__ = [
     "AT_LEAST_1",
+    "LEARNING_RATE",
     "NON_NEGATIVE",
     "POSITIVE",
     "PROBABILITY",

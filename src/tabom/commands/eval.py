@@ -91,6 +91,10 @@ class EvalConfig:
     trust_remote_code: bool = False
 
     def __post_init__(self) -> None:
+        if not self.tasks:
+            raise ValueError("tasks: give at least one eval set (SPEC or SPEC@FILE)")
+        if not self.ks:
+            raise ValueError("ks: give at least one k (e.g. 1)")
         if any(k > self.n_samples for k in self.ks):
             raise ValueError(f"ks {self.ks}: every k must be <= n_samples ({self.n_samples})")
         if self.n_samples > 1 and self.main_decode.temperature == 0:

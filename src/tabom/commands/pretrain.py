@@ -31,8 +31,8 @@ from tabom.checkpoint import (
 )
 from tabom.config import (
     AT_LEAST_1,
+    LEARNING_RATE,
     NON_NEGATIVE,
-    POSITIVE,
     UNIT,
     check_ranges,
     save_config,
@@ -81,7 +81,7 @@ class PretrainConfig:
     task_weights: list[float] | None = field(default=None, metadata=NON_NEGATIVE)
     steps: int = field(default=2000, metadata=AT_LEAST_1)
     batch_size: int = field(default=128, metadata=AT_LEAST_1)
-    lr: float = field(default=1e-3, metadata=POSITIVE)
+    lr: float = field(default=1e-3, metadata=LEARNING_RATE)
     min_lr_ratio: float = field(default=0.1, metadata=UNIT)
     warmup_steps: int = field(default=100, metadata=NON_NEGATIVE)
     weight_decay: float = field(default=0.01, metadata=NON_NEGATIVE)

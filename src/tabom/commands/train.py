@@ -38,6 +38,7 @@ from tabom.checkpoint import (
 )
 from tabom.config import (
     AT_LEAST_1,
+    LEARNING_RATE,
     NON_NEGATIVE,
     POSITIVE,
     UNIT,
@@ -173,7 +174,7 @@ class TrainConfig:
     max_steps: int = field(default=0, metadata=NON_NEGATIVE)
     batch_size: int = field(default=4, metadata=AT_LEAST_1)
     grad_accum: int = field(default=8, metadata=AT_LEAST_1)
-    lr: float = field(default=2e-5, metadata=POSITIVE)
+    lr: float = field(default=2e-5, metadata=LEARNING_RATE)
     weight_decay: float = field(default=0.01, metadata=NON_NEGATIVE)
     warmup_steps: int = field(default=50, metadata=NON_NEGATIVE)
     min_lr_ratio: float = field(default=0.0, metadata=UNIT)
