@@ -184,6 +184,15 @@ def set_label(spec: str) -> str:
     return f"{domain}: {spec}" if domain else spec
 
 
+def bar_label(spec: str) -> str:
+    """A short progress-bar label: ``old domain: addition``, ``countdown@test.jsonl`` (the
+    tables name the full spec)."""
+    task_spec, _, path = spec.partition("@")
+    name = task_spec.partition(":")[0] + (f"@{Path(path).name}" if path else "")
+    domain = {OLD_DOMAIN: "old domain", NEW_DOMAIN: "new domain"}.get(task_spec)
+    return f"{domain}: {name}" if domain else name
+
+
 def sampling(temperature: float) -> str:
     """How answers were drawn: ``greedy (T = 0)`` or ``sampled at T = 1``."""
     return "greedy (T = 0)" if temperature == 0 else f"sampled at T = {temperature:g}"
@@ -252,7 +261,8 @@ def run_eval(cfg: EvalConfig) -> int:
     forgot: dict[str, Forgetting] = {}
     for spec, (task, examples) in sets.items():
         kwargs = {"seed": cfg.seed, "batch_size": cfg.batch_size, "progress": True}
-        label = set_label(spec)
+        label = bar_label(spec)
+        t_main = cfg.main_decode.temperature
         results[spec] = evaluate_task(
             dlm,
             task,
@@ -260,7 +270,7 @@ def run_eval(cfg: EvalConfig) -> int:
             cfg.main_decode,
             n_samples=cfg.n_samples,
             ks=tuple(cfg.ks),
-            desc=f"{label} [{cfg.n_samples} sample(s), {sampling(cfg.main_decode.temperature)}]",
+            desc=f"{label} [{cfg.n_samples} x {'greedy' if t_main == 0 else f'T={t_main:g}'}]",
             **kwargs,
         )
         one: dict[str, TaskResult] = {}
@@ -269,11 +279,11 @@ def run_eval(cfg: EvalConfig) -> int:
             if bcfg == cfg.decode and same_as_main:
                 one[key] = results[spec]
             else:
-                desc = f"{label} [budget {key}, {sampling(bcfg.temperature)}]"
+                desc = f"{label} [{key}]"
                 one[key] = evaluate_task(dlm, task, examples, bcfg, desc=desc, **kwargs)
         budgets[spec] = {k: r.accuracy for k, r in one.items()}
         if base is not None:
-            desc = f"{label} [baseline {cfg.baseline}, {key0}]"
+            desc = f"{label} [baseline, {key0}]"
             before = evaluate_task(base, task, examples, budgets_cfg[key0], desc=desc, **kwargs)
             after = one[key0]
             forgot[spec] = forgetting([c[0] for c in before.correct], [c[0] for c in after.correct])

@@ -219,7 +219,8 @@ def pretrain(cfg: PretrainConfig) -> Path:
         if (cfg.eval_every and done % cfg.eval_every == 0) or done == cfg.steps:
             record["eval"] = greedy_accuracy(dlm, eval_sets)  # every process
             if main:
-                bar.write(f"step {done}: loss {record['loss']:.4f} eval {record['eval']}")
+                accs = ", ".join(f"{k} {v:.3f}" for k, v in record["eval"].items())
+                bar.write(f"step {done}: loss {record['loss']:.4f}; greedy accuracy {accs}")
         record["elapsed_s"] = round(time.perf_counter() - t0, 2)
         if log is not None:
             log.write(json.dumps(record) + "\n")

@@ -590,10 +590,9 @@ def train(cfg: TrainConfig) -> Path:
                 scalars = {k: v for k, v in record.items() if isinstance(v, (int, float))}
                 scalars.update({f"eval/{k}": v for k, v in record.get("eval", {}).items()})
                 accelerator.log(scalars, step=done)
-            if "ce" in record:
-                bar.set_postfix(
-                    ce=f"{record['ce']:.3f}", rank=f"{record['rank']:.3f}", lr=f"{lr:.2e}"
-                )
+            if "ce" in record:  # the rank term only for objectives that have one
+                ranked = {"rank": f"{record['rank']:.3f}"} if cfg.objective == "tabom" else {}
+                bar.set_postfix(ce=f"{record['ce']:.3f}", **ranked, lr=f"{lr:.2e}")
         if (cfg.save_every and done % cfg.save_every == 0) or done == total:
             _stop_if_nonfinite(_weights_finite(accelerator, model), "weight", done, out)
             save_checkpoint(accelerator, out, {"step": done, "epoch": epoch, "settings": settings})

@@ -42,6 +42,7 @@ from tabom.models.tiny import (
     TinyModelConfig,
     build_tiny,
     load_tiny,
+    quiet_hf_bars,
     save_tiny,
 )
 
@@ -60,6 +61,8 @@ PRETRAINED: dict[str, BackendDefaults] = {
 NATIVE: dict[str, NativeFamily] = {"llada": LLADA_NATIVE, "dream": DREAM_NATIVE}
 """Backends loaded natively (no remote code): name -> config and name maps."""
 BACKENDS = (*TINY_BACKENDS, *PRETRAINED)
+SMALL_MODEL = 100_000_000
+"""Parameters below which saving shows no ``Writing model shards`` bar."""
 REMOTE = ("llada-remote", "dream-remote")
 """Backends that run a checkpoint's own code: only when the caller names them (or passes
 ``trust_remote_code``), never because a file in the model folder says so."""
@@ -240,7 +243,8 @@ def save_model(dlm: DiffusionLM, path: str | Path) -> None:
     save their code with them (``save_pretrained``).
     """
     tolerant_generation_config(dlm.model)
-    with atomic_dir(path) as tmp:
+    small = sum(p.numel() for p in dlm.model.parameters()) < SMALL_MODEL
+    with atomic_dir(path) as tmp, quiet_hf_bars(small):  # no shard bar for a few MB
         write_model_files(dlm, tmp)
         save_native_files(dlm, tmp)
 

@@ -6,6 +6,7 @@ peft is a core dependency; the import stays inside the functions so that importi
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -49,7 +50,9 @@ def with_lora(
         target_modules=list(targets),
         bias="none",
     )
-    return get_peft_model(model, lora)
+    with warnings.catch_warnings():  # peft asks a deprecated transformers property
+        warnings.filterwarnings("ignore", ".*is_gradient_checkpointing.*", FutureWarning)
+        return get_peft_model(model, lora)
 
 
 def merge_adapter(dlm: DiffusionLM, adapter: str | Path) -> DiffusionLM:
