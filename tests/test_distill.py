@@ -213,7 +213,8 @@ def test_prompts_from_a_jsonl_file_with_a_prompt_field(model_dir, tmp_path):
 def test_a_non_jsonl_file_without_datasets_says_what_to_install(model_dir, tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "datasets", None)  # import fails as if not installed
     cfg = config(model_dir, tmp_path / "f.jsonl", prompts_file=str(tmp_path / "p.parquet"))
-    with pytest.raises(ImportError, match=r"pip install datasets.*\.jsonl file works without"):
+    # a TabomError (one line, exit 2 in the CLI), no longer an ImportError (issue 21)
+    with pytest.raises(TabomError, match=r"pip install datasets.*\.jsonl file works without"):
         distill(cfg)
 
 
