@@ -258,7 +258,9 @@ def test_cli_distill_then_inspect_draws_a_png(model_dir, tmp_path, capsys):
     assert main([*argv, "--keep", "all", "--output", str(out), "--progress", "false"]) == 0
     assert "3 prompts, 12 samples, 12 records" in capsys.readouterr().out
     png = tmp_path / "pic.png"
-    assert main(["inspect", str(out), "--index", "5", "--png", str(png)]) == 0
+    # the tokenizer where the user points (issue 21: not the folder the file names)
+    argv = ["inspect", str(out), "--index", "5", "--png", str(png), "--tokenizer", model_dir]
+    assert main(argv) == 0
     text = capsys.readouterr().out
     assert "12 records, 3 prompts, 4-4 samples per prompt" in text
     assert "steps per answer mean 4.00" in text and "tokens per step mean 1.00" in text

@@ -165,6 +165,7 @@ def plot_metric_bars(
     *,
     title: str = "",
     ylabels: Mapping[str, str] | None = None,
+    sharey: bool = False,
     dpi: int = 120,
 ) -> Path:
     """One bar panel per metric: a bar per model with its mean and a ± std error bar.
@@ -177,12 +178,16 @@ def plot_metric_bars(
         title: figure title.
         ylabels: ``{metric title: y-axis label}`` (default: the metric title's first word
             group, e.g. ``accuracy``).
+        sharey: one y range for every panel (metrics of one scale, e.g. accuracies).
         dpi: resolution.
 
     Returns:
         The path written.
     """
     fig = _figure(3.4 * len(panels) + 0.6, 3.6, dpi)
+    shared = max(
+        (m + s for values in panels.values() for m, s in values.values()), default=1e-3
+    )
     for i, (metric, values) in enumerate(panels.items()):
         ax = fig.add_subplot(1, len(panels), i + 1)
         names = list(values)
@@ -191,7 +196,7 @@ def plot_metric_bars(
         colors = [f"C{j}" for j in range(len(names))]
         ax.bar(range(len(names)), means, yerr=stds, color=colors, capsize=3)
         tops = [m + s for m, s in zip(means, stds, strict=True)]
-        ymax = max(1e-3, max(tops)) * 1.22
+        ymax = max(1e-3, shared if sharey else max(tops)) * 1.22
         for j, (m, top) in enumerate(zip(means, tops, strict=True)):
             # above the error bar's cap, so the number never sits on the bar
             ax.text(j, top + 0.02 * ymax, f"{m:.3f}", ha="center", va="bottom", fontsize=7)
@@ -246,35 +251,51 @@ def plot_budgets(
 
 
 def plot_entropy_curves(
-    curves: Mapping[str, Sequence[float]],
+    curves: Mapping[str, Sequence[float | MeanStd]],
     path: str | Path,
     *,
     ylabel: str = "entropy of the next-decoded token (nats)",
     title: str = "",
+    note: str = "",
     dpi: int = 120,
 ) -> Path:
     """A per-decode-step curve (e.g. entropy of the token committed next) for each model.
 
     Args:
-        curves: ``{model: [value at decode step s]}``; NaN values are left out.
+        curves: ``{model: [value at decode step s]}``, each a number or ``(mean, std)``
+            (drawn with a ± std error bar); NaN values are left out.
         path: the PNG to write.
         ylabel: y-axis label.
         title: axes title.
+        note: a line under the axes saying what is averaged (and what step 0 is).
         dpi: resolution.
 
     Returns:
         The path written.
     """
-    fig = _figure(5.0, 3.6, dpi)
+    fig = _figure(6.0, 4.0, dpi)
     ax = fig.add_subplot()
     for j, (name, ys) in enumerate(curves.items()):
-        pts = [(s, y) for s, y in enumerate(ys) if y == y]  # y == y drops NaN
-        ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", color=f"C{j}", label=name)
-    ax.set_xlabel("decode step s (state before step s)")
+        pts = [(s, y if isinstance(y, tuple) else (y, 0.0)) for s, y in enumerate(ys)]
+        pts = [(s, m, sd) for s, (m, sd) in pts if m == m]  # m == m drops NaN
+        ax.errorbar(
+            [p[0] for p in pts],
+            [p[1] for p in pts],
+            yerr=[p[2] for p in pts],
+            marker="o",
+            capsize=3,
+            color=f"C{j}",
+            label=name,
+        )
+    ax.set_xlabel("decode step s (the state before step s; s = 0: every position masked)")
     ax.set_ylabel(ylabel, fontsize=8)
+    ax.set_ylim(bottom=0)  # an entropy is >= 0: the axis starts there
     if title:
         ax.set_title(title, fontsize=9)
-    ax.legend(fontsize=7)
+    if note:
+        fig.text(0.01, 0.01, note, fontsize=6.5, ha="left", va="bottom", wrap=True)
+        fig.subplots_adjust(bottom=0.25)
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0)
     return _save(fig, path)
 
 

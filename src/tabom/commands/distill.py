@@ -596,8 +596,13 @@ def check_resume(
     progress = _paths(output)[1]
     if not (output.is_file() and output.stat().st_size) and not progress.exists():
         return  # nothing written yet
-    if fingerprint is not None:
+    _check_written_settings(cfg, output)
+    if fingerprint is not None:  # after the settings: another path is named as a setting
         check_fingerprints(cfg, output, fingerprint)
+
+
+def _check_written_settings(cfg: DistillConfig, output: Path) -> None:
+    """The settings half of :func:`check_resume` (the sidecar, else the first record)."""
     now = {k: v for k, v in to_dict(cfg).items() if k in RESUME_SETTINGS}
     sidecar = output.with_name(output.name + ".config.yaml")
     if sidecar.is_file():

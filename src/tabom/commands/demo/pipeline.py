@@ -44,7 +44,7 @@ from tabom.commands.demo.config import (
     DemoConfig,
     parse_arm,
 )
-from tabom.commands.demo.report import write_report
+from tabom.commands.demo.report import collect, table, write_report
 from tabom.commands.distill import DistillConfig, distill, load_prompts
 from tabom.commands.train import TrainConfig, train
 from tabom.config import to_dict
@@ -484,6 +484,7 @@ def run_demo(cfg: DemoConfig) -> int:
     report = write_report(
         cfg, root, results, dist["result"], steps, timings, t_start, t_rep, tuning=tuning
     )
+    print(f"\n{table(collect(results, cfg), cfg)}\n")  # the main table, mean ± std over seeds
     print(f"demo: wrote {report} ({time.perf_counter() - t_start:.0f} s)")
     return 0
 
