@@ -92,7 +92,8 @@ class DistillConfig:
         seed: seed of the generated prompts and of every sample (see the module docstring).
         prompts_per_batch: prompts decoded together (a batch has this many x n_samples rows);
             part of the random stream, so changing it changes the samples like a new seed.
-        output: the trajectory file; ``.progress``, ``.summary.json`` and ``.config.yaml``
+        output: the trajectory file; ``.progress``, ``.summary.json``, ``.config.yaml`` and
+            ``.fingerprint.json`` (prompt texts and model weights, checked on resume)
             sidecars go next to it.
         ks: the k of pass@k over the prompts (each <= n_samples).
         num_threads: torch CPU threads per process; 1 is fastest for the tiny model
@@ -789,7 +790,7 @@ def distill(cfg: DistillConfig) -> DistillSummary | None:
     summary_path.write_text(json.dumps(payload, indent=1) + "\n")
     print(summary.format())
     sidecars = ", ".join(
-        str(output.with_name(output.name + s)) for s in (".config.yaml", ".progress")
+        str(output.with_name(output.name + s)) for s in (".config.yaml", ".progress", ".fingerprint.json")
     )
     print(f"saved: {output} (trajectories); {summary_path}, {sidecars}")
     return summary
