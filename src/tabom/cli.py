@@ -235,7 +235,6 @@ INPUT_FILES = {
     "train": ("data",),
     "inspect": ("path",),
     "eval": ("adapter", "trajectories"),
-    "export": ("model",),
 }
 """Flags that name an existing local file or folder, checked before torch is imported."""
 
@@ -263,8 +262,6 @@ def precheck(name: str, rest: list[str]) -> str | None:
         return f"--config: no such file {given['config']}"
     for key in INPUT_FILES.get(name, ()):
         value = given.get(key)
-        if key == "model" and value is not None and value.count("/") == 1:
-            continue  # a hub id
         if value and value.lower() not in ("none", "null", "~") and not os.path.exists(value):
             return f"--{key}: no such file or folder {value}"
     return None
@@ -289,9 +286,13 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``tabom`` console script; returns the exit code."""
     try:
         return _main(list(sys.argv[1:] if argv is None else argv))
-    except BrokenPipeError:  # stdout closed by its reader (``tabom eval | head``)
-        _stdout_gone()
-        return 0
+    except BrokenPipeError:  # stdout closed by its reader (``tabom eval | head``)?
+        try:
+            sys.stdout.flush()
+        except BrokenPipeError:
+            _stdout_gone()
+            return 0
+        raise  # another pipe or socket: not the reader of our output
 
 
 def _main(argv: list[str]) -> int:

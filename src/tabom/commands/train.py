@@ -540,7 +540,8 @@ def train(cfg: TrainConfig) -> Path:
                 if accelerator.sync_gradients:  # the norm of the reduced gradient: every rank's
                     clip = cfg.grad_clip or math.inf  # inf: measured, not clipped
                     grad_norm = accelerator.clip_grad_norm_(model.parameters(), clip)
-                    _stop_if_nonfinite(float(grad_norm), "gradient norm", step + 1, out)
+                    if grad_norm is not None:  # None: the engine clips (DeepSpeed)
+                        _stop_if_nonfinite(float(grad_norm), "gradient norm", step + 1, out)
                 optimizer.step()  # a no-op until the last micro-batch of the step
                 if accelerator.sync_gradients:
                     scheduler.step()
