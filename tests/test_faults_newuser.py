@@ -156,6 +156,7 @@ def test_help_renders_markup_and_wraps_to_the_terminal(capsys, monkeypatch):
     assert render_help("  --a (default 1): ``x`` and :func:`f`", 60) == "  --a (default 1): x and f"
 
 
+@pytest.mark.slow  # a second pytest process: torch's import under conftest.py
 def test_the_readme_test_install_is_lean_and_lm_eval_tests_skip_without_it(tmp_path):
     root = Path(__file__).resolve().parent.parent
     readme = (root / "README.md").read_text()
