@@ -273,7 +273,7 @@ def plot_entropy_curves(
     Returns:
         The path written.
     """
-    fig = _figure(6.0, 4.0, dpi)
+    fig = _figure(6.4, 4.4 if note else 3.8, dpi)
     ax = fig.add_subplot()
     for j, (name, ys) in enumerate(curves.items()):
         pts = [(s, y if isinstance(y, tuple) else (y, 0.0)) for s, y in enumerate(ys)]
@@ -287,14 +287,19 @@ def plot_entropy_curves(
             color=f"C{j}",
             label=name,
         )
-    ax.set_xlabel("decode step s (the state before step s; s = 0: every position masked)")
+    import textwrap
+
+    xlabel = "decode step s (the state before step s; s = 0: every position masked)"
+    if note:  # under the axis label, inside the layout (tight_layout keeps it on the page)
+        xlabel += "\n\n" + textwrap.fill(note, 105)
+    ax.set_xlabel(xlabel, fontsize=7)
     ax.set_ylabel(ylabel, fontsize=8)
     ax.set_ylim(bottom=0)  # an entropy is >= 0: the axis starts there
+    from matplotlib.ticker import MaxNLocator
+
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # steps are whole numbers
     if title:
         ax.set_title(title, fontsize=9)
-    if note:
-        fig.text(0.01, 0.01, note, fontsize=6.5, ha="left", va="bottom", wrap=True)
-        fig.subplots_adjust(bottom=0.25)
     ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0)
     return _save(fig, path)
 
