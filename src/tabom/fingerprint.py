@@ -14,8 +14,13 @@ without changing the weights.
 from __future__ import annotations
 
 import hashlib
+import json
 from collections.abc import Iterable
 from pathlib import Path
+from typing import Any
+
+from tabom.checkpoint import ResumeError
+from tabom.trajectory import TrajectoryFileError
 
 FULL_HASH_BYTES = 32 << 20
 """Files up to 32 MiB are hashed in full."""
@@ -81,12 +86,61 @@ def prompt_hashes(prompts: Iterable[tuple[str, str]]) -> dict[str, str]:
     return {pid: hashlib.sha256(text.encode()).hexdigest()[:16] for pid, text in prompts}
 
 
+def check_fingerprints(
+    path: Path, now: dict[str, Any], output: Path, model: str, prompts_source: str
+) -> None:
+    """Refuse to continue ``output`` onto other weights or edited prompts; reads only.
+
+    Args:
+        path: the fingerprint file written with ``output`` (absent: nothing to compare).
+        now: ``{"model_weights": ..., "prompts": {id: hash}}`` of this run.
+        output: the file being resumed (named in the message).
+        model: the model setting (named in the message).
+        prompts_source: how the prompts are named in the message (``prompts_file p.jsonl``).
+
+    Raises:
+        ResumeError: the weights differ, or a prompt shared by both runs has another text.
+        TrajectoryFileError: an unreadable fingerprint file.
+    """
+    if not path.is_file():
+        return  # written before fingerprints were recorded: the settings alone are checked
+    try:
+        written = json.loads(path.read_text(encoding="utf-8"))
+        old_weights, old_prompts = written["model_weights"], dict(written["prompts"])
+    except (ValueError, KeyError, TypeError) as e:
+        raise TrajectoryFileError(path, 0, "<file>", f"not a fingerprint file ({e!r})") from None
+    if old_weights and now["model_weights"] and old_weights != now["model_weights"]:
+        raise ResumeError(
+            f"resume: model: the weights in {model} are not those {output} was decoded "
+            f"with (fingerprint {old_weights[:12]} then, {now['model_weights'][:12]} now: "
+            "replaced at the same path?); use those weights, or another output"
+        )
+    changed = [k for k, v in now["prompts"].items() if old_prompts.get(k, v) != v]
+    if changed:
+        raise ResumeError(
+            f"resume: {prompts_source}: {len(changed)} prompt(s) differ in text from those "
+            f"{output} was written from (first: {changed[0]!r}; edited at the same path?); "
+            "use the same prompts, or another output"
+        )
+
+
+def save_fingerprints(path: Path, now: dict[str, Any]) -> None:
+    """Write the fingerprint file atomically, keeping prompts a shorter rerun does not list."""
+    prompts = json.loads(path.read_text(encoding="utf-8"))["prompts"] if path.is_file() else {}
+    payload = {"model_weights": now["model_weights"], "prompts": {**prompts, **now["prompts"]}}
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(payload, indent=0) + "\n", encoding="utf-8")
+    tmp.replace(path)
+
+
 __all__ = [
+    "check_fingerprints",
     "BLOCK",
     "FULL_HASH_BYTES",
     "SAMPLES",
     "file_fingerprint",
     "model_fingerprint",
     "prompt_hashes",
+    "save_fingerprints",
     "weights_fingerprint",
 ]

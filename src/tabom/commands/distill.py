@@ -548,37 +548,8 @@ def fingerprints(cfg: DistillConfig, examples: list[Example]) -> dict[str, Any]:
     }
 
 
-def check_fingerprints(cfg: DistillConfig, output: Path, now: dict[str, Any]) -> None:
-    """Refuse a resume onto other weights or edited prompts at the same paths; reads only.
-
-    Raises:
-        ResumeError: the model's weights or a shared prompt's text differ (names the setting).
-        TrajectoryFileError: an unreadable sidecar.
-    """
-    from tabom.checkpoint import ResumeError
-
-    path = output.with_name(output.name + ".fingerprint.json")
-    if not path.is_file():
-        return  # written before fingerprints were recorded: the settings alone are checked
-    try:
-        written = json.loads(path.read_text(encoding="utf-8"))
-        old_weights, old_prompts = written["model_weights"], dict(written["prompts"])
-    except (ValueError, KeyError, TypeError) as e:
-        raise TrajectoryFileError(path, 0, "<file>", f"not a fingerprint file ({e!r})") from None
-    if old_weights and now["model_weights"] and old_weights != now["model_weights"]:
-        raise ResumeError(
-            f"resume: model: the weights in {cfg.model} are not those {output} was decoded "
-            f"with (fingerprint {old_weights[:12]} then, {now['model_weights'][:12]} now: "
-            "replaced at the same path?); use those weights, or another output"
-        )
-    changed = [k for k, v in now["prompts"].items() if old_prompts.get(k, v) != v]
-    if changed:
-        source = f"prompts_file {cfg.prompts_file}" if cfg.prompts_file else "prompts"
-        raise ResumeError(
-            f"resume: {source}: {len(changed)} prompt(s) differ in text from those {output} "
-            f"was written from (first: {changed[0]!r}; edited at the same path?); use the "
-            "same prompts, or another output"
-        )
+def _fingerprint_path(output: Path) -> Path:
+    return output.with_name(output.name + ".fingerprint.json")
 
 
 def check_resume(
@@ -599,7 +570,10 @@ def check_resume(
         return  # nothing written yet
     _check_written_settings(cfg, output)
     if fingerprint is not None:  # after the settings: another path is named as a setting
-        check_fingerprints(cfg, output, fingerprint)
+        from tabom.fingerprint import check_fingerprints
+
+        source = f"prompts_file {cfg.prompts_file}" if cfg.prompts_file else "prompts"
+        check_fingerprints(_fingerprint_path(output), fingerprint, output, cfg.model, source)
 
 
 def _check_written_settings(cfg: DistillConfig, output: Path) -> None:
@@ -626,18 +600,6 @@ def _check_written_settings(cfg: DistillConfig, output: Path) -> None:
                 if cfg.prompts_file is None:
                     written["task"], current["task"] = rec.get("data_source", cfg.task), cfg.task
                 check_settings(written, current, str(output))
-
-
-def _save_fingerprint(output: Path, now: dict[str, Any]) -> None:
-    """Write ``OUTPUT.fingerprint.json``, keeping the prompts a shorter rerun does not list."""
-    path = output.with_name(output.name + ".fingerprint.json")
-    prompts = {}
-    if path.is_file():
-        prompts = json.loads(path.read_text(encoding="utf-8"))["prompts"]
-    payload = {"model_weights": now["model_weights"], "prompts": {**prompts, **now["prompts"]}}
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(payload, indent=0) + "\n", encoding="utf-8")
-    tmp.replace(path)
 
 
 def distill(cfg: DistillConfig) -> DistillSummary | None:
@@ -713,7 +675,9 @@ def distill(cfg: DistillConfig) -> DistillSummary | None:
         lines, done = consolidate(output, plan_order, group_ids, gen)  # checks, then repairs
         records_before = len(lines)
         save_config(cfg, output.with_name(output.name + ".config.yaml"))  # only after the check
-        _save_fingerprint(output, fingerprint)
+        from tabom.fingerprint import save_fingerprints
+
+        save_fingerprints(_fingerprint_path(output), fingerprint)
     state.wait_for_everyone()
     if not state.is_main_process:
         lines = (
@@ -790,7 +754,8 @@ def distill(cfg: DistillConfig) -> DistillSummary | None:
     summary_path.write_text(json.dumps(payload, indent=1) + "\n")
     print(summary.format())
     sidecars = ", ".join(
-        str(output.with_name(output.name + s)) for s in (".config.yaml", ".progress", ".fingerprint.json")
+        str(output.with_name(output.name + s))
+        for s in (".config.yaml", ".progress", ".fingerprint.json")
     )
     print(f"saved: {output} (trajectories); {summary_path}, {sidecars}")
     return summary
