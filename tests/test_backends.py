@@ -21,6 +21,7 @@ import torch
 from tabom.cli import main
 from tabom.commands.train import TrainConfig, load_train_items
 from tabom.decoding import DecodeConfig, decode, decode_texts, pad_prompts
+from tabom.errors import TabomError
 from tabom.models import (
     backend_from_config,
     detect_backend,
@@ -438,12 +439,15 @@ def test_remote_code_checkpoints_load_by_model_type(tmp_path, family):
     if family == "dream":  # 4-D mask and positions: a padded row decodes as alone
         alone = greedy(dlm, PROMPTS[:1], gen_length=4)
         assert torch.equal(out.response_ids[0], alone.response_ids[0])
-    # commands without a backend field (distill, eval) take the choice from the folder
+    # a folder's tabom_backend.json naming remote code is not a choice of the user: refused
+    # under auto, loaded with trust_remote_code (distill / eval: --trust_remote_code true)
     (path / "tabom_backend.json").write_text(json.dumps({"backend": f"{family}-remote"}))
-    assert load_model(str(path)).spec == dlm.spec
+    with pytest.raises(TabomError, match="trust_remote_code"):
+        load_model(str(path))
+    assert load_model(str(path), trust_remote_code=True).spec == dlm.spec
     # a saved copy (what tabom train writes) loads as the same backend with its code
     save_model(dlm, tmp_path / "copy")
-    again = load_model(str(tmp_path / "copy"))
+    again = load_model(str(tmp_path / "copy"), trust_remote_code=True)
     assert again.spec == dlm.spec
     x = out.sequences
     torch.testing.assert_close(again(x, out.attention_mask), dlm(x, out.attention_mask))

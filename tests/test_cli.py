@@ -22,7 +22,7 @@ def test_command_help_lists_fields(capsys):
 
 def test_unknown_field_is_rejected_with_the_flag_named(capsys):
     assert main(["pretrain", "--stepz", "3"]) == 2
-    assert "--stepz: unknown field 'stepz'" in capsys.readouterr().err
+    assert "--stepz: unknown flag; did you mean --steps?" in capsys.readouterr().err
 
 
 def test_eval_writes_json_and_a_table(tmp_path, model_dir, capsys):

@@ -44,8 +44,8 @@ def test_defaults_yaml_then_flags(tmp_path):
 @pytest.mark.parametrize(
     ("argv", "message"),
     [
-        (["--nope", "1"], "--nope: unknown field 'nope'"),
-        (["--inner.depth", "1"], "--inner.depth: unknown field 'depth'"),
+        (["--nope", "1"], "--nope: unknown flag"),
+        (["--inner.depth", "1"], "--inner.depth: unknown flag; did you mean --inner.width"),
         (["--inner.kind", "c"], "inner.kind: 'c' is not one of 'a', 'b'"),
         (["--lr", "fast"], "lr: expected a number"),
         (["--inner.width", "1.5"], "inner.width: expected an integer"),

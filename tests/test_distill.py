@@ -213,7 +213,8 @@ def test_prompts_from_a_jsonl_file_with_a_prompt_field(model_dir, tmp_path):
 def test_a_non_jsonl_file_without_datasets_says_what_to_install(model_dir, tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "datasets", None)  # import fails as if not installed
     cfg = config(model_dir, tmp_path / "f.jsonl", prompts_file=str(tmp_path / "p.parquet"))
-    with pytest.raises(ImportError, match=r"pip install datasets.*\.jsonl file works without"):
+    # a TabomError (one line, exit 2 in the CLI), no longer an ImportError (issue 21)
+    with pytest.raises(TabomError, match=r"pip install datasets.*\.jsonl file works without"):
         distill(cfg)
 
 
@@ -257,7 +258,9 @@ def test_cli_distill_then_inspect_draws_a_png(model_dir, tmp_path, capsys):
     assert main([*argv, "--keep", "all", "--output", str(out), "--progress", "false"]) == 0
     assert "3 prompts, 12 samples, 12 records" in capsys.readouterr().out
     png = tmp_path / "pic.png"
-    assert main(["inspect", str(out), "--index", "5", "--png", str(png)]) == 0
+    # the tokenizer where the user points (issue 21: not the folder the file names)
+    argv = ["inspect", str(out), "--index", "5", "--png", str(png), "--tokenizer", model_dir]
+    assert main(argv) == 0
     text = capsys.readouterr().out
     assert "12 records, 3 prompts, 4-4 samples per prompt" in text
     assert "steps per answer mean 4.00" in text and "tokens per step mean 1.00" in text

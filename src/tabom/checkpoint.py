@@ -21,10 +21,14 @@ import warnings
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from tabom.config import ConfigError
 from tabom.errors import TabomError
 
 STATE_FILE = "trainer_state.json"
+GENERATORS = "generators-{rank}.safetensors"
+"""A process's data / masking generator states (uint8 tensors; safetensors, no pickle)."""
 _NAME = re.compile(r"step-(\d+)")
 
 
@@ -212,11 +216,18 @@ def truncate_log(path: Path, step: int) -> None:
     os.replace(tmp, path)
 
 
-def save_checkpoint(accelerator: Any, out: Path, state: dict[str, Any]) -> Path:
+def save_checkpoint(
+    accelerator: Any,
+    out: Path,
+    state: dict[str, Any],
+    generators: dict[str, torch.Generator] | None = None,
+) -> Path:
     """Accelerate state + ``trainer_state.json`` (with the file list) into ``checkpoints/step-N``.
 
     A collective: every process calls it (each writes its RNG file; the main one the rest).
-    Written to a temporary folder and renamed when complete.
+    Written to a temporary folder and renamed when complete. ``generators``: this process's
+    named generators, saved as plain tensors (:data:`GENERATORS`, read back by
+    :func:`load_generators`), never as a pickle: a resume must not run code from a file.
     """
     root = out / "checkpoints"
     final, tmp = root / f"step-{state['step']}", root / f".tmp-step-{state['step']}"
@@ -224,6 +235,11 @@ def save_checkpoint(accelerator: Any, out: Path, state: dict[str, Any]) -> Path:
         shutil.rmtree(tmp, ignore_errors=True)
     accelerator.wait_for_everyone()
     accelerator.save_state(str(tmp))  # every process: its RNG file; main: weights, optimizer
+    if generators:
+        from safetensors.torch import save_file
+
+        name = GENERATORS.format(rank=accelerator.process_index)
+        save_file({k: g.get_state() for k, g in generators.items()}, str(tmp / name))
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
         with open(tmp / STATE_FILE, "w") as f:
@@ -236,7 +252,37 @@ def save_checkpoint(accelerator: Any, out: Path, state: dict[str, Any]) -> Path:
     return final
 
 
+def load_generators(ckpt: Path, rank: int, generators: dict[str, torch.Generator]) -> None:
+    """Set ``generators`` to the states :func:`save_checkpoint` wrote for process ``rank``.
+
+    Raises:
+        CheckpointError: the checkpoint holds no such file or state (an older tabom's,
+            whose generators were a pickle that is no longer loaded).
+    """
+    from safetensors.torch import load_file
+
+    path = ckpt / GENERATORS.format(rank=rank)
+    pickles = sorted(p.name for p in ckpt.glob("custom_checkpoint_*.pkl"))
+    if pickles:  # Accelerate would unpickle them (weights_only=False): code from a file
+        raise CheckpointError(
+            f"resume: {ckpt} holds {', '.join(pickles)}, a pickle tabom does not load (it could "
+            "run code); start over in another output_dir"
+        )
+    if not path.is_file():
+        raise CheckpointError(
+            f"resume: {ckpt} has no {path.name} (written by an older tabom, which kept the "
+            "generators in a pickle that is not loaded: a file must not run code); start over "
+            "in another output_dir"
+        )
+    states = load_file(str(path))
+    for k, g in generators.items():
+        if k not in states:
+            raise CheckpointError(f"resume: {path} has no generator state {k!r}")
+        g.set_state(states[k])
+
+
 __all__ = [
+    "GENERATORS",
     "STATE_FILE",
     "CheckpointError",
     "ResumeError",
@@ -245,6 +291,7 @@ __all__ = [
     "damage",
     "file_sha256",
     "latest_checkpoint",
+    "load_generators",
     "manifest",
     "resume_point",
     "resumable",

@@ -9,15 +9,20 @@ dataclass (dots for nested groups: ``--decode.threshold``, ``--loss.td_window``)
 from __future__ import annotations
 
 import argparse
+import difflib
 import json
+import os
+import re
+import shutil
 import sys
+import textwrap
 from collections.abc import Callable
 from dataclasses import MISSING, fields, is_dataclass
 from pathlib import Path
 from typing import Any, get_type_hints
 
 from tabom import __version__
-from tabom.config import ConfigError, load_config
+from tabom.config import ConfigError, load_config, unknown_flag
 from tabom.errors import TabomError
 
 
@@ -174,21 +179,123 @@ def refresh_help() -> Path:
     return HELP_CACHE
 
 
+def render_help(text: str, width: int | None = None) -> str:
+    """Help text for a terminal: reStructuredText markup shown plainly (````x```` -> ``x``,
+    ``:func:`x``` -> ``x``) and each field's line wrapped to ``width`` (default: the
+    terminal's) under a hanging indent."""
+    width = width or shutil.get_terminal_size((100, 24)).columns
+    text = re.sub(r":[a-z]+:`~?([^`]+)`", r"\1", text)
+    text = re.sub(r"``([^`]+)``", r"\1", text)
+    out = []
+    for line in text.splitlines():
+        indent = "      " if line.startswith("  --") else ""
+        out.append(
+            textwrap.fill(line, width=max(40, width - 1), subsequent_indent=indent)
+            if line.strip()
+            else line
+        )
+    return "\n".join(out)
+
+
+IO_ERRORS = ("SafetensorError",)
+"""Exception types (by name: their libraries load late) whose I/O failures are the machine's
+(a full disk while writing safetensors), reported like an ``OSError``."""
+
+
+def _io_failure(e: BaseException) -> bool:
+    return type(e).__name__ in IO_ERRORS and "Io" in str(e)
+
+
+def _one_line(e: BaseException) -> str:
+    """An exception as one line: an OS error as ``FILE: reason``, not ``[Errno 2] ...``."""
+    if isinstance(e, OSError) and e.strerror and e.filename:
+        return f"{e.filename}: {e.strerror}"
+    return " ".join(str(e).split()) or type(e).__name__
+
+
 def run_command(name: str, runner: Callable[[Any], Any], cfg: Any) -> int:
     """``runner(cfg)`` as command ``name``: a :class:`TabomError` or a missing file is one line
     on stderr and exit code 2, for every command; so is an OS error (a full disk, no
-    permission), which is the machine's to fix, not a bug to trace."""
+    permission; also safetensors' own I/O error), which is the machine's to fix, not a bug to
+    trace."""
     try:
         result = runner(cfg)
     except (TabomError, OSError) as e:
-        print(f"tabom {name}: error: {e}", file=sys.stderr)
+        print(f"tabom {name}: error: {_one_line(e)}", file=sys.stderr)
+        return 2
+    except Exception as e:
+        if not _io_failure(e):
+            raise
+        print(f"tabom {name}: error: writing failed: {_one_line(e)}", file=sys.stderr)
         return 2
     return result if isinstance(result, int) else 0
 
 
+INPUT_FILES = {
+    "train": ("data",),
+    "inspect": ("path",),
+    "eval": ("adapter", "trajectories"),
+}
+"""Flags that name an existing local file or folder, checked before torch is imported."""
+
+
+def precheck(name: str, rest: list[str]) -> str | None:
+    """The first problem with ``rest`` found without importing torch, as an error line.
+
+    Flags are checked against the generated help of ``name`` (:data:`HELP_CACHE`; skipped when
+    it is missing or stale), with the closest spellings; :data:`INPUT_FILES` and ``--config``
+    must exist. ``None``: nothing found (the full check still runs after the import).
+    """
+    cached = _cached_help().get(name)
+    known = re.findall(r"^  --(\S+) \(default", cached or "", flags=re.M)
+    given: dict[str, str | None] = {}
+    for i, arg in enumerate(rest):
+        if not arg.startswith("--"):
+            continue
+        key, eq, value = arg[2:].partition("=")
+        key = key.replace("-", "_")
+        nxt = rest[i + 1] if i + 1 < len(rest) and not rest[i + 1].startswith("--") else None
+        given[key] = value if eq else nxt
+        if known and key != "config" and key not in known:
+            return unknown_flag(key, known)
+    if given.get("config") and not os.path.isfile(str(given["config"])):
+        return f"--config: no such file {given['config']}"
+    for key in INPUT_FILES.get(name, ()):
+        value = given.get(key)
+        if value and value.lower() not in ("none", "null", "~") and not os.path.exists(value):
+            return f"--{key}: no such file or folder {value}"
+    return None
+
+
+def _print(text: str) -> None:
+    """``print`` that ends quietly when the reader of stdout has gone (``| head``)."""
+    try:
+        print(text)
+        sys.stdout.flush()
+    except BrokenPipeError:
+        _stdout_gone()
+
+
+def _stdout_gone() -> None:
+    """Point stdout at /dev/null so the interpreter's final flush raises nothing."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``tabom`` console script; returns the exit code."""
-    argv = list(sys.argv[1:] if argv is None else argv)
+    try:
+        return _main(list(sys.argv[1:] if argv is None else argv))
+    except BrokenPipeError:  # stdout closed by its reader (``tabom eval | head``)?
+        try:
+            sys.stdout.flush()
+        except BrokenPipeError:
+            _stdout_gone()
+            return 0
+        raise  # another pipe or socket: not the reader of our output
+
+
+def _main(argv: list[str]) -> int:
     commands = _commands()
     parser = argparse.ArgumentParser(
         prog="tabom",
@@ -208,19 +315,29 @@ def main(argv: list[str] | None = None) -> int:
         print(f"tabom {__version__}")
         return 0
     if not argv or argv[0] in ("-h", "--help"):
-        parser.print_help()
+        _print(parser.format_help().rstrip())
         return 0
     name, rest = argv[0], argv[1:]
     if name not in commands:
-        parser.error(f"unknown command {name!r} (choose from {', '.join(commands)})")
+        close = difflib.get_close_matches(name, list(commands), n=1)
+        hint = f"did you mean {close[0]!r}? " if close else ""
+        print(
+            f"tabom: error: unknown command {name!r} ({hint}commands: {', '.join(commands)})",
+            file=sys.stderr,
+        )
+        return 2
     summary, loader = commands[name]
     if "-h" in rest or "--help" in rest:
         cached = _cached_help().get(name)  # no torch import: well under a second
-        print(cached if cached is not None else command_help(name, summary, loader()[0]))
+        _print(render_help(cached or command_help(name, summary, loader()[0])))
         return 0
-    cfg_cls, runner = loader()
-    if rest and not rest[0].startswith("-") and "path" in {f.name for f in fields(cfg_cls)}:
+    if rest and not rest[0].startswith("-") and name == "inspect":
         rest = ["--path", *rest]  # a positional first argument is the config's ``path``
+    problem = precheck(name, rest)  # before torch: a misspelled flag, a missing file
+    if problem is not None:
+        print(f"tabom {name}: error: {problem}", file=sys.stderr)
+        return 2
+    cfg_cls, runner = loader()
     config_file = None
     if "--config" in rest:
         i = rest.index("--config")

@@ -13,6 +13,7 @@ refuses a value outside it, naming the flag (``--lr``) and what the field accept
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import json
 import math
 import types
@@ -88,6 +89,9 @@ UNIT = in_range(0, 1)
 """``[0, 1]`` (a ratio)."""
 PROBABILITY = in_range(0, 1, low_open=True)
 """``(0, 1]`` (top-p, a threshold)."""
+LEARNING_RATE = in_range(0, 1e30, low_open=True)
+"""``(0, 1e30]``: AdamW's float32 step (lr / (1 - β1)) overflows near 3.4e37; any rate this
+large diverges, which training then reports as a non-finite gradient."""
 
 
 def _check_range(value: Any, metadata: Any, where: str) -> None:
@@ -112,6 +116,19 @@ def check_ranges(cfg: Any) -> None:
     """
     for f in dataclasses.fields(cfg):
         _check_range(getattr(cfg, f.name), f.metadata, f.name)
+
+
+def split_list(text: str) -> list[str]:
+    """``a,b`` -> ``[a, b]``, keeping a task spec's own commas: a piece ``key=value`` with no
+    ``:`` continues the previous ``name:key=value`` item, so
+    ``addition:min_digits=1,max_digits=3,sudoku`` is two specs, not three."""
+    items: list[str] = []
+    for piece in text.split(","):
+        if items and "=" in piece and ":" not in piece and ":" in items[-1]:
+            items[-1] += "," + piece
+        elif piece != "":
+            items.append(piece)
+    return items
 
 
 def _convert(value: Any, tp: Any, where: str, construct: bool = True) -> Any:
@@ -145,7 +162,7 @@ def _convert(value: Any, tp: Any, where: str, construct: bool = True) -> Any:
         return value
     if origin in (list, tuple):
         if isinstance(value, str):
-            value = [v for v in value.split(",") if v != ""]
+            value = split_list(value)
         elif isinstance(value, (int, float, bool)):
             value = [value]  # `--ks 1` reads as a scalar: a one-item list
         if not isinstance(value, (list, tuple)):
@@ -225,17 +242,16 @@ def _build(cls: type[C], values: dict[str, Any], where: str, construct: bool = T
 
 
 def _name_the_flag(message: str, where: str, names: set[str], cls_name: str) -> str:
-    """A group's own error (``td_window must be >= 1``) with its full flag (``loss.td_window``).
+    """A group's own error (``td_window must be >= 1``) with its full flag (``--loss.td_window``).
 
     A group validates its fields by their own names; nested at ``where`` the flag is
-    ``where.field``. Messages that start with another word get ``where:`` in front.
+    ``--where.field``. Messages that start with another word get ``where:`` (or the class) in
+    front.
     """
-    if not where:
-        return f"{cls_name}: {message}"
     head = message.split(" ", 1)[0].rstrip(":")
     if head.split(".")[0].split("[")[0] in names:
-        return f"{where}.{message}"
-    return f"{where}: {message}"
+        return f"--{where}.{message}" if where else f"--{message}"
+    return f"{where}: {message}" if where else f"{cls_name}: {message}"
 
 
 def _onto_group_defaults(cls: type, values: dict[str, Any]) -> dict[str, Any]:
@@ -275,14 +291,36 @@ def _check_flag(cls: type, dotted: str) -> tuple[Any, bool]:
             raise ConfigError(f"--{dotted}: {part!r} is not a field (its parent is not a group)")
         hints = get_type_hints(tp)
         if part not in hints:
-            known = ", ".join(sorted(f.name for f in dataclasses.fields(tp)))
-            raise ConfigError(f"--{dotted}: unknown field {part!r} (known: {known})")
+            raise ConfigError(unknown_flag(dotted, sorted(all_flags(cls))))
         tp = hints[part]
         args = [a for a in get_args(tp) if a is not type(None)]
         optional = get_origin(tp) in (Union, types.UnionType) and type(None) in get_args(tp)
         if get_origin(tp) in (Union, types.UnionType) and len(args) == 1:
             tp = args[0]
     return tp, optional
+
+
+def all_flags(cls: type, prefix: str = "") -> list[str]:
+    """Every dotted field name of ``cls`` (``lr``, ``loss.td_window``), groups expanded."""
+    out = []
+    hints = get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        tp = hints[f.name]
+        if dataclasses.is_dataclass(tp):
+            out += all_flags(tp, f"{prefix}{f.name}.")
+        else:
+            out.append(prefix + f.name)
+    return out
+
+
+def unknown_flag(dotted: str, known: list[str]) -> str:
+    """``--lrr: unknown flag; did you mean --lr?`` (the closest known spellings, or a hint)."""
+    close = difflib.get_close_matches(dotted, known, n=3, cutoff=0.6)
+    if not close:  # a group's field given without its group: --td_window for --loss.td_window
+        close = [k for k in known if k.rsplit(".", 1)[-1] == dotted.rsplit(".", 1)[-1]]
+    if close:
+        return f"--{dotted}: unknown flag; did you mean {' or '.join('--' + c for c in close)}?"
+    return f"--{dotted}: unknown flag (--help lists the {len(known)} flags)"
 
 
 def parse_overrides(cls: type, argv: list[str]) -> dict[str, Any]:
@@ -332,6 +370,25 @@ def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+def read_yaml(path: Path) -> Any:
+    """A YAML file's data; plain YAML only (no ``!!python`` tags).
+
+    Raises:
+        ConfigError: unreadable or not valid YAML (names the file, line and column).
+    """
+    try:
+        return yaml.safe_load(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"{path}: not a UTF-8 text file ({e.reason})") from None
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        at = f"line {mark.line + 1}, column {mark.column + 1}: " if mark is not None else ""
+        problem = getattr(e, "problem", None) or str(e).splitlines()[0]
+        if "\\t" in problem or "\t" in problem:  # PyYAML writes a tab as \t
+            problem += " (YAML indents with spaces, not tabs)"
+        raise ConfigError(f"{path}: {at}not valid YAML: {problem}") from None
+
+
 def load_config(
     cls: type[C], config_file: str | Path | None = None, argv: list[str] | None = None
 ) -> C:
@@ -345,7 +402,7 @@ def load_config(
         path = Path(config_file)
         if not path.is_file():
             raise ConfigError(f"--config: no such file {path}")
-        loaded = yaml.safe_load(path.read_text()) or {}
+        loaded = read_yaml(path) or {}
         if not isinstance(loaded, dict):
             raise ConfigError(f"{path}: expected a mapping of config fields at the top level")
         try:  # keys and types of the file alone, so errors name it; no __post_init__ yet
@@ -375,16 +432,20 @@ def save_config(cfg: Any, path: str | Path) -> None:
 
 __all__ = [
     "AT_LEAST_1",
+    "LEARNING_RATE",
     "NON_NEGATIVE",
     "POSITIVE",
     "PROBABILITY",
     "UNIT",
     "ConfigError",
+    "all_flags",
     "Range",
     "check_ranges",
     "in_range",
     "load_config",
     "parse_overrides",
+    "read_yaml",
     "save_config",
     "to_dict",
+    "unknown_flag",
 ]

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 import torch
 
 from tabom.decoding import DecodeConfig, decode_texts
+from tabom.errors import TabomError
 from tabom.metrics import kendall_tau_b, pass_at_k
 from tabom.models.base import DiffusionLM
 from tabom.tasks.base import Example, Task, verify_all
@@ -54,19 +55,19 @@ def budget_for(task: Task, cfg: DecodeConfig) -> DecodeConfig:
     """The decode settings ``cfg`` at the task's response length (:meth:`DecodeConfig.resolve`).
 
     Raises:
-        ValueError: ``cfg`` fixes another ``gen_length``, or its block length does not divide
+        TabomError: ``cfg`` fixes another ``gen_length``, or its block length does not divide
             the task's response length (names the task).
     """
     T = task.gen_length
     if cfg.gen_length is not None and cfg.gen_length != T:
-        raise ValueError(
+        raise TabomError(
             f"task {task.name!r}: decode config of gen_length {cfg.gen_length}, but the "
             f"task's response length is {T}; leave decode.gen_length unset to take the task's"
         )
     try:
         return cfg.resolve(T)
     except ValueError as e:
-        raise ValueError(f"task {task.name!r}: {e}") from None
+        raise TabomError(f"task {task.name!r}: {e}") from None
 
 
 def evaluate_task(

@@ -28,15 +28,25 @@ def _token_label(text: str, limit: int = 5) -> str:
 def token_labels(record: TrajectoryRecord, tokenizer: str | None) -> tuple[list[str] | None, str]:
     """Labels for the record's tokens from a matching tokenizer, and where they came from.
 
+    Only a tokenizer the user names (``tokenizer``) or a shipped model's is loaded: a path
+    or hub id written inside the file (``gen.model``) is not opened uninvited.
+
     Returns:
-        ``(labels, note)``; ``labels`` is ``None`` (draw ids) when the tokenizer cannot be
-        loaded or its fingerprint differs from the file's ``gen.tokenizer``.
+        ``(labels, note)``; ``labels`` is ``None`` (draw ids) when no tokenizer is named, it
+        cannot be loaded or its fingerprint differs from the file's ``gen.tokenizer``.
     """
     from transformers import AutoTokenizer
 
-    from tabom.models import resolve_model_path
+    from tabom.models import SHIPPED, resolve_model_path
 
-    name = tokenizer or record.gen.get("model", "")
+    name = tokenizer
+    if name is None:
+        name = str(record.gen.get("model", ""))
+        if name not in SHIPPED:
+            return None, (
+                f"token ids shown: the file's model {name!r} is not loaded uninvited; "
+                "--tokenizer MODEL labels the tokens"
+            )
     try:
         tok = AutoTokenizer.from_pretrained(resolve_model_path(name))
     except (OSError, ValueError) as e:  # FileNotFoundError is an OSError
@@ -109,14 +119,19 @@ def plot_trajectory(
         ax.text(c, r + 0.3, str(d), ha="center", va="center", fontsize=6, color=color)
     ax.set_xticks(range(cols))
     ax.set_xticklabels([str(c) for c in range(cols)], fontsize=6)
-    ax.set_yticks(range(rows))
-    ax.set_yticklabels([str(r * cols) for r in range(rows)], fontsize=6)
-    ax.set_xlabel("response position (row start on the left)", fontsize=7)
+    ax.set_yticks(range(rows) if rows > 1 else [])  # one row: no row-start tick to read
+    ax.set_yticklabels([str(r * cols) for r in range(rows)] if rows > 1 else [], fontsize=6)
+    ax.set_xlabel(
+        "response position" + (" (row start on the left)" if rows > 1 else ""), fontsize=7
+    )
     bar = fig.colorbar(image, ax=ax, label="decode step", fraction=0.04, pad=0.02)
     bar.ax.yaxis.set_major_locator(MaxNLocator(integer=True))
     verdict = {True: "verified", False: "wrong", None: "unverified"}[record.verified]
     prompt = record.prompt if len(record.prompt) <= 60 else record.prompt[:57] + "..."
-    ax.set_title(f"{record.id} ({record.method}, {verdict})\n{prompt!r}", fontsize=8)
+    model = record.gen.get("model", "?")
+    ax.set_title(
+        f"{record.id} ({record.method}, {verdict}; model {model})\n{prompt!r}", fontsize=8
+    )
     return _save(fig, path)
 
 
@@ -137,6 +152,8 @@ def _figure(width: float, height: float, dpi: int, *, hint: str = ""):
 def _save(fig, path: str | Path) -> Path:
     fig.tight_layout()
     path = Path(path)
+    if path.suffix.lower() != ".png":  # what savefig would write, so the caller names it
+        path = path.with_name(path.name + ".png")
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path)
     return path
@@ -148,6 +165,7 @@ def plot_metric_bars(
     *,
     title: str = "",
     ylabels: Mapping[str, str] | None = None,
+    sharey: bool = False,
     dpi: int = 120,
 ) -> Path:
     """One bar panel per metric: a bar per model with its mean and a ± std error bar.
@@ -160,12 +178,16 @@ def plot_metric_bars(
         title: figure title.
         ylabels: ``{metric title: y-axis label}`` (default: the metric title's first word
             group, e.g. ``accuracy``).
+        sharey: one y range for every panel (metrics of one scale, e.g. accuracies).
         dpi: resolution.
 
     Returns:
         The path written.
     """
     fig = _figure(3.4 * len(panels) + 0.6, 3.6, dpi)
+    shared = max(
+        (m + s for values in panels.values() for m, s in values.values()), default=1e-3
+    )
     for i, (metric, values) in enumerate(panels.items()):
         ax = fig.add_subplot(1, len(panels), i + 1)
         names = list(values)
@@ -174,7 +196,7 @@ def plot_metric_bars(
         colors = [f"C{j}" for j in range(len(names))]
         ax.bar(range(len(names)), means, yerr=stds, color=colors, capsize=3)
         tops = [m + s for m, s in zip(means, stds, strict=True)]
-        ymax = max(1e-3, max(tops)) * 1.22
+        ymax = max(1e-3, shared if sharey else max(tops)) * 1.22
         for j, (m, top) in enumerate(zip(means, tops, strict=True)):
             # above the error bar's cap, so the number never sits on the bar
             ax.text(j, top + 0.02 * ymax, f"{m:.3f}", ha="center", va="bottom", fontsize=7)
@@ -229,35 +251,56 @@ def plot_budgets(
 
 
 def plot_entropy_curves(
-    curves: Mapping[str, Sequence[float]],
+    curves: Mapping[str, Sequence[float | MeanStd]],
     path: str | Path,
     *,
     ylabel: str = "entropy of the next-decoded token (nats)",
     title: str = "",
+    note: str = "",
     dpi: int = 120,
 ) -> Path:
     """A per-decode-step curve (e.g. entropy of the token committed next) for each model.
 
     Args:
-        curves: ``{model: [value at decode step s]}``; NaN values are left out.
+        curves: ``{model: [value at decode step s]}``, each a number or ``(mean, std)``
+            (drawn with a ± std error bar); NaN values are left out.
         path: the PNG to write.
         ylabel: y-axis label.
         title: axes title.
+        note: a line under the axes saying what is averaged (and what step 0 is).
         dpi: resolution.
 
     Returns:
         The path written.
     """
-    fig = _figure(5.0, 3.6, dpi)
+    fig = _figure(6.4, 4.4 if note else 3.8, dpi)
     ax = fig.add_subplot()
     for j, (name, ys) in enumerate(curves.items()):
-        pts = [(s, y) for s, y in enumerate(ys) if y == y]  # y == y drops NaN
-        ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", color=f"C{j}", label=name)
-    ax.set_xlabel("decode step s (state before step s)")
+        pts = [(s, y if isinstance(y, tuple) else (y, 0.0)) for s, y in enumerate(ys)]
+        pts = [(s, m, sd) for s, (m, sd) in pts if m == m]  # m == m drops NaN
+        ax.errorbar(
+            [p[0] for p in pts],
+            [p[1] for p in pts],
+            yerr=[p[2] for p in pts],
+            marker="o",
+            capsize=3,
+            color=f"C{j}",
+            label=name,
+        )
+    import textwrap
+
+    xlabel = "decode step s (the state before step s; s = 0: every position masked)"
+    if note:  # under the axis label, inside the layout (tight_layout keeps it on the page)
+        xlabel += "\n\n" + textwrap.fill(note, 105)
+    ax.set_xlabel(xlabel, fontsize=7)
     ax.set_ylabel(ylabel, fontsize=8)
+    ax.set_ylim(bottom=0)  # an entropy is >= 0: the axis starts there
+    from matplotlib.ticker import MaxNLocator
+
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # steps are whole numbers
     if title:
         ax.set_title(title, fontsize=9)
-    ax.legend(fontsize=7)
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0)
     return _save(fig, path)
 
 

@@ -169,6 +169,13 @@ def _typed(
     if (isinstance(value, bool) and bool not in types) or not isinstance(value, types):
         names = " or ".join(t.__name__ for t in types)
         raise TrajectoryFileError(path, line, prefix + key, f"expected {names}, got {value!r}")
+    if isinstance(value, str):
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError as e:  # JSON's "\ud800": not text any tool can print or draw
+            raise TrajectoryFileError(
+                path, line, prefix + key, f"character {e.start} is a lone surrogate, not text"
+            ) from None
     return value
 
 
@@ -178,6 +185,10 @@ def _check_gen(path: Path, line: int, gen: dict[str, Any], length: int) -> int:
         value = _typed(path, line, gen, key, types, prefix="gen.")
         if isinstance(value, float) and not math.isfinite(value):
             raise TrajectoryFileError(path, line, f"gen.{key}", f"{value!r} is not finite")
+    if gen["temperature"] < 0:
+        raise TrajectoryFileError(path, line, "gen.temperature", f"{gen['temperature']} < 0")
+    if not 0 < gen["top_p"] <= 1:
+        raise TrajectoryFileError(path, line, "gen.top_p", f"{gen['top_p']} is outside (0, 1]")
     threshold = gen.get("threshold")
     if threshold is not None and (
         isinstance(threshold, bool)
@@ -313,6 +324,14 @@ def parse_record(
             f"item {response.index(mask_token_id)} is the model's [MASK] id {mask_token_id} "
             "(a committed token is never the mask)",
         )
+    if mask_token_id is not None and mask_token_id in prompt_ids:
+        raise TrajectoryFileError(
+            path,
+            line,
+            "prompt_token_ids",
+            f"item {prompt_ids.index(mask_token_id)} is the model's [MASK] id {mask_token_id} "
+            "(a prompt is given, never masked)",
+        )
     if max_length is not None and len(prompt_ids) + len(response) > max_length:
         raise TrajectoryFileError(
             path,
@@ -329,6 +348,10 @@ def parse_record(
             "decoding_order",
             f"length {len(order)} differs from response_token_ids ({len(response)})",
         )
+    if all(d < 0 for d in order):
+        raise TrajectoryFileError(
+            path, line, "decoding_order", "every position is -1: nothing was decoded"
+        )
     entropy = rec.get("decode_entropy")
     if entropy is not None:
         if not isinstance(entropy, list) or len(entropy) != len(response):
@@ -341,6 +364,10 @@ def parse_record(
             ):
                 raise TrajectoryFileError(
                     path, line, "decode_entropy", f"item {i} is {v!r}, not a finite number"
+                )
+            if v is not None and v < 0:
+                raise TrajectoryFileError(
+                    path, line, "decode_entropy", f"item {i} is {v}: an entropy is >= 0"
                 )
     return TrajectoryRecord(
         id=rid,
@@ -507,6 +534,7 @@ def read_trajectories(
         fp = tokenizer_fingerprint(tokenizer)
     records: list[TrajectoryRecord] = []
     seen: dict[str, int] = {}
+    prompts: dict[str, tuple[str, list[int], int]] = {}  # prompt_id -> its prompt, first line
     for line, obj in iter_json_lines(path, torn_tail=torn_tail):
         rec = parse_record(
             obj,
@@ -527,6 +555,15 @@ def read_trajectories(
                 f"gen.{key}",
                 f"written with {key}={rec.gen.get(key)!r}, this run uses {gen.get(key)!r} "
                 "(use another output file, or the settings that wrote this one)",
+            )
+        first = prompts.setdefault(rec.prompt_id, (rec.prompt, rec.prompt_token_ids, line))
+        if first[:2] != (rec.prompt, rec.prompt_token_ids):
+            raise TrajectoryFileError(
+                path,
+                line,
+                "prompt",
+                f"prompt_id {rec.prompt_id!r} has another prompt on line {first[2]} (one id, "
+                "one prompt: samples of a prompt share it)",
             )
         seen[rec.id] = line
         records.append(rec)

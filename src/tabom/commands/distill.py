@@ -92,12 +92,15 @@ class DistillConfig:
         seed: seed of the generated prompts and of every sample (see the module docstring).
         prompts_per_batch: prompts decoded together (a batch has this many x n_samples rows);
             part of the random stream, so changing it changes the samples like a new seed.
-        output: the trajectory file; ``.progress``, ``.summary.json`` and ``.config.yaml``
+        output: the trajectory file; ``.progress``, ``.summary.json``, ``.config.yaml`` and
+            ``.fingerprint.json`` (prompt texts and model weights, checked on resume)
             sidecars go next to it.
         ks: the k of pass@k over the prompts (each <= n_samples).
         num_threads: torch CPU threads per process; 1 is fastest for the tiny model
             (docs/benchmarks.md); 0 = torch's default.
         progress: show a progress bar.
+        trust_remote_code: run the checkpoint's own modeling code (``llada-remote`` /
+            ``dream-remote``); never implied by a file in the model folder.
     """
 
     model: str = DEFAULT_MODEL
@@ -116,9 +119,12 @@ class DistillConfig:
     ks: list[int] = field(default_factory=lambda: [1, 4], metadata=AT_LEAST_1)
     num_threads: int = field(default=1, metadata=NON_NEGATIVE)
     progress: bool = True
+    trust_remote_code: bool = False
 
     def __post_init__(self) -> None:
         check_ranges(self)
+        if not self.output.strip() or self.output.endswith(("/", "\\")):
+            raise ValueError(f"output: {self.output!r} is not a file path (a .jsonl file)")
         if self.n_prompts is None and self.prompts_file is None:
             raise ValueError("n_prompts: generated prompts need a count (None only with a file)")
         if self.task is None and self.prompts_file is None:
@@ -127,6 +133,8 @@ class DistillConfig:
             raise ValueError("keep: 'verified' needs a task with a verifier (or use keep: all)")
         if self.task is None and self.decode.gen_length is None:
             raise ValueError("decode.gen_length: set it when there is no task to take it from")
+        if not self.ks:
+            raise ValueError("ks: give at least one k of pass@k (e.g. 1)")
         if any(not 1 <= k <= self.n_samples for k in self.ks):
             raise ValueError(f"ks {self.ks}: every k must be in [1, n_samples={self.n_samples}]")
         if self.n_samples > 1 and self.decode.temperature == 0:
@@ -157,15 +165,18 @@ def read_prompt_rows(path: str, split: str = "train") -> list[tuple[int, dict[st
     """``(line or row number, record)`` of a prompts file: JSONL natively, else ``datasets``.
 
     Raises:
-        ImportError: a non-JSONL source and no ``datasets`` package.
+        TabomError: an unknown file format, or a non-JSONL source and no ``datasets`` package.
     """
     p = Path(path)
     if p.suffix == ".jsonl":
         return read_jsonl(p)
+    kinds = {".parquet": "parquet", ".csv": "csv", ".json": "json", ".arrow": "arrow"}
+    if p.is_file() and p.suffix not in kinds:
+        raise TabomError(f"prompts_file {path}: unknown format (use .jsonl, {', '.join(kinds)})")
     try:
         import datasets
     except ImportError:
-        raise ImportError(
+        raise TabomError(
             f"prompts_file {path}: reading it needs the optional `datasets` package "
             "(pip install datasets); a .jsonl file works without it"
         ) from None
@@ -174,9 +185,6 @@ def read_prompt_rows(path: str, split: str = "train") -> list[tuple[int, dict[st
         if isinstance(ds, datasets.DatasetDict):
             ds = ds[split]
     elif p.is_file():
-        kinds = {".parquet": "parquet", ".csv": "csv", ".json": "json", ".arrow": "arrow"}
-        if p.suffix not in kinds:
-            raise TabomError(f"prompts_file {path}: unknown format (use {', '.join(kinds)})")
         ds = datasets.load_dataset(kinds[p.suffix], data_files=str(p), split="train")
     else:
         ds = datasets.load_dataset(path, split=split)
@@ -546,11 +554,29 @@ sampling): a rerun onto an existing file must match them (``n_prompts`` may grow
 of each record and the sidecar's groups check the rest)."""
 
 
-def check_resume(cfg: DistillConfig, output: Path) -> None:
+def fingerprints(cfg: DistillConfig, examples: list[Example]) -> dict[str, Any]:
+    """What a setting's value does not show: the model's weights (:mod:`tabom.fingerprint`;
+    ``None`` for a hub id) and each prompt's text, for ``OUTPUT.fingerprint.json``."""
+    from tabom.fingerprint import model_fingerprint, prompt_hashes
+
+    return {
+        "model_weights": model_fingerprint(cfg.model),
+        "prompts": prompt_hashes((ex.id, ex.prompt) for ex in examples),
+    }
+
+
+def _fingerprint_path(output: Path) -> Path:
+    return output.with_name(output.name + ".fingerprint.json")
+
+
+def check_resume(
+    cfg: DistillConfig, output: Path, fingerprint: dict[str, Any] | None = None
+) -> None:
     """Refuse to continue ``output`` with other settings than those that wrote it; reads only.
 
     The settings come from the ``OUTPUT.config.yaml`` sidecar; without one, the score and
-    task are compared with the records' ``method`` and ``data_source``.
+    task are compared with the records' ``method`` and ``data_source``. ``fingerprint``
+    (:func:`fingerprints`) is compared with ``OUTPUT.fingerprint.json``.
 
     Raises:
         ResumeError: names each differing setting with both values.
@@ -559,6 +585,16 @@ def check_resume(cfg: DistillConfig, output: Path) -> None:
     progress = _paths(output)[1]
     if not (output.is_file() and output.stat().st_size) and not progress.exists():
         return  # nothing written yet
+    _check_written_settings(cfg, output)
+    if fingerprint is not None:  # after the settings: another path is named as a setting
+        from tabom.fingerprint import check_fingerprints
+
+        source = f"prompts_file {cfg.prompts_file}" if cfg.prompts_file else "prompts"
+        check_fingerprints(_fingerprint_path(output), fingerprint, output, cfg.model, source)
+
+
+def _check_written_settings(cfg: DistillConfig, output: Path) -> None:
+    """The settings half of :func:`check_resume` (the sidecar, else the first record)."""
     now = {k: v for k, v in to_dict(cfg).items() if k in RESUME_SETTINGS}
     sidecar = output.with_name(output.name + ".config.yaml")
     if sidecar.is_file():
@@ -602,7 +638,8 @@ def distill(cfg: DistillConfig) -> DistillSummary | None:
     state = PartialState(cpu=not torch.cuda.is_available())
     rank, world = state.process_index, state.num_processes
     output = Path(cfg.output)
-    dlm = load_model(cfg.model, device=state.device)  # bf16 weights on a CUDA device
+    # bf16 weights on a CUDA device; remote code only when asked for
+    dlm = load_model(cfg.model, device=state.device, trust_remote_code=cfg.trust_remote_code)
     task = make_task(cfg.task) if cfg.task is not None else None
     examples = load_prompts(cfg, task)
     G = cfg.prompts_per_batch
@@ -649,11 +686,15 @@ def distill(cfg: DistillConfig) -> DistillSummary | None:
 
     # 2) resume: the main process merges leftovers (torn lines, shards of a killed run)
     if state.is_main_process:
-        check_resume(cfg, output)  # reads only: a refused rerun changes nothing
+        fingerprint = fingerprints(cfg, examples)
+        check_resume(cfg, output, fingerprint)  # reads only: a refused rerun changes nothing
         output.parent.mkdir(parents=True, exist_ok=True)
         lines, done = consolidate(output, plan_order, group_ids, gen)  # checks, then repairs
         records_before = len(lines)
         save_config(cfg, output.with_name(output.name + ".config.yaml"))  # only after the check
+        from tabom.fingerprint import save_fingerprints
+
+        save_fingerprints(_fingerprint_path(output), fingerprint)
     state.wait_for_everyone()
     if not state.is_main_process:
         lines = (
@@ -730,7 +771,8 @@ def distill(cfg: DistillConfig) -> DistillSummary | None:
     summary_path.write_text(json.dumps(payload, indent=1) + "\n")
     print(summary.format())
     sidecars = ", ".join(
-        str(output.with_name(output.name + s)) for s in (".config.yaml", ".progress")
+        str(output.with_name(output.name + s))
+        for s in (".config.yaml", ".progress", ".fingerprint.json")
     )
     print(f"saved: {output} (trajectories); {summary_path}, {sidecars}")
     return summary

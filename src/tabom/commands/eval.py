@@ -24,7 +24,7 @@ import torch
 from tabom.config import AT_LEAST_1, NON_NEGATIVE
 from tabom.decoding import DecodeConfig, ScoreName
 from tabom.errors import TabomError
-from tabom.evaluate import TaskResult, evaluate_task
+from tabom.evaluate import TaskResult, budget_for, evaluate_task
 from tabom.metrics import Alignment, Forgetting, forgetting, trajectory_alignment
 from tabom.models import DEFAULT_MODEL, load_model
 from tabom.models.base import DiffusionLM
@@ -68,6 +68,8 @@ class EvalConfig:
         output: write results as JSON here.
         num_threads: torch CPU threads; 1 is fastest for the tiny model
             (docs/benchmarks.md); 0 = torch's default.
+        trust_remote_code: run the checkpoint's own modeling code (``llada-remote`` /
+            ``dream-remote``) for ``model`` and ``baseline``; never implied by a file.
     """
 
     model: str = DEFAULT_MODEL
@@ -86,8 +88,13 @@ class EvalConfig:
     trajectories: str | None = None
     output: str | None = None
     num_threads: int = field(default=1, metadata=NON_NEGATIVE)
+    trust_remote_code: bool = False
 
     def __post_init__(self) -> None:
+        if not self.tasks:
+            raise ValueError("tasks: give at least one eval set (SPEC or SPEC@FILE)")
+        if not self.ks:
+            raise ValueError("ks: give at least one k (e.g. 1)")
         if any(k > self.n_samples for k in self.ks):
             raise ValueError(f"ks {self.ks}: every k must be <= n_samples ({self.n_samples})")
         if self.n_samples > 1 and self.main_decode.temperature == 0:
@@ -154,9 +161,11 @@ def load_eval_set(spec: str, n: int | None, seed: int) -> tuple[Task, list[Examp
     return task, examples
 
 
-def load_eval_model(model: str, adapter: str | None = None) -> DiffusionLM:
+def load_eval_model(
+    model: str, adapter: str | None = None, *, trust_remote_code: bool = False
+) -> DiffusionLM:
     """``model`` (name or folder), with a peft LoRA ``adapter`` merged in when given."""
-    dlm = load_model(model)
+    dlm = load_model(model, trust_remote_code=trust_remote_code)
     return dlm if adapter is None else merge_adapter(dlm, adapter)
 
 
@@ -173,6 +182,15 @@ def set_label(spec: str) -> str:
     """``spec`` with its domain for the shipped base model: ``old domain: addition:...``."""
     domain = {OLD_DOMAIN: "old domain", NEW_DOMAIN: "new domain"}.get(spec.partition("@")[0])
     return f"{domain}: {spec}" if domain else spec
+
+
+def bar_label(spec: str) -> str:
+    """A short progress-bar label: ``old domain: addition``, ``countdown@test.jsonl`` (the
+    tables name the full spec)."""
+    task_spec, _, path = spec.partition("@")
+    name = task_spec.partition(":")[0] + (f"@{Path(path).name}" if path else "")
+    domain = {OLD_DOMAIN: "old domain", NEW_DOMAIN: "new domain"}.get(task_spec)
+    return f"{domain}: {name}" if domain else name
 
 
 def sampling(temperature: float) -> str:
@@ -221,8 +239,15 @@ def run_eval(cfg: EvalConfig) -> int:
     """Evaluate ``cfg.model`` on every set; print the tables, write JSON if asked."""
     if cfg.num_threads:
         torch.set_num_threads(cfg.num_threads)
-    dlm = load_eval_model(cfg.model, cfg.adapter)
-    base = load_model(cfg.baseline) if cfg.baseline else None
+    # 1) the sets and their decode settings, checked before any model loads
+    sets = {spec: load_eval_set(spec, cfg.n_examples, cfg.seed) for spec in cfg.tasks}
+    budgets_cfg = cfg.budgets()
+    for task, _ in sets.values():
+        for bcfg in (cfg.main_decode, *budgets_cfg.values()):
+            budget_for(task, bcfg)  # a gen_length or block length that does not fit the task
+    trust = cfg.trust_remote_code
+    dlm = load_eval_model(cfg.model, cfg.adapter, trust_remote_code=trust)
+    base = load_model(cfg.baseline, trust_remote_code=trust) if cfg.baseline else None
     records = None
     if cfg.trajectories:  # read and checked before any decoding
         from tabom.trajectory import read_trajectories
@@ -230,15 +255,14 @@ def run_eval(cfg: EvalConfig) -> int:
         records = read_trajectories(
             cfg.trajectories, tokenizer=dlm.tokenizer, vocab_size=dlm.vocab_size
         )
-    sets = {spec: load_eval_set(spec, cfg.n_examples, cfg.seed) for spec in cfg.tasks}
-    budgets_cfg = cfg.budgets()
     key0 = next(iter(budgets_cfg))
     results: dict[str, TaskResult] = {}
     budgets: dict[str, dict[str, float]] = {}
     forgot: dict[str, Forgetting] = {}
     for spec, (task, examples) in sets.items():
         kwargs = {"seed": cfg.seed, "batch_size": cfg.batch_size, "progress": True}
-        label = set_label(spec)
+        label = bar_label(spec)
+        t_main = cfg.main_decode.temperature
         results[spec] = evaluate_task(
             dlm,
             task,
@@ -246,7 +270,7 @@ def run_eval(cfg: EvalConfig) -> int:
             cfg.main_decode,
             n_samples=cfg.n_samples,
             ks=tuple(cfg.ks),
-            desc=f"{label} [{cfg.n_samples} sample(s), {sampling(cfg.main_decode.temperature)}]",
+            desc=f"{label} [{cfg.n_samples} x {'greedy' if t_main == 0 else f'T={t_main:g}'}]",
             **kwargs,
         )
         one: dict[str, TaskResult] = {}
@@ -255,11 +279,11 @@ def run_eval(cfg: EvalConfig) -> int:
             if bcfg == cfg.decode and same_as_main:
                 one[key] = results[spec]
             else:
-                desc = f"{label} [budget {key}, {sampling(bcfg.temperature)}]"
+                desc = f"{label} [{key}]"
                 one[key] = evaluate_task(dlm, task, examples, bcfg, desc=desc, **kwargs)
         budgets[spec] = {k: r.accuracy for k, r in one.items()}
         if base is not None:
-            desc = f"{label} [baseline {cfg.baseline}, {key0}]"
+            desc = f"{label} [baseline, {key0}]"
             before = evaluate_task(base, task, examples, budgets_cfg[key0], desc=desc, **kwargs)
             after = one[key0]
             forgot[spec] = forgetting([c[0] for c in before.correct], [c[0] for c in after.correct])

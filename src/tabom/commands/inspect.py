@@ -3,8 +3,10 @@
 The summary counts records, prompts and samples, the verified share, the steps each answer
 took (last decode step + 1) and the tokens committed per step; the picture
 (:func:`tabom.plots.plot_trajectory`) shows one answer's tokens coloured by decode step.
-Token labels come from the tokenizer of ``gen.model`` when it is available and matches the
-file's tokenizer fingerprint, else the ids are shown (and the command says so).
+Token labels come from the tokenizer the user names (``--tokenizer``; by default the record's
+``gen.model`` only when it is a shipped model: a path or hub id named inside a file is never
+opened uninvited) when it matches the file's tokenizer fingerprint, else the ids are shown
+(and the command says so).
 """
 
 from __future__ import annotations
@@ -28,10 +30,11 @@ class InspectConfig:
         path: the trajectory file.
         index: position (0-based) of the record to draw.
         id: draw the record with this id instead of ``index``.
-        png: where the picture goes (default: ``FILE`` without suffix + ``.{index}.png``).
+        png: where the picture goes (default: ``FILE`` without suffix + ``.{index}.png``;
+            a folder: that name inside it; ``.png`` is added to a name without it).
         draw: draw the picture (needs matplotlib: ``pip install 'tabom[plot]'``).
         tokenizer: model folder or shipped name whose tokenizer labels the tokens
-            (default: the record's ``gen.model``).
+            (default: the record's ``gen.model`` if it is a shipped model, else ids).
         wrap: response positions per row of the picture.
     """
 
@@ -144,9 +147,12 @@ def run_inspect(cfg: InspectConfig) -> int:
 
     record = records[index]
     labels, note = token_labels(record, cfg.tokenizer)
-    png = cfg.png or str(Path(cfg.path).with_suffix("")) + f".{index}.png"
-    plot_trajectory(record, png, labels=labels, wrap=cfg.wrap)
-    print(f"drew {record.id} -> {png} ({note})")
+    default = Path(str(Path(cfg.path).with_suffix("")) + f".{index}.png")
+    png = Path(cfg.png) if cfg.png else default
+    if png.is_dir():  # --png FOLDER: the picture goes inside it
+        png = png / default.name
+    written = plot_trajectory(record, png, labels=labels, wrap=cfg.wrap)
+    print(f"drew {record.id} -> {written} ({note})")
     return 0
 
 

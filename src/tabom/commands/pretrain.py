@@ -7,7 +7,7 @@ paper's Eq. 1). The prompt is never masked. This produces the "old domain" base 
 self-distillation later adapts. Run: ``tabom pretrain --config configs/tiny_pretrain.yaml``.
 
 Resume works like ``tabom train`` (:mod:`tabom.checkpoint`): ``save_every`` writes Accelerate
-state (weights, optimizer, scheduler, RNG, and the data and masking generators) to
+state (weights, optimizer, scheduler, RNG; the data and masking generators as tensors) to
 ``checkpoints/step-N``; ``--resume`` continues from the newest whole one, refused when a
 setting other than the cadence differs, and gives the same weights as an uninterrupted run.
 """
@@ -24,14 +24,15 @@ import torch
 from tqdm.auto import tqdm
 
 from tabom.checkpoint import (
+    load_generators,
     resume_point,
     save_checkpoint,
     truncate_log,
 )
 from tabom.config import (
     AT_LEAST_1,
+    LEARNING_RATE,
     NON_NEGATIVE,
-    POSITIVE,
     UNIT,
     check_ranges,
     save_config,
@@ -80,7 +81,7 @@ class PretrainConfig:
     task_weights: list[float] | None = field(default=None, metadata=NON_NEGATIVE)
     steps: int = field(default=2000, metadata=AT_LEAST_1)
     batch_size: int = field(default=128, metadata=AT_LEAST_1)
-    lr: float = field(default=1e-3, metadata=POSITIVE)
+    lr: float = field(default=1e-3, metadata=LEARNING_RATE)
     min_lr_ratio: float = field(default=0.1, metadata=UNIT)
     warmup_steps: int = field(default=100, metadata=NON_NEGATIVE)
     weight_decay: float = field(default=0.01, metadata=NON_NEGATIVE)
@@ -101,6 +102,8 @@ class PretrainConfig:
             raise ValueError(
                 f"task_weights has {len(self.task_weights)} entries but tasks has {len(self.tasks)}"
             )
+        if self.task_weights is not None and not sum(self.task_weights) > 0:
+            raise ValueError(f"task_weights: {self.task_weights} gives no task a weight > 0")
         check_ranges(self)
 
 
@@ -131,20 +134,6 @@ def sample_batch(
         if n:
             out.extend((task, ex) for ex in task.generate(n, generator))
     return out
-
-
-class _Generators:
-    """The data and masking generators as one object Accelerate checkpoints (state_dict)."""
-
-    def __init__(self, **gens: torch.Generator) -> None:
-        self.gens = gens
-
-    def state_dict(self) -> dict[str, torch.Tensor]:
-        return {k: g.get_state() for k, g in self.gens.items()}
-
-    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
-        for k, g in self.gens.items():
-            g.set_state(state[k])
 
 
 CADENCE = ("output_dir", "eval_every", "save_every", "resume", "num_threads")
@@ -183,9 +172,10 @@ def pretrain(cfg: PretrainConfig) -> Path:
         optimizer, lambda s: lr_factor(s, cfg.steps, cfg.warmup_steps, cfg.min_lr_ratio)
     )
     dlm.model, optimizer, scheduler = accelerator.prepare(dlm.model, optimizer, scheduler)
-    accelerator.register_for_checkpointing(_Generators(data=data_gen, mask=mask_gen))
+    generators = {"data": data_gen, "mask": mask_gen}  # saved as tensors, never pickled
     start = 0
     if ckpt is not None:
+        load_generators(ckpt, accelerator.process_index, generators)  # first: refuses pickles
         accelerator.load_state(str(ckpt))
         start = ckpt_state["step"]
     if main:
@@ -229,14 +219,15 @@ def pretrain(cfg: PretrainConfig) -> Path:
         if (cfg.eval_every and done % cfg.eval_every == 0) or done == cfg.steps:
             record["eval"] = greedy_accuracy(dlm, eval_sets)  # every process
             if main:
-                bar.write(f"step {done}: loss {record['loss']:.4f} eval {record['eval']}")
+                accs = ", ".join(f"{k} {v:.3f}" for k, v in record["eval"].items())
+                bar.write(f"step {done}: loss {record['loss']:.4f}; greedy accuracy {accs}")
         record["elapsed_s"] = round(time.perf_counter() - t0, 2)
         if log is not None:
             log.write(json.dumps(record) + "\n")
             log.flush()
         bar.set_postfix(loss=f"{record['loss']:.3f}")
         if cfg.save_every and done % cfg.save_every == 0 and done != cfg.steps:
-            save_checkpoint(accelerator, out, {"step": done, "settings": settings})
+            save_checkpoint(accelerator, out, {"step": done, "settings": settings}, generators)
 
     # 3) final save
     if log is not None:

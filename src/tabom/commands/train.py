@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -37,6 +38,7 @@ from tabom.checkpoint import (
 )
 from tabom.config import (
     AT_LEAST_1,
+    LEARNING_RATE,
     NON_NEGATIVE,
     POSITIVE,
     UNIT,
@@ -46,6 +48,7 @@ from tabom.config import (
     save_config,
     to_dict,
 )
+from tabom.errors import TabomError
 from tabom.evaluate import greedy_accuracy, make_eval_sets
 from tabom.models import (
     BACKENDS,
@@ -171,7 +174,7 @@ class TrainConfig:
     max_steps: int = field(default=0, metadata=NON_NEGATIVE)
     batch_size: int = field(default=4, metadata=AT_LEAST_1)
     grad_accum: int = field(default=8, metadata=AT_LEAST_1)
-    lr: float = field(default=2e-5, metadata=POSITIVE)
+    lr: float = field(default=2e-5, metadata=LEARNING_RATE)
     weight_decay: float = field(default=0.01, metadata=NON_NEGATIVE)
     warmup_steps: int = field(default=50, metadata=NON_NEGATIVE)
     min_lr_ratio: float = field(default=0.0, metadata=UNIT)
@@ -410,6 +413,8 @@ def train(cfg: TrainConfig) -> Path:
     if cfg.num_threads:
         torch.set_num_threads(cfg.num_threads)
     out = Path(cfg.output_dir)
+    if cfg.data and not Path(cfg.data).is_file():  # before the model loads (seconds to minutes)
+        raise FileNotFoundError(f"data: no such file {cfg.data}")
     dlm = load_model(cfg.model, backend=cfg.backend, dtype=_load_dtype(cfg))
     items, _ = load_train_items(cfg, dlm)  # too-short trajectories: a warning
     tracker = _check_tracker(cfg.report_to)
@@ -425,6 +430,10 @@ def train(cfg: TrainConfig) -> Path:
     settings = {k: v for k, v in to_dict(cfg).items() if k not in CADENCE}
     settings.update(world=world, total=total, n_items=len(items))
     settings["data_sha256"] = file_sha256(cfg.data) if cfg.data else None
+    if cfg.lora_rank > 0:  # checkpoints hold the adapter: the base must be the same weights
+        from tabom.fingerprint import model_fingerprint
+
+        settings["model_weights"] = model_fingerprint(cfg.model)
     ckpt, ckpt_state = resume_point(out, cfg.resume, settings)
 
     # 2) accelerator, seeds, LoRA or full fine-tuning, optimizer, warmup + cosine schedule
@@ -528,8 +537,11 @@ def train(cfg: TrainConfig) -> Path:
                 # 3c) backward on every micro-batch of every process: never skipped, so the
                 # gradient all-reduce always has every rank
                 accelerator.backward(res.total)
-                if accelerator.sync_gradients and cfg.grad_clip:
-                    grad_norm = accelerator.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+                if accelerator.sync_gradients:  # the norm of the reduced gradient: every rank's
+                    clip = cfg.grad_clip or math.inf  # inf: measured, not clipped
+                    grad_norm = accelerator.clip_grad_norm_(model.parameters(), clip)
+                    if grad_norm is not None:  # None: the engine clips (DeepSpeed)
+                        _stop_if_nonfinite(float(grad_norm), "gradient norm", step + 1, out)
                 optimizer.step()  # a no-op until the last micro-batch of the step
                 if accelerator.sync_gradients:
                     scheduler.step()
@@ -579,11 +591,11 @@ def train(cfg: TrainConfig) -> Path:
                 scalars = {k: v for k, v in record.items() if isinstance(v, (int, float))}
                 scalars.update({f"eval/{k}": v for k, v in record.get("eval", {}).items()})
                 accelerator.log(scalars, step=done)
-            if "ce" in record:
-                bar.set_postfix(
-                    ce=f"{record['ce']:.3f}", rank=f"{record['rank']:.3f}", lr=f"{lr:.2e}"
-                )
+            if "ce" in record:  # the rank term only for objectives that have one
+                ranked = {"rank": f"{record['rank']:.3f}"} if cfg.objective == "tabom" else {}
+                bar.set_postfix(ce=f"{record['ce']:.3f}", **ranked, lr=f"{lr:.2e}")
         if (cfg.save_every and done % cfg.save_every == 0) or done == total:
+            _stop_if_nonfinite(_weights_finite(accelerator, model), "weight", done, out)
             save_checkpoint(accelerator, out, {"step": done, "epoch": epoch, "settings": settings})
     bar.close()
     if log is not None:
@@ -609,6 +621,34 @@ def train(cfg: TrainConfig) -> Path:
     if tracker:
         accelerator.end_training()
     return out
+
+
+class TrainingDiverged(TabomError):
+    """A non-finite gradient or weight: the run stops before saving it (exit 2)."""
+
+
+def _weights_finite(accelerator: Any, model: torch.nn.Module) -> float:
+    """0.0 when every trainable weight of every process is finite, else nan (a collective)."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    bad = sum(int((~torch.isfinite(p.detach())).sum()) for p in params)
+    total = accelerator.reduce(torch.tensor([float(bad)], device=accelerator.device), "sum")
+    return 0.0 if float(total.item()) == 0 else math.nan
+
+
+def _stop_if_nonfinite(value: float, what: str, step: int, out: Path) -> None:
+    """Refuse to step or save on a non-finite ``value``; names the last good checkpoint.
+
+    Raises:
+        TrainingDiverged: ``value`` is nan or inf.
+    """
+    if math.isfinite(value):
+        return
+    last = latest_checkpoint(out)  # written only after this check passed
+    keep = f"the last good checkpoint is {last}" if last else "no checkpoint was written"
+    raise TrainingDiverged(
+        f"step {step}: non-finite {what} ({value}); stopped "
+        f"before stepping or saving it ({keep}); lower --lr or set --grad_clip"
+    )
 
 
 def run_train(cfg: TrainConfig) -> int:

@@ -18,6 +18,7 @@ from typing import Any
 
 import torch
 
+from tabom.errors import TabomError
 from tabom.models.base import (
     BACKEND_FILE,
     BackendSpec,
@@ -41,6 +42,7 @@ from tabom.models.tiny import (
     TinyModelConfig,
     build_tiny,
     load_tiny,
+    quiet_hf_bars,
     save_tiny,
 )
 
@@ -61,6 +63,11 @@ NATIVE: dict[str, NativeFamily] = {"llada": LLADA_NATIVE, "dream": DREAM_NATIVE}
 SCRIPTED = "scripted"
 """A stand-in with answers known in advance, for end-to-end tests (``models/scripted.py``)."""
 BACKENDS = (*TINY_BACKENDS, *PRETRAINED, SCRIPTED)
+SMALL_MODEL = 100_000_000
+"""Parameters below which saving shows no ``Writing model shards`` bar."""
+REMOTE = ("llada-remote", "dream-remote")
+"""Backends that run a checkpoint's own code: only when the caller names them (or passes
+``trust_remote_code``), never because a file in the model folder says so."""
 
 __all__ = [
     "BACKENDS",
@@ -118,7 +125,7 @@ def backend_from_config(config: dict[str, Any], where: str = "<config>") -> str:
     archs = config.get("architectures") or []
     if any(str(a).endswith("ForMaskedLM") for a in archs):
         return "hf-mlm"
-    raise ValueError(
+    raise TabomError(
         f"{where}: cannot tell the backend from model_type {model_type!r} and architectures "
         f"{archs}; pass backend= one of {', '.join(BACKENDS)} (a bidirectional Llama/Qwen2 "
         f"stand-in needs {BACKEND_FILE} or an explicit backend)"
@@ -140,10 +147,13 @@ def detect_backend(name_or_path: str) -> str:
         return "tiny"
     path = Path(name_or_path)
     if path.is_dir() and (path / BACKEND_FILE).is_file():
-        meta = json.loads((path / BACKEND_FILE).read_text())
-        backend = meta.get("backend")
+        try:
+            meta = json.loads((path / BACKEND_FILE).read_text(encoding="utf-8"))
+        except (UnicodeDecodeError, json.JSONDecodeError) as e:
+            raise TabomError(f"{path / BACKEND_FILE}: not valid JSON ({e})") from None
+        backend = meta.get("backend") if isinstance(meta, dict) else None
         if backend not in BACKENDS:
-            raise ValueError(
+            raise TabomError(
                 f"{path / BACKEND_FILE}: backend {backend!r} is not one of {', '.join(BACKENDS)}"
             )
         return backend
@@ -180,12 +190,16 @@ def load_model(
         device: where to put the model (``None``: CPU).
         trust_remote_code: run a LLaDA / Dream checkpoint's own modeling code (the
             ``llada-remote`` / ``dream-remote`` backends) instead of the native classes.
+            Without it, ``auto`` refuses a folder whose ``tabom_backend.json`` names a
+            remote-code backend (a file must not decide that code runs).
 
     Returns:
         The model in eval mode with its tokenizer and resolved :class:`BackendSpec`.
 
     Raises:
         FileNotFoundError: nothing to load under that name.
+        TabomError: ``auto`` on a folder naming a remote-code backend without
+            ``trust_remote_code``.
         ValueError: an unknown backend, a checkpoint that is not bidirectional or has no
             mask token, a native name map that does not fit the weights.
         RuntimeError: remote code that fails to import under the installed transformers.
@@ -196,6 +210,14 @@ def load_model(
     """
     if backend == "auto":
         backend = detect_backend(name_or_path)
+        if backend in REMOTE and not trust_remote_code:  # named by a file, not by the user
+            raise TabomError(
+                f"model {name_or_path!r}: its {BACKEND_FILE} names backend {backend!r}, which "
+                "runs the checkpoint's own Python code, so only an explicit choice runs it: "
+                f"--backend {backend} (train, export), --trust_remote_code true (distill, "
+                "eval), trust_remote_code=True in Python; or load it natively with backend "
+                f"{backend.removesuffix('-remote')}"
+            )
     if trust_remote_code and backend in NATIVE:
         backend = f"{backend}-remote"
     if backend in TINY_BACKENDS:
@@ -227,7 +249,8 @@ def save_model(dlm: DiffusionLM, path: str | Path) -> None:
     save their code with them (``save_pretrained``).
     """
     tolerant_generation_config(dlm.model)
-    with atomic_dir(path) as tmp:
+    small = sum(p.numel() for p in dlm.model.parameters()) < SMALL_MODEL
+    with atomic_dir(path) as tmp, quiet_hf_bars(small):  # no shard bar for a few MB
         write_model_files(dlm, tmp)
         save_native_files(dlm, tmp)
 

@@ -6,9 +6,13 @@ peft is a core dependency; the import stays inside the functions so that importi
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 from typing import Any
 
+from torch.nn import Linear
+
+from tabom.errors import TabomError
 from tabom.models.base import DiffusionLM
 
 
@@ -23,9 +27,22 @@ def with_lora(
         alpha: α (the update is scaled by α / r).
         dropout: dropout on the LoRA input.
         targets: module names that get adapters (a backend's ``spec.lora_targets``).
+
+    Raises:
+        TabomError: a target names no module of ``model`` (lists its linear layers).
     """
     from peft import LoraConfig, get_peft_model
 
+    names = {n.rsplit(".", 1)[-1] for n, _ in model.named_modules()}
+    missing = [t for t in targets if t not in names]
+    if missing:
+        linear = sorted(
+            {n.rsplit(".", 1)[-1] for n, m in model.named_modules() if isinstance(m, Linear)}
+        )
+        raise TabomError(
+            f"lora_targets: no module named {', '.join(map(repr, missing))} in the model "
+            f"(its linear layers: {', '.join(linear)})"
+        )
     lora = LoraConfig(
         r=rank,
         lora_alpha=alpha,
@@ -33,7 +50,9 @@ def with_lora(
         target_modules=list(targets),
         bias="none",
     )
-    return get_peft_model(model, lora)
+    with warnings.catch_warnings():  # peft asks a deprecated transformers property
+        warnings.filterwarnings("ignore", ".*is_gradient_checkpointing.*", FutureWarning)
+        return get_peft_model(model, lora)
 
 
 def merge_adapter(dlm: DiffusionLM, adapter: str | Path) -> DiffusionLM:
@@ -41,11 +60,14 @@ def merge_adapter(dlm: DiffusionLM, adapter: str | Path) -> DiffusionLM:
 
     Raises:
         FileNotFoundError: no such folder (names ``adapter``).
+        TabomError: the folder is not a peft adapter.
     """
     from peft import PeftModel
 
     if not Path(adapter).is_dir():
         raise FileNotFoundError(f"adapter: no such folder {adapter}")
+    if not (Path(adapter) / "adapter_config.json").is_file():
+        raise TabomError(f"adapter: {adapter} holds no adapter_config.json (not a peft adapter)")
     merged = PeftModel.from_pretrained(dlm.model, str(adapter)).merge_and_unload()
     merged.eval()
     return DiffusionLM(merged, dlm.tokenizer, dlm.spec, dlm.extra)

@@ -9,7 +9,9 @@ so that the realignment path is exercised on this machine. The tokenizer is char
 
 from __future__ import annotations
 
+import contextlib
 import json
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -140,6 +142,22 @@ save_tiny = write_model_files
 :func:`tabom.models.save_model` is the atomic save)."""
 
 
+@contextlib.contextmanager
+def quiet_hf_bars(quiet: bool = True) -> Iterator[None]:
+    """transformers' own progress bars (``Loading weights``, ``Writing model shards``) off
+    inside the block, as they were after it."""
+    from transformers.utils import logging as hf_logging
+
+    was_on = hf_logging.is_progress_bar_enabled()
+    if quiet and was_on:
+        hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if quiet and was_on:
+            hf_logging.enable_progress_bar()
+
+
 def load_tiny(path: str | Path, *, dtype: torch.dtype | None = None) -> DiffusionLM:
     """Load a tiny model saved by :func:`save_tiny` (or by ``tabom pretrain``).
 
@@ -152,7 +170,8 @@ def load_tiny(path: str | Path, *, dtype: torch.dtype | None = None) -> Diffusio
 
     path = Path(path)
     tok = load_tokenizer(path)
-    model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype or torch.float32)
+    with quiet_hf_bars():  # a per-tensor bar for a few MB is noise
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype or torch.float32)
     model.eval()
     if getattr(model.config, "is_causal", True):
         raise ValueError(f"{path}/config.json: is_causal must be false for a diffusion LM")

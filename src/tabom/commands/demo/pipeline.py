@@ -44,7 +44,7 @@ from tabom.commands.demo.config import (
     DemoConfig,
     parse_arm,
 )
-from tabom.commands.demo.report import write_report
+from tabom.commands.demo.report import collect, table, write_report
 from tabom.commands.distill import DistillConfig, distill, load_prompts
 from tabom.commands.train import TrainConfig, train
 from tabom.config import to_dict
@@ -54,6 +54,7 @@ from tabom.jsonl import write_jsonl
 from tabom.metrics import mean_std, trajectory_alignment
 from tabom.models import load_model
 from tabom.objectives import GROUND_TRUTH_OBJECTIVES
+from tabom.progress import outer_bar
 from tabom.tasks import make_task
 from tabom.tasks.base import Example, Task
 from tabom.tasks.sudoku import real_puzzles
@@ -384,7 +385,7 @@ def train_arms(
     seconds, cached = 0.0, True
     jobs = [(a, p, s) for a in cfg.objectives for p in cfg.arm_points(a) for s in cfg.seeds]
     folders: dict[tuple[str, str], list[str]] = {}
-    for arm, point, seed in tqdm(jobs, desc="train runs", disable=not cfg.progress):
+    for arm, point, seed in tqdm(jobs, desc="train runs", disable=not outer_bar(cfg.progress)):
         objective, over = parse_arm(arm)
         pcfg = point_config(cfg, {**over, **point})
         tset = train_settings(pcfg, objective, seed, steps, dist["key"])
@@ -462,7 +463,7 @@ def run_demo(cfg: DemoConfig) -> int:
     print(f"demo: [3/4] evaluating {len(jobs)} models")
     done_by: dict[tuple[str, int], dict[str, Any]] = {}
     order = jobs[::-1] if cfg.eval_order == "reverse" else jobs
-    for name, i, path in tqdm(order, desc="eval models", disable=not cfg.progress):
+    for name, i, path in tqdm(order, desc="eval models", disable=not outer_bar(cfg.progress)):
         folder = root / "eval" / (name if name == "base" else f"{name}-seed{cfg.seeds[i]}")
         stage_set = {**eset, "model": path, "trained": _trained_key(path)}
         done = run_stage(
@@ -483,6 +484,7 @@ def run_demo(cfg: DemoConfig) -> int:
     report = write_report(
         cfg, root, results, dist["result"], steps, timings, t_start, t_rep, tuning=tuning
     )
+    print(f"\n{table(collect(results, cfg), cfg)}\n")  # the main table, mean ± std over seeds
     print(f"demo: wrote {report} ({time.perf_counter() - t_start:.0f} s)")
     return 0
 

@@ -26,7 +26,7 @@ from tabom.commands.demo.config import (
 )
 from tabom.config import to_dict
 from tabom.evaluate import tau_to_order
-from tabom.metrics import diff_ci, forgetting, mean_std
+from tabom.metrics import diff_ci, forgetting, mean_std, t_quantile_975
 from tabom.plots import (
     plot_budgets,
     plot_entropy_curves,
@@ -71,25 +71,42 @@ def _fmt(values: list[float], digits: int = 3, sign: bool = False) -> str:
     return f.format(m) + (f" ± {s:.{digits}f}" if len(values) > 1 else "")
 
 
-def _se(values: list[float]) -> float:
-    return (mean_std(values)[1] / math.sqrt(len(values))) if len(values) > 1 else 0.0
+VERDICT_RULE = (
+    "'better' / 'worse' = the 95% Welch t interval of the difference of means over seeds "
+    "excludes 0 (against the one greedy run of base: the one-sample t interval); otherwise "
+    "'no clear difference'"
+)
+"""The report's one verdict rule, stated once in report.md."""
+
+
+def interval(a: list[float], b: list[float]) -> tuple[float, float, float]:
+    """Difference of means a − b with its 95% interval: Welch's t over seeds; a side with one
+    value (base's one greedy run) is a fixed reference, so the other side's one-sample t
+    interval. NaN bounds when neither side has two values."""
+    a, b = [v for v in a if v == v], [v for v in b if v == v]
+    if len(a) >= 2 and len(b) >= 2 or not a or not b:
+        return diff_ci(a, b)
+    diff = mean_std(a)[0] - mean_std(b)[0]
+    spread = a if len(a) >= 2 else b
+    if len(spread) < 2:
+        return diff, math.nan, math.nan
+    half = t_quantile_975(len(spread) - 1) * mean_std(spread)[1] / math.sqrt(len(spread))
+    return diff, diff - half, diff + half
 
 
 def compare(a: list[float], b: list[float], higher_is_better: bool = True) -> tuple[float, str]:
-    """Difference of means a − b and a plain verdict against two standard errors.
+    """Difference of means a − b and its verdict under :data:`VERDICT_RULE`.
 
     Returns:
-        ``(difference, word)``: ``better`` / ``worse`` when the difference exceeds two standard
-        errors of the difference (``√(se_a² + se_b²)``), else ``no clear difference``.
+        ``(difference, word)``: ``better`` / ``worse`` when the 95% interval of
+        :func:`interval` excludes 0, else ``no clear difference`` (also without an interval).
     """
-    diff = mean_std(a)[0] - mean_std(b)[0]
-    se = math.sqrt(_se(a) ** 2 + _se(b) ** 2)
-    good = diff if higher_is_better else -diff
-    if se == 0:
-        word = "better" if good > 0 else "worse" if good < 0 else "no clear difference"
-    else:
-        word = "better" if good > 2 * se else "worse" if good < -2 * se else "no clear difference"
-    return diff, word
+    diff, lo, hi = interval(a, b)
+    if lo != lo:  # no interval: one run on each side
+        return diff, "no clear difference"
+    if not higher_is_better:
+        lo, hi = -hi, -lo
+    return diff, "better" if lo > 0 else "worse" if hi < 0 else "no clear difference"
 
 
 def model_names(results: dict[str, Any], cfg: DemoConfig) -> list[str]:
@@ -140,14 +157,13 @@ def collect(results: dict[str, list[dict[str, Any]]], cfg: DemoConfig) -> dict[s
 
 
 def table(rows: dict[str, Any], cfg: DemoConfig) -> str:
-    """The markdown comparison table (mean ± std over seeds; base: one run)."""
+    """The main comparison table (mean ± std over seeds; base: one run): accuracy, pass@k,
+    forgetting; the order and cost columns are :func:`alignment_table`'s (a screen each)."""
     tps = cfg.tokens_per_step
     head = ["model", "runs"]
     head += [f"new acc {t} tok/step" for t in tps]
     head += [f"pass@{k} (T=1)" for k in cfg.ks]
-    head += ["old acc", "forgetting", "correct→wrong", "wrong→correct", "NFE (1 tok/step)"]
-    head += ["τ all states", "τ all-masked", "TDS", "val acc"]
-    head += [f"hard acc ({cfg.stratum} ≥ {cfg.hard_min})", "τ decode→oracle", "τ decode→base"]
+    head += ["old acc", "forgetting", "correct→wrong", "wrong→correct"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for name in [m for m in ["base", *cfg.objectives] if m in rows]:
         r = rows[name]
@@ -156,7 +172,18 @@ def table(rows: dict[str, Any], cfg: DemoConfig) -> str:
         cells += [_fmt(r[f"pass@{k}"]) for k in cfg.ks]
         cells += [_fmt(r["old"]), _fmt(r["forgetting"], sign=True)]
         cells += [_fmt(r["c2w"], 1), _fmt(r["w2c"], 1)]
-        cells += [_fmt(r[f"nfe@{tps[0]}"], 1)]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def alignment_table(rows: dict[str, Any], cfg: DemoConfig) -> str:
+    """Decode order and cost per model: NFE, τ alignment, TDS, validation and hard accuracy."""
+    head = ["model", "NFE (1 tok/step)", "τ all states", "τ all-masked", "TDS", "val acc"]
+    head += [f"hard acc ({cfg.stratum} ≥ {cfg.hard_min})", "τ decode→oracle", "τ decode→base"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for name in [m for m in ["base", *cfg.objectives] if m in rows]:
+        r = rows[name]
+        cells = [name, _fmt(r[f"nfe@{cfg.tokens_per_step[0]}"], 1)]
         cells += [_fmt(r[k]) for k in ("tau", "tau0")]
         cells += [_fmt(r["tds"], 4), _fmt(r["val"])]
         cells += [_fmt(r["hard"]), _fmt(r["tau_oracle"]), _fmt(r["tau_base"])]
@@ -204,43 +231,44 @@ def protocol_section(
     key = {"new@1": f"new@{t1}", "pass@k": f"pass@{k}", "forgetting": "forgetting", "hard": "hard"}
     arms = [a for a in cfg.objectives if a in rows]
     out = []
-    if tuning:
+    tuned = [a for a in arms if len((tuning or {}).get(a, {}).get("points", [])) > 1]
+    if tuned:  # arms with a single setting had nothing to choose: no row
         out += [
             "### Tuning (validation split only; mean over seeds per point)",
             "",
             "| arm | points | val acc per point | chosen |",
             "|---|---|---|---|",
         ]
-        for arm in arms:
-            t = tuning.get(arm, {})
-            vals = (
-                ", ".join(f"{p}: {mean_std(v)[0]:.3f}" for p, v in t.get("val", {}).items())
-                or "(one point)"
-            )
-            out.append(f"| {arm} | {len(t.get('points', []))} | {vals} | {t.get('chosen')} |")
+        for arm in tuned:
+            t = tuning[arm]  # type: ignore[index]
+            vals = ", ".join(f"{p}: {mean_std(v)[0]:.3f}" for p, v in t.get("val", {}).items())
+            out.append(f"| {arm} | {len(t['points'])} | {vals or '–'} | {t.get('chosen')} |")
+        untuned = [a for a in arms if a not in tuned]
+        if untuned:
+            out.append(f"\n{', '.join(untuned)}: one setting each (nothing to tune).")
         out.append("")
     refs = [r for r in ("traj-sft", "td") if r in rows]
     if not refs or len(cfg.seeds) < 2:
         return out
-    head = ["arm"]
-    for label, _, higher in CLAIMS:
-        for ref in refs:
-            head.append(f"{label} − {ref}{'' if higher else ' (lower is better)'}")
-    out += [
-        f"### Differences to {' and '.join(refs)} (mean difference [95% CI], Welch t over "
-        f"{len(cfg.seeds)} seeds; pass@k = pass@{k}, new-domain acc at {t1} token(s) per step)",
-        "",
-        "| " + " | ".join(head) + " |",
-        "|" + "---|" * len(head),
-    ]
-    for arm in arms:
-        cells = [arm]
-        for _, metric, _higher in CLAIMS:
-            for ref in refs:
-                m = key[metric]
-                cells.append("–" if arm == ref else _ci(diff_ci(rows[arm][m], rows[ref][m])))
-        out.append("| " + " | ".join(cells) + " |")
-    out.append("")
+    for ref in refs:  # one table per reference: a screen wide
+        head = ["arm"] + [
+            f"{label}{'' if higher else ' (lower is better)'}" for label, _, higher in CLAIMS
+        ]
+        out += [
+            f"### Differences to {ref} (mean difference [95% CI], Welch t over "
+            f"{len(cfg.seeds)} seeds; pass@k = pass@{k}, new-domain acc at {t1} token(s) per "
+            "step)",
+            "",
+            "| " + " | ".join(head) + " |",
+            "|" + "---|" * len(head),
+        ]
+        for arm in [a for a in arms if a != ref]:
+            cells = [arm] + [
+                _ci(diff_ci(rows[arm][key[metric]], rows[ref][key[metric]]))
+                for _, metric, _ in CLAIMS
+            ]
+            out.append("| " + " | ".join(cells) + " |")
+        out.append("")
     out.append(testbed_verdict(rows, cfg, key))
     return out
 
@@ -253,16 +281,21 @@ def testbed_verdict(rows: dict[str, Any], cfg: DemoConfig, key: dict[str, str]) 
     m = key["new@1"]
     scored = [(a, diff_ci(rows[a][m], rows["td"][m])) for a in ranking]
     best, (d, lo, hi) = max(scored, key=lambda x: x[1][0])
-    helps = [a for a, (_, lo_, _) in scored if lo_ == lo_ and lo_ > 0]
-    hurts = [a for a, (_, _, hi_) in scored if hi_ == hi_ and hi_ < 0]
     ref = ""
     if "traj-sft" in rows:
-        ref = f"; against traj-sft the best ranking arm is {_ci(diff_ci(rows[best][m], rows['traj-sft'][m]))}"
+        vs = _ci(diff_ci(rows[best][m], rows["traj-sft"][m]))
+        ref = f"; against traj-sft, {best} is {vs} ({compare(rows[best][m], rows['traj-sft'][m])[1]})"
+    head = f"**Verdict ({cfg.testbed}):** the ranking term on new-domain accuracy (against td, "
+    head += "the same masking without it): "
+    if len(scored) == 1:  # one ranking arm: its own result, no "best of" wording
+        word = compare(rows[best][m], rows["td"][m])[1]
+        return head + f"{best} is {_ci((d, lo, hi))} ({word}){ref}."
+    words = {a: compare(rows[a][m], rows["td"][m])[1] for a, _ in scored}
+    groups = {w: [a for a in words if words[a] == w] for w in ("better", "worse")}
+    said = "; ".join(f"{w} for {', '.join(g)}" for w, g in groups.items() if g)
     return (
-        f"**Verdict ({cfg.testbed}):** the ranking term (tabom arms against td, same masking "
-        f"without it) helps new-domain accuracy for {', '.join(helps) or 'no arm'} and hurts "
-        f"for {', '.join(hurts) or 'no arm'} (95% CI excludes 0); the best arm, {best}, is "
-        f"{_ci((d, lo, hi))} against td{ref}."
+        head + f"{said or 'no clear difference for any arm'}; the arm with the highest mean, "
+        f"{best}, is {_ci((d, lo, hi))}{ref}."
     )
 
 
@@ -317,10 +350,7 @@ def verdicts(rows: dict[str, Any], cfg: DemoConfig) -> list[str]:
             f"{_fmt(rows['traj-sft'][f'new@{t1}'])} ({diff:+.3f}, {word}). "
             "What a validation sweep found: docs/results.md."
         )
-    out.append(
-        "\n'better' / 'worse' = the difference of means exceeds two standard errors over "
-        f"{len(cfg.seeds)} seeds; anything smaller is reported as no clear difference."
-    )
+    out.append(f"\n{VERDICT_RULE} ({len(cfg.seeds)} seeds).")
     return out
 
 
@@ -362,6 +392,7 @@ def write_report(
             f"new domain: pass@{k} (T=1)": f"pass@{k}",
             "old domain: greedy acc": "greedy accuracy",
         },
+        sharey=True,  # three accuracies: one scale
     )
     plot_budgets(
         {n: {t: mean_std(rows[n][f"new@{t}"]) for t in cfg.tokens_per_step} for n in names},
@@ -371,11 +402,18 @@ def write_report(
     curves = {}
     for n in names:
         per_seed = [r["alignment"]["entropy_next"] for r in results[n]]
-        curves[n] = [mean_std([c[s] for c in per_seed])[0] for s in range(len(per_seed[0]))]
+        curves[n] = [mean_std([c[s] for c in per_seed]) for s in range(len(per_seed[0]))]
     plot_entropy_curves(
         curves,
         root / "entropy.png",
         title="entropy of the token decoded next, on held-out base trajectories",
+        note=(
+            f"Each point: the model's entropy at the positions the base trajectory decodes at "
+            f"step s, averaged over those positions and {distill['align_records']} held-out "
+            f"base trajectories, then over seeds (bars: ± std over {len(cfg.seeds)} seeds; "
+            "base: one run). Step 0 is the all-masked state: a value near 0 there means every "
+            "model is sure of what the sampler decodes first."
+        ),
     )
 
     align = read_trajectories(root / "distill" / "align.jsonl")
@@ -384,6 +422,13 @@ def write_report(
 
     # 2) report.md
     total = time.perf_counter() - t_start
+    reused = sum(seconds for seconds, cached in timings.values() if cached)
+    wall = f"wall time this invocation: {total:.0f} s"
+    if reused:  # a rerun that reused finished stages: their own time is not in `total`
+        wall += (
+            f" (it reused finished stages, {reused:.0f} s when they ran; "
+            f"{total + reused:.0f} s in all)"
+        )
     timing_rows = [
         f"| {stage} | {seconds:.0f} s{' (cached: measured by the run that made it)' if cached else ''} |"
         for stage, (seconds, cached) in timings.items()
@@ -406,8 +451,7 @@ def write_report(
         "# tabom demo report",
         "",
         f"Command: `{cmd}` · machine: {platform.machine()} {platform.system()}, "
-        f"{torch.get_num_threads()} torch thread(s), torch {torch.__version__} · "
-        f"wall time this invocation: {total:.0f} s",
+        f"{torch.get_num_threads()} torch thread(s), torch {torch.__version__} · {wall}",
         "",
         "## Setup",
         "",
@@ -441,6 +485,10 @@ def write_report(
         "## Results",
         "",
         table(rows, cfg),
+        "",
+        "Decode order and cost:",
+        "",
+        alignment_table(rows, cfg),
         "",
         f"## New-domain test accuracy by difficulty (`{cfg.stratum}`)",
         "",
@@ -478,4 +526,13 @@ def write_report(
     return path
 
 
-__all__ = ["collect", "compare", "table", "verdicts", "write_report"]
+__all__ = [
+    "VERDICT_RULE",
+    "alignment_table",
+    "collect",
+    "compare",
+    "interval",
+    "table",
+    "verdicts",
+    "write_report",
+]

@@ -38,6 +38,7 @@ from tabom.evaluate import evaluate_task
 from tabom.metrics import mean_std
 from tabom.models import load_model
 from tabom.objectives import RANK_LOSSES
+from tabom.progress import outer_bar
 from tabom.tasks import make_task
 from tabom.trajectory import read_trajectories, write_trajectories
 
@@ -136,7 +137,7 @@ def run_sweep(cfg: SweepConfig) -> int:
         data_sets[frac] = (data, n)
     jobs = [(i, o, p, s) for i, (o, p) in enumerate(points) for s in cfg.seeds]
     results: dict[int, list[dict[str, float]]] = {}
-    for i, o, p, s in tqdm(jobs, desc="sweep runs", disable=not demo.progress):
+    for i, o, p, s in tqdm(jobs, desc="sweep runs", disable=not outer_bar(demo.progress)):
         point_cfg = point_config(demo, p)
         frac = p.get("data_fraction", 1.0)
         data, n_items = data_sets[frac]
