@@ -391,7 +391,7 @@ def test_decode_equals_the_whole_block_sampler(models, kind, score, budget):
     )  # fmt: skip
     assert torch.equal(new.sequences, x)
     assert torch.equal(new.decode_step, steps)
-    assert new.nfe == nfe == len(sizes)
+    assert new.nfe == nfe and len(sizes) <= nfe  # a step with nothing to commit runs no head
     torch.testing.assert_close(new.decode_entropy, entropy, rtol=0, atol=0, equal_nan=True)
     # the head ran at the still-masked positions of the active block only
     block = cfg.block_size
