@@ -528,7 +528,7 @@ def decode(
         if n_active:
             row_forwards += n_active
             if cache is not None:
-                rows = cache.hidden_rows(x, attn, P, start, active, b_h, j_h)  # (N, H)
+                rows = cache.hidden_rows(x, attn, P, start, Lb, active, b_h, j_h)  # (N, H)
             else:
                 sub = n_active < B
                 act = active.to(device)
