@@ -663,11 +663,17 @@ def decode_batches(
     batch_size: int = 64,
     progress: bool = False,
     desc: str = "decode",
+    group_by_length: bool = True,
 ) -> DecodeOutput:
-    """Decode encoded prompts in batches of ``batch_size`` (left-padded, in order).
+    """Decode encoded prompts in batches of ``batch_size`` (left-padded), outputs in prompt order.
 
     The one batched decode loop of the package (``tabom eval``, ``tabom distill``, the lm-eval
-    adapter). Batches run in order and share ``generator``.
+    adapter). Batches run in order and share ``generator``. A deterministic decode (temperature
+    0, a score other than ``random``) with ``group_by_length`` batches prompts of similar length
+    together (less padding; each batch keeps its prompts in their original order) and writes
+    the rows back in prompt order: the same tokens, as a row decodes the same in any padded
+    batch. A sampled decode keeps the prompts' order, since which random draws a prompt gets
+    depends on its place in the batches (distill decodes each group as one batch anyway).
 
     Args:
         dlm: the model, its tokenizer and backend ids.
@@ -676,6 +682,7 @@ def decode_batches(
         generator: all randomness, on ``dlm.device``.
         batch_size: prompts per forward.
         progress: show a progress bar over batches, labelled ``desc``.
+        group_by_length: batch prompts of similar length together (deterministic decodes).
 
     Returns:
         The batches' outputs concatenated in prompt order (:func:`concat_outputs`: ``nfe``
@@ -689,10 +696,14 @@ def decode_batches(
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     pad = dlm.spec.pad_token_id
+    order = list(range(len(encoded)))
+    deterministic = cfg.temperature == 0 and cfg.score != "random"
+    if group_by_length and deterministic and len(encoded) > batch_size:
+        order.sort(key=lambda i: len(encoded[i]))  # stable: equal lengths keep their order
+    batches = [sorted(order[i : i + batch_size]) for i in range(0, len(order), batch_size)]
     outputs = []
-    starts = range(0, len(encoded), batch_size)
-    for start in tqdm(starts, desc=desc, disable=not progress, leave=False):
-        ids, mask = pad_prompts(list(encoded[start : start + batch_size]), pad)
+    for rows in tqdm(batches, desc=desc, disable=not progress, leave=False):
+        ids, mask = pad_prompts([list(encoded[i]) for i in rows], pad)
         outputs.append(
             decode(
                 dlm,
@@ -703,7 +714,23 @@ def decode_batches(
                 generator=generator,
             )
         )
-    return outputs[0] if len(outputs) == 1 else concat_outputs(outputs, pad)
+    if len(outputs) == 1:
+        return outputs[0]
+    out = concat_outputs(outputs, pad)
+    done = [i for rows in batches for i in rows]  # prompt index of each output row
+    if done == sorted(done):
+        return out
+    back = torch.empty(len(done), dtype=torch.long)
+    back[torch.tensor(done)] = torch.arange(len(done))  # output row of each prompt
+    back = back.to(out.sequences.device)
+    entropy = out.decode_entropy
+    return dataclasses.replace(
+        out,
+        sequences=out.sequences[back],
+        decode_step=out.decode_step[back],
+        attention_mask=out.attention_mask[back],
+        decode_entropy=None if entropy is None else entropy[back],
+    )
 
 
 def decode_texts(
@@ -715,6 +742,7 @@ def decode_texts(
     batch_size: int = 64,
     progress: bool = False,
     desc: str = "decode",
+    group_by_length: bool = True,
 ) -> tuple[list[str], DecodeOutput]:
     """Encode the prompts as the backend does, decode in batches and return the answers.
 
@@ -726,6 +754,8 @@ def decode_texts(
         generator: all randomness, on ``dlm.device``.
         batch_size: prompts per forward.
         progress: show a progress bar over batches, labelled ``desc``.
+        group_by_length: batch prompts of similar length together when the decode is
+            deterministic (:func:`decode_batches`).
 
     Returns:
         ``(texts, output)``: the responses cut at the first stop id (``dlm.spec.stop_ids``:
@@ -734,7 +764,14 @@ def decode_texts(
     """
     encoded = [dlm.encode_prompt(p) for p in prompts]  # the chat template, if the backend has one
     out = decode_batches(
-        dlm, encoded, cfg, generator=generator, batch_size=batch_size, progress=progress, desc=desc
+        dlm,
+        encoded,
+        cfg,
+        generator=generator,
+        batch_size=batch_size,
+        progress=progress,
+        desc=desc,
+        group_by_length=group_by_length,
     )
     texts = [response_text(dlm.tokenizer, r, dlm.spec.stop_ids) for r in out.response_ids.tolist()]
     return texts, out

@@ -624,6 +624,8 @@ def distill(cfg: DistillConfig) -> DistillSummary | None:
         "vocab_size": dlm.vocab_size,
         "tokenizer": tokenizer_fingerprint(dlm.tokenizer),
     }
+    if decode_cfg.cache != "none":  # approximate trajectories say so (absent: exact)
+        gen["cache"] = decode_cfg.cache
     data_source = (
         cfg.task
         if cfg.prompts_file is None
