@@ -10,7 +10,6 @@ setting, on both tiny families (unshifted and Dream-style shifted logits).
 from __future__ import annotations
 
 import dataclasses
-import json
 import weakref
 from collections.abc import Callable
 

@@ -92,17 +92,13 @@ def test_the_cached_forward_runs_the_block_and_refreshes_at_block_starts(models,
     finally:
         del dlm.hidden_states
     P, L = 6, 18
-    # per block: one full forward (its first step), then 3 cached steps
-    if mode == "dual":
-        cached = [(3, 4)] * 3  # the block's 4 columns only
-    else:
-        cached = [[(3, L - (P + s - 1))] * 3 for s in (0, 4, 8)]
-    full = (3, L)
-    want = [full, *cached] if mode == "dual" else None
-    if mode == "dual":
-        assert widths == want * 3
-    else:
-        assert widths == [full, *cached[0], full, *cached[1], full, *cached[2]]
+    full = (3, L)  # per block: one full forward (its first step), then 3 cached steps
+    for b, s in enumerate((0, 4, 8)):
+        # dual: the block's 4 columns; prefix: the block and after, from the column the
+        # block's first logit reads (one to the left: shifted logits)
+        cached = (3, 4) if mode == "dual" else (3, L - (P + s - 1))
+        assert widths[4 * b : 4 * b + 4] == [full, cached, cached, cached]
+    assert len(widths) == 12
     assert (out.decode_step >= 0).all() and out.nfe == 12
 
 

@@ -23,7 +23,7 @@ import torch
 from tqdm.auto import tqdm
 
 from tabom.config import AT_LEAST_1, NON_NEGATIVE, PROBABILITY
-from tabom.head import HeadModel, as_head_model, logits_at
+from tabom.head import HeadModel, as_head_model
 
 if TYPE_CHECKING:
     from tabom.models.base import DiffusionLM
