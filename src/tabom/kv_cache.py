@@ -29,6 +29,7 @@ from typing import Any
 
 import torch
 
+from tabom.errors import TabomError
 from tabom.models.base import DiffusionLM, position_ids_from_mask, source_positions
 
 
@@ -77,13 +78,13 @@ class BlockCache:
             sampler up to float rounding).
 
     Raises:
-        ValueError: the model does not support a cache (names ``decode.cache``).
+        TabomError: the model does not support a cache (names ``--decode.cache``).
     """
 
     def __init__(self, model: Any, mode: str, batch: int, *, every_step: bool = False) -> None:
         reason = cache_support(model)
         if reason is not None:
-            raise ValueError(f"decode.cache {mode}: {reason}")
+            raise TabomError(f"--decode.cache {mode}: {reason}")
         if mode not in ("prefix", "dual"):
             raise ValueError(f"decode.cache must be prefix or dual here, got {mode!r}")
         self.dlm: DiffusionLM = model
