@@ -35,19 +35,27 @@ def main() -> None:
     ap.add_argument("--block-length", type=int, default=32)
     ap.add_argument("--temperature", type=float, default=1.0)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--smoke", action="store_true",
+                    help="a tiny model on CPU: checks that the script runs, numbers mean nothing")  # fmt: skip
     args = ap.parse_args()
-    if not torch.cuda.is_available():
-        sys.exit("gpu_distill_cache.py needs a CUDA device")
-    torch.backends.cuda.matmul.allow_tf32 = True
+    if args.smoke:
+        device, dtype, shape = "cpu", torch.float32, (64, 4, 128, 512)
+        args.batch, args.prompt_length, args.gen_length, args.block_length = 2, 8, 16, 8
+    elif not torch.cuda.is_available():
+        sys.exit("gpu_distill_cache.py needs a CUDA device (or --smoke)")
+    else:
+        device, dtype, shape = "cuda", torch.bfloat16, (4096, 32, 12288, 126464)
+    d, heads, inter, vocab = shape
     t0 = time.perf_counter()
-    dlm = build_model(4096, args.layers, 32, 12288, 126464, args.seed, device="cuda",
-                      dtype=torch.bfloat16)  # fmt: skip
+    dlm = build_model(d, args.layers, heads, inter, vocab, args.seed, device=device, dtype=dtype)
     build_s = time.perf_counter() - t0
     B, T = args.batch, args.gen_length
     g = torch.Generator().manual_seed(args.seed)
-    prompts = torch.randint(0, 126000, (B, args.prompt_length), generator=g).tolist()
+    prompts = torch.randint(0, vocab - 4, (B, args.prompt_length), generator=g).tolist()
     ids, mask = pad_prompts(prompts, dlm.spec.pad_token_id)
-    ids, mask = ids.cuda(), mask.cuda()
+    ids, mask = ids.to(device), mask.to(device)
+    cuda = device == "cuda"
+    sync = torch.cuda.synchronize if cuda else (lambda: None)
     rows, exact = [], None
     for mode in ("none", "prefix", "dual"):
         cfg = DecodeConfig(gen_length=T, steps=T, block_length=args.block_length,
@@ -55,20 +63,21 @@ def main() -> None:
         warm = DecodeConfig(gen_length=args.block_length, steps=args.block_length,
                             block_length=args.block_length, cache=mode)  # fmt: skip
         decode(dlm, ids, mask, warm, mask_token_id=dlm.mask_token_id)  # kernels, allocator
-        torch.cuda.synchronize()
-        torch.cuda.reset_peak_memory_stats()
-        gen = torch.Generator(device="cuda").manual_seed(1)
+        sync()
+        if cuda:
+            torch.cuda.reset_peak_memory_stats()
+        gen = torch.Generator(device=device).manual_seed(1)
         t0 = time.perf_counter()
         out = decode(dlm, ids, mask, cfg, mask_token_id=dlm.mask_token_id, generator=gen)
-        torch.cuda.synchronize()
+        sync()
         seconds = time.perf_counter() - t0
-        peak = torch.cuda.max_memory_allocated() / 2**30
+        peak = torch.cuda.max_memory_allocated() / 2**30 if cuda else float("nan")
         resp = out.response_ids
         exact = resp if exact is None else exact
         agree = (resp == exact).float().mean().item()
         rows.append((mode, B * T / seconds, out.nfe, seconds, peak, agree))
-    name = torch.cuda.get_device_name()
-    print(f"{name}; random LLaDA-8B-shaped model, {args.layers} of 32 layers, bf16 "
+    name = torch.cuda.get_device_name() if cuda else "CPU smoke run (tiny shapes)"
+    print(f"{name}; random LLaDA-8B-shaped model, {args.layers} of 32 layers, {dtype} "
           f"(built in {build_s:.0f} s); batch {B}, prompt {args.prompt_length}, response {T}, "
           f"block {args.block_length}, {T} steps, temperature {args.temperature}")
     print()

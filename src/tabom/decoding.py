@@ -517,8 +517,10 @@ def decode(
         cand_h = masked.gather(1, pos_h)  # (B, Lb) still masked
         b_h, j_h = cand_h.nonzero(as_tuple=True)  # (N,) each, row-major
         active = cand_h.any(dim=-1).nonzero().squeeze(-1)  # (B',) rows that run the forward
-        pos, candidates = pos_h.to(device), cand_h.to(device)
-        b_idx, j_idx = b_h.to(device), j_h.to(device)
+        # (host -> device copies of pageable memory with non_blocking: staged at once, no
+        # stream sync; a blocking copy would wait for the queued kernels)
+        pos, candidates = pos_h.to(device, non_blocking=True), cand_h.to(device, non_blocking=True)
+        b_idx, j_idx = b_h.to(device, non_blocking=True), j_h.to(device, non_blocking=True)
 
         # 3) one forward of the active rows to the hidden states; the head, proposals and
         #    scores only at the still-masked positions of the block (N of B x Lb), [MASK]
@@ -531,7 +533,7 @@ def decode(
                 rows = cache.hidden_rows(x, attn, P, start, Lb, active, b_h, j_h)  # (N, H)
             else:
                 sub = n_active < B
-                act = active.to(device)
+                act = active.to(device, non_blocking=True)
                 xs, attn_s = (x[act], attn[act]) if sub else (x, attn)
                 hidden = head_model.hidden_states(xs, attn_s)  # (B', P+T, H)
                 if hidden.dim() != 3 or hidden.shape[:2] != xs.shape:
@@ -542,7 +544,7 @@ def decode(
                 if sub:  # row b of the batch is row local[b] of the forward
                     where_row = torch.full((B,), -1, dtype=torch.long)
                     where_row[active] = torch.arange(n_active)
-                    local = where_row[b_h].to(device)
+                    local = where_row[b_h].to(device, non_blocking=True)
                 rows = head_model.gather_hidden(hidden, local, P + pos[b_idx, j_idx])
             cand_logits = head_model.apply_head(rows).float()  # (N, V)
             vocab = cand_logits.shape[-1]

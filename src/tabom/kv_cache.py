@@ -100,7 +100,7 @@ class BlockCache:
         """Whole-sequence forward of ``rows`` (host index); keeps their keys and values."""
         from transformers import DynamicCache
 
-        dev = rows.to(x.device)
+        dev = rows.to(x.device, non_blocking=True)
         cache = DynamicCache()
         hidden = self.dlm.hidden_states(
             x[dev], attn[dev], model_kwargs={self.keyword: cache, "use_cache": True}
@@ -134,7 +134,7 @@ class BlockCache:
         from transformers import DynamicCache
 
         assert self.kv is not None
-        dev = rows.to(x.device)
+        dev = rows.to(x.device, non_blocking=True)
         L = x.shape[1]
         shift = self.dlm.spec.shift_logits
         s = P + start[rows]  # (n,) first response column of each row's block
@@ -150,7 +150,7 @@ class BlockCache:
         span = torch.arange(L)
         own_col = (span >= lo[:, None]) & (span < hi[:, None])  # (n, L) recomputed columns
         device = x.device
-        cols_d, own_d, own_col_d = cols.to(device), own.to(device), own_col.to(device)
+        cols_d, own_d, own_col_d = cols.to(device, non_blocking=True), own.to(device, non_blocking=True), own_col.to(device, non_blocking=True)
         attn_r = attn[dev]
         tokens = x[dev].gather(1, cols_d)  # (n, W)
         positions = position_ids_from_mask(attn_r).gather(1, cols_d)  # (n, W)
@@ -206,11 +206,11 @@ class BlockCache:
                 take = local[b_idx] >= 0  # (N,) candidates of refreshed rows
                 rows = self.dlm.gather_hidden(
                     hidden,
-                    local[b_idx[take]].to(x.device),
-                    (P + start[b_idx[take]] + j_idx[take]).to(x.device),
+                    local[b_idx[take]].to(x.device, non_blocking=True),
+                    (P + start[b_idx[take]] + j_idx[take]).to(x.device, non_blocking=True),
                 )
                 out = hidden.new_empty((b_idx.numel(), hidden.shape[-1]))
-                out[take.to(x.device)] = rows
+                out[take.to(x.device, non_blocking=True)] = rows
         if cached.numel():
             hidden, lo = self._cached(x, attn, P, start, block_length, cached)
             local = torch.full((B,), -1, dtype=torch.long)
@@ -218,9 +218,9 @@ class BlockCache:
             take = local[b_idx] >= 0
             li = local[b_idx[take]]
             col = source_positions(P + start[b_idx[take]] + j_idx[take], self.dlm.spec.shift_logits)
-            rows = hidden[li.to(x.device), (col - lo[li]).to(x.device)]
+            rows = hidden[li.to(x.device, non_blocking=True), (col - lo[li]).to(x.device, non_blocking=True)]
             if out is None:
                 out = hidden.new_empty((b_idx.numel(), hidden.shape[-1]))
-            out[take.to(x.device)] = rows
+            out[take.to(x.device, non_blocking=True)] = rows
         assert out is not None
         return out
