@@ -27,7 +27,11 @@ from tabom.decoding import DecodeConfig, decode_batches, response_text
 from tabom.models import load_model
 from tabom.tasks import make_task
 
-FIXTURES = Path("/work/shared/fixtures/real-code")
+FIXTURES = next(
+    (p for p in (Path(__file__).resolve().parents[1] / "tests/fixtures/real-code",
+                 Path("/work/shared/fixtures/real-code")) if p.is_dir()),
+    Path("/work/shared/fixtures/real-code"),
+)  # fmt: skip
 MODES = ("none", "prefix", "dual")
 
 
