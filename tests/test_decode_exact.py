@@ -37,11 +37,19 @@ SMALL = TinyModelConfig(hidden_size=32, num_layers=2, num_heads=2, intermediate_
 PROMPTS = [[5, 6, 7, 8, 9, 10], [11, 12], [13, 14, 15], [16, 17, 18, 19]]
 
 
+def sharpened(dlm: DiffusionLM) -> DiffusionLM:
+    """A random model with peaked proposals (head weights x 30): thresholds pass at different
+    steps for different rows (rows leave at different times), and scores are not near-ties."""
+    with torch.no_grad():
+        dlm.model.get_output_embeddings().weight.mul_(30)
+    return dlm
+
+
 @pytest.fixture(scope="module")
 def models() -> dict[str, DiffusionLM]:
     return {
-        "tiny": build_tiny(SMALL, seed=1),
-        "tiny-dream": build_tiny(dataclasses.replace(SMALL, family="qwen2"), seed=2),
+        "tiny": sharpened(build_tiny(SMALL, seed=1)),
+        "tiny-dream": sharpened(build_tiny(dataclasses.replace(SMALL, family="qwen2"), seed=2)),
     }
 
 
@@ -256,6 +264,19 @@ def test_rows_leaving_the_batch_change_nothing(models, kind, score, budget, one_
     assert batches == want and new.row_forwards == sum(want)
     if budget.get("steps", 0) > 12:  # a block schedule's last steps commit nothing
         assert new.row_forwards < B * new.nfe  # rows did leave: fewer rows than before
+
+
+def test_rows_leave_in_threshold_mode(models, one_thread):
+    # the sharpened models finish rows at different steps under most thresholds
+    left = 0
+    for kind in models:
+        for budget in BUDGETS:
+            if "threshold" in budget:
+                cfg = DecodeConfig(gen_length=12, score="entropy", record_entropy=True, **budget)
+                new, old, _ = run_both(models[kind], cfg)
+                assert torch.equal(new.decode_step, old.decode_step)
+                left += new.row_forwards < len(PROMPTS) * new.nfe
+    assert left >= 4
 
 
 class SureModel:
