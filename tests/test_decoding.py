@@ -73,10 +73,12 @@ def argmax_tokens(n: int) -> list[int]:
 
 
 class TableModel:
-    """Fixed logits on the last T positions, ``(T, V)`` for every row or ``(B, T, V)``."""
+    """Fixed logits on the last T positions, ``(T, V)`` for every row or ``(B, T, V)``: then
+    row b is the row whose prompt is ``prompts[b]`` (the sampler may run a subset of rows)."""
 
-    def __init__(self, logits: torch.Tensor) -> None:
+    def __init__(self, logits: torch.Tensor, prompts: torch.Tensor | None = None) -> None:
         self.logits = logits
+        self.prompts = prompts
         self.inputs: list[tuple[torch.Tensor, torch.Tensor]] = []
 
     def __call__(self, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -84,12 +86,17 @@ class TableModel:
         B, L = ids.shape
         T = self.logits.shape[-2]
         out = torch.zeros(B, L, V)
-        out[:, L - T :] = self.logits
+        logits = self.logits
+        if logits.dim() == 3:  # the table rows of the rows that run, found by their prompt
+            P = self.prompts.shape[1]
+            rows = [int((self.prompts == i[:P]).all(-1).nonzero()) for i in ids]
+            logits = logits[rows]
+        out[:, L - T :] = logits
         return out
 
 
 def run(logits: torch.Tensor, prompt: torch.Tensor = PROMPT, **kw) -> tuple:
-    model = TableModel(logits)
+    model = TableModel(logits, prompt)
     cfg = DecodeConfig(gen_length=logits.shape[-2], **kw)
     out = decode(model, prompt, torch.ones_like(prompt), cfg, mask_token_id=MASK)
     return out, model
@@ -151,7 +158,8 @@ def test_more_steps_than_masks_counts_zero_commit_steps():
     out, model = run(conf_table(CONF8[:4]), steps=6)
     assert step_schedule(DecodeConfig(gen_length=4, steps=6)) == [1, 1, 1, 1, 0, 0]
     assert out.decode_step.tolist() == [[3, 0, 2, 1]]
-    assert out.nfe == len(model.inputs) == 6
+    assert out.nfe == 6  # the budget's steps; the two that commit nothing run no forward
+    assert len(model.inputs) == out.row_forwards == 4
 
 
 def test_semi_autoregressive_blocks():
@@ -168,7 +176,8 @@ def test_semi_autoregressive_blocks():
     # blocks of 2 with 3 steps each: schedule 1, 1, 0 per block; the idle steps still count
     out, model = run(conf_table(CONF8[:4]), steps=6, block_length=2)
     assert out.decode_step.tolist() == [[1, 0, 4, 3]]
-    assert out.nfe == len(model.inputs) == 6
+    assert out.nfe == 6  # the budget's steps; the two that commit nothing run no forward
+    assert len(model.inputs) == out.row_forwards == 4
 
 
 def test_threshold_one_block():
@@ -274,8 +283,16 @@ def test_decode_step_covers_every_position_once(kw):
         assert counts == step_schedule(cfg)
     assert sum(counts) == 8
     # the state fed at step i shows exactly the tokens committed before i; nothing remasked
+    # (a forward runs at the steps whose block still has a masked position: a block
+    # schedule's steps that commit nothing run none)
     final = out.response_ids[0]
-    for i, (ids, mask) in enumerate(model.inputs):
+    if cfg.threshold is None:
+        Lb, per_block = cfg.block_size, cfg.resolve().steps // cfg.n_blocks
+        ran = [i for i in range(out.nfe) if (d[i // per_block * Lb :][:Lb] >= i).any()]
+    else:
+        ran = list(range(out.nfe))
+    assert len(ran) == len(model.inputs) == out.row_forwards
+    for i, (ids, mask) in zip(ran, model.inputs, strict=True):
         resp = ids[0, PROMPT.shape[1] :]
         done = d < i
         assert (resp[done] == final[done]).all() and (resp[~done] == MASK).all()

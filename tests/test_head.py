@@ -414,7 +414,7 @@ def test_decode_equals_the_whole_block_sampler(sharp, kind, score, budget):
     )  # fmt: skip
     assert torch.equal(new.sequences, x)
     assert torch.equal(new.decode_step, steps)
-    assert new.nfe == nfe == len(sizes)
+    assert new.nfe == nfe and len(sizes) <= nfe  # a step with nothing to commit runs no head
     # the head on fewer rows rounds differently (seen: 2.1e-7 relative; 10x that here)
     torch.testing.assert_close(new.decode_entropy, entropy, rtol=2e-6, atol=1e-6, equal_nan=True)
     # the head ran at the still-masked positions of the active block only

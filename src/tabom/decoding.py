@@ -23,13 +23,15 @@ import torch
 from tqdm.auto import tqdm
 
 from tabom.config import AT_LEAST_1, NON_NEGATIVE, PROBABILITY
-from tabom.head import HeadModel, as_head_model, logits_at
+from tabom.head import HeadModel, as_head_model
 
 if TYPE_CHECKING:
     from tabom.models.base import DiffusionLM
 
 ScoreName = Literal["confidence", "margin", "entropy", "random"]
 SCORES: tuple[str, ...] = get_args(ScoreName)
+CacheMode = Literal["none", "prefix", "dual"]
+CACHE_MODES: tuple[str, ...] = get_args(CacheMode)
 
 
 def _check_settings(
@@ -116,6 +118,13 @@ class DecodeConfig:
         threshold: parallel decoding: at each step commit every masked position of the
             current block with confidence >= threshold, at least one; ``steps`` is ignored.
         record_entropy: also return the proposal's entropy at each position when committed.
+        cache: ``none`` decodes exactly (a full forward every step). ``prefix`` and ``dual``
+            are Fast-dLLM's approximate KV caches (Wu et al. 2025, arXiv 2505.22618): when a
+            row enters a block, one full forward caches every position's keys and values;
+            until the block is done its steps run only the block and what follows it
+            (``prefix``: the prompt and earlier blocks come from the cache) or only the
+            block (``dual``: the masked suffix comes from the cache too). Native LLaDA /
+            Dream and the tiny backends only (:mod:`tabom.kv_cache`).
     """
 
     gen_length: int | None = field(default=None, metadata=AT_LEAST_1)
@@ -128,12 +137,15 @@ class DecodeConfig:
     top_k: int = field(default=0, metadata=NON_NEGATIVE)
     threshold: float | None = field(default=None, metadata=PROBABILITY)
     record_entropy: bool = False
+    cache: CacheMode = "none"
 
     def __post_init__(self) -> None:
         if self.gen_length is not None and self.gen_length <= 0:
             raise ValueError(f"gen_length must be positive, got {self.gen_length}")
         if self.tokens_per_step < 1:
             raise ValueError(f"tokens_per_step must be >= 1, got {self.tokens_per_step}")
+        if self.cache not in CACHE_MODES:
+            raise ValueError(f"cache must be one of {CACHE_MODES}, got {self.cache!r}")
         _check_settings(
             steps=self.steps,
             block_length=self.block_length,
@@ -205,6 +217,8 @@ class DecodeOutput:
         attention_mask: ``(B, P + T)``, 0 on left padding.
         decode_entropy: ``(B, T)`` float, entropy of the proposal distribution at each
             position when it was committed (NaN if never), or ``None`` unless recorded.
+        row_forwards: rows the forwards actually ran over, summed over steps (a row with
+            nothing left to commit in its block leaves the forward), ``None`` if not counted.
     """
 
     sequences: torch.Tensor
@@ -213,6 +227,7 @@ class DecodeOutput:
     prompt_length: int
     attention_mask: torch.Tensor
     decode_entropy: torch.Tensor | None = None
+    row_forwards: int | None = None
 
     @property
     def response_ids(self) -> torch.Tensor:
@@ -419,11 +434,16 @@ def decode(
     *,
     mask_token_id: int,
     generator: torch.Generator | None = None,
+    cache_check: bool = False,
 ) -> DecodeOutput:
     """Decode a batch of left-padded prompts and record when each response token is committed.
 
     Each row is independent: it commits its own k positions (its own block in threshold
     mode), so a row decodes the same alone or in a padded batch when the model is row-wise.
+    Only the rows with a still-masked position in their current block run the forward (a
+    row that is full, or whose block schedule has committed everything, leaves the batch);
+    the random draws are made for the whole batch as before, so the tokens, steps and
+    entropies do not depend on which rows ran.
 
     Args:
         model: a :class:`~tabom.head.HeadModel` (a :class:`~tabom.models.base.DiffusionLM`:
@@ -432,16 +452,21 @@ def decode(
             ``logits[:, j]`` predicts token j. Both give the same tokens and steps.
         prompt_ids: ``(B, P)`` left-padded prompts.
         prompt_mask: ``(B, P)`` 1 on prompt tokens, 0 on padding.
-        cfg: budget, score and proposal settings.
+        cfg: budget, score, proposal and cache settings (``cfg.cache`` other than ``none``
+            needs a :class:`~tabom.models.base.DiffusionLM` of a native backend).
         mask_token_id: id of [MASK]; its logit is set to ``-inf`` so it is never proposed.
         generator: all randomness (sampling, ``random`` score); on the model's device.
+        cache_check: with a cache, rebuild it from the current state at every step and still
+            read the block through the cached forward (a test of the cache's plumbing: it
+            then decodes like the exact sampler, up to float rounding).
 
     Returns:
         A :class:`DecodeOutput`; ``nfe`` is ``cfg.steps`` in fixed-budget mode, the forwards
         until every row is full in threshold mode.
 
     Raises:
-        ValueError: mismatched prompt shapes, or logits of the wrong shape or with NaN.
+        ValueError: mismatched prompt shapes, logits of the wrong shape or with NaN, or a
+            cache the model does not support.
     """
     if prompt_ids.dim() != 2 or prompt_ids.shape != prompt_mask.shape:
         raise ValueError(
@@ -459,62 +484,99 @@ def decode(
     response = x[:, P:]  # (B, T) view: writing it writes x
     decode_step = torch.full((B, T), -1, dtype=torch.long, device=device)
     entropy = torch.full((B, T), float("nan"), device=device) if cfg.record_entropy else None
-    offsets = torch.arange(Lb, device=device)  # (Lb,)
+    offsets = torch.arange(Lb)  # (Lb,) on the host
     head_model = as_head_model(model)
+    cache = None
+    if cfg.cache != "none":
+        from tabom.kv_cache import BlockCache  # the native backends' cached forward
+
+        cache = BlockCache(head_model, cfg.cache, B, every_step=cache_check)
 
     fixed = cfg.threshold is None
     schedule = step_schedule(cfg) if fixed else []
     steps_per_block = cfg.steps // cfg.n_blocks
+    nan_step = torch.full((), -1, dtype=torch.long, device=device)  # first step with NaN scores
+    vocab = 0  # V, known after the first forward
+    row_forwards = 0
     step = 0
     while True:
-        # 2) the current block of each row: by step count in fixed-budget mode, else the
-        #    block of the row's first masked position (rows advance on their own)
+        # 2) the step's one device -> host copy: which positions are still masked. The block
+        #    of each row (by step count in fixed-budget mode, else the block of the row's
+        #    first masked position: rows advance on their own), its candidates and the rows
+        #    that run the forward are then worked out on the host.
+        if fixed and step == cfg.steps:
+            break
+        masked = (decode_step < 0).cpu()  # (B, T)
         if fixed:
-            if step == cfg.steps:
-                break
-            start = torch.full((B,), (step // steps_per_block) * Lb, device=device)
+            start = torch.full((B,), (step // steps_per_block) * Lb)
         else:
-            masked = decode_step < 0  # (B, T)
-            if not bool(masked.any()):
+            if not masked.any():
                 break
             start = masked.long().argmax(dim=-1) // Lb * Lb  # full rows: block 0, no candidates
-        pos = start.unsqueeze(-1) + offsets  # (B, Lb) response positions of the current block
+        pos_h = start.unsqueeze(-1) + offsets  # (B, Lb) response positions of the current block
+        cand_h = masked.gather(1, pos_h)  # (B, Lb) still masked
+        b_h, j_h = cand_h.nonzero(as_tuple=True)  # (N,) each, row-major
+        active = cand_h.any(dim=-1).nonzero().squeeze(-1)  # (B',) rows that run the forward
+        # (host -> device copies of pageable memory with non_blocking: staged at once, no
+        # stream sync; a blocking copy would wait for the queued kernels)
+        pos, candidates = pos_h.to(device, non_blocking=True), cand_h.to(device, non_blocking=True)
+        b_idx, j_idx = b_h.to(device, non_blocking=True), j_h.to(device, non_blocking=True)
 
-        # 3) one forward to the hidden states; the head, proposals and scores only at the
-        #    still-masked positions of the block (N of B x Lb), [MASK] never proposed
-        hidden = head_model.hidden_states(x, attn)  # (B, P+T, H)
-        if hidden.dim() != 3 or hidden.shape[:2] != x.shape:
-            raise ValueError(
-                f"model returned logits {tuple(hidden.shape)} for input {tuple(x.shape)}"
-            )
-        candidates = decode_step.gather(1, pos) < 0  # (B, Lb) still masked
-        b_idx, j_idx = candidates.nonzero(as_tuple=True)  # (N,) each, row-major
-        cand_logits = logits_at(head_model, hidden, b_idx, P + pos[b_idx, j_idx]).float()
-        cand_logits[:, mask_token_id] = float("-inf")  # (N, V)
-        tokens_c, q = propose(
-            cand_logits,
-            temperature=cfg.temperature,
-            top_p=cfg.top_p,
-            top_k=cfg.top_k,
-            generator=generator,
-            noise_rows=(b_idx * Lb + j_idx, B * Lb),  # the same draws as a whole-block proposal
-        )  # (N,), (N, V)
-        # q(token) and sum q log q once per step, shared by the score, threshold and record
-        confidence = neg_entropy = None
-        if cfg.score == "confidence" or not fixed:
-            confidence = q.gather(-1, tokens_c.unsqueeze(-1)).squeeze(-1)  # (N,)
-        if cfg.score == "entropy" or entropy is not None:
-            neg_entropy = torch.special.xlogy(q, q).sum(dim=-1)  # (N,), 0 log 0 = 0
-        if cfg.score == "confidence":
-            scores_c = confidence
-        elif cfg.score == "entropy":
-            scores_c = neg_entropy
-        elif cfg.score == "random":  # drawn for the whole block: the stream does not depend on N
-            scores_c = torch.rand((B, Lb), generator=generator, device=device)[b_idx, j_idx]
+        # 3) one forward of the active rows to the hidden states; the head, proposals and
+        #    scores only at the still-masked positions of the block (N of B x Lb), [MASK]
+        #    never proposed. No active row (a block schedule's steps that commit nothing):
+        #    no forward, but the same random draws.
+        n_active = active.numel()
+        if n_active:
+            row_forwards += n_active
+            if cache is not None:
+                rows = cache.hidden_rows(x, attn, P, start, Lb, active, b_h, j_h)  # (N, H)
+            else:
+                sub = n_active < B
+                act = active.to(device, non_blocking=True)
+                xs, attn_s = (x[act], attn[act]) if sub else (x, attn)
+                hidden = head_model.hidden_states(xs, attn_s)  # (B', P+T, H)
+                if hidden.dim() != 3 or hidden.shape[:2] != xs.shape:
+                    raise ValueError(
+                        f"model returned logits {tuple(hidden.shape)} for input {tuple(xs.shape)}"
+                    )
+                local = b_idx
+                if sub:  # row b of the batch is row local[b] of the forward
+                    where_row = torch.full((B,), -1, dtype=torch.long)
+                    where_row[active] = torch.arange(n_active)
+                    local = where_row[b_h].to(device, non_blocking=True)
+                rows = head_model.gather_hidden(hidden, local, P + pos[b_idx, j_idx])
+            cand_logits = head_model.apply_head(rows).float()  # (N, V)
+            vocab = cand_logits.shape[-1]
         else:
-            scores_c = score_proposals(q, tokens_c, cfg.score, generator=generator)  # (N,)
-        if bool(torch.isnan(scores_c).any()):
-            raise ValueError(f"decode step {step}: the model's logits give NaN scores")
+            cand_logits = torch.empty((0, vocab), device=device)
+        with torch.autocast(device.type, enabled=False):  # fp32 sampling under any autocast
+            cand_logits[:, mask_token_id] = float("-inf")  # (N, V)
+            tokens_c, q = propose(
+                cand_logits,
+                temperature=cfg.temperature,
+                top_p=cfg.top_p,
+                top_k=cfg.top_k,
+                generator=generator,
+                noise_rows=(b_idx * Lb + j_idx, B * Lb),  # the same draws as a whole-block proposal
+            )  # (N,), (N, V)
+            # q(token) and sum q log q once per step, shared by the score, threshold and record
+            confidence = neg_entropy = None
+            if cfg.score == "confidence" or not fixed:
+                confidence = q.gather(-1, tokens_c.unsqueeze(-1)).squeeze(-1)  # (N,)
+            if cfg.score == "entropy" or entropy is not None:
+                neg_entropy = torch.special.xlogy(q, q).sum(dim=-1)  # (N,), 0 log 0 = 0
+            if cfg.score == "confidence":
+                scores_c = confidence
+            elif cfg.score == "entropy":
+                scores_c = neg_entropy
+            elif cfg.score == "random":  # drawn for the whole block: the stream does not depend on N
+                scores_c = torch.rand((B, Lb), generator=generator, device=device)[b_idx, j_idx]
+            else:
+                scores_c = score_proposals(q, tokens_c, cfg.score, generator=generator)  # (N,)
+        # NaN is checked once at the end (no host sync per step); the first step is kept
+        bad = torch.isnan(scores_c).any() & (nan_step < 0)
+        nan_step = torch.where(bad, step, nan_step)
 
         where = (b_idx, j_idx)
         scores = _to_block(scores_c, where, (B, Lb), 0.0)  # (B, Lb)
@@ -537,6 +599,8 @@ def decode(
             entropy.scatter_(1, pos, torch.where(commit, h, entropy.gather(1, pos)))
         step += 1
 
+    if int(nan_step) >= 0:
+        raise ValueError(f"decode step {int(nan_step)}: the model's logits give NaN scores")
     return DecodeOutput(
         sequences=x,
         decode_step=decode_step,
@@ -544,6 +608,7 @@ def decode(
         prompt_length=P,
         attention_mask=attn,
         decode_entropy=entropy,
+        row_forwards=row_forwards,
     )
 
 
@@ -569,6 +634,9 @@ def concat_outputs(outputs: Sequence[DecodeOutput], pad_token_id: int) -> Decode
         prompt_length=width,
         attention_mask=torch.cat(masks),
         decode_entropy=None if any(e is None for e in entropies) else torch.cat(entropies),
+        row_forwards=None
+        if any(o.row_forwards is None for o in outputs)
+        else sum(o.row_forwards for o in outputs),  # type: ignore[misc]
     )
 
 
@@ -597,11 +665,17 @@ def decode_batches(
     batch_size: int = 64,
     progress: bool = False,
     desc: str = "decode",
+    group_by_length: bool = True,
 ) -> DecodeOutput:
-    """Decode encoded prompts in batches of ``batch_size`` (left-padded, in order).
+    """Decode encoded prompts in batches of ``batch_size`` (left-padded), outputs in prompt order.
 
     The one batched decode loop of the package (``tabom eval``, ``tabom distill``, the lm-eval
-    adapter). Batches run in order and share ``generator``.
+    adapter). Batches run in order and share ``generator``. A deterministic decode (temperature
+    0, a score other than ``random``) with ``group_by_length`` batches prompts of similar length
+    together (less padding; each batch keeps its prompts in their original order) and writes
+    the rows back in prompt order: the same tokens, as a row decodes the same in any padded
+    batch. A sampled decode keeps the prompts' order, since which random draws a prompt gets
+    depends on its place in the batches (distill decodes each group as one batch anyway).
 
     Args:
         dlm: the model, its tokenizer and backend ids.
@@ -610,6 +684,7 @@ def decode_batches(
         generator: all randomness, on ``dlm.device``.
         batch_size: prompts per forward.
         progress: show a progress bar over batches, labelled ``desc``.
+        group_by_length: batch prompts of similar length together (deterministic decodes).
 
     Returns:
         The batches' outputs concatenated in prompt order (:func:`concat_outputs`: ``nfe``
@@ -623,10 +698,14 @@ def decode_batches(
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     pad = dlm.spec.pad_token_id
+    order = list(range(len(encoded)))
+    deterministic = cfg.temperature == 0 and cfg.score != "random"
+    if group_by_length and deterministic and len(encoded) > batch_size:
+        order.sort(key=lambda i: len(encoded[i]))  # stable: equal lengths keep their order
+    batches = [sorted(order[i : i + batch_size]) for i in range(0, len(order), batch_size)]
     outputs = []
-    starts = range(0, len(encoded), batch_size)
-    for start in tqdm(starts, desc=desc, disable=not progress, leave=False):
-        ids, mask = pad_prompts(list(encoded[start : start + batch_size]), pad)
+    for rows in tqdm(batches, desc=desc, disable=not progress, leave=False):
+        ids, mask = pad_prompts([list(encoded[i]) for i in rows], pad)
         outputs.append(
             decode(
                 dlm,
@@ -637,7 +716,23 @@ def decode_batches(
                 generator=generator,
             )
         )
-    return outputs[0] if len(outputs) == 1 else concat_outputs(outputs, pad)
+    if len(outputs) == 1:
+        return outputs[0]
+    out = concat_outputs(outputs, pad)
+    done = [i for rows in batches for i in rows]  # prompt index of each output row
+    if done == sorted(done):
+        return out
+    back = torch.empty(len(done), dtype=torch.long)
+    back[torch.tensor(done)] = torch.arange(len(done))  # output row of each prompt
+    back = back.to(out.sequences.device)
+    entropy = out.decode_entropy
+    return dataclasses.replace(
+        out,
+        sequences=out.sequences[back],
+        decode_step=out.decode_step[back],
+        attention_mask=out.attention_mask[back],
+        decode_entropy=None if entropy is None else entropy[back],
+    )
 
 
 def decode_texts(
@@ -649,6 +744,7 @@ def decode_texts(
     batch_size: int = 64,
     progress: bool = False,
     desc: str = "decode",
+    group_by_length: bool = True,
 ) -> tuple[list[str], DecodeOutput]:
     """Encode the prompts as the backend does, decode in batches and return the answers.
 
@@ -660,6 +756,8 @@ def decode_texts(
         generator: all randomness, on ``dlm.device``.
         batch_size: prompts per forward.
         progress: show a progress bar over batches, labelled ``desc``.
+        group_by_length: batch prompts of similar length together when the decode is
+            deterministic (:func:`decode_batches`).
 
     Returns:
         ``(texts, output)``: the responses cut at the first stop id (``dlm.spec.stop_ids``:
@@ -668,7 +766,14 @@ def decode_texts(
     """
     encoded = [dlm.encode_prompt(p) for p in prompts]  # the chat template, if the backend has one
     out = decode_batches(
-        dlm, encoded, cfg, generator=generator, batch_size=batch_size, progress=progress, desc=desc
+        dlm,
+        encoded,
+        cfg,
+        generator=generator,
+        batch_size=batch_size,
+        progress=progress,
+        desc=desc,
+        group_by_length=group_by_length,
     )
     texts = [response_text(dlm.tokenizer, r, dlm.spec.stop_ids) for r in out.response_ids.tolist()]
     return texts, out

@@ -26,8 +26,9 @@ FULL_HASH_BYTES = 32 << 20
 """Files up to 32 MiB are hashed in full."""
 BLOCK = 1 << 16
 SAMPLES = 16
-WEIGHT_FILES = (".safetensors", ".bin", ".pt", ".pth", ".ckpt", ".index.json")
-"""Which files of a model folder are its weights (with ``config.json``)."""
+WEIGHT_FILES = (".safetensors", ".bin", ".pt", ".pth", ".ckpt", ".index.json", "script.json")
+"""Which files of a model folder are its weights (with ``config.json``); the scripted stand-in's
+``script.json`` (its answers) plays that part for it."""
 MAX_HEADER = 100 << 20
 
 

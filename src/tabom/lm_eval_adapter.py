@@ -61,6 +61,8 @@ class TabomLM(LM):
         temperature, top_p, top_k: the proposal (0 = greedy); the request's sampling
             arguments are not used, its ``until`` and ``max_gen_toks`` are.
         threshold: parallel decoding by confidence threshold (``steps`` then ignored).
+        cache: ``none`` (exact), ``prefix`` or ``dual`` (approximate KV caches, faster;
+            :mod:`tabom.kv_cache`).
         seed: seed of sampling.
         batch_size: prompts per forward (the harness's ``--batch_size``; ``auto`` = 8).
     """
@@ -79,6 +81,7 @@ class TabomLM(LM):
         top_p: float = 1.0,
         top_k: int = 0,
         threshold: float | None = None,
+        cache: str = "none",
         seed: int = 0,
         batch_size: int | str | None = 8,
         max_batch_size: int | None = None,
@@ -110,6 +113,7 @@ class TabomLM(LM):
             top_p=float(top_p),
             top_k=int(top_k),
             threshold=None if threshold is None else float(threshold),
+            cache=cache,  # type: ignore[arg-type]
         )
 
     # ----------------------------------------------------------------- decoding

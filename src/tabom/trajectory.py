@@ -82,7 +82,8 @@ class TrajectoryRecord:
         data_source: task spec or dataset name.
         verified: the verifier's verdict, ``None`` where the task has none.
         gen: generation settings (steps, gen_length, block_length, temperature, top_p,
-            threshold, seed, model, backend, shift_logits, tokenizer, ...).
+            threshold, seed, model, backend, shift_logits, tokenizer, ...; ``cache``:
+            ``prefix`` / ``dual`` when decoded with an approximate KV cache, absent = none).
         decode_entropy: T entropies of the decoding model's proposal at each position when
             it was committed (``None`` where never committed), or ``None`` if not recorded.
         schema_version: format version (1).
@@ -179,6 +180,12 @@ def _typed(
     return value
 
 
+def gen_cache(gen: dict[str, Any]) -> str:
+    """The KV cache a record was decoded with: ``gen.cache``, absent (older files and exact
+    decodes) = ``none``."""
+    return gen.get("cache", "none")
+
+
 def _check_gen(path: Path, line: int, gen: dict[str, Any], length: int) -> int:
     """Validate ``gen``; return the bound on decode steps (``steps``, or T in threshold mode)."""
     for key, types in _GEN_TYPES.items():
@@ -213,6 +220,10 @@ def _check_gen(path: Path, line: int, gen: dict[str, Any], length: int) -> int:
     ):
         raise TrajectoryFileError(
             path, line, "gen.vocab_size", f"expected int, got {gen['vocab_size']!r}"
+        )
+    if gen_cache(gen) not in ("none", "prefix", "dual"):
+        raise TrajectoryFileError(
+            path, line, "gen.cache", f"expected none, prefix or dual, got {gen['cache']!r}"
         )
     fp = gen["tokenizer"]
     if not isinstance(fp.get("sha256"), str) or not isinstance(fp.get("size"), int):

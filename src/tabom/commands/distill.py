@@ -45,6 +45,7 @@ from tabom.config import AT_LEAST_1, NON_NEGATIVE, check_ranges, save_config, to
 from tabom.decoding import DecodeConfig, decode_batches, response_text
 from tabom.errors import TabomError
 from tabom.evaluate import pass_at_k
+from tabom.kv_cache import cache_support
 from tabom.models import DEFAULT_MODEL, load_model
 from tabom.models.base import DiffusionLM
 from tabom.tasks import (
@@ -651,6 +652,8 @@ def distill(cfg: DistillConfig) -> DistillSummary | None:
         for j in range(cfg.n_samples)
     }
     decode_cfg = cfg.decode_config()
+    if decode_cfg.cache != "none" and (why := cache_support(dlm)) is not None:
+        raise TabomError(f"--decode.cache {decode_cfg.cache}: {why}")  # before any file is touched
     positions = model_positions(dlm.model)
     if positions is not None:  # prompt + response must fit the model, before any decoding
         for i, ex in enumerate(examples):
@@ -678,6 +681,8 @@ def distill(cfg: DistillConfig) -> DistillSummary | None:
         "vocab_size": dlm.vocab_size,
         "tokenizer": tokenizer_fingerprint(dlm.tokenizer),
     }
+    if decode_cfg.cache != "none":  # approximate trajectories say so (absent: exact)
+        gen["cache"] = decode_cfg.cache
     data_source = (
         cfg.task
         if cfg.prompts_file is None

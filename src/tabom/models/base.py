@@ -307,7 +307,11 @@ class DiffusionLM:
         raise ValueError(f"backend {self.spec.name}: output embeddings not found among modules")
 
     def hidden_states(
-        self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        *,
+        model_kwargs: dict[str, Any] | None = None,
     ) -> torch.Tensor:
         """What the LM head takes, ``(B, L, H)``, from one forward of the (wrapped) model.
 
@@ -318,11 +322,15 @@ class DiffusionLM:
         (which commutes with a bias-free head). Not shifted: :meth:`gather_hidden` applies the
         shift. With ``spec.head_at_positions`` false: the raw ``(B, L, V)`` logits.
 
+        ``model_kwargs`` go to the network's forward as well, over the position ids and mask
+        made from ``attention_mask`` (the KV cache of :mod:`tabom.kv_cache` passes its cache,
+        positions and 4-D mask this way).
+
         Raises:
             ValueError: the network's output does not have the head's input width (it does not
                 compute its logits through its output embeddings).
         """
-        kwargs = self._forward_kwargs(input_ids, attention_mask)
+        kwargs = {**self._forward_kwargs(input_ids, attention_mask), **(model_kwargs or {})}
         slot = self._head_slot()
         if slot is None:
             return self.model(input_ids=input_ids, **kwargs).logits  # (B, L, V) raw
