@@ -31,7 +31,9 @@ from typing import Literal
 import torch
 
 from tabom.config import AT_LEAST_1, NON_NEGATIVE, check_ranges, in_range
+from tabom.decoding import DecodeConfig, ScoreName, decode_batches
 from tabom.head import HeadModel, logits_at
+from tabom.models.base import DiffusionLM
 
 Form = Literal["llada", "mdlm"]
 Draws = Literal["plain", "stratified", "antithetic"]
@@ -293,6 +295,34 @@ def estimate_nelbo(
     )
 
 
+@torch.no_grad()
+def greedy_matches(
+    dlm: DiffusionLM,
+    pairs: Sequence[tuple[Sequence[int], Sequence[int]]],
+    *,
+    score: ScoreName = "confidence",
+    batch_size: int = 64,
+) -> list[bool]:
+    """Whether a greedy decode of ``len(continuation)`` positions after each context gives the
+    continuation exactly (lm-eval's ``is_greedy``): temperature 0, one token per step, in
+    ``score`` order, continuations of one length decoded together.
+    """
+    out = [False] * len(pairs)
+    groups: dict[int, list[int]] = {}
+    for i, (_, cont) in enumerate(pairs):
+        if len(cont):
+            groups.setdefault(len(cont), []).append(i)
+    for T, idx in groups.items():
+        cfg = DecodeConfig(gen_length=T, steps=T, score=score)
+        gen = torch.Generator(device=dlm.device).manual_seed(0)  # only ``random`` draws
+        res = decode_batches(
+            dlm, [list(pairs[i][0]) for i in idx], cfg, generator=gen, batch_size=batch_size
+        )
+        for i, row in zip(idx, res.response_ids.tolist(), strict=True):
+            out[i] = row == list(pairs[i][1])
+    return out
+
+
 def per_token(est: NelboEstimate) -> tuple[float, float, float]:
     """Pooled ``(NELBO per token, its standard error, perplexity bound exp(NELBO per token))``.
 
@@ -314,6 +344,7 @@ __all__ = [
     "NelboEstimate",
     "draw_masks",
     "estimate_nelbo",
+    "greedy_matches",
     "nelbo_terms",
     "per_token",
     "standard_error",
