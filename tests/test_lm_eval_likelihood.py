@@ -159,3 +159,18 @@ def test_rolling_windows_partition_the_text_and_sum():
     est = original(seen)
     assert value == pytest.approx(-float(est.nelbo.sum()))
     assert value < 0
+
+
+def test_rolling_windows_are_the_harness_windows():
+    from lm_eval.utils import get_rolling_token_windows, make_disjoint_window
+
+    from tabom.likelihood import rolling_windows
+
+    for n in (0, 1, 5, 11, 12, 23, 30):
+        for m in (2, 3, 12):
+            tokens = list(range(100, 100 + n))
+            theirs = get_rolling_token_windows(
+                token_list=tokens, prefix_token=7, max_seq_len=m - 1, context_len=1
+            )
+            want = [tuple(map(list, make_disjoint_window(w))) for w in theirs]
+            assert rolling_windows(tokens, 7, m) == want, (n, m)

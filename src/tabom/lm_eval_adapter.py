@@ -40,7 +40,13 @@ from tabom.decoding import (
     decode_batches,
     response_text,
 )
-from tabom.likelihood import LikelihoodConfig, NelboEstimate, estimate_nelbo, greedy_matches
+from tabom.likelihood import (
+    LikelihoodConfig,
+    NelboEstimate,
+    estimate_nelbo,
+    greedy_matches,
+    rolling_windows,
+)
 from tabom.models import load_model
 
 
@@ -249,19 +255,12 @@ class TabomLM(LM):
         each window's continuation scored given its context. The harness turns the sums into
         word / byte perplexities: upper bounds (in expectation) on the order-marginal ones.
         """
-        from lm_eval.utils import get_rolling_token_windows, make_disjoint_window
-
         windows: list[tuple[list[int], list[int]]] = []
         owner: list[int] = []
         for i, req in enumerate(requests):
             tokens = self.dlm.tokenizer(req.args[0], add_special_tokens=False)["input_ids"]
-            for w in get_rolling_token_windows(
-                token_list=tokens,
-                prefix_token=self.prefix_token_id,
-                max_seq_len=self.max_length - 1,
-                context_len=1,
-            ):
-                windows.append(make_disjoint_window(w))
+            for w in rolling_windows(tokens, self.prefix_token_id, self.max_length):
+                windows.append(w)
                 owner.append(i)
         est = self._nelbo(windows) if windows else None
         sums = [0.0] * len(requests)
