@@ -13,7 +13,6 @@ Run: ``tabom likelihood --model runs/demo/train/tabom/default/seed0/model --text
 from __future__ import annotations
 
 import json
-import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -22,19 +21,16 @@ import torch
 
 from tabom.config import AT_LEAST_1, NON_NEGATIVE, in_range
 from tabom.errors import TabomError
-from tabom.likelihood import (
-    LikelihoodConfig,
-    NelboEstimate,
-    estimate_nelbo,
-    per_token,
-    response_ids,
-    rolling_windows,
+from tabom.likelihood import LikelihoodConfig
+from tabom.likelihood_sets import (
+    SetLikelihood,
+    answer_likelihood,
+    format_likelihood,
+    text_likelihood,
 )
 from tabom.models import DEFAULT_MODEL, load_model
-from tabom.models.base import DiffusionLM
 from tabom.models.lora import merge_adapter
 from tabom.tasks import NEW_DOMAIN, OLD_DOMAIN, load_examples, make_task
-from tabom.tasks.base import Example, Task
 
 
 @dataclass
@@ -73,124 +69,6 @@ class LikelihoodRunConfig:
     def __post_init__(self) -> None:
         if not (self.tasks or self.texts):
             raise ValueError("tasks / texts: give at least one eval set or text file")
-
-
-@dataclass
-class SetLikelihood:
-    """The likelihood summary of one set (reference answers) or text file.
-
-    Attributes:
-        name: the spec or file.
-        n_sequences: continuations scored (problems, or windows of a text).
-        n_tokens: tokens scored.
-        nelbo_per_token: Σ NELBO / Σ tokens (nats), a bound on the per-token NLL.
-        se: its Monte-Carlo standard error.
-        ppl_bound: exp(nelbo_per_token), the perplexity bound.
-        nelbo_per_sequence: mean NELBO per continuation (nats).
-        per_item: each continuation's NELBO (problems in set order; windows in text order).
-    """
-
-    name: str
-    n_sequences: int
-    n_tokens: int
-    nelbo_per_token: float
-    se: float
-    ppl_bound: float
-    nelbo_per_sequence: float
-    per_item: list[float] = field(repr=False, default_factory=list)
-
-
-def summarise(name: str, est: NelboEstimate) -> SetLikelihood:
-    """One :class:`SetLikelihood` from the estimates of its continuations."""
-    value, se, ppl = per_token(est)
-    return SetLikelihood(
-        name=name,
-        n_sequences=int(est.nelbo.numel()),
-        n_tokens=int(est.n_tokens.sum()),
-        nelbo_per_token=value,
-        se=se,
-        ppl_bound=ppl,
-        nelbo_per_sequence=float(est.nelbo.mean()) if est.nelbo.numel() else math.nan,
-        per_item=est.nelbo.tolist(),
-    )
-
-
-def answer_pairs(
-    dlm: DiffusionLM, task: Task, examples: list[Example], response: str = "canvas"
-) -> list[tuple[list[int], list[int]]]:
-    """``(prompt ids, reference response ids)`` of each example (names the task on error)."""
-    length = task.gen_length if response == "canvas" else None
-    out = []
-    for ex in examples:
-        try:
-            out.append((dlm.encode_prompt(ex.prompt), response_ids(dlm, ex.answer, length)))
-        except ValueError as e:
-            raise TabomError(f"task {task.name!r}, example {ex.id}: {e}") from None
-    return out
-
-
-def answer_likelihood(
-    dlm: DiffusionLM,
-    task: Task,
-    examples: list[Example],
-    cfg: LikelihoodConfig,
-    *,
-    response: str = "canvas",
-    name: str | None = None,
-) -> SetLikelihood:
-    """The NELBO of the reference responses of ``examples`` (mask draws seeded ``cfg.seed``)."""
-    est = estimate_nelbo(
-        dlm,
-        answer_pairs(dlm, task, examples, response),
-        cfg,
-        mask_token_id=dlm.mask_token_id,
-        pad_token_id=dlm.spec.pad_token_id,
-    )
-    return summarise(name or task.name, est)
-
-
-def text_likelihood(
-    dlm: DiffusionLM, path: str, cfg: LikelihoodConfig, max_length: int
-) -> SetLikelihood:
-    """The NELBO of a whole text file over rolling windows.
-
-    Raises:
-        TabomError: the file is missing, empty or not UTF-8 (names it).
-    """
-    try:
-        text = Path(path).read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as e:
-        raise TabomError(f"texts: cannot read {path}: {e}") from None
-    tokens = dlm.tokenizer(text, add_special_tokens=False)["input_ids"]
-    if not tokens:
-        raise TabomError(f"texts: {path} holds no tokens (empty file)")
-    bos = getattr(dlm.tokenizer, "bos_token_id", None)
-    prefix = int(bos) if bos is not None else dlm.spec.eos_token_id
-    est = estimate_nelbo(
-        dlm,
-        rolling_windows(tokens, prefix, max_length),
-        cfg,
-        mask_token_id=dlm.mask_token_id,
-        pad_token_id=dlm.spec.pad_token_id,
-        max_length=max_length,
-    )
-    return summarise(path, est)
-
-
-def format_likelihood(rows: list[SetLikelihood]) -> str:
-    """A markdown table: NELBO per token ± SE and the perplexity bound with a 95% interval."""
-    lines = [
-        "| set | sequences | tokens | NELBO/token (nats) ± MC s.e. | perplexity bound [95% MC] "
-        "| NELBO/sequence |",
-        "|---|---|---|---|---|---|",
-    ]
-    for r in rows:
-        lo, hi = math.exp(r.nelbo_per_token - 2 * r.se), math.exp(r.nelbo_per_token + 2 * r.se)
-        lines.append(
-            f"| {r.name} | {r.n_sequences} | {r.n_tokens} | {r.nelbo_per_token:.4f} ± "
-            f"{r.se:.4f} | {r.ppl_bound:.3f} [{lo:.3f}, {hi:.3f}] | {r.nelbo_per_sequence:.3f} |"
-        )
-    return "\n".join(lines)
 
 
 def run_likelihood(cfg: LikelihoodRunConfig) -> int:
@@ -239,13 +117,4 @@ def run_likelihood(cfg: LikelihoodRunConfig) -> int:
     return 0
 
 
-__all__ = [
-    "LikelihoodRunConfig",
-    "SetLikelihood",
-    "answer_likelihood",
-    "answer_pairs",
-    "format_likelihood",
-    "run_likelihood",
-    "summarise",
-    "text_likelihood",
-]
+__all__ = ["LikelihoodRunConfig", "run_likelihood"]
