@@ -284,5 +284,7 @@ def test_config_ranges_and_pairs():
         LikelihoodConfig(n_samples=0)
     with pytest.raises(ConfigError, match="t_min"):
         LikelihoodConfig(t_min=1.0)
+    with pytest.raises(ValueError, match="draws must be one of"):
+        LikelihoodConfig(draws="sobol")
     with pytest.raises(ValueError, match="odd"):
         LikelihoodConfig(n_samples=3, draws="antithetic")

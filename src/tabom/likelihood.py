@@ -26,7 +26,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Literal, get_args
 
 import torch
 
@@ -35,6 +35,8 @@ from tabom.decoding import DecodeConfig, ScoreName, decode_batches
 from tabom.head import HeadModel, logits_at
 from tabom.models.base import DiffusionLM
 
+DRAW_GROUP = 64
+"""Requests whose masks are drawn together (the stream of draws is fixed by it)."""
 Form = Literal["llada", "mdlm"]
 Draws = Literal["plain", "stratified", "antithetic"]
 
@@ -66,6 +68,12 @@ class LikelihoodConfig:
 
     def __post_init__(self) -> None:
         check_ranges(self)
+        if self.draws not in get_args(Draws):
+            raise ValueError(
+                f"likelihood.draws must be one of {', '.join(get_args(Draws))}, got {self.draws!r}"
+            )
+        if self.form not in get_args(Form):
+            raise ValueError(f"likelihood.form must be llada or mdlm, got {self.form!r}")
         if self.draws == "antithetic" and self.n_samples % 2:
             raise ValueError(
                 f"likelihood.n_samples: antithetic draws come in pairs, {self.n_samples} is odd"
@@ -220,8 +228,9 @@ def estimate_nelbo(
 ) -> NelboEstimate:
     """The NELBO of each ``(context ids, continuation ids)`` request, K samples each.
 
-    All masks are drawn first from ``generator`` (default: seeded ``cfg.seed``), so the result
-    does not depend on ``cfg.batch_size``; the K rows of every request are then run
+    All masks are drawn first from ``generator`` (default: seeded ``cfg.seed``), for
+    :data:`DRAW_GROUP` requests at a time in request order, so the result does not depend on
+    ``cfg.batch_size``; the K rows of every request are then run
     ``cfg.batch_size`` rows per forward, requests ordered by length (less padding), each row
     left-padded as everywhere else.
 
@@ -258,9 +267,18 @@ def estimate_nelbo(
         seqs.append((ctx, cont))
     R, K = len(seqs), cfg.n_samples
     lengths = torch.tensor([len(c) for _, c in seqs], dtype=torch.long)
-    masked, weight = draw_masks(
-        lengths, K, generator=gen, form=cfg.form, draws=cfg.draws, t_min=cfg.t_min
-    )  # (R, K, Lmax), (R, K)
+    masks: list[torch.Tensor] = []  # per request (K, L)
+    weight = torch.zeros((R, K), dtype=torch.float64)
+    for g in range(0, R, DRAW_GROUP):  # bounded memory: (DRAW_GROUP, K, Lmax) keys at a time
+        m, weight[g : g + DRAW_GROUP] = draw_masks(
+            lengths[g : g + DRAW_GROUP],
+            K,
+            generator=gen,
+            form=cfg.form,
+            draws=cfg.draws,
+            t_min=cfg.t_min,
+        )  # (G, K, Lmax), (G, K)
+        masks += [m[i, :, : int(n)] for i, n in enumerate(lengths[g : g + DRAW_GROUP])]
     samples = torch.zeros((R, K), dtype=torch.float64)
     order = sorted(range(R), key=lambda r: -(len(seqs[r][0]) + len(seqs[r][1])))
     jobs = [(r, k) for r in order if lengths[r] > 0 for k in range(K)]
@@ -275,7 +293,7 @@ def estimate_nelbo(
             n, c0 = len(ctx) + len(cont), width - len(cont)
             ids[row, width - n :] = torch.tensor(ctx + cont, dtype=torch.long)
             attn[row, width - n :] = 1
-            where[row, c0:] = masked[r, k, : len(cont)]
+            where[row, c0:] = masks[r][k]
         w = torch.tensor([float(weight[r, k]) for r, k in chunk], dtype=torch.float64)
         vals = nelbo_terms(
             model,
