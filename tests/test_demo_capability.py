@@ -46,6 +46,10 @@ def test_capability_metrics_on_the_base_model():
         for name in STRATEGIES:
             c = cap["correct"][d][name]
             assert len(c) == 24 and cap["accuracy"][d][name] == pytest.approx(sum(c) / 24)
+    # the demo passes its own confidence-order runs instead of decoding them again
+    known = {(d, "confidence"): cap["correct"][d]["confidence"] for d in ("new", "old")}
+    again = capability_metrics(dlm, NEW_DOMAIN, OLD_DOMAIN, splits, lk, seed=0, known=known)
+    assert again["correct"] == cap["correct"] and again["accuracy"] == cap["accuracy"]
     # the base model was pretrained on the old domain: lower NELBO, higher accuracy there
     assert cap["nelbo"]["old"]["per_token"] < cap["nelbo"]["new"]["per_token"]
     assert cap["accuracy"]["old"]["confidence"] > cap["accuracy"]["new"]["confidence"]

@@ -347,8 +347,11 @@ def evaluate_model(
     records = read_trajectories(align_file, tokenizer=dlm.tokenizer, vocab_size=dlm.vocab_size)
     out["alignment"] = asdict(trajectory_alignment(dlm, records, batch_size=cfg.batch_size))
     # the capability test: NELBO of the correct answers, accuracy under three decoding orders
+    known = {("old", "confidence"): out["old_correct"]}  # greedy, confidence order, as here
+    if cfg.tokens_per_step[0] == 1:
+        known[("new", "confidence")] = out["new_correct"]
     out["capability"] = capability_metrics(
-        dlm, cfg.new_task, cfg.old_task, splits, cfg.likelihood, seed=cfg.split_seed
+        dlm, cfg.new_task, cfg.old_task, splits, cfg.likelihood, seed=cfg.split_seed, known=known
     )
     return out
 
