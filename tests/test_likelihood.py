@@ -104,7 +104,7 @@ def test_nelbo_terms_equal_a_loop_over_rows_on_the_shifted_padded_model(tmp_path
     attn = torch.zeros((4, width), dtype=torch.long)
     where = torch.zeros((4, width), dtype=torch.bool)
     lengths = torch.tensor([len(b) for _, b in rows])
-    masked, weight = draw_masks(lengths, 1, generator=gen)
+    masked, _, weight = draw_masks(lengths, 1, generator=gen)
     for r, (a, b) in enumerate(rows):
         ids[r, width - len(a) - len(b) :] = torch.tensor(a + b)
         attn[r, width - len(a) - len(b) :] = 1
@@ -117,23 +117,48 @@ def test_nelbo_terms_equal_a_loop_over_rows_on_the_shifted_padded_model(tmp_path
         want = float(weight[r, 0]) * set_nll(dlm, a, b, subset)
         assert float(got[r]) == pytest.approx(want, rel=1e-4, abs=1e-4)
         assert float(weight[r, 0]) == len(b) / len(subset)
+    # ``orders``: one scored position of the masked ones, weight L
+    om, osc, ow = draw_masks(lengths, 1, generator=gen, draws="orders")
+    count = torch.zeros_like(where)
+    for r, (_, b) in enumerate(rows):
+        where[r] = False
+        where[r, width - len(b) :] = om[r, 0, : len(b)]
+        count[r, width - len(b) :] = osc[r, 0, : len(b)]
+    with torch.no_grad():
+        got = nelbo_terms(dlm, ids, attn, where, ow[:, 0], mask_token_id=dlm.mask_token_id,
+                          scored=count)
+    for r, (a, b) in enumerate(rows):
+        subset = tuple(int(j) for j in om[r, 0, : len(b)].nonzero().flatten())
+        (i,) = osc[r, 0, : len(b)].nonzero().flatten().tolist()
+        m = dlm.mask_token_id
+        logp = full_logp(dlm, a + [m if j in subset else t for j, t in enumerate(b)], m)
+        assert float(got[r]) == pytest.approx(-len(b) * float(logp[len(a) + i, b[i]]), rel=1e-4)
 
 
 def test_draws_mask_l_uniform_positions_and_stratify():
     gen = torch.Generator().manual_seed(1)
     lengths = torch.tensor([5, 0, 3])
-    masked, weight = draw_masks(lengths, 4000, generator=gen, draws="plain")
+    masked, scored, weight = draw_masks(lengths, 4000, generator=gen, draws="plain")
+    assert torch.equal(masked, scored)
     sizes = masked.sum(-1)  # (R, K)
     assert bool((masked[:, :, 3:].sum(-1)[2] == 0).all()) and bool((sizes[1] == 0).all())
     counts = torch.bincount(sizes[0], minlength=6)[1:].double() / 4000
     assert counts.sub(0.2).abs().max() < 0.03  # l uniform in 1..5
     assert masked[0].double().mean(0).sub(0.6).abs().max() < 0.03  # E[l]/L = 3/5 per position
     assert torch.allclose(weight[0], 5 / sizes[0].double())
-    strat, _ = draw_masks(lengths, 10, generator=gen, draws="stratified")
+    strat, _, _ = draw_masks(lengths, 10, generator=gen, draws="stratified")
     assert strat[0].sum(-1).tolist() == [1, 1, 2, 2, 3, 3, 4, 4, 5, 5]  # even cover of 1..L
-    anti, _ = draw_masks(lengths, 6, generator=gen, draws="antithetic")
+    anti, _, _ = draw_masks(lengths, 6, generator=gen, draws="antithetic")
     s = anti[0].sum(-1)
     assert (s[:3] + s[3:]).tolist() == [6, 6, 6]  # l and L + 1 - l
+    assert bool((anti[0, :3] | anti[0, 3:]).all())  # complementary: every position covered
+    assert ((anti[0, :3] & anti[0, 3:]).sum(-1) == 1).all()  # one shared
+    om, osc, ow = draw_masks(lengths, 12, generator=gen, draws="orders")
+    assert bool((ow[0] == 5).all()) and (osc[0].sum(-1) == 1).all() and not osc[1].any()
+    assert not bool((osc & ~om).any())  # the scored position is masked
+    for block in (om[0, :5], om[0, 5:10]):  # whole orders: sizes 5..1, nested, one of each
+        assert sorted(block.sum(-1).tolist()) == [1, 2, 3, 4, 5]
+    assert bool(osc[0, :5].sum(0).eq(1).all())  # each position scored once per order
 
 
 # --------------------------------------------------------------------------- 2) exact expectation
@@ -142,7 +167,7 @@ def test_draws_mask_l_uniform_positions_and_stratify():
 def check_unbiased(dlm, ctx: list[int], cont: list[int]) -> None:
     g = size_means(dlm, ctx, cont)
     exact = exact_llada(g)
-    for draws in ("plain", "stratified", "antithetic"):
+    for draws in ("plain", "stratified", "antithetic", "orders"):
         cfg = LikelihoodConfig(n_samples=1000, draws=draws, batch_size=500, seed=3)
         est = estimate_nelbo(
             dlm, [(ctx, cont)], cfg, mask_token_id=dlm.mask_token_id,
@@ -286,5 +311,7 @@ def test_config_ranges_and_pairs():
         LikelihoodConfig(t_min=1.0)
     with pytest.raises(ValueError, match="draws must be one of"):
         LikelihoodConfig(draws="sobol")
+    with pytest.raises(ValueError, match="need form llada"):
+        LikelihoodConfig(draws="orders", form="mdlm")
     with pytest.raises(ValueError, match="odd"):
         LikelihoodConfig(n_samples=3, draws="antithetic")

@@ -38,7 +38,7 @@ from tabom.models.base import DiffusionLM
 DRAW_GROUP = 64
 """Requests whose masks are drawn together (the stream of draws is fixed by it)."""
 Form = Literal["llada", "mdlm"]
-Draws = Literal["plain", "stratified", "antithetic"]
+Draws = Literal["plain", "stratified", "antithetic", "orders"]
 
 
 @dataclass
@@ -49,8 +49,12 @@ class LikelihoodConfig:
         n_samples: Monte-Carlo samples K per continuation (each one forward row).
         draws: how the K mask sizes are drawn: ``plain`` (independent), ``stratified`` (the
             k-th u in [k/K, (k+1)/K), so the sizes cover 1..L evenly; its standard error is
-            reported conservatively, as if independent) or ``antithetic`` (pairs u, 1 - u:
-            l and about L + 1 - l; K must be even). All are unbiased.
+            reported conservatively, as if independent), ``antithetic`` (complementary pairs:
+            one permutation's first l and last L + 1 - l positions; K must be even) or
+            ``orders`` (``llada`` form: rows come in
+            blocks of L sharing one decode order σ, row k masks σ_k..σ_L and scores σ_k alone
+            with weight L, so a block's mean is -log p_σ(x): every token counted once). All
+            are unbiased.
         form: ``llada`` (l uniform in 1..L, l positions masked, weight L / l) or ``mdlm``
             (t ~ U(t_min, 1), each position masked with probability t, weight 1 / t).
         t_min: lower clip of t in the ``mdlm`` form (its bias; 0 = unbiased with infinite
@@ -74,6 +78,8 @@ class LikelihoodConfig:
             )
         if self.form not in get_args(Form):
             raise ValueError(f"likelihood.form must be llada or mdlm, got {self.form!r}")
+        if self.draws == "orders" and self.form != "llada":
+            raise ValueError("likelihood.draws orders: decode orders need form llada")
         if self.draws == "antithetic" and self.n_samples % 2:
             raise ValueError(
                 f"likelihood.n_samples: antithetic draws come in pairs, {self.n_samples} is odd"
@@ -128,19 +134,40 @@ def draw_masks(
         generator: a CPU generator; every draw comes from it.
         form: ``llada`` (l = floor(u L) + 1 positions, uniformly chosen, weight L / l) or
             ``mdlm`` (t = t_min + (1 - t_min) u, each position with probability t, weight 1 / t).
-        draws: ``plain``, ``stratified`` or ``antithetic`` uniforms u (:class:`LikelihoodConfig`).
+        draws: ``plain``, ``stratified`` or ``antithetic`` (:class:`LikelihoodConfig`): the
+            ``llada`` form's antithetic pairs are complementary masks (samples k and k + K/2
+            share one permutation: its first l positions and its last L + 1 - l); the ``mdlm``
+            form's pair t and 1 - t with independent masks.
         t_min: the ``mdlm`` clip.
 
     Returns:
-        ``(masked, weight)``: ``(R, K, Lmax)`` bool over continuation positions (False past
-        each L) and ``(R, K)`` float64 weights.
+        ``(masked, scored, weight)``: ``(R, K, Lmax)`` bool over continuation positions (False
+        past each L): the positions replaced by [MASK] and those whose NLL counts (the masked
+        ones, except under ``orders``: one), and ``(R, K)`` float64 weights.
     """
     R, K = lengths.shape[0], n_samples
     Lmax = int(lengths.max()) if R else 0
     L = lengths.to(torch.float64)[:, None]  # (R, 1)
+    inside = torch.arange(Lmax)[None, None, :] < lengths[:, None, None]  # (R, 1, Lmax)
+    if draws == "orders":
+        if form != "llada":
+            raise ValueError("likelihood.draws orders: decode orders need form llada")
+        return _draw_orders(lengths, K, Lmax, generator)
+    if form == "llada" and draws == "antithetic":
+        # complementary pairs: one permutation, M1 = its first l positions, M2 = its last
+        # L + 1 - l (sizes uniform in 1..L, each a uniform subset of its size), so the pair
+        # masks every position once and one position twice
+        u = torch.rand((R, K // 2), generator=generator, dtype=torch.float64)
+        keys = torch.rand((R, K // 2, Lmax), generator=generator, dtype=torch.float64)
+        rank = keys.masked_fill(~inside, 2.0).argsort(-1).argsort(-1)  # (R, K/2, Lmax)
+        size = torch.minimum((u * L).floor() + 1, L)  # (R, K/2) in 1..L
+        first, second = rank < size[..., None], rank >= (size - 1)[..., None]
+        masked = torch.cat([first, second], dim=1)  # (R, K, Lmax)
+        size = torch.cat([size, L + 1 - size], dim=1)  # (R, K)
+        weight = torch.where(L > 0, L / size.clamp(min=1), torch.zeros_like(size))
+        return masked & inside, masked & inside, weight
     u = _uniforms((R, K), draws, generator)  # (R, K)
     keys = torch.rand((R, K, Lmax), generator=generator, dtype=torch.float64)
-    inside = torch.arange(Lmax)[None, None, :] < lengths[:, None, None]  # (R, 1, Lmax)
     if form == "llada":
         size = torch.minimum((u * L).floor() + 1, L)  # (R, K) in 1..L
         keys = keys.masked_fill(~inside, 2.0)  # past L: ranked last
@@ -153,7 +180,31 @@ def draw_masks(
         weight = torch.where(L > 0, 1.0 / t, torch.zeros_like(t))
     else:
         raise ValueError(f"likelihood.form must be llada or mdlm, got {form!r}")
-    return masked & inside, weight
+    return masked & inside, masked & inside, weight
+
+
+def _draw_orders(
+    lengths: torch.Tensor, K: int, Lmax: int, generator: torch.Generator
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``orders`` draws: per continuation, ⌈K / L⌉ uniform decode orders σ; row j of order
+    j // L is its step k = j mod L (the last, partial order: a uniform subset of its steps),
+    masking σ_k..σ_L and scoring σ_k alone, weight L. Each row is unbiased for the NELBO (k
+    is uniform, σ_k uniform in the masked set); a whole order's rows average to -log p_σ(x)."""
+    R = lengths.shape[0]
+    masked = torch.zeros((R, K, Lmax), dtype=torch.bool)
+    scored = torch.zeros((R, K, Lmax), dtype=torch.bool)
+    weight = lengths.to(torch.float64)[:, None].expand(R, K).clone()
+    for r, n in enumerate(lengths.tolist()):
+        if n == 0:
+            continue
+        n_orders = -(-K // n)
+        rank = torch.rand((n_orders, n), generator=generator).argsort(-1).argsort(-1)
+        steps = torch.rand((n_orders, n), generator=generator).argsort(-1)  # steps, shuffled
+        order = torch.arange(K) // n  # (K,) the order of each row
+        step = steps[order, torch.arange(K) % n]  # (K,) full orders: every step once
+        masked[r, :, :n] = rank[order] >= step[:, None]
+        scored[r, :, :n] = rank[order] == step[:, None]
+    return masked, scored, weight
 
 
 def nelbo_terms(
@@ -164,8 +215,9 @@ def nelbo_terms(
     weight: torch.Tensor,
     *,
     mask_token_id: int,
+    scored: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """``weight * Σ_{masked} -log p(x_i | x_unmasked)`` per row: one Monte-Carlo NELBO sample.
+    """``weight * Σ_{scored} -log p(x_i | x_unmasked)`` per row: one Monte-Carlo NELBO sample.
 
     The masked positions are replaced by [MASK], the model runs once to its hidden states and
     the head only at the masked ``(row, position)`` pairs; log p is the log-softmax over the
@@ -180,13 +232,14 @@ def nelbo_terms(
         masked: ``(N, S)`` bool, the positions to mask and score (never padding).
         weight: ``(N,)`` the sample's weight (L / l, or 1 / t).
         mask_token_id: the [MASK] id.
+        scored: ``(N, S)`` bool, the masked positions whose NLL counts (default: all masked).
 
     Returns:
         ``(N,)`` float64.
     """
     noised = input_ids.masked_fill(masked, mask_token_id)
     hidden = model.hidden_states(noised, attention_mask)  # (N, S, H)
-    rows, pos = masked.nonzero(as_tuple=True)  # (M,) each
+    rows, pos = (masked if scored is None else scored & masked).nonzero(as_tuple=True)  # (M,)
     total = torch.zeros(input_ids.shape[0], dtype=torch.float64, device=input_ids.device)
     if rows.numel():
         logits = logits_at(model, hidden, rows, pos).float()  # (M, V)
@@ -197,21 +250,34 @@ def nelbo_terms(
     return total * weight.to(total)
 
 
-def standard_error(samples: torch.Tensor, draws: Draws) -> torch.Tensor:
+def standard_error(
+    samples: torch.Tensor, draws: Draws, lengths: torch.Tensor | None = None
+) -> torch.Tensor:
     """``(R,)`` Monte-Carlo standard error of the mean of ``(R, K)`` samples.
 
-    Antithetic: from the K/2 independent pair means; plain: s / √K; stratified: s / √K too,
-    which over-states it (the sample variance includes the between-strata part that
-    stratification removes), so intervals from it are conservative.
+    Antithetic: from the K/2 independent pair means; ``orders``: from the means of the whole
+    decode orders (⌊K / L⌋ of them; the rows of the partial one are left out of the error; with
+    fewer than two whole orders, s / √K over rows, which over-states it: the rows of one order
+    are negatively correlated); plain: s / √K; stratified: s / √K too, which over-states it
+    (the sample variance includes the between-strata part that stratification removes), so
+    intervals from it are conservative.
     """
     K = samples.shape[1]
+    nan = torch.full_like(samples[:, 0], math.nan)
     if draws == "antithetic":
         pairs = (samples[:, : K // 2] + samples[:, K // 2 :]) / 2
         n = pairs.shape[1]
-        return pairs.std(dim=1) / math.sqrt(n) if n > 1 else torch.full_like(pairs[:, 0], math.nan)
+        return pairs.std(dim=1) / math.sqrt(n) if n > 1 else nan
     if K < 2:
-        return torch.full_like(samples[:, 0], math.nan)
-    return samples.std(dim=1) / math.sqrt(K)
+        return nan
+    out = samples.std(dim=1) / math.sqrt(K)
+    if draws == "orders" and lengths is not None:
+        for r, n in enumerate(lengths.tolist()):
+            whole = K // n if n else 0
+            if whole >= 2:
+                means = samples[r, : whole * n].view(whole, n).mean(dim=1)
+                out[r] = means.std() / math.sqrt(whole)
+    return out
 
 
 @torch.no_grad()
@@ -268,17 +334,19 @@ def estimate_nelbo(
     R, K = len(seqs), cfg.n_samples
     lengths = torch.tensor([len(c) for _, c in seqs], dtype=torch.long)
     masks: list[torch.Tensor] = []  # per request (K, L)
+    scores: list[torch.Tensor] = []  # per request (K, L)
     weight = torch.zeros((R, K), dtype=torch.float64)
     for g in range(0, R, DRAW_GROUP):  # bounded memory: (DRAW_GROUP, K, Lmax) keys at a time
-        m, weight[g : g + DRAW_GROUP] = draw_masks(
+        m, sc, weight[g : g + DRAW_GROUP] = draw_masks(
             lengths[g : g + DRAW_GROUP],
             K,
             generator=gen,
             form=cfg.form,
             draws=cfg.draws,
             t_min=cfg.t_min,
-        )  # (G, K, Lmax), (G, K)
+        )  # (G, K, Lmax) twice, (G, K)
         masks += [m[i, :, : int(n)] for i, n in enumerate(lengths[g : g + DRAW_GROUP])]
+        scores += [sc[i, :, : int(n)] for i, n in enumerate(lengths[g : g + DRAW_GROUP])]
     samples = torch.zeros((R, K), dtype=torch.float64)
     order = sorted(range(R), key=lambda r: -(len(seqs[r][0]) + len(seqs[r][1])))
     jobs = [(r, k) for r in order if lengths[r] > 0 for k in range(K)]
@@ -288,12 +356,14 @@ def estimate_nelbo(
         ids = torch.full((len(chunk), width), pad_token_id, dtype=torch.long)
         attn = torch.zeros((len(chunk), width), dtype=torch.long)
         where = torch.zeros((len(chunk), width), dtype=torch.bool)
+        count = torch.zeros((len(chunk), width), dtype=torch.bool)
         for row, (r, k) in enumerate(chunk):
             ctx, cont = seqs[r]
             n, c0 = len(ctx) + len(cont), width - len(cont)
             ids[row, width - n :] = torch.tensor(ctx + cont, dtype=torch.long)
             attn[row, width - n :] = 1
             where[row, c0:] = masks[r][k]
+            count[row, c0:] = scores[r][k]
         w = torch.tensor([float(weight[r, k]) for r, k in chunk], dtype=torch.float64)
         vals = nelbo_terms(
             model,
@@ -302,12 +372,13 @@ def estimate_nelbo(
             where.to(device),
             w.to(device),
             mask_token_id=mask_token_id,
+            scored=count.to(device),
         ).cpu()
         for (r, k), v in zip(chunk, vals.tolist(), strict=True):
             samples[r, k] = v
     return NelboEstimate(
         nelbo=samples.mean(dim=1),
-        se=standard_error(samples, cfg.draws),
+        se=standard_error(samples, cfg.draws, lengths),
         samples=samples,
         n_tokens=lengths,
     )
