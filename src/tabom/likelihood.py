@@ -17,7 +17,8 @@ its variance is infinite, hence the clip, which biases it by O(t_min)).
 :func:`nelbo_terms` is the estimator on given masks, a function of tensors (the head runs only
 at masked rows, Dream's shift and left padding through the :class:`tabom.head.HeadModel`
 API); :func:`draw_masks` draws the masks from a ``torch.Generator`` (plain, stratified or
-antithetic draws of l / t); :func:`estimate_nelbo` batches requests x samples and returns the
+antithetic draws of l / t, or whole decode orders: ``orders``, each token scored once per
+order); :func:`estimate_nelbo` batches requests x samples and returns the
 estimate with its Monte-Carlo standard error. Settings: :class:`LikelihoodConfig`.
 """
 

@@ -75,7 +75,7 @@ class TabomLM(LM):
         batch_size: prompts per forward (the harness's ``--batch_size``; ``auto`` = 8).
         mc_samples: Monte-Carlo samples of the NELBO per loglikelihood continuation or
             rolling window (``tabom.likelihood``; standard error about 1/√mc_samples).
-        mc_draws: ``stratified`` (default), ``antithetic`` or ``plain`` draws of the mask size.
+        mc_draws: how the masks are drawn (``tabom.likelihood.LikelihoodConfig.draws``).
         mc_batch_size: sequences per forward of the likelihood path.
         greedy_check: compute ``is_greedy`` by a greedy decode of each continuation's length
             (false: always False, one decode less per request).
