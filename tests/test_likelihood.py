@@ -118,7 +118,8 @@ def test_nelbo_terms_equal_a_loop_over_rows_on_the_shifted_padded_model(tmp_path
         assert float(got[r]) == pytest.approx(want, rel=1e-4, abs=1e-4)
         assert float(weight[r, 0]) == len(b) / len(subset)
     # ``orders``: one scored position of the masked ones, weight L
-    om, osc, ow = draw_masks(lengths, 1, generator=gen, draws="orders")
+    om, osc, ow = draw_masks(lengths, 12, generator=gen, draws="orders")
+    om, osc, ow = om[:, :1], osc[:, :1], ow[:, :1]  # row 0: step of a whole order (L <= 12)
     count = torch.zeros_like(where)
     for r, (_, b) in enumerate(rows):
         where[r] = False
@@ -154,11 +155,14 @@ def test_draws_mask_l_uniform_positions_and_stratify():
     assert bool((anti[0, :3] | anti[0, 3:]).all())  # complementary: every position covered
     assert ((anti[0, :3] & anti[0, 3:]).sum(-1) == 1).all()  # one shared
     om, osc, ow = draw_masks(lengths, 12, generator=gen, draws="orders")
-    assert bool((ow[0] == 5).all()) and (osc[0].sum(-1) == 1).all() and not osc[1].any()
-    assert not bool((osc & ~om).any())  # the scored position is masked
+    assert bool((ow[0, :10] == 5).all()) and (osc[0, :10].sum(-1) == 1).all()
+    assert not osc[1].any() and not bool((osc & ~om).any())  # scored positions are masked
     for block in (om[0, :5], om[0, 5:10]):  # whole orders: sizes 5..1, nested, one of each
         assert sorted(block.sum(-1).tolist()) == [1, 2, 3, 4, 5]
     assert bool(osc[0, :5].sum(0).eq(1).all())  # each position scored once per order
+    # the 2 remaining rows: plain samples (every masked position scored, weight L / l)
+    assert torch.equal(osc[0, 10:], om[0, 10:])
+    assert torch.allclose(ow[0, 10:], 5 / om[0, 10:].sum(-1).double())
 
 
 # --------------------------------------------------------------------------- 2) exact expectation

@@ -187,24 +187,29 @@ def draw_masks(
 def _draw_orders(
     lengths: torch.Tensor, K: int, Lmax: int, generator: torch.Generator
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """``orders`` draws: per continuation, ⌈K / L⌉ uniform decode orders σ; row j of order
-    j // L is its step k = j mod L (the last, partial order: a uniform subset of its steps),
-    masking σ_k..σ_L and scoring σ_k alone, weight L. Each row is unbiased for the NELBO (k
-    is uniform, σ_k uniform in the masked set); a whole order's rows average to -log p_σ(x)."""
+    """``orders`` draws: per continuation, ⌊K / L⌋ whole uniform decode orders σ, then the
+    remaining K mod L rows from one more order, at a uniform subset of its steps. Row k of a
+    whole order masks σ_k..σ_L and scores σ_k alone, weight L (the order's rows average to
+    -log p_σ(x)); a remaining row masks the same set but scores all of it, weight L / l (the
+    ``plain`` sample, of lower variance alone). Each row is unbiased for the NELBO: the step is
+    uniform, so the masked set is a uniform set of uniform size, and σ_k is uniform in it."""
     R = lengths.shape[0]
     masked = torch.zeros((R, K, Lmax), dtype=torch.bool)
     scored = torch.zeros((R, K, Lmax), dtype=torch.bool)
-    weight = lengths.to(torch.float64)[:, None].expand(R, K).clone()
+    weight = torch.zeros((R, K), dtype=torch.float64)
+    rows = torch.arange(K)
     for r, n in enumerate(lengths.tolist()):
         if n == 0:
             continue
         n_orders = -(-K // n)
         rank = torch.rand((n_orders, n), generator=generator).argsort(-1).argsort(-1)
         steps = torch.rand((n_orders, n), generator=generator).argsort(-1)  # steps, shuffled
-        order = torch.arange(K) // n  # (K,) the order of each row
-        step = steps[order, torch.arange(K) % n]  # (K,) full orders: every step once
+        order = rows // n  # (K,) the order of each row
+        step = steps[order, rows % n]  # (K,) whole orders: every step once
         masked[r, :, :n] = rank[order] >= step[:, None]
-        scored[r, :, :n] = rank[order] == step[:, None]
+        whole = order < K // n  # (K,)
+        scored[r, :, :n] = torch.where(whole[:, None], rank[order] == step[:, None], masked[r, :, :n])
+        weight[r] = torch.where(whole, float(n), n / (n - step).double())
     return masked, scored, weight
 
 
@@ -256,8 +261,8 @@ def standard_error(
 ) -> torch.Tensor:
     """``(R,)`` Monte-Carlo standard error of the mean of ``(R, K)`` samples.
 
-    Antithetic: from the K/2 independent pair means; ``orders``: from the means of the whole
-    decode orders (⌊K / L⌋ of them; the rows of the partial one are left out of the error; with
+    Antithetic: from the K/2 independent pair means; ``orders``: from the spread of the whole
+    orders' means and of the remaining rows, each weighted by its share of the K rows (with
     fewer than two whole orders, s / √K over rows, which over-states it: the rows of one order
     are negatively correlated); plain: s / √K; stratified: s / √K too, which over-states it
     (the sample variance includes the between-strata part that stratification removes), so
@@ -275,9 +280,16 @@ def standard_error(
     if draws == "orders" and lengths is not None:
         for r, n in enumerate(lengths.tolist()):
             whole = K // n if n else 0
-            if whole >= 2:
-                means = samples[r, : whole * n].view(whole, n).mean(dim=1)
-                out[r] = means.std() / math.sqrt(whole)
+            if whole < 2:
+                continue
+            means = samples[r, : whole * n].view(whole, n).mean(dim=1)  # (whole,)
+            var = (whole * n / K) ** 2 * float(means.var()) / whole
+            rest = samples[r, whole * n :]
+            if rest.numel() > 1:
+                var += rest.numel() * float(rest.var()) / K**2
+            elif rest.numel() == 1:  # one row: its variance from the plain form is unknown
+                var += float(samples[r].var()) / K**2
+            out[r] = math.sqrt(var)
     return out
 
 
