@@ -50,12 +50,13 @@ class LikelihoodConfig:
         n_samples: Monte-Carlo samples K per continuation (each one forward row).
         draws: how the K mask sizes are drawn: ``plain`` (independent), ``stratified`` (the
             k-th u in [k/K, (k+1)/K), so the sizes cover 1..L evenly; its standard error is
-            reported conservatively, as if independent), ``antithetic`` (complementary pairs:
-            one permutation's first l and last L + 1 - l positions; K must be even) or
-            ``orders`` (the default, the lowest variance in docs/benchmarks.md; ``llada``
-            form: rows come in blocks of L sharing one decode order σ, row k masks
+            reported conservatively, as if independent), ``antithetic`` (the default:
+            complementary pairs, one permutation's first l and last L + 1 - l positions; K
+            must be even; never worse than plain in docs/benchmarks.md) or ``orders``
+            (``llada`` form: rows come in blocks of L sharing one decode order σ, row k masks
             σ_k..σ_L and scores σ_k alone with weight L, so a block's mean is -log p_σ(x):
-            every token counted once). All are unbiased.
+            every token counted once; the lowest variance where the per-token NLL hardly
+            depends on the order, the highest where it does). All are unbiased.
         form: ``llada`` (l uniform in 1..L, l positions masked, weight L / l) or ``mdlm``
             (t ~ U(t_min, 1), each position masked with probability t, weight 1 / t).
         t_min: lower clip of t in the ``mdlm`` form (its bias; 0 = unbiased with infinite
@@ -65,7 +66,7 @@ class LikelihoodConfig:
     """
 
     n_samples: int = field(default=32, metadata=AT_LEAST_1)
-    draws: Draws = "orders"
+    draws: Draws = "antithetic"
     form: Form = "llada"
     t_min: float = field(default=1e-3, metadata=in_range(0, 1, high_open=True))
     batch_size: int = field(default=64, metadata=AT_LEAST_1)

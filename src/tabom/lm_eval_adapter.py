@@ -101,7 +101,7 @@ class TabomLM(LM):
         batch_size: int | str | None = 8,
         max_batch_size: int | None = None,
         mc_samples: int = 32,
-        mc_draws: str = "orders",
+        mc_draws: str = "antithetic",
         mc_batch_size: int = 64,
         greedy_check: bool = True,
         max_length: int | None = None,
