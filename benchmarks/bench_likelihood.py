@@ -28,7 +28,8 @@ from pathlib import Path
 
 import torch
 
-from tabom.likelihood import LikelihoodConfig, estimate_nelbo, response_ids
+from tabom.likelihood import LikelihoodConfig, estimate_nelbo
+from tabom.likelihood_sets import response_ids
 from tabom.models import load_model
 from tabom.tasks import NEW_DOMAIN, OLD_DOMAIN, make_task
 

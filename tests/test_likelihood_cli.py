@@ -14,7 +14,8 @@ import pytest
 import torch
 
 from tabom.cli import main
-from tabom.likelihood import LikelihoodConfig, estimate_nelbo, response_ids, rolling_windows
+from tabom.likelihood import LikelihoodConfig, estimate_nelbo
+from tabom.likelihood_sets import response_ids, rolling_windows
 from tabom.models import load_model
 from tabom.tasks import make_task
 

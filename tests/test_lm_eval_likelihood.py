@@ -128,7 +128,7 @@ def test_simple_evaluate_scores_a_local_multiple_choice_task(tmp_path):
         right += pick == s["target"]
         assert sum(greedy) <= 1
         ctx, cont = lm.encode_pair(*s["arguments"][s["target"]])
-        from tabom.likelihood import greedy_matches
+        from tabom.likelihood_sets import greedy_matches
 
         assert greedy[s["target"]] == greedy_matches(dlm, [(ctx, cont)])[0]
     assert out["results"][TASK]["acc,none"] == pytest.approx(right / N_DOCS)
@@ -164,7 +164,7 @@ def test_rolling_windows_partition_the_text_and_sum():
 def test_rolling_windows_are_the_harness_windows():
     from lm_eval.utils import get_rolling_token_windows, make_disjoint_window
 
-    from tabom.likelihood import rolling_windows
+    from tabom.likelihood_sets import rolling_windows
 
     for n in (0, 1, 5, 11, 12, 23, 30):
         for m in (2, 3, 12):

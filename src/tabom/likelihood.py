@@ -32,9 +32,7 @@ from typing import Literal, get_args
 import torch
 
 from tabom.config import AT_LEAST_1, NON_NEGATIVE, check_ranges, in_range
-from tabom.decoding import DecodeConfig, ScoreName, decode_batches
 from tabom.head import HeadModel, logits_at
-from tabom.models.base import DiffusionLM
 
 DRAW_GROUP = 64
 """Requests whose masks are drawn together (the stream of draws is fixed by it)."""
@@ -398,77 +396,6 @@ def estimate_nelbo(
     )
 
 
-@torch.no_grad()
-def greedy_matches(
-    dlm: DiffusionLM,
-    pairs: Sequence[tuple[Sequence[int], Sequence[int]]],
-    *,
-    score: ScoreName = "confidence",
-    batch_size: int = 64,
-) -> list[bool]:
-    """Whether a greedy decode of ``len(continuation)`` positions after each context gives the
-    continuation exactly (lm-eval's ``is_greedy``): temperature 0, one token per step, in
-    ``score`` order, continuations of one length decoded together.
-    """
-    out = [False] * len(pairs)
-    groups: dict[int, list[int]] = {}
-    for i, (_, cont) in enumerate(pairs):
-        if len(cont):
-            groups.setdefault(len(cont), []).append(i)
-    for T, idx in groups.items():
-        cfg = DecodeConfig(gen_length=T, steps=T, score=score)
-        gen = torch.Generator(device=dlm.device).manual_seed(0)  # only ``random`` draws
-        res = decode_batches(
-            dlm, [list(pairs[i][0]) for i in idx], cfg, generator=gen, batch_size=batch_size
-        )
-        for i, row in zip(idx, res.response_ids.tolist(), strict=True):
-            out[i] = row == list(pairs[i][1])
-    return out
-
-
-def response_ids(dlm: DiffusionLM, answer: str, length: int | None) -> list[int]:
-    """The response a model is trained on and decodes for a reference ``answer``: its ids, the
-    backend's stop token (if any), then EOS up to ``length`` (``None``: one EOS), as
-    :func:`tabom.train_data.ground_truth_items` builds the ``sft`` targets.
-
-    Raises:
-        ValueError: the answer leaves no room for the stop token and one EOS.
-    """
-    ids = list(dlm.tokenizer(answer, add_special_tokens=False)["input_ids"])
-    stop = list(dlm.spec.stop_token_ids[:1])
-    eos = dlm.spec.eos_token_id
-    body = ids + stop
-    if length is None:
-        return [*body, eos]
-    if len(body) >= length:
-        raise ValueError(
-            f"the answer has {len(ids)} tokens; the response length {length} leaves no room "
-            "for the stop token and EOS"
-        )
-    return body + [eos] * (length - len(body))
-
-
-def rolling_windows(
-    tokens: Sequence[int], prefix_token: int, max_length: int
-) -> list[tuple[list[int], list[int]]]:
-    """Disjoint ``(context, continuation)`` windows covering ``tokens``, each at most
-    ``max_length`` long: continuations of ``max_length - 1`` tokens (the last may be shorter),
-    each conditioned on the tokens before it that fill the window (the first on
-    ``prefix_token`` alone): lm-eval's rolling windows with context length 1
-    (``get_rolling_token_windows`` + ``make_disjoint_window``).
-    """
-    if max_length < 2:
-        raise ValueError(f"max_length must be >= 2 for rolling windows, got {max_length}")
-    step = max_length - 1
-    tokens = list(tokens)
-    out = []
-    for start in range(0, len(tokens), step):
-        cont = tokens[start : start + step]
-        ctx = [prefix_token] if start == 0 else tokens[:start][-(max_length - len(cont)) :]
-        out.append((ctx, cont))
-    return out
-
-
 def per_token(est: NelboEstimate) -> tuple[float, float, float]:
     """Pooled ``(NELBO per token, its standard error, perplexity bound exp(NELBO per token))``.
 
@@ -490,10 +417,7 @@ __all__ = [
     "NelboEstimate",
     "draw_masks",
     "estimate_nelbo",
-    "greedy_matches",
     "nelbo_terms",
     "per_token",
-    "response_ids",
-    "rolling_windows",
     "standard_error",
 ]

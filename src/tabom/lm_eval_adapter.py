@@ -40,13 +40,8 @@ from tabom.decoding import (
     decode_batches,
     response_text,
 )
-from tabom.likelihood import (
-    LikelihoodConfig,
-    NelboEstimate,
-    estimate_nelbo,
-    greedy_matches,
-    rolling_windows,
-)
+from tabom.likelihood import LikelihoodConfig, NelboEstimate, estimate_nelbo
+from tabom.likelihood_sets import greedy_matches, rolling_windows
 from tabom.models import load_model
 
 
