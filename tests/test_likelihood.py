@@ -5,7 +5,7 @@
 2. For L <= 6 the exact expectation enumerates every mask set: Σ_l (1/l) mean_{|M|=l} Σ_{i∈M}
    -log p(x_i | x_¬M) (the LLaDA form; the clipped MDLM form with its exact size weights).
    The estimator's mean over many draws lies within 3 Monte-Carlo standard errors of it, for
-   plain, stratified and antithetic draws, on the tiny model and on the real-code Dream
+   plain, stratified, antithetic and orders draws, on the tiny model and on the real-code Dream
    fixture.
 3. The bound: on a model with a 4-token vocabulary (+ [MASK]) and L <= 3, the per-order
    likelihood p_σ(x) (decode one position at a time in order σ, each token from the model's
