@@ -120,6 +120,9 @@ def test_demo_quick_end_to_end(tmp_path, capsys):
     assert "Verdict" in report and "pass@8" in report
     rows = json.loads((out / "report.json").read_text())["rows"]
     assert len(rows["tabom"]["old"]) == 2 and rows["base"]["forgetting"] == [0.0]
+    capability = json.loads((out / "report.json").read_text())["capability"]  # issue 22
+    assert set(capability) == {"sft", "traj-sft", "td", "tabom"}
+    assert all(v["verdict"] for v in capability.values()) and "NELBO/token new" in report
     # a second run skips every finished stage: no model, trajectory or evaluation is rewritten
     # (a behaviour, not a time: timings belong in benchmarks/)
     stamps = {p: p.stat().st_mtime_ns for p in out.rglob("*") if p.is_file()}

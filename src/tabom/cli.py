@@ -87,6 +87,11 @@ def _commands() -> dict[str, tuple[str, Callable[[], tuple[type, Callable[[Any],
 
         return EvalConfig, run_eval
 
+    def likelihood():
+        from tabom.commands.likelihood import LikelihoodRunConfig, run_likelihood
+
+        return LikelihoodRunConfig, run_likelihood
+
     def distill():
         from tabom.commands.distill import DistillConfig, run_distill
 
@@ -121,6 +126,10 @@ def _commands() -> dict[str, tuple[str, Callable[[], tuple[type, Callable[[Any],
     return {
         "pretrain": ("train a tiny DLM from scratch on built-in tasks (the old domain)", pretrain),
         "eval": ("accuracy and pass@k under diffusion decoding on tasks", evaluate),
+        "likelihood": (
+            "NELBO per token and perplexity bound of reference answers or a text file",
+            likelihood,
+        ),
         "distill": (
             "decode prompts with the model itself and write verified trajectories",
             distill,

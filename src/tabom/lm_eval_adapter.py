@@ -3,8 +3,11 @@
 Importing this module registers the model ``tabom`` with ``lm_eval`` (optional extra ``eval``:
 ``pip install 'tabom[eval]'``). ``generate_until`` requests are decoded with
 :func:`tabom.decoding.decode` (any backend ``load_model`` reads: tiny, llada, dream, hf-mlm),
-cut at EOS and at the request's ``until`` strings. ``loglikelihood`` tasks are not supported
-(a diffusion LM needs a Monte-Carlo ELBO for them). The harness has no plugin discovery, so run
+cut at EOS and at the request's ``until`` strings. ``loglikelihood`` (multiple choice) and
+``loglikelihood_rolling`` (perplexity) requests get the Monte-Carlo NELBO bound of
+:mod:`tabom.likelihood` (``mc_samples`` per continuation or window): the returned
+log-likelihood is -NELBO, a lower bound in expectation on the order-marginal log-likelihood,
+and ``is_greedy`` comes from a greedy decode of the continuation's length. The harness has no plugin discovery, so run
 it through this module, which registers the model and then hands over to ``lm_eval``'s CLI::
 
     python -m tabom.lm_eval_adapter --model tabom \\
@@ -37,6 +40,8 @@ from tabom.decoding import (
     decode_batches,
     response_text,
 )
+from tabom.likelihood import LikelihoodConfig, NelboEstimate, estimate_nelbo
+from tabom.likelihood_sets import greedy_matches, rolling_windows
 from tabom.models import load_model
 
 
@@ -65,6 +70,14 @@ class TabomLM(LM):
             :mod:`tabom.kv_cache`).
         seed: seed of sampling.
         batch_size: prompts per forward (the harness's ``--batch_size``; ``auto`` = 8).
+        mc_samples: Monte-Carlo samples of the NELBO per loglikelihood continuation or
+            rolling window (``tabom.likelihood``; standard error about 1/√mc_samples).
+        mc_draws: how the masks are drawn (``tabom.likelihood.LikelihoodConfig.draws``).
+        mc_batch_size: sequences per forward of the likelihood path.
+        greedy_check: compute ``is_greedy`` by a greedy decode of each continuation's length
+            (false: always False, one decode less per request).
+        max_length: longest context + continuation (default: the model's positions, at most
+            4096); longer contexts keep their last tokens, rolling windows are this long.
     """
 
     def __init__(
@@ -85,6 +98,11 @@ class TabomLM(LM):
         seed: int = 0,
         batch_size: int | str | None = 8,
         max_batch_size: int | None = None,
+        mc_samples: int = 32,
+        mc_draws: str = "antithetic",
+        mc_batch_size: int = 64,
+        greedy_check: bool = True,
+        max_length: int | None = None,
     ) -> None:
         from accelerate import PartialState
 
@@ -115,6 +133,15 @@ class TabomLM(LM):
             threshold=None if threshold is None else float(threshold),
             cache=cache,  # type: ignore[arg-type]
         )
+        self.likelihood = LikelihoodConfig(
+            n_samples=int(mc_samples),
+            draws=mc_draws,  # type: ignore[arg-type]
+            batch_size=int(mc_batch_size),
+            seed=self.seed,
+        )
+        self.greedy_check = str(greedy_check).lower() not in ("false", "0", "no")
+        positions = getattr(self.dlm.model.config, "max_position_embeddings", None) or 4096
+        self.max_length = int(max_length) if max_length else min(int(positions), 4096)
 
     # ----------------------------------------------------------------- decoding
 
@@ -164,17 +191,83 @@ class TabomLM(LM):
                 self.cache_hook.add_partial("generate_until", requests[i].args, out[i])
         return out
 
-    def loglikelihood(self, requests: list[Any], disable_tqdm: bool = False) -> list[Any]:
-        raise NotImplementedError(
-            "tabom: loglikelihood / multiple-choice tasks need a Monte-Carlo ELBO estimate for a "
-            "diffusion LM, which this adapter does not implement; use generation tasks "
-            "(output_type: generate_until, e.g. gsm8k)"
+    # ----------------------------------------------------------------- likelihood
+
+    def _nelbo(self, pairs: list[tuple[list[int], list[int]]]) -> NelboEstimate:
+        """The NELBO of each ``(context ids, continuation ids)`` pair (seeded per rank)."""
+        gen = torch.Generator().manual_seed(self.seed + self._rank)
+        return estimate_nelbo(
+            self.dlm,
+            pairs,
+            self.likelihood,
+            mask_token_id=self.dlm.mask_token_id,
+            pad_token_id=self.dlm.spec.pad_token_id,
+            generator=gen,
+            max_length=self.max_length,
+            device=self._device,
         )
 
+    def encode_pair(self, context: str, continuation: str) -> tuple[list[int], list[int]]:
+        """Context and continuation ids as the harness's HF model splits them: trailing
+        spaces of the context move to the continuation, the continuation's ids are those of
+        the whole text after the context's (so a token spanning the boundary is not split);
+        an empty context is the prefix token (BOS, else EOS)."""
+        n_spaces = len(context) - len(context.rstrip())
+        if n_spaces:
+            context, continuation = context[:-n_spaces], context[-n_spaces:] + continuation
+        if not context:
+            ids = self.dlm.tokenizer(continuation, add_special_tokens=False)["input_ids"]
+            return [self.prefix_token_id], list(ids)
+        whole, ctx = self.encode(context + continuation), self.encode(context)
+        return ctx, whole[len(ctx) :]
+
+    @property
+    def prefix_token_id(self) -> int:
+        tok = self.dlm.tokenizer
+        bos = getattr(tok, "bos_token_id", None)
+        return int(bos) if bos is not None else int(self.dlm.spec.eos_token_id)
+
+    def loglikelihood(self, requests: list[Any], disable_tqdm: bool = False) -> list[Any]:
+        """``(-NELBO, is_greedy)`` of each request's continuation given its context.
+
+        -NELBO is a Monte-Carlo estimate, with ``mc_samples`` samples, of a lower bound on the
+        log-likelihood of the continuation under a uniformly random decode order
+        (:mod:`tabom.likelihood`); ``is_greedy``: the greedy decode of the continuation's
+        length reproduces it (False everywhere with ``greedy_check`` false).
+        """
+        pairs = [self.encode_pair(*req.args) for req in requests]
+        est = self._nelbo(pairs)
+        greedy = [False] * len(pairs)
+        if self.greedy_check:
+            greedy = greedy_matches(
+                self.dlm, pairs, score=self.decode.score, batch_size=self.batch_size
+            )
+        out = []
+        for req, value, g in zip(requests, est.nelbo.tolist(), greedy, strict=True):
+            out.append((-float(value), bool(g)))
+            self.cache_hook.add_partial("loglikelihood", req.args, out[-1])
+        return out
+
     def loglikelihood_rolling(self, requests: list[Any], disable_tqdm: bool = False) -> list[Any]:
-        raise NotImplementedError(
-            "tabom: loglikelihood_rolling (perplexity) is not implemented for diffusion LMs"
-        )
+        """-NELBO of each whole text: the sum over disjoint windows of at most ``max_length``
+        positions (the harness's rolling windows; the first conditioned on the prefix token),
+        each window's continuation scored given its context. The harness turns the sums into
+        word / byte perplexities: upper bounds (in expectation) on the order-marginal ones.
+        """
+        windows: list[tuple[list[int], list[int]]] = []
+        owner: list[int] = []
+        for i, req in enumerate(requests):
+            tokens = self.dlm.tokenizer(req.args[0], add_special_tokens=False)["input_ids"]
+            for w in rolling_windows(tokens, self.prefix_token_id, self.max_length):
+                windows.append(w)
+                owner.append(i)
+        est = self._nelbo(windows) if windows else None
+        sums = [0.0] * len(requests)
+        for i, value in zip(owner, [] if est is None else est.nelbo.tolist(), strict=True):
+            sums[i] -= float(value)
+        for req, value in zip(requests, sums, strict=True):
+            self.cache_hook.add_partial("loglikelihood_rolling", req.args, value)
+        return sums
 
     # ----------------------------------------------------------------- chat templates
 

@@ -16,6 +16,7 @@ from typing import Any, Literal
 
 from tabom.config import AT_LEAST_1, NON_NEGATIVE, POSITIVE
 from tabom.decoding import DecodeConfig
+from tabom.likelihood import LikelihoodConfig
 from tabom.models import DEFAULT_MODEL
 from tabom.objectives import OBJECTIVES, RANK_LOSSES, LossConfig
 from tabom.tasks import NEW_DOMAIN, OLD_DOMAIN
@@ -170,6 +171,9 @@ class DemoConfig:
             ``lr`` alone.
         tune_rank_weight: the tuning points of ranking arms (λ, at ``lr``); empty =
             ``loss.rank_weight`` alone. Both grids must be the same size (the same budget).
+        likelihood: the Monte-Carlo NELBO of the capability test (``--likelihood.n_samples``
+            ...; :class:`tabom.likelihood.LikelihoodConfig`): the reference responses of the
+            new- and old-domain test sets, beside accuracy under three decoding orders.
         eval_order: ``reverse`` evaluates the models last first: a second ``tabom demo`` with
             the same settings, started once training is done, shares the evaluation work
             (each finished stage is cached for the other; results and report are the same).
@@ -210,6 +214,7 @@ class DemoConfig:
     tune_lr: list[float] = field(default_factory=list)
     tune_rank_weight: list[float] = field(default_factory=list)
     eval_order: Literal["forward", "reverse"] = "forward"
+    likelihood: LikelihoodConfig = field(default_factory=lambda: LikelihoodConfig(n_samples=16))
 
     def __post_init__(self) -> None:
         for arm in self.objectives:

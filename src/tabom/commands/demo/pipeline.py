@@ -13,7 +13,8 @@ and result): a rerun with the same settings skips every finished stage.
    and masking; the trajectory file is shared).
 4. ``eval/MODEL``: new-domain greedy accuracy at 1, 2, 3 tokens per step, sampled pass@k,
    old-domain accuracy (per item, for forgetting and flips), validation accuracy, Kendall τ
-   alignment and TDS on the held-out trajectories.
+   alignment and TDS on the held-out trajectories; the capability test (NELBO of the correct
+   answers of both domains, accuracy under three decoding orders: ``demo/capability.py``).
 5. ``report.md`` + PNG plots (always rewritten): the table (mean ± std over seeds), timings, a
    verdict on each of the paper's three claims.
 
@@ -36,6 +37,7 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
+from tabom.commands.demo.capability import capability_metrics
 from tabom.commands.demo.config import (
     MIN_LR_RATIO,
     TRAIN_SETTINGS,
@@ -345,6 +347,13 @@ def evaluate_model(
     out["val"] = evaluate_task(dlm, new, splits["val"], DecodeConfig(), **kw).accuracy
     records = read_trajectories(align_file, tokenizer=dlm.tokenizer, vocab_size=dlm.vocab_size)
     out["alignment"] = asdict(trajectory_alignment(dlm, records, batch_size=cfg.batch_size))
+    # the capability test: NELBO of the correct answers, accuracy under three decoding orders
+    known = {("old", "confidence"): out["old_correct"]}  # greedy, confidence order, as here
+    if cfg.tokens_per_step[0] == 1:
+        known[("new", "confidence")] = out["new_correct"]
+    out["capability"] = capability_metrics(
+        dlm, cfg.new_task, cfg.old_task, splits, cfg.likelihood, seed=cfg.split_seed, known=known
+    )
     return out
 
 
@@ -455,7 +464,7 @@ def run_demo(cfg: DemoConfig) -> int:
 
     # 4) evaluation of every model (base included) on the held-out sets
     ekeys = ["test_examples", "old_examples", "pass_examples", "n_samples", "ks", "tokens_per_step"]
-    ekeys += ["stratum", "hard_min", "oracle_min_rank"]
+    ekeys += ["stratum", "hard_min", "oracle_min_rank", "likelihood"]
     eset = {"splits": _key(split_ids), "distill": dist["key"], **{k: settings[k] for k in ekeys}}
     results: dict[str, list[dict[str, Any]]] = {}
     eval_s, eval_cached = 0.0, True

@@ -18,6 +18,7 @@ from typing import Any
 
 import torch
 
+from tabom.commands.demo.capability import capability_section, capability_summary
 from tabom.commands.demo.config import (
     MIN_LR_RATIO,
     WARMUP_STEPS,
@@ -498,6 +499,10 @@ def write_report(
         "",
         *protocol_section(rows, cfg, tuning),
         "",
+        "## Capability: likelihood of the correct answers and three decoding orders",
+        "",
+        *capability_section(results, names, cfg.likelihood),
+        "",
         "## Verdict on the paper's claims",
         "",
         *verdicts(rows, cfg),
@@ -522,6 +527,7 @@ def write_report(
     path = root / "report.md"
     path.write_text("\n".join(lines))
     payload = {"config": to_dict(cfg), "rows": rows, "steps": steps, "tuning": tuning}
+    payload["capability"] = capability_summary(results, names)
     (root / "report.json").write_text(json.dumps(payload, indent=1, default=str) + "\n")
     return path
 
