@@ -21,6 +21,8 @@ from typing import Any, Literal
 
 import torch
 
+from tabom.head import row_terms
+
 BACKEND_FILE = "tabom_backend.json"
 """The file that names a saved model's backend (written by :func:`write_model_files`)."""
 
@@ -214,7 +216,16 @@ class DiffusionLM:
 
     @property
     def vocab_size(self) -> int:
-        return int(self.model.get_output_embeddings().weight.shape[0])
+        """The width of the logits, read from the network's config or its head's declared
+        size (never a parameter: under FSDP / ZeRO-3 a prepared parameter is a shard)."""
+        network = self._network()
+        head = network.get_output_embeddings() if hasattr(network, "get_output_embeddings") else None
+        size = getattr(head, "out_features", None) or getattr(head, "num_embeddings", None)
+        if size is None:
+            size = getattr(network.config, "vocab_size", None)
+        if size is None:  # an unprepared model without either: its head's weight
+            size = head.weight.shape[0]
+        return int(size)
 
     def encode_prompt(self, text: str) -> list[int]:
         """The ids a user prompt conditions the model on (what ``prompt_token_ids`` records).
@@ -372,23 +383,52 @@ class DiffusionLM:
         return head(hidden_rows)
 
     def linear_head(self) -> tuple[torch.Tensor, torch.Tensor | None] | None:
-        """``(weight, bias)`` of the output embeddings for the chunked loss; ``None`` when the
-        head is not separable (the identity on raw logits).
-
-        Raises:
-            ValueError: the output embeddings are not a plain ``nn.Linear`` (e.g. LoRA on the
-                LM head), so ``loss_chunk`` cannot recompute them from their weight.
+        """``(weight, bias)`` of the output embeddings when the chunked loss may read them
+        (:class:`tabom.head._ChunkedLinearCE`): a plain ``nn.Linear`` whose weight is a whole
+        2-D tensor here. ``None`` otherwise: the identity head, a LoRA-wrapped head, an FSDP2
+        unit of its own (``FSDPLinear``, a DTensor outside its forward) or a ZeRO-3 partition;
+        ``loss_chunk`` then runs the head module itself chunk by chunk
+        (:func:`tabom.head.ce_entropy_at`), so the engine gathers it as any layer.
         """
         slot = self._head_slot()
         if slot is None:
             return None
         head = slot[2]
         if type(head) is not torch.nn.Linear:
-            raise ValueError(
-                f"loss_chunk: the LM head of backend {self.spec.name} is a "
-                f"{type(head).__name__}, not a plain Linear; use loss_chunk 0"
-            )
-        return head.weight, head.bias
+            return None
+        weight = head.weight
+        if type(weight) not in (torch.nn.Parameter, torch.Tensor) or weight.dim() != 2:
+            return None  # a DTensor (FSDP2) or a flat shard
+        if hasattr(weight, "ds_id"):  # DeepSpeed ZeRO-3: gathered only inside the module's call
+            return None
+        return weight, head.bias
+
+    def loss_terms(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None,
+        rows: torch.Tensor,
+        positions: torch.Tensor,
+        targets: torch.Tensor,
+        *,
+        chunk: int = 0,
+        entropy: bool = True,
+        planner_mask_id: int | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """One forward to the per-row CE, entropy and (PAPL) planner log-probs at the pairs
+        (:func:`tabom.head.row_terms`; under ``accelerate.prepare`` the same code runs inside
+        :class:`HeadForward`'s forward)."""
+        return row_terms(
+            self,
+            input_ids,
+            attention_mask,
+            rows,
+            positions,
+            targets,
+            chunk=chunk,
+            entropy=entropy,
+            planner_mask_id=planner_mask_id,
+        )
 
     def logits_at(
         self, hidden: torch.Tensor, rows: torch.Tensor, positions: torch.Tensor
@@ -398,6 +438,131 @@ class DiffusionLM:
         matrix product on fewer rows.
         """
         return self.apply_head(self.gather_hidden(hidden, rows, positions))
+
+
+class HeadForward(torch.nn.Module):
+    """The module given to ``accelerator.prepare``: the network and its LM head in one forward.
+
+    DDP, FSDP1, FSDP2 and DeepSpeed ZeRO-3 gather (and reduce) a prepared module's parameters
+    around its ``forward`` only, so everything that reads a parameter runs in here: the
+    network to its final hidden states, then the head at the chosen rows only, and the CE and
+    entropy terms (chunked or not) or the logits (DESIGN §7b). Nothing outside reads a
+    parameter of the prepared model (:class:`PreparedLM` is its caller's view).
+
+    Attributes:
+        model: the Hugging Face network (a peft model under LoRA); its parameter names are
+            this module's with the prefix ``model.``.
+        spec: its :class:`BackendSpec` (shift, attention form, head at positions).
+    """
+
+    def __init__(self, model: torch.nn.Module, spec: BackendSpec) -> None:
+        super().__init__()
+        self.model = model
+        self.spec = spec
+
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        rows: torch.Tensor | None = None,
+        positions: torch.Tensor | None = None,
+        targets: torch.Tensor | None = None,
+        chunk: int = 0,
+        entropy: bool = True,
+        planner_mask_id: int | None = None,
+    ) -> Any:
+        """Aligned logits, or the loss terms at chosen pairs, from one forward.
+
+        Args:
+            input_ids, attention_mask: ``(B, L)``, as :class:`DiffusionLM` takes them.
+            rows, positions: ``(N,)`` pairs; ``None``: the whole ``(B, L, V)`` aligned logits.
+            targets: ``(N,)`` clean ids: return ``(ce, h, log_c)`` (:func:`tabom.head.row_terms`);
+                ``None``: the ``(N, V)`` aligned logits at the pairs.
+            chunk, entropy, planner_mask_id: as :func:`tabom.head.row_terms`.
+        """
+        dlm = DiffusionLM(model=self.model, tokenizer=None, spec=self.spec)
+        if rows is None:
+            return dlm(input_ids, attention_mask)
+        if targets is None:
+            return dlm.logits_at(dlm.hidden_states(input_ids, attention_mask), rows, positions)
+        return dlm.loss_terms(
+            input_ids,
+            attention_mask,
+            rows,
+            positions,
+            targets,
+            chunk=chunk,
+            entropy=entropy,
+            planner_mask_id=planner_mask_id,
+        )
+
+
+@dataclass
+class PreparedLM(DiffusionLM):
+    """A :class:`DiffusionLM` whose ``model`` is a prepared :class:`HeadForward` (DDP, FSDP,
+    DeepSpeed): every call is one forward of that module, and no parameter is read outside it.
+
+    Its "hidden states" are the whole aligned logits (the head runs inside the forward) and
+    its head the identity, so decoding (the periodic eval of ``tabom train``) works unchanged
+    under every engine; training calls :meth:`loss_terms`, the head at the supervised rows
+    only, inside the forward.
+    """
+
+    device_: torch.device | None = None
+
+    @property
+    def device(self) -> torch.device:
+        return self.device_ if self.device_ is not None else torch.device("cpu")
+
+    def _network(self) -> Any:
+        model = self.model
+        while hasattr(model, "module"):  # DDP / FSDP1 / DeepSpeed wrappers
+            model = model.module
+        return DiffusionLM(model=model.model, tokenizer=None, spec=self.spec)._network()
+
+    def __call__(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        return self.model(input_ids, attention_mask)
+
+    def hidden_states(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        return self.model(input_ids, attention_mask)  # (B, L, V), already aligned
+
+    def gather_hidden(
+        self, hidden: torch.Tensor, rows: torch.Tensor, positions: torch.Tensor
+    ) -> torch.Tensor:
+        return hidden[rows, positions]
+
+    def apply_head(self, hidden_rows: torch.Tensor) -> torch.Tensor:
+        return hidden_rows
+
+    def linear_head(self) -> None:
+        return None
+
+    def loss_terms(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None,
+        rows: torch.Tensor,
+        positions: torch.Tensor,
+        targets: torch.Tensor,
+        *,
+        chunk: int = 0,
+        entropy: bool = True,
+        planner_mask_id: int | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        return self.model(
+            input_ids,
+            attention_mask,
+            rows,
+            positions,
+            targets,
+            chunk=chunk,
+            entropy=entropy,
+            planner_mask_id=planner_mask_id,
+        )
 
 
 def write_model_files(dlm: DiffusionLM, path: str | Path) -> None:
