@@ -221,19 +221,127 @@ def test_resume_from_a_sharded_checkpoint(model_dir, traj, tmp_path, free_port, 
 
 
 def test_a_sharded_config_that_cannot_run_is_refused(model_dir, traj, tmp_path, free_port):
-    """One process under the FSDP config: accelerate would run it unsharded; tabom refuses,
-    naming the engine asked for and the one accelerate set up, and trains nothing."""
-    cmd = [sys.executable, "-m", "accelerate.commands.launch"]
-    cmd += ["--config_file", str(CONFIGS / "fsdp.yaml"), "--num_processes", "1"]
-    cmd += ["--mixed_precision", "no", "--main_process_port", str(free_port)]
-    cmd += ["-m", "tabom.cli", "train", *_args(model_dir, traj, 0)]
+    """A sharded engine asked for where accelerate cannot build it is refused, naming what
+    was asked and what accelerate set up, and nothing is trained: the launcher's FSDP request
+    without a process group (accelerate would run one plain process), and FSDP1 without
+    ``use_orig_params`` (before: it trained nothing, silently)."""
+    one = [sys.executable, "-m", "tabom.cli", "train", *_args(model_dir, traj, 0)]
+    env = {**_env(), "ACCELERATE_USE_FSDP": "true", "FSDP_VERSION": "2"}
     run = subprocess.run(
-        [*cmd, "--output_dir", str(tmp_path / "run")],
+        [*one, "--output_dir", str(tmp_path / "a")], env=env, capture_output=True, text=True
+    )
+    assert run.returncode == 2, run.stderr[-2000:]
+    assert "distributed_type FSDP was asked for, but accelerate set up NO" in run.stderr
+    assert not (tmp_path / "a" / "model").exists()
+    config = (CONFIGS / "fsdp1.yaml").read_text()
+    bad = tmp_path / "fsdp1-flat.yaml"
+    bad.write_text(config.replace("fsdp_use_orig_params: true", "fsdp_use_orig_params: false"))
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(bad)]
+    cmd += ["--num_processes", "2", "--mixed_precision", "no"]
+    cmd += ["--main_process_port", str(free_port), "-m", "tabom.cli", "train"]
+    run = subprocess.run(
+        [*cmd, *_args(model_dir, traj, 0), "--output_dir", str(tmp_path / "b")],
         env=_env(),
         capture_output=True,
         text=True,
         timeout=300,
     )
     assert run.returncode != 0
-    assert "distributed_type FSDP was asked for" in run.stderr, run.stderr[-2000:]
-    assert not (tmp_path / "run" / "model").exists()
+    assert "fsdp_config.fsdp_use_orig_params false is not supported" in run.stderr
+    assert not (tmp_path / "b" / "model").exists()
+
+
+# --------------------------------------------------------------------------- in one process
+
+
+def _batch(dlm, seed: int = 0):
+    from tabom.train_data import TrajectoryBatch
+
+    g = torch.Generator().manual_seed(seed)
+    ids = torch.randint(4, 90, (3, 12), generator=g)
+    attn = torch.ones_like(ids)
+    attn[0, :2] = 0
+    ids[0, :2] = dlm.spec.pad_token_id
+    resp = torch.zeros_like(ids, dtype=torch.bool)
+    resp[:, 6:] = True
+    steps = torch.full_like(ids, -1)
+    steps[:, 6:] = torch.stack([torch.randperm(6, generator=g) for _ in range(3)])
+    return TrajectoryBatch(ids, attn, resp, steps, decode_entropy=None, ids=[])
+
+
+def _loss(model, batch, mask_id: int, chunk: int):
+    from tabom.objectives import LossConfig, compute_objective
+
+    loss = LossConfig(td_window=3, rank_window=3, loss_chunk=chunk, rank_margin=0.3)
+    return compute_objective(
+        model,
+        batch,
+        objective="tabom",
+        loss=loss,
+        mask_token_id=mask_id,
+        generator=torch.Generator().manual_seed(1),
+    )
+
+
+def test_the_prepared_forward_computes_the_loss_with_the_head_inside(model_dir, one_thread):
+    """Through :class:`HeadForward` (what ``accelerator.prepare`` gets) the loss and every
+    gradient are those of the plain model; the head runs inside the module's forward, not
+    after it (a forward hook sees the LM head called while the root forward runs)."""
+    from tabom.models import load_model
+    from tabom.models.base import HeadForward, PreparedLM
+
+    dlm = load_model(model_dir)
+    batch = _batch(dlm)
+    want = _loss(dlm, batch, dlm.mask_token_id, 0)
+    want_g = torch.autograd.grad(want.total, list(dlm.model.parameters()))
+    wrapped = HeadForward(dlm.model, dlm.spec)
+    depth = {"root": 0, "head_inside": 0}
+
+    def enter(*_):
+        depth["root"] += 1
+
+    def leave(*_):
+        depth["root"] -= 1
+
+    def head_called(*_):
+        depth["head_inside"] += depth["root"] > 0
+
+    wrapped.register_forward_pre_hook(enter)
+    wrapped.register_forward_hook(leave)
+    dlm.model.get_output_embeddings().register_forward_hook(head_called)
+    prepared = PreparedLM(model=wrapped, tokenizer=dlm.tokenizer, spec=dlm.spec)
+    for chunk in (0, 2):
+        got = _loss(prepared, batch, dlm.mask_token_id, chunk)
+        torch.testing.assert_close(got.total, want.total, rtol=1e-6, atol=0)
+        got_g = torch.autograd.grad(got.total, list(dlm.model.parameters()))
+        for a, b in zip(got_g, want_g, strict=True):
+            torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-7)
+    assert depth["head_inside"] >= 1 and depth["root"] == 0  # chunk 2: the fused kernel
+    # decoding through the prepared forward: the whole logits, aligned as the model's own
+    ids, attn = batch.input_ids, batch.attention_mask
+    torch.testing.assert_close(prepared(ids, attn), dlm(ids, attn), rtol=0, atol=0)
+    assert prepared.vocab_size == dlm.vocab_size
+
+
+def test_loss_chunk_works_when_the_head_is_not_a_plain_linear(model_dir, one_thread):
+    """LoRA on the LM head (as an FSDP2 unit or a ZeRO-3 partition, a head whose weight the
+    fused kernel cannot read): the chunked loss calls the head module chunk by chunk and
+    equals the unchunked one (before: ``ValueError: loss_chunk ... not a plain Linear``)."""
+    from tabom.models import load_model
+    from tabom.models.lora import with_lora
+
+    dlm = load_model(model_dir)
+    dlm.model = with_lora(dlm.model, rank=4, alpha=8, dropout=0.0, targets=["lm_head"])
+    for name, p in dlm.model.named_parameters():
+        if "lora_B" in name:  # not zero, so the adapter changes the logits
+            torch.nn.init.normal_(p, std=0.1, generator=torch.Generator().manual_seed(2))
+    assert dlm.linear_head() is None
+    batch = _batch(dlm)
+    params = [p for p in dlm.model.parameters() if p.requires_grad]
+    outs = [_loss(dlm, batch, dlm.mask_token_id, chunk) for chunk in (0, 2)]
+    assert outs[1].n_supervised > 2
+    torch.testing.assert_close(outs[1].total, outs[0].total, rtol=1e-6, atol=0)
+    grads = [torch.autograd.grad(o.total, params) for o in outs]
+    for a, b in zip(*grads, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-7)
+    assert all(g.abs().sum() > 0 for g in grads[1])

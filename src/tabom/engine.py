@@ -13,7 +13,9 @@ model from the shards (a collective: every process calls it).
 
 from __future__ import annotations
 
+import contextlib
 import os
+from collections.abc import Iterator
 from typing import Any
 
 import torch
@@ -80,15 +82,15 @@ def make_accelerator(*, batch_size: int, grad_clip: float, **kwargs: Any) -> Any
             f"{accelerator.num_processes} process(es); refusing to train with another engine "
             "(launch with the config's num_processes >= 2, or use multi_gpu_ddp.yaml)"
         )
-    if got == DistributedType.FSDP and not accelerator.is_fsdp2:
-        if not accelerator.state.fsdp_plugin.use_orig_params:
-            raise EngineError(
-                "accelerate launch config: fsdp_config.fsdp_use_orig_params false is not "
-                "supported with fsdp_version 1 (the optimizer's parameter groups, LoRA's "
-                "frozen/trainable mix and the checkpoint names need the original parameters); "
-                "set fsdp_use_orig_params: true, or use fsdp_version: 2 (configs/accelerate/"
-                "fsdp.yaml)"
-            )
+    fsdp1 = got == DistributedType.FSDP and not accelerator.is_fsdp2
+    if fsdp1 and not accelerator.state.fsdp_plugin.use_orig_params:
+        raise EngineError(
+            "accelerate launch config: fsdp_config.fsdp_use_orig_params false is not "
+            "supported with fsdp_version 1 (the optimizer's parameter groups, LoRA's "
+            "frozen/trainable mix and the checkpoint names need the original parameters); "
+            "set fsdp_use_orig_params: true, or use fsdp_version: 2 (configs/accelerate/"
+            "fsdp.yaml)"
+        )
     if got == DistributedType.DEEPSPEED:
         ds = accelerator.state.deepspeed_plugin.deepspeed_config
         accum = kwargs.get("gradient_accumulation_steps", 1)
@@ -156,29 +158,42 @@ def full_state_dict(accelerator: Any, model: Any) -> dict[str, torch.Tensor]:
         import deepspeed
 
         inner = accelerator.unwrap_model(model)
+        keep = set(inner.state_dict())  # persistent names only (not rotary caches)
         out: dict[str, torch.Tensor] = {}
         for name, p in inner.named_parameters():
             with deepspeed.zero.GatheredParameters([p], modifier_rank=None):
-                if accelerator.is_main_process:
+                if accelerator.is_main_process and name in keep:
                     out[name] = p.detach().cpu().clone()
         for name, b in inner.named_buffers():
-            if accelerator.is_main_process:
+            if accelerator.is_main_process and name in keep:
                 out[name] = b.detach().cpu().clone()
         return out
     inner = accelerator.unwrap_model(model)
     return {k: v.detach().cpu() for k, v in inner.state_dict().items()}
 
 
-def without_zero3_init(accelerator: Any) -> Any:
-    """A context in which ``from_pretrained`` builds a whole model in this process alone
-    (under ZeRO-3, transformers would otherwise partition it, a collective only the main
-    process would join: a hang)."""
-    import contextlib
+@contextlib.contextmanager
+def without_zero3_init() -> Iterator[None]:
+    """A context in which ``from_pretrained`` builds a whole model in this process alone.
 
-    plugin = getattr(accelerator.state, "deepspeed_plugin", None)
-    if plugin is None:
-        return contextlib.nullcontext()
-    return plugin.zero3_init_context_manager(enable=False)
+    Under ZeRO-3 accelerate registers its DeepSpeed config with transformers, which then
+    builds every model partitioned (``deepspeed.zero.Init``: a broadcast per parameter, a
+    collective that only the main process would join: a hang), whatever ``zero3_init_flag``
+    says. The registration is lifted for the context and restored after it.
+    """
+    try:
+        from transformers.integrations import deepspeed as hf_ds
+    except ImportError:  # no DeepSpeed integration: nothing registered
+        yield
+        return
+    ref = getattr(hf_ds, "_hf_deepspeed_config_weak_ref", None)
+    held = ref() if ref is not None else None
+    hf_ds.unset_hf_deepspeed_config()
+    try:
+        yield
+    finally:
+        if held is not None:
+            hf_ds.set_hf_deepspeed_config(held)
 
 
 __all__ = [

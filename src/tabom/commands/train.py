@@ -593,6 +593,8 @@ def train(cfg: TrainConfig) -> Path:
             record["eval"] = greedy_accuracy(train_dlm, eval_sets)  # every process (FSDP-safe)
         if record is not None:
             record["elapsed_s"] = round(time.perf_counter() - t0, 2)
+            if accelerator.device.type == "cuda":  # this process's peak, in GiB
+                record["peak_mem_gib"] = round(torch.cuda.max_memory_allocated() / 2**30, 3)
             if log is not None:
                 log.write(json.dumps(record) + "\n")
                 log.flush()
@@ -619,7 +621,7 @@ def train(cfg: TrainConfig) -> Path:
     if accelerator.is_main_process:
         final = accelerator.unwrap_model(model).model
         if is_sharded(accelerator):  # its modules hold shards: a whole copy from the state
-            with without_zero3_init(accelerator):
+            with without_zero3_init():
                 final = _rebuild(cfg, state)
         if lora:
             final.save_pretrained(out / "adapter", state_dict=state)  # peft keeps the adapter
