@@ -49,10 +49,10 @@ from tabom.config import (
 from tabom.engine import (
     describe,
     full_state_dict,
-    is_sharded,
     make_accelerator,
     without_zero3_init,
 )
+from tabom.engine import is_sharded as _is_sharded
 from tabom.evaluate import greedy_accuracy, make_eval_sets
 from tabom.models import (
     BACKENDS,
@@ -620,7 +620,7 @@ def train(cfg: TrainConfig) -> Path:
     state = _unprefixed(full_state_dict(accelerator, model))
     if accelerator.is_main_process:
         final = accelerator.unwrap_model(model).model
-        if is_sharded(accelerator):  # its modules hold shards: a whole copy from the state
+        if _is_sharded(accelerator):  # its modules hold shards: a whole copy from the state
             with without_zero3_init():
                 final = _rebuild(cfg, state)
         if lora:
