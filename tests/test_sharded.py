@@ -288,7 +288,7 @@ def test_the_prepared_forward_computes_the_loss_with_the_head_inside(model_dir, 
     gradient are those of the plain model; the head runs inside the module's forward, not
     after it (a forward hook sees the LM head called while the root forward runs)."""
     from tabom.models import load_model
-    from tabom.models.base import HeadForward, PreparedLM
+    from tabom.models.prepared import HeadForward, PreparedLM
 
     dlm = load_model(model_dir)
     batch = _batch(dlm)

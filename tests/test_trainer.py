@@ -284,7 +284,7 @@ def test_the_final_save_is_the_trained_model_bit_for_bit(
     out = train(cfg)
     assert bool(rebuilt) == sharded
     # the in-memory weights at the last step (the checkpoint holds the prepared module's state:
-    # the network under "model.", tabom.models.base.HeadForward)
+    # the network under "model.", tabom.models.prepared.HeadForward)
     trained = {k.removeprefix("model."): v for k, v in weights(latest_checkpoint(out)).items()}
     if lora:
         adapter = load_file(str(out / "adapter" / "adapter_model.safetensors"))

@@ -321,7 +321,7 @@ def row_terms(
     """One forward to the hidden states, then the head at the pairs only: the loss terms.
 
     What runs inside the prepared module's forward under every engine
-    (:class:`tabom.models.base.HeadForward`).
+    (:class:`tabom.models.prepared.HeadForward`).
 
     Args:
         model: a :class:`HeadModel`.

@@ -1,8 +1,11 @@
 """``tabom train``: post-training with one objective (sft, traj-sft, td, tabom, puma, papl) in one
 explicit loop (DESIGN §5-6).
 
-The loop runs on Hugging Face Accelerate: one CPU process here, DDP / FSDP / DeepSpeed under
-``accelerate launch`` with the same code. LoRA via peft or full fine-tuning; gradient
+The loop runs on Hugging Face Accelerate: one CPU process here, DDP / FSDP1 / FSDP2 /
+DeepSpeed ZeRO under ``accelerate launch`` with the same code, on GPUs or CPUs; the engine the
+launch config asks for is built or refused, never replaced, and printed
+(:mod:`tabom.engine`). The prepared module is :class:`tabom.models.prepared.HeadForward`,
+the network and its LM head in one forward, so every engine gathers the head like any layer. LoRA via peft or full fine-tuning; gradient
 accumulation; clipping; linear warmup then cosine decay counted in optimizer steps; bf16 where
 the device has it. Every micro-batch runs backward, even one with nothing supervised (its loss
 is 0 with a graph), so every process joins every gradient all-reduce.
@@ -11,8 +14,8 @@ Resume is exact: a checkpoint (``output_dir/checkpoints/step-N``, written to a t
 and renamed when complete) holds Accelerate's state (weights or adapter, optimizer, scheduler,
 RNG) and ``trainer_state.json``. The data order and the masking draws are pure functions of
 (seed, optimizer step, micro-batch, process), so the step alone restores the data position.
-The final ``model/`` and ``adapter/`` come from the full state dict gathered on the main
-process, so they are whole under FSDP / DeepSpeed ZeRO-3 too.
+The final ``model/`` and ``adapter/`` come from the full state dict gathered from the shards
+(every process joins), so they are whole under FSDP / DeepSpeed ZeRO-3 too.
 Run: ``tabom train --config configs/tiny_tabom.yaml --data runs/distill/trajectories.jsonl``.
 """
 
@@ -61,8 +64,9 @@ from tabom.models import (
     load_model,
     save_model,
 )
-from tabom.models.base import DiffusionLM, HeadForward, PreparedLM
+from tabom.models.base import DiffusionLM
 from tabom.models.lora import with_lora
+from tabom.models.prepared import HeadForward, PreparedLM
 from tabom.objectives import (
     GROUND_TRUTH_OBJECTIVES,
     OBJECTIVES,
