@@ -220,6 +220,7 @@ def test_resume_from_a_sharded_checkpoint(model_dir, traj, tmp_path, free_port, 
     assert refused.returncode == 2 and "world: written with 2, now 1" in refused.stderr
 
 
+@pytest.mark.slow
 def test_a_sharded_config_that_cannot_run_is_refused(model_dir, traj, tmp_path, free_port):
     """A sharded engine asked for where accelerate cannot build it is refused, naming what
     was asked and what accelerate set up, and nothing is trained: the launcher's FSDP request
