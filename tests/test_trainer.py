@@ -283,7 +283,9 @@ def test_the_final_save_is_the_trained_model_bit_for_bit(
     cfg = config(model_dir, traj, tmp_path / "run", lora_rank=lora, max_steps=2, grad_accum=1)
     out = train(cfg)
     assert bool(rebuilt) == sharded
-    trained = weights(latest_checkpoint(out))  # the in-memory weights at the last step
+    # the in-memory weights at the last step (the checkpoint holds the prepared module's state:
+    # the network under "model.", tabom.models.prepared.HeadForward)
+    trained = {k.removeprefix("model."): v for k, v in weights(latest_checkpoint(out)).items()}
     if lora:
         adapter = load_file(str(out / "adapter" / "adapter_model.safetensors"))
         assert adapter.keys() == {k.replace(".default", "") for k in trained}

@@ -47,7 +47,8 @@ class HeadModel(Protocol):
 
     def linear_head(self) -> tuple[torch.Tensor, torch.Tensor | None] | None:
         """``(weight (V, H), bias (V,) | None)`` when ``apply_head`` is exactly that linear map
-        (what the chunked loss needs), ``None`` when the head is the identity."""
+        and its weight can be read here (the fused chunked loss); ``None`` otherwise (the
+        identity, or a head only its own call may apply: chunks then call ``apply_head``)."""
         ...
 
 
@@ -261,8 +262,107 @@ def ce_entropy_at(
     if chunk < 0:
         raise ValueError(f"loss.loss_chunk must be >= 0, got {chunk}")
     h_rows = model.gather_hidden(hidden, rows, positions)  # (N, H)
-    linear = model.linear_head() if chunk else None
-    if linear is None or h_rows.shape[0] <= chunk:
+    if not chunk or h_rows.shape[0] <= chunk:
         return ce_entropy(model.apply_head(h_rows), targets, entropy=entropy)
-    weight, bias = linear
-    return _ChunkedLinearCE.apply(h_rows, weight, bias, targets, chunk, entropy)
+    linear = model.linear_head()
+    if linear is not None:
+        weight, bias = linear
+        return _ChunkedLinearCE.apply(h_rows, weight, bias, targets, chunk, entropy)
+    return _module_chunks(model.apply_head, h_rows, targets, chunk, entropy)
+
+
+def _head_ce(
+    head: Callable[[torch.Tensor], torch.Tensor], h: torch.Tensor, t: torch.Tensor, entropy: bool
+) -> tuple[torch.Tensor, torch.Tensor]:
+    return ce_entropy(head(h), t, entropy=entropy)
+
+
+def _module_chunks(
+    head: Callable[[torch.Tensor], torch.Tensor],
+    h_rows: torch.Tensor,
+    targets: torch.Tensor,
+    chunk: int,
+    entropy: bool,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The chunked loss through the head module's own call: each chunk under non-reentrant
+    activation checkpointing, so its logits are recomputed in backward (by calling the head
+    again: FSDP2 / ZeRO-3 gather its parameters then as in any recomputed layer). For heads
+    the fused path cannot read (LoRA on the head, an FSDP2 unit, a ZeRO-3 partition); the
+    same values as unchunked row by row, gradients up to float rounding."""
+    from torch.utils.checkpoint import checkpoint
+
+    ce, h = [], []
+    for i in range(0, h_rows.shape[0], chunk):
+        c, e = checkpoint(
+            _head_ce,
+            head,
+            h_rows[i : i + chunk],
+            targets[i : i + chunk],
+            entropy,
+            use_reentrant=False,
+        )
+        ce.append(c)
+        h.append(e)
+    return torch.cat(ce), torch.cat(h)
+
+
+def row_terms(
+    model: HeadModel,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor | None,
+    rows: torch.Tensor,
+    positions: torch.Tensor,
+    targets: torch.Tensor,
+    *,
+    chunk: int = 0,
+    entropy: bool = True,
+    planner_mask_id: int | None = None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """One forward to the hidden states, then the head at the pairs only: the loss terms.
+
+    What runs inside the prepared module's forward under every engine
+    (:class:`tabom.models.prepared.HeadForward`).
+
+    Args:
+        model: a :class:`HeadModel`.
+        input_ids, attention_mask: ``(B, L)`` the (masked) inputs.
+        rows, positions: ``(N,)`` the supervised pairs.
+        targets: ``(N,)`` the clean ids there.
+        chunk: ``loss_chunk`` (:func:`ce_entropy_at`).
+        entropy: also the entropies (the ranking term's).
+        planner_mask_id: PAPL: also, without gradient, the log-probability of each target
+            under the logits with this id (``[MASK]``) excluded; ``None``: not computed.
+
+    Returns:
+        ``(ce, h, log_c)``: ``(N,)`` fp32 each; ``log_c`` ``None`` without a planner id.
+    """
+    hidden = model.hidden_states(input_ids, attention_mask)  # (B, L, H)
+    ce, h = ce_entropy_at(model, hidden, rows, positions, targets, chunk=chunk, entropy=entropy)
+    log_c = None
+    if planner_mask_id is not None:
+        with torch.no_grad():  # the planner's confidence in the clean token, [MASK] left out
+            z = model.apply_head(model.gather_hidden(hidden.detach(), rows, positions)).float()
+            z[:, planner_mask_id] = float("-inf")
+            log_c = z.log_softmax(-1).gather(-1, targets[:, None]).squeeze(-1)
+    return ce, h, log_c
+
+
+def loss_terms(
+    model: HeadModel | Callable,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor | None,
+    rows: torch.Tensor,
+    positions: torch.Tensor,
+    targets: torch.Tensor,
+    *,
+    chunk: int = 0,
+    entropy: bool = True,
+    planner_mask_id: int | None = None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """:func:`row_terms` through ``model.loss_terms`` when it has one (a ``DiffusionLM``; a
+    prepared model runs it inside its forward), else on :func:`as_head_model` of ``model``."""
+    kw = {"chunk": chunk, "entropy": entropy, "planner_mask_id": planner_mask_id}
+    own = getattr(model, "loss_terms", None)
+    if own is not None:
+        return own(input_ids, attention_mask, rows, positions, targets, **kw)
+    return row_terms(as_head_model(model), input_ids, attention_mask, rows, positions, targets, **kw)

@@ -26,7 +26,7 @@ import torch
 
 from tabom import losses as _losses
 from tabom.config import AT_LEAST_1, NON_NEGATIVE, POSITIVE, UNIT
-from tabom.head import HeadModel, as_head_model, ce_entropy_at
+from tabom.head import HeadModel, loss_terms
 from tabom.losses import RankTies, planner_weights_from_scores, rank_loss
 from tabom.masking import (
     CutRange,
@@ -255,29 +255,26 @@ def compute_objective(
         )
 
     # 2) one forward to the hidden states; the head only at the supervised rows (N, V): the
-    #    ranked positions are supervised ones, so CE and entropies share one gather
-    model = as_head_model(model_fn)
-    hidden = model.hidden_states(plan.input_ids, attention_mask)  # (B, L, H)
+    #    ranked positions are supervised ones, so CE and entropies share one gather. Through
+    #    the model's own loss_terms: under FSDP / ZeRO-3 the head runs inside the forward
     sel = plan.supervise.bool()
     rows, cols = sel.nonzero(as_tuple=True)  # (N,), row-major like logits[sel]
-    ce_rows, h_rows = ce_entropy_at(
-        model,
-        hidden,
+    ce_rows, h_rows, log_c_rows = loss_terms(
+        model_fn,
+        plan.input_ids,
+        attention_mask,
         rows,
         cols,
         input_ids[rows, cols],
         chunk=loss.loss_chunk,
         entropy=objective == "tabom",
-    )  # (N,), (N,)
+        planner_mask_id=mask_token_id if objective == "papl" else None,
+    )  # (N,), (N,), (N,) | None
 
     # 3) CE on the supervised positions (token mean, the 1/t NELBO, or planner-weighted)
-    if objective == "papl":
-        with torch.no_grad():  # the planner's confidence in the clean token, [MASK] left out
-            z = model.apply_head(model.gather_hidden(hidden.detach(), rows, cols)).float()
-            z[:, mask_token_id] = float("-inf")
-            log_c_rows = z.log_softmax(-1).gather(-1, input_ids[rows, cols, None]).squeeze(-1)
-            log_c = torch.zeros(sel.shape, dtype=log_c_rows.dtype, device=log_c_rows.device)
-            log_c = log_c.index_put((rows, cols), log_c_rows)
+    if objective == "papl":  # the planner's confidence in the clean token, [MASK] left out
+        log_c = torch.zeros(sel.shape, dtype=log_c_rows.dtype, device=log_c_rows.device)
+        log_c = log_c.index_put((rows, cols), log_c_rows)
         w = planner_weights_from_scores(log_c, sel, tau=loss.papl_tau, mix=loss.papl_mix)
         ce = (ce_rows * w[rows, cols]).sum() / sel.sum().clamp(min=1)
     elif loss.nelbo_weight:
@@ -286,7 +283,7 @@ def compute_objective(
         ce = ce_rows.sum() / sel.sum().clamp(min=1)
 
     # 4) ranking on the same rows' entropies (tabom only)
-    rank = torch.zeros((), device=hidden.device)
+    rank = torch.zeros((), device=ce_rows.device)
     n_pairs = n_rank_samples = 0
     total = ce
     if objective == "tabom":

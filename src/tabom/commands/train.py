@@ -1,8 +1,11 @@
 """``tabom train``: post-training with one objective (sft, traj-sft, td, tabom, puma, papl) in one
 explicit loop (DESIGN §5-6).
 
-The loop runs on Hugging Face Accelerate: one CPU process here, DDP / FSDP / DeepSpeed under
-``accelerate launch`` with the same code. LoRA via peft or full fine-tuning; gradient
+The loop runs on Hugging Face Accelerate: one CPU process here, DDP / FSDP1 / FSDP2 /
+DeepSpeed ZeRO under ``accelerate launch`` with the same code, on GPUs or CPUs; the engine the
+launch config asks for is built or refused, never replaced, and printed
+(:mod:`tabom.engine`). The prepared module is :class:`tabom.models.prepared.HeadForward`,
+the network and its LM head in one forward, so every engine gathers the head like any layer. LoRA via peft or full fine-tuning; gradient
 accumulation; clipping; linear warmup then cosine decay counted in optimizer steps; bf16 where
 the device has it. Every micro-batch runs backward, even one with nothing supervised (its loss
 is 0 with a graph), so every process joins every gradient all-reduce.
@@ -11,8 +14,8 @@ Resume is exact: a checkpoint (``output_dir/checkpoints/step-N``, written to a t
 and renamed when complete) holds Accelerate's state (weights or adapter, optimizer, scheduler,
 RNG) and ``trainer_state.json``. The data order and the masking draws are pure functions of
 (seed, optimizer step, micro-batch, process), so the step alone restores the data position.
-The final ``model/`` and ``adapter/`` come from the full state dict gathered on the main
-process, so they are whole under FSDP / DeepSpeed ZeRO-3 too.
+The final ``model/`` and ``adapter/`` come from the full state dict gathered from the shards
+(every process joins), so they are whole under FSDP / DeepSpeed ZeRO-3 too.
 Run: ``tabom train --config configs/tiny_tabom.yaml --data runs/distill/trajectories.jsonl``.
 """
 
@@ -48,6 +51,13 @@ from tabom.config import (
     save_config,
     to_dict,
 )
+from tabom.engine import (
+    describe,
+    full_state_dict,
+    make_accelerator,
+    without_zero3_init,
+)
+from tabom.engine import is_sharded as _is_sharded
 from tabom.errors import TabomError
 from tabom.evaluate import greedy_accuracy, make_eval_sets
 from tabom.models import (
@@ -59,6 +69,7 @@ from tabom.models import (
 )
 from tabom.models.base import DiffusionLM
 from tabom.models.lora import with_lora
+from tabom.models.prepared import HeadForward, PreparedLM
 from tabom.objectives import (
     GROUND_TRUTH_OBJECTIVES,
     OBJECTIVES,
@@ -356,13 +367,6 @@ def _with_lora(model: Any, cfg: TrainConfig, default_targets: tuple[str, ...]) -
     )
 
 
-def _is_sharded(accelerator: Any) -> bool:
-    """Whether the prepared model's modules may hold parameter shards (FSDP, DeepSpeed)."""
-    from accelerate.utils import DistributedType
-
-    return accelerator.distributed_type in (DistributedType.FSDP, DistributedType.DEEPSPEED)
-
-
 def _rebuild(cfg: TrainConfig, state: dict[str, torch.Tensor]) -> Any:
     """A whole CPU copy of the trained model: ``cfg.model`` (with LoRA) loaded with ``state``.
 
@@ -377,8 +381,20 @@ def _rebuild(cfg: TrainConfig, state: dict[str, torch.Tensor]) -> Any:
     """
     dlm = load_model(cfg.model, backend=cfg.backend, dtype=_load_dtype(cfg))
     model = _with_lora(dlm.model, cfg, dlm.spec.lora_targets) if cfg.lora_rank else dlm.model
-    model.load_state_dict(state)  # strict
+    model.load_state_dict({k: v.to(p.dtype) for (k, v), p in _aligned(state, model)})  # strict
     return model
+
+
+def _aligned(state: dict[str, torch.Tensor], model: Any) -> list[tuple[tuple[str, Any], Any]]:
+    """``((name, tensor), model tensor of that name)`` pairs, so the state takes the model's
+    dtype (ZeRO-3 may hand back its training dtype); unknown names fail in ``load_state_dict``."""
+    own = model.state_dict()
+    return [((k, v), own.get(k, v)) for k, v in state.items()]
+
+
+def _unprefixed(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The network's own names: :class:`HeadForward` holds it as ``model``."""
+    return {k.removeprefix("model."): v for k, v in state.items()}
 
 
 def _param_groups(model: Any, weight_decay: float) -> list[dict[str, Any]]:
@@ -406,7 +422,6 @@ def train(cfg: TrainConfig) -> Path:
         TrajectoryFileError, DataFileError, TrainDataError, FileNotFoundError: bad data,
             raised before any training step.
     """
-    from accelerate import Accelerator
     from accelerate.utils import set_seed
 
     # 1) model and data, checked before any compute; trackers; where to start
@@ -441,8 +456,9 @@ def train(cfg: TrainConfig) -> Path:
     if precision is None:  # auto
         bf16 = torch.cuda.is_available() and torch.cuda.is_bf16_supported()
         precision = "bf16" if bf16 else "no"
-    accelerator = Accelerator(
-        cpu=not torch.cuda.is_available(),
+    accelerator = make_accelerator(  # the engine the launch config asks for, or a refusal
+        batch_size=cfg.batch_size,
+        grad_clip=cfg.grad_clip,
         gradient_accumulation_steps=cfg.grad_accum,
         mixed_precision=precision,
         step_scheduler_with_optimizer=False,  # stepped once per optimizer step, below
@@ -455,11 +471,18 @@ def train(cfg: TrainConfig) -> Path:
     model = _with_lora(dlm.model, cfg, dlm.spec.lora_targets) if lora else dlm.model
     if cfg.gradient_checkpointing:
         enable_gradient_checkpointing(model)
+    # the network and its LM head in one module: every engine gathers and reduces the head's
+    # parameters around that module's forward (the loss terms are computed inside it)
+    model = HeadForward(model, dlm.spec)
+    # built before prepare: accelerate re-points it at the FSDP / DeepSpeed parameters (FSDP1
+    # with use_orig_params, FSDP2, ZeRO); the decay groups need the original shapes
     optimizer = torch.optim.AdamW(_param_groups(model, cfg.weight_decay), lr=cfg.lr)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda s: lr_factor(s, total, cfg.warmup_steps, cfg.min_lr_ratio)
     )
     model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
+    if accelerator.is_main_process:
+        print(f"train: engine {describe(accelerator)}")
     if lora:  # checkpoints hold the adapter only: the frozen base comes from cfg.model
         trainable = {
             n for n, p in accelerator.unwrap_model(model).named_parameters() if p.requires_grad
@@ -489,7 +512,9 @@ def train(cfg: TrainConfig) -> Path:
             for k, v in to_dict(cfg).items()
         }
         accelerator.init_trackers("tabom", config=flat)
-    train_dlm = DiffusionLM(model=model, tokenizer=dlm.tokenizer, spec=dlm.spec)
+    train_dlm = PreparedLM(
+        model=model, tokenizer=dlm.tokenizer, spec=dlm.spec, device_=accelerator.device
+    )
     log = (out / "log.jsonl").open("a") if accelerator.is_main_process else None
 
     # 3) the loop: per optimizer step, grad_accum micro-batches of batch_size per process
@@ -524,7 +549,7 @@ def train(cfg: TrainConfig) -> Path:
             )
             with accelerator.accumulate(model):
                 # 3b) mask, one forward, loss (0 with a graph when nothing is supervised);
-                # autocast: the LM head runs at the supervised rows, outside the model's forward
+                # the LM head runs at the supervised rows inside the prepared module's forward
                 with accelerator.autocast():
                     res = compute_objective(
                         train_dlm,
@@ -584,6 +609,8 @@ def train(cfg: TrainConfig) -> Path:
             record["eval"] = greedy_accuracy(train_dlm, eval_sets)  # every process (FSDP-safe)
         if record is not None:
             record["elapsed_s"] = round(time.perf_counter() - t0, 2)
+            if accelerator.device.type == "cuda":  # this process's peak, in GiB
+                record["peak_mem_gib"] = round(torch.cuda.max_memory_allocated() / 2**30, 3)
             if log is not None:
                 log.write(json.dumps(record) + "\n")
                 log.flush()
@@ -602,14 +629,16 @@ def train(cfg: TrainConfig) -> Path:
         log.close()
 
     # 4) final save: the adapter, and a full model that load_model reads. The full state dict
-    # is gathered on the main process (a collective: every process calls it); under FSDP /
-    # DeepSpeed the modules hold shards, so a whole copy is rebuilt from it to merge and save
+    # is gathered from the shards (a collective: every process calls it); under FSDP /
+    # DeepSpeed the modules hold shards, so the main process rebuilds a whole copy from it
+    # (outside ZeRO-3's partitioned init, which would wait for the other processes)
     accelerator.wait_for_everyone()
-    state = accelerator.get_state_dict(model)
+    state = _unprefixed(full_state_dict(accelerator, model))
     if accelerator.is_main_process:
-        final = accelerator.unwrap_model(model)
+        final = accelerator.unwrap_model(model).model
         if _is_sharded(accelerator):  # its modules hold shards: a whole copy from the state
-            final = _rebuild(cfg, state)
+            with without_zero3_init():
+                final = _rebuild(cfg, state)
         if lora:
             final.save_pretrained(out / "adapter", state_dict=state)  # peft keeps the adapter
             final = final.merge_and_unload() if cfg.merge_lora else None

@@ -21,6 +21,8 @@ from typing import Any, Literal
 
 import torch
 
+from tabom.head import row_terms
+
 BACKEND_FILE = "tabom_backend.json"
 """The file that names a saved model's backend (written by :func:`write_model_files`)."""
 
@@ -208,7 +210,16 @@ class DiffusionLM:
 
     @property
     def vocab_size(self) -> int:
-        return int(self.model.get_output_embeddings().weight.shape[0])
+        """The width of the logits, read from the network's config or its head's declared
+        size (never a parameter: under FSDP / ZeRO-3 a prepared parameter is a shard)."""
+        network = self._network()
+        head = network.get_output_embeddings() if hasattr(network, "get_output_embeddings") else None
+        size = getattr(head, "out_features", None) or getattr(head, "num_embeddings", None)
+        if size is None:
+            size = getattr(network.config, "vocab_size", None)
+        if size is None:  # an unprepared model without either: its head's weight
+            size = head.weight.shape[0]
+        return int(size)
 
     def encode_prompt(self, text: str) -> list[int]:
         """The ids a user prompt conditions the model on (what ``prompt_token_ids`` records).
@@ -369,23 +380,52 @@ class DiffusionLM:
         return slot[2](hidden_rows)
 
     def linear_head(self) -> tuple[torch.Tensor, torch.Tensor | None] | None:
-        """``(weight, bias)`` of the output embeddings for the chunked loss; ``None`` when the
-        head is not separable (the identity on raw logits).
-
-        Raises:
-            ValueError: the output embeddings are not a plain ``nn.Linear`` (e.g. LoRA on the
-                LM head), so ``loss_chunk`` cannot recompute them from their weight.
+        """``(weight, bias)`` of the output embeddings when the chunked loss may read them
+        (:class:`tabom.head._ChunkedLinearCE`): a plain ``nn.Linear`` whose weight is a whole
+        2-D tensor here. ``None`` otherwise: the identity head, a LoRA-wrapped head, an FSDP2
+        unit of its own (``FSDPLinear``, a DTensor outside its forward) or a ZeRO-3 partition;
+        ``loss_chunk`` then runs the head module itself chunk by chunk
+        (:func:`tabom.head.ce_entropy_at`), so the engine gathers it as any layer.
         """
         slot = self._head_slot()
         if slot is None:
             return None
         head = slot[2]
         if type(head) is not torch.nn.Linear:
-            raise ValueError(
-                f"loss_chunk: the LM head of backend {self.spec.name} is a "
-                f"{type(head).__name__}, not a plain Linear; use loss_chunk 0"
-            )
-        return head.weight, head.bias
+            return None
+        weight = head.weight
+        if type(weight) not in (torch.nn.Parameter, torch.Tensor) or weight.dim() != 2:
+            return None  # a DTensor (FSDP2) or a flat shard
+        if hasattr(weight, "ds_id"):  # DeepSpeed ZeRO-3: gathered only inside the module's call
+            return None
+        return weight, head.bias
+
+    def loss_terms(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None,
+        rows: torch.Tensor,
+        positions: torch.Tensor,
+        targets: torch.Tensor,
+        *,
+        chunk: int = 0,
+        entropy: bool = True,
+        planner_mask_id: int | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """One forward to the per-row CE, entropy and (PAPL) planner log-probs at the pairs
+        (:func:`tabom.head.row_terms`; under ``accelerate.prepare`` the same code runs inside
+        :class:`tabom.models.prepared.HeadForward`'s forward)."""
+        return row_terms(
+            self,
+            input_ids,
+            attention_mask,
+            rows,
+            positions,
+            targets,
+            chunk=chunk,
+            entropy=entropy,
+            planner_mask_id=planner_mask_id,
+        )
 
     def logits_at(
         self, hidden: torch.Tensor, rows: torch.Tensor, positions: torch.Tensor
