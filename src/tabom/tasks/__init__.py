@@ -24,6 +24,7 @@ from tabom.tasks.addition import AdditionTask
 from tabom.tasks.base import DataFileError, Example, Task, read_jsonl, require_str
 from tabom.tasks.countdown import CountdownTask
 from tabom.tasks.gsm8k import GSM8KTask
+from tabom.tasks.long_addition import LongAdditionTask
 from tabom.tasks.sudoku import SudokuTask
 
 TASKS: dict[str, type] = {
@@ -31,6 +32,7 @@ TASKS: dict[str, type] = {
     "countdown": CountdownTask,
     "sudoku": SudokuTask,
     "gsm8k": GSM8KTask,
+    "longadd": LongAdditionTask,
 }
 """Registry: spec name -> task dataclass."""
 
@@ -149,6 +151,7 @@ __all__ = [
     "DataFileError",
     "Example",
     "GSM8KTask",
+    "LongAdditionTask",
     "SudokuTask",
     "Task",
     "TaskSpecError",
