@@ -17,7 +17,7 @@ from typing import Any, Literal
 from tabom.config import AT_LEAST_1, NON_NEGATIVE, POSITIVE
 from tabom.decoding import DecodeConfig
 from tabom.models import DEFAULT_MODEL
-from tabom.objectives import OBJECTIVES, RANK_LOSSES, LossConfig
+from tabom.objectives import GROUND_TRUTH_OBJECTIVES, OBJECTIVES, RANK_LOSSES, LossConfig
 from tabom.tasks import NEW_DOMAIN, OLD_DOMAIN
 
 MODELS = ("base", "sft", "traj-sft", "td", "tabom")
@@ -30,8 +30,18 @@ ALL_ARMS = [
     *(f"tabom-{v}" for v in RANK_LOSSES if v != "hinge"),
     "puma",
     "papl",
+    "tad",
+    "sft-covered",
+    "puma-covered",
+    "papl-covered",
 ]
-"""Every objective and every ranking variant (``tabom`` is the hinge, Eq. 8)."""
+"""Every objective and every ranking variant (``tabom`` is the hinge, Eq. 8), ``tad``
+(arXiv 2605.09536), and the ground-truth controls on the covered prompts only
+(``OBJECTIVE-covered``, :data:`COVERED`)."""
+COVERED = "-covered"
+"""Suffix of a ground-truth arm (``sft``, ``puma``, ``papl``) trained on the ground truth of
+only the prompts that the verified trajectories cover (the trajectory arms' prompts): the
+same-data control that separates the objective from the coverage (issue 19)."""
 TESTBEDS: dict[str, dict[str, Any]] = {
     "addition": {},  # the defaults
     "sudoku": {
@@ -66,7 +76,7 @@ PROTOCOLS: dict[str, dict[str, Any]] = {
         "n_samples": 8,
         "ks": [1, 8],
         "align_samples": 4,
-        "loss": LossConfig(td_window=3, rank_window=3, td_cut_range="inclusive"),
+        "loss": LossConfig(td_window=3, rank_window=3, td_cut_range="inclusive", tad_delta=3),
     },
 }
 """``--protocol full``: every arm, 5 seeds, two tuning points per arm chosen on validation,
@@ -269,26 +279,38 @@ class DemoConfig:
         return [{"lr": v} for v in self.tune_lr] or [{}]
 
 
+def is_covered(arm: str) -> bool:
+    """Whether ``arm`` is a ground-truth arm on the covered prompts only (``sft-covered``)."""
+    return arm.endswith(COVERED) and arm.removesuffix(COVERED) in GROUND_TRUTH_OBJECTIVES
+
+
 def parse_arm(arm: str) -> tuple[str, dict[str, Any]]:
-    """``(objective, loss overrides)`` of an arm: an objective name, or ``tabom-VARIANT``.
+    """``(objective, loss overrides)`` of an arm: an objective name, ``tabom-VARIANT``, or
+    ``OBJECTIVE-covered`` for a ground-truth objective (:func:`is_covered`; the data differ,
+    not the loss).
 
     Raises:
-        ValueError: neither an objective nor ``tabom-`` + a name of ``RANK_LOSSES``.
+        ValueError: neither an objective nor ``tabom-`` + a name of ``RANK_LOSSES`` nor a
+            ground-truth objective + ``-covered``.
     """
     if arm in OBJECTIVES:
         return arm, {}
+    if is_covered(arm):
+        return arm.removesuffix(COVERED), {}
     variant = arm.removeprefix("tabom-")
     if arm.startswith("tabom-") and variant in RANK_LOSSES:
         return "tabom", {"rank_loss": variant}
     raise ValueError(
         f"objectives: {arm!r} is neither an objective ({', '.join(OBJECTIVES)}) nor "
-        f"tabom-VARIANT with VARIANT in {', '.join(RANK_LOSSES)}"
+        f"tabom-VARIANT with VARIANT in {', '.join(RANK_LOSSES)}, nor "
+        f"{'/'.join(GROUND_TRUTH_OBJECTIVES)} + '{COVERED}'"
     )
 
 
 __all__ = [
     "MIN_LR_RATIO",
     "ALL_ARMS",
+    "COVERED",
     "MODELS",
     "PROTOCOLS",
     "QUICK",
@@ -298,5 +320,6 @@ __all__ = [
     "WARMUP_STEPS",
     "WEIGHT_DECAY",
     "DemoConfig",
+    "is_covered",
     "parse_arm",
 ]
