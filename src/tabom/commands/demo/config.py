@@ -59,12 +59,33 @@ TESTBEDS: dict[str, dict[str, Any]] = {
         "hard_min": 3,
         "oracle_min_rank": 1,
     },
+    "longadd": {
+        "model": "tiny-longadd",
+        "new_task": "longadd:digits=48",
+        "old_task": "longadd:digits=48,max_nines=0",
+        "distill_prompts": 300,
+        "distill_samples": 4,
+        "test_examples": 200,
+        "val_examples": 100,
+        "pass_examples": 50,
+        "old_examples": 100,
+        "n_samples": 4,
+        "ks": [1, 4],
+        "tokens_per_step": [1],
+        "align_samples": 1,
+        "stratum": "nines",
+        "hard_min": 6,
+        "loss": LossConfig(td_window=16, rank_window=16, td_cut_range="inclusive", tad_delta=16),
+    },
 }
 """Per testbed, the fields it sets when still at their defaults. ``sudoku``: base
 ``tiny-sudoku`` (old domain 4-8 blanks), distillation on generated 10-12-blank puzzles, the
 new-domain validation and test sets from the shipped real files with 10-12 blanks
 (``heldout: sudoku-real``, :func:`tabom.tasks.sudoku.real_puzzles`), split by propagation
-rounds; the hard stratum is ``stratum >= hard_min``."""
+rounds; the hard stratum is ``stratum >= hard_min``. ``longadd`` (issue 19): base
+``tiny-longadd`` (old domain: 48-digit sums without a carry-propagating column), new domain
+unrestricted 48-digit sums (49-token answers, one token per step), M = W = δ = 16 decode
+steps, split by the number of carry-propagating columns (``nines``)."""
 PROTOCOLS: dict[str, dict[str, Any]] = {
     "single": {},
     "full": {
@@ -93,11 +114,13 @@ TESTBED_PROTOCOL: dict[tuple[str, str], dict[str, Any]] = {
         "old_examples": 100,
         "align_samples": 2,
     },
+    ("longadd", "full"): {"tune_lr": [], "tune_rank_weight": []},
 }
 """Overrides of one testbed under one protocol, applied first. Sudoku under ``full``: one
 tuning point per arm (the defaults: lr 5e-4, λ 1) and smaller evaluation sets, so that every
 arm's 5 seeds fit the 2-core CPU budget (each Sudoku run costs ~4x an addition run, ``puma``
-~20x: one reveal forward per response position per batch)."""
+~20x: one reveal forward per response position per batch). Long addition under ``full``: one tuning point per arm as
+well (each run there costs ~8x an addition run: 148-token sequences, M = 16)."""
 QUICK: dict[str, Any] = {
     "output_dir": "runs/demo-quick",
     "distill_prompts": 200,
@@ -143,9 +166,10 @@ class DemoConfig:
             one token per step, the task's response length).
         distill_seed: seed of the distillation prompts and samples.
         objectives: the arms compared (each trained from the base): objective names
-            (``sft``, ``traj-sft``, ``td``, ``tabom``, ``puma``, ``papl``) or
+            (``sft``, ``traj-sft``, ``td``, ``tabom``, ``puma``, ``papl``, ``tad``),
             ``tabom-VARIANT`` (``tabom`` with ``loss.rank_loss`` VARIANT, e.g.
-            ``tabom-logistic-sg``).
+            ``tabom-logistic-sg``) or ``sft-covered`` / ``puma-covered`` / ``papl-covered``
+            (the ground-truth objective on the prompts the verified trajectories cover).
         seeds: training seeds per objective (data order, masking); the table shows mean ± std.
         epochs: passes over the trajectories; every objective runs the same number of optimizer
             steps, ``epochs × ceil(trajectories / batch_size)``.
@@ -165,8 +189,9 @@ class DemoConfig:
         split_seed: seed of the test and validation sets.
         num_threads: torch CPU threads (1 is fastest for the tiny model on a busy 2-core CPU).
         progress: progress bars.
-        testbed: ``addition`` (the embedded default) or ``sudoku``: the preset of
-            :data:`TESTBEDS` for the fields still at their defaults.
+        testbed: ``addition`` (the embedded default), ``sudoku`` or ``longadd`` (49-token
+            answers, issue 19): the preset of :data:`TESTBEDS` for the fields still at their
+            defaults.
         protocol: ``single`` (one setting, the seeds above) or ``full`` (:data:`PROTOCOLS`:
             every arm, 5 seeds, the tuning grids, chosen on the validation split).
         heldout: where the new-domain validation and test problems come from: ``None`` =
@@ -211,7 +236,7 @@ class DemoConfig:
     split_seed: int = field(default=1234, metadata=NON_NEGATIVE)
     num_threads: int = field(default=1, metadata=NON_NEGATIVE)
     progress: bool = True
-    testbed: Literal["addition", "sudoku"] = "addition"
+    testbed: Literal["addition", "sudoku", "longadd"] = "addition"
     protocol: Literal["single", "full"] = "single"
     heldout: Literal["sudoku-real"] | None = None
     stratum: str | None = "carry_chain"
