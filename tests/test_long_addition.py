@@ -35,6 +35,14 @@ def test_instances_are_fixed_width_sums_with_a_capped_number_of_propagating_colu
     assert len({ex.id for ex in new.generate(50, torch.Generator().manual_seed(1))}) == 50
 
 
+def test_copy_problems_zero_one_operand():
+    for zero, keep in (("a", "b"), ("b", "a")):
+        task = make_task(f"longadd:digits=12,zero={zero}")
+        for ex in task.generate(20, torch.Generator().manual_seed(2)):
+            assert ex.data[zero] == "0" * 12 and ex.answer == "0" + ex.data[keep]
+            assert task.verify(ex, ex.answer)
+
+
 def test_nine_runs_and_oracle_order():
     assert nine_runs("1234", "8765") == (4, 4)
     assert nine_runs("1204", "8705") == (3, 2)  # 9, 9, 0, 9
@@ -44,7 +52,7 @@ def test_nine_runs_and_oracle_order():
     assert task.oracle_rank(ex) == [4, 3, 2, 1, 0, -1]  # units digit first, EOS unranked
 
 
-@pytest.mark.parametrize("spec", ["longadd:digits=1", "longadd:digits=61", "longadd:digits=4,max_nines=5"])
+@pytest.mark.parametrize("spec", ["longadd:digits=1", "longadd:digits=61", "longadd:digits=4,max_nines=5", "longadd:zero=c"])
 def test_bad_settings_are_refused(spec):
     from tabom.tasks import TaskSpecError
 

@@ -47,12 +47,17 @@ class LongAdditionTask:
         max_nines: at most this many columns whose digits sum to 9 (carry-propagating
             columns); ``None`` = unrestricted. Columns past the cap are redrawn so that their
             sum is not 9 (the second operand's digit uniform over the other nine).
+        zero: ``none``, or ``a`` / ``b``: that operand is all zeros, so the answer copies the
+            other one (a pretraining aid: a single-input pattern that teaches the attention
+            to the operand columns, which the sum alone, needing both digits at once, gives
+            almost no gradient for).
         name: registry name.
         gen_length: ``digits + 2``: the answer plus one EOS.
     """
 
     digits: int = 48
     max_nines: int | None = None
+    zero: str = "none"
     name: str = field(default="longadd", init=False)
     gen_length: int = field(init=False)
 
@@ -64,11 +69,15 @@ class LongAdditionTask:
                 f"longadd: max_nines must be in [0, digits] = [0, {self.digits}], "
                 f"got {self.max_nines}"
             )
+        if self.zero not in ("none", "a", "b"):
+            raise ValueError(f"longadd: zero must be none, a or b, got {self.zero!r}")
         self.gen_length = self.digits + 2
 
     def _draw(self, generator: torch.Generator) -> Example:
         ab = torch.randint(0, 10, (2, self.digits), generator=generator)
         a, b = ab[0], ab[1]
+        if self.zero != "none":
+            (a if self.zero == "a" else b).zero_()
         if self.max_nines is not None:
             nines = torch.nonzero(a + b == 9).flatten()
             if len(nines) > self.max_nines:
