@@ -1,4 +1,4 @@
-"""Accuracy of the long-addition base model (issue 19) on its old and new domain.
+"""Accuracy of the long-addition base model ``tiny-longadd`` (issue 19) on its old and new domain.
 
 Old domain: 48-digit sums with no carry-propagating column (``longadd:digits=48,max_nines=0``);
 new domain: unrestricted 48-digit sums (``longadd:digits=48``, about 4.8 columns whose digits
@@ -38,7 +38,7 @@ ORDERS = {
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", default="runs/tiny_longadd_pretrain/model")
+    parser.add_argument("--model", default="tiny-longadd")
     parser.add_argument("--n", type=int, default=200, help="problems per domain")
     parser.add_argument("--samples", type=int, default=8)
     parser.add_argument("--seed", type=int, default=1234)

@@ -53,7 +53,7 @@ def test_presets_fill_only_fields_left_at_default():
     assert sud.output_dir == "runs/demo-sudoku-full"
     assert DemoConfig(testbed="sudoku", output_dir="x").resolved().output_dir == "x"
     la = DemoConfig(testbed="longadd", protocol="full").resolved()
-    assert la.model == "runs/tiny_longadd_pretrain/model" and la.new_task == "longadd:digits=48"
+    assert la.model == "tiny-longadd" and la.new_task == "longadd:digits=48"
     assert la.loss.td_window == la.loss.rank_window == la.loss.tad_delta == 16
     assert la.loss.td_cut_range == "inclusive" and la.output_dir == "runs/demo-longadd-full"
     assert "tad" in la.objectives and "sft-covered" in la.objectives
