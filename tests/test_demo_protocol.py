@@ -52,6 +52,11 @@ def test_presets_fill_only_fields_left_at_default():
     assert sud.arm_points("td") == sud.arm_points("tabom") == [{}]
     assert sud.output_dir == "runs/demo-sudoku-full"
     assert DemoConfig(testbed="sudoku", output_dir="x").resolved().output_dir == "x"
+    la = DemoConfig(testbed="longadd", protocol="full").resolved()
+    assert la.model == "tiny-longadd" and la.new_task == "longadd:digits=48"
+    assert la.loss.td_window == la.loss.rank_window == la.loss.tad_delta == 16
+    assert la.loss.td_cut_range == "inclusive" and la.output_dir == "runs/demo-longadd-full"
+    assert "tad" in la.objectives and "sft-covered" in la.objectives
 
 
 def test_sudoku_held_out_sets_are_real_puzzles_disjoint_from_distillation():
@@ -141,3 +146,58 @@ def test_sudoku_testbed_with_variants_and_controls_end_to_end(tmp_path):
     assert "n_rounds = " in report and "τ decode→oracle" in report
     assert "Differences to td" in report and "Verdict (sudoku)" in report
     assert "val acc per point" in report
+
+
+def test_covered_arms_train_the_ground_truth_objectives_on_the_covered_prompts(
+    tmp_path, monkeypatch
+):
+    """``sft-covered`` & co. (issue 19): the same objective, the ground truth of only the prompts
+    with a verified trajectory, its own stage key beside the all-prompt arm."""
+    import json
+
+    import torch
+
+    from tabom.commands.demo.config import is_covered
+    from tabom.tasks import make_task
+
+    assert parse_arm("sft-covered") == ("sft", {}) and parse_arm("papl-covered") == ("papl", {})
+    assert is_covered("puma-covered") and not is_covered("puma")
+    with pytest.raises(ValueError, match="-covered"):
+        parse_arm("td-covered")  # trajectory arms are covered by construction
+    assert {"tad", "sft-covered", "puma-covered", "papl-covered"} <= set(ALL_ARMS)
+
+    exs = make_task("addition:min_digits=4,max_digits=4,width=4").generate(
+        5, torch.Generator().manual_seed(0)
+    )
+    distill_dir = tmp_path / "distill"
+    distill_dir.mkdir()
+    recs = [  # prompt 0: two verified; prompt 2: one verified; prompt 3: only a failed one
+        {"prompt_id": exs[0].id, "verified": True},
+        {"prompt_id": exs[0].id, "verified": True},
+        {"prompt_id": exs[2].id, "verified": True},
+        {"prompt_id": exs[3].id, "verified": False},
+    ]
+    (distill_dir / "trajectories.jsonl").write_text("".join(json.dumps(r) + "\n" for r in recs))
+    splits = {"distill": exs, "val": [], "test": []}
+    assert pipeline.write_covered_ground_truth(distill_dir, splits) == 2
+    rows = [json.loads(x) for x in (distill_dir / pipeline.COVERED_FILE).read_text().splitlines()]
+    assert rows == [{"prompt": e.prompt, "answer": e.answer} for e in (exs[0], exs[2])]
+
+    seen = []
+
+    def fake_train_stage(cfg, objective, seed, steps, data, covered=False):
+        def fn(folder: Path):
+            seen.append((folder.parent.parent.name, objective, covered))
+            (folder / "model").mkdir()
+            return {}
+
+        return fn
+
+    monkeypatch.setattr(pipeline, "train_stage", fake_train_stage)
+    cfg = DemoConfig(objectives=["sft", "sft-covered", "papl-covered"], seeds=[0])
+    pipeline.train_arms(cfg, tmp_path, splits, {"key": "k"}, 3)
+    assert seen == [("sft", "sft", False), ("sft-covered", "sft", True),
+                    ("papl-covered", "papl", True)]
+    keys = [json.loads((tmp_path / "train" / a / "default" / "seed0" / "stage.json").read_text())
+            for a in ("sft", "sft-covered")]
+    assert keys[0]["key"] != keys[1]["key"] and keys[1]["settings"]["data"] == "covered"

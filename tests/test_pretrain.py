@@ -135,3 +135,45 @@ def test_a_short_pretrain_lowers_the_loss_changes_every_weight_and_saves(tmp_pat
 def test_config_rejects_mismatched_weights():
     with pytest.raises(ValueError, match="task_weights has 1 entries but tasks has 2"):
         PretrainConfig(tasks=["addition", "sudoku"], task_weights=[1.0])
+
+
+@pytest.mark.slow
+def test_the_stop_rule_ends_pretraining_at_the_first_eval_that_meets_every_minimum(
+    tmp_path, monkeypatch
+):
+    """``stop_at`` (issue 19): a rule, not a step count. The eval is faked to rise by 0.1 per
+    eval on the first task and 0.2 on the second; minimums 0.3 and 0.5 are both met at the
+    third eval (step 6 of a 20-step cap): training stops there and saves that model."""
+    import tabom.commands.pretrain as pre
+
+    specs = ["addition:min_digits=1,max_digits=2", "addition:min_digits=3,max_digits=3"]
+    calls = []
+
+    def fake_eval(dlm, eval_sets):
+        calls.append(1)
+        n = len(calls)
+        return {specs[0]: 0.1 * n, specs[1]: 0.2 * n}
+
+    monkeypatch.setattr(pre, "greedy_accuracy", fake_eval)
+    cfg = PretrainConfig(
+        output_dir=str(tmp_path / "run"),
+        model=SMALL,
+        tasks=specs,
+        steps=20,
+        batch_size=4,
+        warmup_steps=1,
+        eval_every=2,
+        eval_examples=2,
+        stop_at=[0.3, 0.5],
+    )
+    final = pretrain(cfg)
+    log = [json.loads(line) for line in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in log] == list(range(1, 7)) and log[-1]["stopped"] == "stop_at"
+    assert "stopped" not in log[3]  # step 4: 0.2 < 0.3 although 0.4 < 0.5 too
+    assert load_model(str(final)) is not None
+    with pytest.raises(ValueError, match="stop_at has 1 entries but there are 2 eval tasks"):
+        PretrainConfig(tasks=specs, stop_at=[0.5])
+    with pytest.raises(ValueError, match="stop_at needs eval_every > 0"):
+        PretrainConfig(tasks=specs, stop_at=[0.5, 0.5], eval_every=0)
+    with pytest.raises(ValueError, match="stop_at"):
+        PretrainConfig(tasks=specs, stop_at=[0.5, 1.5])

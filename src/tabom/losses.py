@@ -9,6 +9,8 @@ form, the Bradley–Terry logistic, its one-sided form, the exact Plackett–Luc
 likelihood of DESIGN §5's "later extensions") and ``margin="auto"``. Vectorised over the
 batch: entropies only at window positions, pairs as one masked (B, K, K) tensor.
 ``planner_weighted_ce``: the CE with PAPL's detached planner weights (arXiv 2509.23405).
+``teacher_kl``: TAD's soft term (arXiv 2605.09536), τ² KL(teacher ‖ student) per row at
+temperature τ; ``tad_loss`` combines it with the hard CE on the near tokens.
 Torch only; the objectives that combine them live in ``tabom.objectives``.
 """
 
@@ -540,3 +542,57 @@ def planner_weighted_ce(
     sel = supervise.bool()
     ce = F.cross_entropy(logits[sel].float(), targets[sel], reduction="none")  # (N,)
     return (ce * w[sel]).sum() / sel.sum().clamp(min=1)
+
+
+def teacher_kl(
+    student_logits: torch.Tensor, teacher_logits: torch.Tensor, *, tau: float = 1.0
+) -> torch.Tensor:
+    """TAD's soft term per row: τ² · KL(softmax(z_t / τ) ‖ softmax(z_s / τ)).
+
+    The released code's ``F.kl_div(log_softmax(z_s / τ), softmax(z_t / τ)) · τ²`` before its
+    ``batchmean`` reduction (the mean over rows is :func:`tad_loss`'s). The teacher is
+    detached; the full vocabulary counts (as in the code).
+
+    Args:
+        student_logits: ``(N, V)`` logits with a graph.
+        teacher_logits: ``(N, V)`` logits of the frozen teacher at the same rows.
+        tau: the distillation temperature (> 0).
+
+    Returns:
+        ``(N,)`` fp32 (at least), >= 0 up to rounding.
+    """
+    if not 0 < tau < float("inf"):
+        raise ValueError(f"tad_tau must be > 0 and finite, got {tau}")
+    if student_logits.shape != teacher_logits.shape:
+        raise ValueError(
+            f"teacher_kl: student {tuple(student_logits.shape)} vs teacher "
+            f"{tuple(teacher_logits.shape)} logits"
+        )
+    log_q = _at_least_fp32(student_logits / tau).log_softmax(-1)
+    log_p = _at_least_fp32(teacher_logits.detach() / tau).log_softmax(-1)
+    return (log_p.exp() * (log_p - log_q)).sum(-1) * tau**2
+
+
+def tad_loss(
+    ce_rows: torch.Tensor,
+    kl_rows: torch.Tensor,
+    *,
+    ce_weight: float = 1.0,
+    kl_weight: float = 1.0,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """TAD's loss: λ_ce · mean CE over the near rows + λ_kl · mean KL over the distant rows.
+
+    Each term is its own batch mean (the code's ``cross_entropy`` mean and ``batchmean``), 0
+    with a graph when the batch has no such row.
+
+    Args:
+        ce_rows: ``(N_near,)`` per-row CE against the trajectory tokens.
+        kl_rows: ``(N_distant,)`` per-row :func:`teacher_kl`.
+        ce_weight, kl_weight: λ_ce, λ_kl (1 and 1 in the released run).
+
+    Returns:
+        ``(total, ce, kl)`` scalars.
+    """
+    ce = ce_rows.sum() / max(ce_rows.numel(), 1)
+    kl = kl_rows.sum() / max(kl_rows.numel(), 1)
+    return ce_weight * ce + kl_weight * kl, ce, kl

@@ -39,6 +39,8 @@ class MaskPlan:
             None for random masking (every sample is valid).
         n_uncut: number of samples that could not be cut (too few decode steps); they stay
             in the batch with nothing supervised so that the count can be logged.
+        distant: ``(B, L)`` bool, TAD's distant positions (masked in the state and still
+            masked ``delta`` steps later: the soft-KL set, :func:`tad_mask`); None otherwise.
     """
 
     input_ids: torch.Tensor
@@ -47,6 +49,7 @@ class MaskPlan:
     cut: torch.Tensor | None = None
     valid: torch.Tensor | None = None
     n_uncut: int = 0
+    distant: torch.Tensor | None = None
 
 
 def cut_extra(cut_range: CutRange) -> int:
@@ -218,6 +221,73 @@ def time_delay_mask(
         cut=cut,
         valid=valid,
         n_uncut=int((~valid).sum()),
+    )
+
+
+def tad_mask(
+    input_ids: torch.Tensor,
+    decode_step: torch.Tensor,
+    *,
+    response_mask: torch.Tensor,
+    delta: int,
+    mask_token_id: int,
+    generator: torch.Generator | None = None,
+) -> MaskPlan:
+    """TAD's state (arXiv 2605.09536, the authors' ``TrajectoryDataset``): a recorded state
+    and its near and distant masked positions.
+
+    Per sample the state index s is drawn uniformly from every state the sampler passed
+    through but the last, {0, …, s_max} (s = 0: all masked; the released code draws a
+    (record, step) pair uniformly, so every step of every trajectory is equally likely).
+    The input shows the clean token where 0 ≤ d < s and [MASK] at every other response
+    position. *Near* (``supervise``, hard CE on the trajectory token): masked positions
+    decoded within the next ``delta`` steps, s ≤ d < s + delta (the code's
+    ``min(step + delta, last)`` target state; near the end the window is cut short).
+    *Distant* (soft KL to the teacher): masked positions still masked ``delta`` steps
+    later, d ≥ s + delta, and never-decoded response positions. A sample with nothing
+    decoded gets ``cut = -1`` and nothing near or distant.
+
+    Args:
+        input_ids: ``(B, L)`` clean ids, [left pad | prompt | response].
+        decode_step: ``(B, L)`` long, d at response positions, -1 elsewhere / never decoded.
+        response_mask: ``(B, L)`` bool, True on response positions.
+        delta: the near window in decode steps (the code's ``delta``; 8 in its LLaDA run).
+        mask_token_id: id written at masked positions.
+        generator: source of randomness; one uniform per sample.
+
+    Returns:
+        A :class:`MaskPlan` with ``supervise`` = near, ``distant`` set, ``cut``, ``valid``.
+
+    Raises:
+        ValueError: ``delta < 1`` or a decode step outside the response.
+    """
+    if delta < 1:
+        raise ValueError(f"TAD delta must be >= 1, got {delta}")
+    resp = response_mask.bool()
+    decoded = decode_step >= 0
+    if (decoded & ~resp).any():
+        raise ValueError("decode_step is >= 0 outside response_mask (prompt or pad)")
+    b = input_ids.shape[0]
+    s_max = decode_step.max(dim=1).values  # (B,); -1 when nothing was decoded
+    valid = s_max >= 0
+    u = torch.rand(b, generator=generator, device=input_ids.device)
+    n_choices = (s_max + 1).clamp(min=1)
+    s = torch.minimum((u * n_choices).long(), n_choices - 1)
+    cut = torch.where(valid, s, torch.full_like(s, -1))
+    revealed = decoded & (decode_step < cut[:, None])
+    masked = resp & ~revealed & valid[:, None]
+    near = window_mask(decode_step, cut, width=delta, unit="steps")
+    distant = masked & ~near
+    noisy = torch.where(resp & ~revealed, torch.full_like(input_ids, mask_token_id), input_ids)
+    t = (resp & ~revealed).sum(1) / resp.sum(1).clamp(min=1)
+    return MaskPlan(
+        input_ids=noisy,
+        supervise=near,
+        t=t.float(),
+        cut=cut,
+        valid=valid,
+        n_uncut=int((~valid).sum()),
+        distant=distant,
     )
 
 

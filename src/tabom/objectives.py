@@ -6,7 +6,10 @@ without its ranking half). ``tabom``: the same plus λ times a ranking term (``r
 ``hinge`` is Eq. 8, i.e. the full Eq. 9). Controls on the ground truth: ``puma``
 (time-delay masking along the model's own confidence reveal order, recomputed per batch,
 arXiv 2602.10314) and ``papl`` (random masking, CE weighted by a detached softmax planner,
-arXiv 2509.23405). One training forward per batch to the hidden states (``puma`` adds no-grad
+arXiv 2509.23405). ``tad`` (arXiv 2605.09536, the closest concurrent method): on the same
+trajectories, a recorded state at a uniform step s, hard CE on the tokens decoded in the next
+``tad_delta`` steps and τ² KL(teacher ‖ student) on the still-masked rest, the teacher the frozen
+base recomputed at the same state (``teacher=``; docs/method.md). One training forward per batch to the hidden states (``puma`` adds no-grad
 reveal forwards); the LM head then runs at the supervised positions only (the ranked ones are
 among them), and the CE, the entropies and PAPL's planner weights come from those rows,
 optionally in chunks (``tabom.head``, ``loss_chunk``). Torch only.
@@ -26,21 +29,28 @@ import torch
 
 from tabom import losses as _losses
 from tabom.config import AT_LEAST_1, NON_NEGATIVE, POSITIVE, UNIT
-from tabom.head import HeadModel, loss_terms
-from tabom.losses import RankTies, planner_weights_from_scores, rank_loss
+from tabom.head import HeadModel, as_head_model, ce_entropy_at, loss_terms
+from tabom.losses import (
+    RankTies,
+    planner_weights_from_scores,
+    rank_loss,
+    tad_loss,
+    teacher_kl,
+)
 from tabom.masking import (
     CutRange,
     WindowUnit,
     confidence_reveal_order,
     random_mask,
+    tad_mask,
     time_delay_mask,
 )
 
 if TYPE_CHECKING:
     from tabom.train_data import TrajectoryBatch
 
-Objective = Literal["sft", "traj-sft", "td", "tabom", "puma", "papl"]
-OBJECTIVES: tuple[str, ...] = ("sft", "traj-sft", "td", "tabom", "puma", "papl")
+Objective = Literal["sft", "traj-sft", "td", "tabom", "puma", "papl", "tad"]
+OBJECTIVES: tuple[str, ...] = ("sft", "traj-sft", "td", "tabom", "puma", "papl", "tad")
 GROUND_TRUTH_OBJECTIVES: tuple[str, ...] = ("sft", "puma", "papl")
 """Objectives trained on ground-truth answers (the others on self-distilled trajectories)."""
 TIME_DELAY_OBJECTIVES: tuple[str, ...] = ("td", "tabom", "puma")
@@ -82,6 +92,12 @@ class LossConfig:
             numbers bit for bit).
         papl_tau: τ, the temperature of ``papl``'s softmax planner over the masked positions.
         papl_mix: the planner's share of ``papl``'s CE weight (0 = plain random-mask CE).
+        tad_delta: ``tad``'s near window in decode steps: masked tokens decoded within this
+            many steps of the state get the hard CE, later ones the soft KL (the released
+            LLaDA run: 8 of 256 one-token steps).
+        tad_ce_weight: λ_ce, the weight of ``tad``'s hard CE (1 in the released run).
+        tad_kl_weight: λ_kl, the weight of ``tad``'s soft KL (1 in the released run).
+        tad_tau: τ, ``tad``'s distillation temperature (the KL is scaled by τ²; 1 released).
     """
 
     td_window: int = field(default=32, metadata=AT_LEAST_1)
@@ -98,6 +114,10 @@ class LossConfig:
     rank_margin_fraction: float = field(default=0.5, metadata=NON_NEGATIVE)
     papl_tau: float = field(default=1.0, metadata=POSITIVE)
     papl_mix: float = field(default=1.0, metadata=UNIT)
+    tad_delta: int = field(default=8, metadata=AT_LEAST_1)
+    tad_ce_weight: float = field(default=1.0, metadata=NON_NEGATIVE)
+    tad_kl_weight: float = field(default=1.0, metadata=NON_NEGATIVE)
+    tad_tau: float = field(default=1.0, metadata=POSITIVE)
 
     def __post_init__(self) -> None:
         for name in ("td_window", "rank_window"):
@@ -122,6 +142,13 @@ class LossConfig:
             raise ValueError(f"papl_tau must be > 0 and finite, got {self.papl_tau}")
         if not 0 <= self.papl_mix <= 1:
             raise ValueError(f"papl_mix must be in [0, 1], got {self.papl_mix}")
+        if self.tad_delta < 1:
+            raise ValueError(f"tad_delta must be >= 1, got {self.tad_delta}")
+        for name in ("tad_ce_weight", "tad_kl_weight"):
+            if not 0 <= getattr(self, name) < float("inf"):
+                raise ValueError(f"{name} must be >= 0 and finite, got {getattr(self, name)}")
+        if not 0 < self.tad_tau < float("inf"):
+            raise ValueError(f"tad_tau must be > 0 and finite, got {self.tad_tau}")
         if self.rank_loss not in RANK_LOSSES:
             raise ValueError(
                 f"rank_loss must be one of {', '.join(RANK_LOSSES)}, got {self.rank_loss!r}"
@@ -168,13 +195,16 @@ class LossOutput:
     """One batch's loss and the counts to log.
 
     Attributes:
-        total: scalar to backpropagate, ce + λ·rank (``tabom``) or ce.
-        ce: the masked CE term.
+        total: scalar to backpropagate, ce + λ·rank (``tabom``), λ_ce·ce + λ_kl·kl (``tad``)
+            or ce.
+        ce: the masked CE term (``tad``: on the near tokens).
         rank: the ranking term (0 for every objective but ``tabom``).
         n_supervised: CE-supervised tokens in the batch.
         n_pairs: ranking pairs in the batch.
         n_rank_samples: samples with at least one ranking pair.
         n_uncut: samples that time-delay masking could not cut (s_max < M).
+        kl: ``tad``'s soft KL term (0 for every other objective).
+        n_distant: ``tad``'s KL-supervised tokens in the batch.
     """
 
     total: torch.Tensor
@@ -184,6 +214,8 @@ class LossOutput:
     n_pairs: int
     n_rank_samples: int
     n_uncut: int
+    kl: torch.Tensor | None = None
+    n_distant: int = 0
 
 
 def compute_objective(
@@ -194,6 +226,7 @@ def compute_objective(
     loss: LossConfig,
     mask_token_id: int,
     generator: torch.Generator | None = None,
+    teacher: HeadModel | Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
 ) -> LossOutput:
     """Mask the batch, run one forward and return the objective's loss.
 
@@ -214,6 +247,8 @@ def compute_objective(
             and mix (:class:`LossConfig`).
         mask_token_id: id of [MASK].
         generator: source of the masking randomness.
+        teacher: ``tad`` only: the frozen teacher (the base model before training), run
+            under no grad on the same masked input; its head only at the distant rows.
 
     Returns:
         A :class:`LossOutput`.
@@ -226,9 +261,13 @@ def compute_objective(
     response_mask, decode_step = batch.response_mask, batch.decoding_order
     if objective not in OBJECTIVES:
         raise ValueError(f"objective must be one of {OBJECTIVES}, got {objective!r}")
-    if objective in ("td", "tabom") and decode_step is None:
+    if objective in ("td", "tabom", "tad") and decode_step is None:
         raise ValueError(f"objective {objective!r} needs decode_step (trajectories)")
     loss.check(objective)
+    if objective == "tad":
+        if teacher is None:
+            raise ValueError("objective 'tad' needs teacher= (the frozen base model)")
+        return _tad(model_fn, teacher, batch, loss, mask_token_id, generator)
 
     # 1) mask: random ratio t per sample, or the trajectory state at a cut s
     if objective == "puma":  # the trajectory is the model's own reveal order of the ground truth
@@ -312,4 +351,52 @@ def compute_objective(
         n_pairs=n_pairs,
         n_rank_samples=n_rank_samples,
         n_uncut=plan.n_uncut,
+    )
+
+
+def _tad(
+    model_fn: HeadModel | Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+    teacher_fn: HeadModel | Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+    batch: TrajectoryBatch,
+    loss: LossConfig,
+    mask_token_id: int,
+    generator: torch.Generator | None,
+) -> LossOutput:
+    """``tad``: :func:`tabom.masking.tad_mask`, one student forward, the head at the near and
+    distant rows only, one no-grad teacher forward with its head at the distant rows only."""
+    plan = tad_mask(
+        batch.input_ids,
+        batch.decoding_order,
+        response_mask=batch.response_mask,
+        delta=loss.tad_delta,
+        mask_token_id=mask_token_id,
+        generator=generator,
+    )
+    model, teacher = as_head_model(model_fn), as_head_model(teacher_fn)
+    attention_mask = batch.attention_mask
+    hidden = model.hidden_states(plan.input_ids, attention_mask)  # (B, L, H)
+    rows, cols = plan.supervise.bool().nonzero(as_tuple=True)  # near
+    ce_rows, _ = ce_entropy_at(
+        model, hidden, rows, cols, batch.input_ids[rows, cols], chunk=loss.loss_chunk,
+        entropy=False,
+    )
+    d_rows, d_cols = plan.distant.nonzero(as_tuple=True)  # distant
+    student = model.apply_head(model.gather_hidden(hidden, d_rows, d_cols))  # (Nd, V)
+    with torch.no_grad():
+        t_hidden = teacher.hidden_states(plan.input_ids, attention_mask)
+        target = teacher.apply_head(teacher.gather_hidden(t_hidden, d_rows, d_cols))
+    kl_rows = teacher_kl(student, target, tau=loss.tad_tau)
+    total, ce, kl = tad_loss(
+        ce_rows, kl_rows, ce_weight=loss.tad_ce_weight, kl_weight=loss.tad_kl_weight
+    )
+    return LossOutput(
+        total=total,
+        ce=ce,
+        rank=torch.zeros((), device=hidden.device),
+        n_supervised=int(plan.supervise.sum()),
+        n_pairs=0,
+        n_rank_samples=0,
+        n_uncut=plan.n_uncut,
+        kl=kl,
+        n_distant=int(plan.distant.sum()),
     )

@@ -68,6 +68,12 @@ class PretrainConfig:
         eval_every: evaluate on ``eval_tasks`` every N steps (0 = only at the end).
         eval_tasks: task specs to evaluate on (default: ``tasks``).
         eval_examples: generated problems per eval task (seeded apart from training).
+        stop_at: the stop rule: one minimum greedy accuracy per eval task (in the order of
+            ``eval_tasks``, or ``tasks`` when that is unset; 0 = no condition on that task).
+            Training stops after the first periodic eval at which every eval task reaches its
+            minimum, so the recipe reaches the same regime on any machine (thread count and
+            CPU change the float rounding, hence the trajectory); ``steps`` is then the cap
+            and fixes the learning-rate schedule. ``None`` = train exactly ``steps`` steps.
         save_every: write a resumable checkpoint every N steps (0 = only the final model).
         seed: seed of weights, data and masking.
         resume: continue from the newest whole checkpoint in ``output_dir``.
@@ -90,6 +96,7 @@ class PretrainConfig:
     eval_every: int = field(default=500, metadata=NON_NEGATIVE)
     eval_tasks: list[str] | None = None
     eval_examples: int = field(default=128, metadata=AT_LEAST_1)
+    stop_at: list[float] | None = field(default=None, metadata=UNIT)
     save_every: int = field(default=0, metadata=NON_NEGATIVE)
     seed: int = field(default=0, metadata=NON_NEGATIVE)
     resume: bool = False
@@ -104,7 +111,21 @@ class PretrainConfig:
             )
         if self.task_weights is not None and not sum(self.task_weights) > 0:
             raise ValueError(f"task_weights: {self.task_weights} gives no task a weight > 0")
+        n_eval = len(self.eval_tasks or self.tasks)
+        if self.stop_at is not None:
+            if len(self.stop_at) != n_eval:
+                raise ValueError(
+                    f"stop_at has {len(self.stop_at)} entries but there are {n_eval} eval tasks "
+                    "(eval_tasks, or tasks when eval_tasks is unset)"
+                )
+            if not self.eval_every:
+                raise ValueError("stop_at needs eval_every > 0 (the rule is checked at each eval)")
         check_ranges(self)
+
+
+def stop_rule_met(accuracy: dict[str, float], specs: list[str], stop_at: list[float]) -> bool:
+    """Whether every eval task's greedy accuracy reaches its ``stop_at`` minimum."""
+    return all(accuracy[spec] >= need for spec, need in zip(specs, stop_at, strict=True))
 
 
 def encode_example(tokenizer, task: Task, ex: Example, eos_id: int) -> tuple[list[int], list[int]]:
@@ -221,11 +242,19 @@ def pretrain(cfg: PretrainConfig) -> Path:
             if main:
                 accs = ", ".join(f"{k} {v:.3f}" for k, v in record["eval"].items())
                 bar.write(f"step {done}: loss {record['loss']:.4f}; greedy accuracy {accs}")
+            if cfg.stop_at is not None and stop_rule_met(
+                record["eval"], list(eval_sets), cfg.stop_at
+            ):
+                record["stopped"] = "stop_at"  # the rule is met: the final model is this one
         record["elapsed_s"] = round(time.perf_counter() - t0, 2)
         if log is not None:
             log.write(json.dumps(record) + "\n")
             log.flush()
         bar.set_postfix(loss=f"{record['loss']:.3f}")
+        if "stopped" in record:
+            if main:
+                bar.write(f"step {done}: stop rule met (stop_at {cfg.stop_at})")
+            break
         if cfg.save_every and done % cfg.save_every == 0 and done != cfg.steps:
             save_checkpoint(accelerator, out, {"step": done, "settings": settings}, generators)
 

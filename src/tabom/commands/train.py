@@ -1,5 +1,5 @@
-"""``tabom train``: post-training with one objective (sft, traj-sft, td, tabom, puma, papl) in one
-explicit loop (DESIGN §5-6).
+"""``tabom train``: post-training with one objective (sft, traj-sft, td, tabom, puma, papl, tad)
+in one explicit loop (DESIGN §5-6).
 
 The loop runs on Hugging Face Accelerate: one CPU process here, DDP / FSDP1 / FSDP2 /
 DeepSpeed ZeRO under ``accelerate launch`` with the same code, on GPUs or CPUs; the engine the
@@ -93,6 +93,7 @@ from tabom.train_data import (
 LOG_KEYS = (
     "ce",
     "rank",
+    "kl",
     "total",
     "n_supervised",
     "n_pairs",
@@ -122,14 +123,15 @@ class TrainConfig:
             adapters in fp32): ``bfloat16`` halves a 7-8B base's memory on a GPU; ``auto``
             is ``load_model``'s default for a model loaded on the CPU, fp32 (the model is
             loaded there, then moved to the device by Accelerate).
-        data: for ``traj-sft`` / ``td`` / ``tabom``: the trajectory JSONL (``tabom distill``);
+        data: for ``traj-sft`` / ``td`` / ``tabom`` / ``tad``: the trajectory JSONL (``tabom distill``);
             for ``sft`` / ``puma`` / ``papl`` without ``gt_task``: a JSONL of ``{"prompt", "answer"}`` lines
             (responses are the answer, the backend's end-of-turn token if it has one, LLaDA's
             ``<|eot_id|>`` or Dream's ``<|im_end|>``, then EOS up to the longest such + 1).
         objective: ``sft`` (ground truth, random masking), ``traj-sft`` (trajectories' tokens,
             random masking), ``td`` (time-delay masking), ``tabom`` (td + ranking), ``puma``
             (ground truth, time-delay masking on the model's own reveal order) or ``papl``
-            (ground truth, random masking, planner-weighted CE).
+            (ground truth, random masking, planner-weighted CE) or ``tad`` (trajectories: hard
+            CE near the state, soft KL to the frozen base far from it; arXiv 2605.09536).
         gt_task: ground-truth objectives only (``sft``, ``puma``, ``papl``): a task spec whose
             generated instances are the ground truth (answers, plus the end-of-turn token if
             any, padded with EOS to the task's gen_length); instead of ``data``.
@@ -409,6 +411,24 @@ def _param_groups(model: Any, weight_decay: float) -> list[dict[str, Any]]:
 # --------------------------------------------------------------------------- the loop
 
 
+def tad_teacher(cfg: TrainConfig) -> DiffusionLM:
+    """``tad``'s teacher: the base model ``cfg.model`` loaded once more, frozen, in eval mode.
+
+    TAD's KL target is recomputed from this frozen copy at the student's masked state (exact
+    for self-distillation: the trajectories were decoded by this very model, and recording
+    per-state logits would cost T x V floats per state). With LoRA the copy doubles the frozen
+    weights in memory; under FSDP every process holds a whole copy.
+    """
+    teacher = load_model(cfg.model, backend=cfg.backend, dtype=_load_dtype(cfg))
+    teacher.model.eval()
+    teacher.model.requires_grad_(False)
+    if torch.cuda.is_available():
+        from accelerate import PartialState
+
+        teacher.model.to(PartialState().device)
+    return teacher
+
+
 def train(cfg: TrainConfig) -> Path:
     """Post-train a DLM with ``cfg.objective``; resumable, data-parallel under accelerate.
 
@@ -432,6 +452,7 @@ def train(cfg: TrainConfig) -> Path:
         raise FileNotFoundError(f"data: no such file {cfg.data}")
     dlm = load_model(cfg.model, backend=cfg.backend, dtype=_load_dtype(cfg))
     items, _ = load_train_items(cfg, dlm)  # too-short trajectories: a warning
+    teacher = tad_teacher(cfg) if cfg.objective == "tad" else None
     tracker = _check_tracker(cfg.report_to)
     eval_sets = make_eval_sets(cfg.eval_tasks, cfg.eval_examples, cfg.seed)
 
@@ -558,6 +579,7 @@ def train(cfg: TrainConfig) -> Path:
                         loss=cfg.loss,
                         mask_token_id=dlm.mask_token_id,
                         generator=gen,
+                        teacher=teacher,
                     )
                 # 3c) backward on every micro-batch of every process: never skipped, so the
                 # gradient all-reduce always has every rank
@@ -574,6 +596,7 @@ def train(cfg: TrainConfig) -> Path:
             values = {
                 "ce": res.ce.item(),
                 "rank": res.rank.item(),
+                "kl": 0.0 if res.kl is None else res.kl.item(),
                 "total": res.total.item(),
                 "n_supervised": res.n_supervised,
                 "n_pairs": res.n_pairs,
@@ -596,6 +619,7 @@ def train(cfg: TrainConfig) -> Path:
                 "epoch": epoch,
                 "ce": s["ce"] / n_micro,
                 "rank": s["rank"] / n_micro,
+                **({"kl": s["kl"] / n_micro} if cfg.objective == "tad" else {}),
                 "total": s["total"] / n_micro,
                 "lr": lr,
                 "grad_norm": None if grad_norm is None else float(grad_norm),

@@ -47,7 +47,11 @@ from tabom.models.tiny import (
 )
 
 ASSETS = Path(__file__).resolve().parent.parent / "assets"
-SHIPPED = {"tiny-base": ASSETS / "tiny-base", "tiny-sudoku": ASSETS / "tiny-sudoku"}
+SHIPPED = {
+    "tiny-base": ASSETS / "tiny-base",
+    "tiny-sudoku": ASSETS / "tiny-sudoku",
+    "tiny-longadd": ASSETS / "tiny-longadd",
+}
 DEFAULT_MODEL = "tiny-base"
 TINY_BACKENDS = ("tiny", "tiny-dream")
 PRETRAINED: dict[str, BackendDefaults] = {

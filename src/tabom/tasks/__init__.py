@@ -26,6 +26,7 @@ from tabom.tasks.base import DataFileError, Example, Task, read_jsonl, require_s
 from tabom.tasks.code import CodeTask, HumanEvalTask, MBPPTask
 from tabom.tasks.countdown import CountdownTask
 from tabom.tasks.gsm8k import GSM8KTask
+from tabom.tasks.long_addition import LongAdditionTask
 from tabom.tasks.math_task import MathTask
 from tabom.tasks.sudoku import SudokuTask
 
@@ -38,6 +39,7 @@ TASKS: dict[str, type] = {
     "humaneval": HumanEvalTask,
     "mbpp": MBPPTask,
     "code": CodeTask,
+    "longadd": LongAdditionTask,
 }
 """Registry: spec name -> task dataclass."""
 
@@ -158,6 +160,7 @@ __all__ = [
     "Example",
     "GSM8KTask",
     "HumanEvalTask",
+    "LongAdditionTask",
     "MBPPTask",
     "MathTask",
     "SudokuTask",

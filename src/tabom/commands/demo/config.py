@@ -2,7 +2,7 @@
 
 The decode settings of self-distillation and the loss settings of every training run are the
 components' own groups (``--decode.*``, ``--loss.*``) and enter the stage keys whole. A
-testbed (``--testbed addition | sudoku``) and a protocol (``--protocol single | full``) are
+testbed (``--testbed addition | sudoku | longadd``) and a protocol (``--protocol single | full``) are
 presets: each sets the fields still at their defaults (:data:`TESTBEDS`, :data:`PROTOCOLS`).
 An *arm* is an objective name, or ``tabom-VARIANT`` for ``tabom`` with ``loss.rank_loss``
 VARIANT (:func:`parse_arm`).
@@ -18,7 +18,7 @@ from tabom.config import AT_LEAST_1, NON_NEGATIVE, POSITIVE
 from tabom.decoding import DecodeConfig
 from tabom.likelihood import LikelihoodConfig
 from tabom.models import DEFAULT_MODEL
-from tabom.objectives import OBJECTIVES, RANK_LOSSES, LossConfig
+from tabom.objectives import GROUND_TRUTH_OBJECTIVES, OBJECTIVES, RANK_LOSSES, LossConfig
 from tabom.tasks import NEW_DOMAIN, OLD_DOMAIN
 
 MODELS = ("base", "sft", "traj-sft", "td", "tabom")
@@ -31,8 +31,21 @@ ALL_ARMS = [
     *(f"tabom-{v}" for v in RANK_LOSSES if v != "hinge"),
     "puma",
     "papl",
+    "tad",
+    "sft-covered",
+    "puma-covered",
+    "papl-covered",
 ]
-"""Every objective and every ranking variant (``tabom`` is the hinge, Eq. 8)."""
+"""Every objective and every ranking variant (``tabom`` is the hinge, Eq. 8), ``tad``
+(arXiv 2605.09536), and the ground-truth controls on the covered prompts only
+(``OBJECTIVE-covered``, :data:`COVERED`)."""
+COVERED = "-covered"
+"""Suffix of a ground-truth arm (``sft``, ``puma``, ``papl``) trained on the ground truth of
+only the prompts that the verified trajectories cover (the trajectory arms' prompts): the
+same-data control that separates the objective from the coverage (issue 19)."""
+LONGADD_MODEL = "tiny-longadd"
+"""The ``longadd`` testbed's base, shipped: ``tabom pretrain --config
+configs/tiny_longadd_pretrain.yaml`` (stopped by its rule at step 600, docs/benchmarks.md)."""
 TESTBEDS: dict[str, dict[str, Any]] = {
     "addition": {},  # the defaults
     "sudoku": {
@@ -50,12 +63,33 @@ TESTBEDS: dict[str, dict[str, Any]] = {
         "hard_min": 3,
         "oracle_min_rank": 1,
     },
+    "longadd": {
+        "model": LONGADD_MODEL,
+        "new_task": "longadd:digits=48",
+        "old_task": "longadd:digits=48,max_nines=0",
+        "distill_prompts": 300,
+        "distill_samples": 4,
+        "test_examples": 200,
+        "val_examples": 100,
+        "pass_examples": 50,
+        "old_examples": 100,
+        "n_samples": 4,
+        "ks": [1, 4],
+        "tokens_per_step": [1],
+        "align_samples": 1,
+        "stratum": "nines",
+        "hard_min": 6,
+        "loss": LossConfig(td_window=16, rank_window=16, td_cut_range="inclusive", tad_delta=16),
+    },
 }
 """Per testbed, the fields it sets when still at their defaults. ``sudoku``: base
 ``tiny-sudoku`` (old domain 4-8 blanks), distillation on generated 10-12-blank puzzles, the
 new-domain validation and test sets from the shipped real files with 10-12 blanks
 (``heldout: sudoku-real``, :func:`tabom.tasks.sudoku.real_puzzles`), split by propagation
-rounds; the hard stratum is ``stratum >= hard_min``."""
+rounds; the hard stratum is ``stratum >= hard_min``. ``longadd`` (issue 19): base
+:data:`LONGADD_MODEL` (old domain: 48-digit sums without a carry-propagating column), new domain
+unrestricted 48-digit sums (49-token answers, one token per step), M = W = δ = 16 decode
+steps, split by the number of carry-propagating columns (``nines``)."""
 PROTOCOLS: dict[str, dict[str, Any]] = {
     "single": {},
     "full": {
@@ -67,7 +101,7 @@ PROTOCOLS: dict[str, dict[str, Any]] = {
         "n_samples": 8,
         "ks": [1, 8],
         "align_samples": 4,
-        "loss": LossConfig(td_window=3, rank_window=3, td_cut_range="inclusive"),
+        "loss": LossConfig(td_window=3, rank_window=3, td_cut_range="inclusive", tad_delta=3),
     },
 }
 """``--protocol full``: every arm, 5 seeds, two tuning points per arm chosen on validation,
@@ -84,11 +118,13 @@ TESTBED_PROTOCOL: dict[tuple[str, str], dict[str, Any]] = {
         "old_examples": 100,
         "align_samples": 2,
     },
+    ("longadd", "full"): {"tune_lr": [], "tune_rank_weight": []},
 }
 """Overrides of one testbed under one protocol, applied first. Sudoku under ``full``: one
 tuning point per arm (the defaults: lr 5e-4, λ 1) and smaller evaluation sets, so that every
 arm's 5 seeds fit the 2-core CPU budget (each Sudoku run costs ~4x an addition run, ``puma``
-~20x: one reveal forward per response position per batch)."""
+~20x: one reveal forward per response position per batch). Long addition under ``full``: one tuning point per arm as
+well (each run there costs ~8x an addition run: 148-token sequences, M = 16)."""
 QUICK: dict[str, Any] = {
     "output_dir": "runs/demo-quick",
     "distill_prompts": 200,
@@ -134,9 +170,10 @@ class DemoConfig:
             one token per step, the task's response length).
         distill_seed: seed of the distillation prompts and samples.
         objectives: the arms compared (each trained from the base): objective names
-            (``sft``, ``traj-sft``, ``td``, ``tabom``, ``puma``, ``papl``) or
+            (``sft``, ``traj-sft``, ``td``, ``tabom``, ``puma``, ``papl``, ``tad``),
             ``tabom-VARIANT`` (``tabom`` with ``loss.rank_loss`` VARIANT, e.g.
-            ``tabom-logistic-sg``).
+            ``tabom-logistic-sg``) or ``sft-covered`` / ``puma-covered`` / ``papl-covered``
+            (the ground-truth objective on the prompts the verified trajectories cover).
         seeds: training seeds per objective (data order, masking); the table shows mean ± std.
         epochs: passes over the trajectories; every objective runs the same number of optimizer
             steps, ``epochs × ceil(trajectories / batch_size)``.
@@ -156,8 +193,9 @@ class DemoConfig:
         split_seed: seed of the test and validation sets.
         num_threads: torch CPU threads (1 is fastest for the tiny model on a busy 2-core CPU).
         progress: progress bars.
-        testbed: ``addition`` (the embedded default) or ``sudoku``: the preset of
-            :data:`TESTBEDS` for the fields still at their defaults.
+        testbed: ``addition`` (the embedded default), ``sudoku`` or ``longadd`` (49-token
+            answers, issue 19): the preset of :data:`TESTBEDS` for the fields still at their
+            defaults.
         protocol: ``single`` (one setting, the seeds above) or ``full`` (:data:`PROTOCOLS`:
             every arm, 5 seeds, the tuning grids, chosen on the validation split).
         heldout: where the new-domain validation and test problems come from: ``None`` =
@@ -205,7 +243,7 @@ class DemoConfig:
     split_seed: int = field(default=1234, metadata=NON_NEGATIVE)
     num_threads: int = field(default=1, metadata=NON_NEGATIVE)
     progress: bool = True
-    testbed: Literal["addition", "sudoku"] = "addition"
+    testbed: Literal["addition", "sudoku", "longadd"] = "addition"
     protocol: Literal["single", "full"] = "single"
     heldout: Literal["sudoku-real"] | None = None
     stratum: str | None = "carry_chain"
@@ -274,26 +312,39 @@ class DemoConfig:
         return [{"lr": v} for v in self.tune_lr] or [{}]
 
 
+def is_covered(arm: str) -> bool:
+    """Whether ``arm`` is a ground-truth arm on the covered prompts only (``sft-covered``)."""
+    return arm.endswith(COVERED) and arm.removesuffix(COVERED) in GROUND_TRUTH_OBJECTIVES
+
+
 def parse_arm(arm: str) -> tuple[str, dict[str, Any]]:
-    """``(objective, loss overrides)`` of an arm: an objective name, or ``tabom-VARIANT``.
+    """``(objective, loss overrides)`` of an arm: an objective name, ``tabom-VARIANT``, or
+    ``OBJECTIVE-covered`` for a ground-truth objective (:func:`is_covered`; the data differ,
+    not the loss).
 
     Raises:
-        ValueError: neither an objective nor ``tabom-`` + a name of ``RANK_LOSSES``.
+        ValueError: neither an objective nor ``tabom-`` + a name of ``RANK_LOSSES`` nor a
+            ground-truth objective + ``-covered``.
     """
     if arm in OBJECTIVES:
         return arm, {}
+    if is_covered(arm):
+        return arm.removesuffix(COVERED), {}
     variant = arm.removeprefix("tabom-")
     if arm.startswith("tabom-") and variant in RANK_LOSSES:
         return "tabom", {"rank_loss": variant}
     raise ValueError(
         f"objectives: {arm!r} is neither an objective ({', '.join(OBJECTIVES)}) nor "
-        f"tabom-VARIANT with VARIANT in {', '.join(RANK_LOSSES)}"
+        f"tabom-VARIANT with VARIANT in {', '.join(RANK_LOSSES)}, nor "
+        f"{'/'.join(GROUND_TRUTH_OBJECTIVES)} + '{COVERED}'"
     )
 
 
 __all__ = [
     "MIN_LR_RATIO",
     "ALL_ARMS",
+    "COVERED",
+    "LONGADD_MODEL",
     "MODELS",
     "PROTOCOLS",
     "QUICK",
@@ -303,5 +354,6 @@ __all__ = [
     "WARMUP_STEPS",
     "WEIGHT_DECAY",
     "DemoConfig",
+    "is_covered",
     "parse_arm",
 ]

@@ -44,6 +44,7 @@ from tabom.commands.demo.config import (
     WARMUP_STEPS,
     WEIGHT_DECAY,
     DemoConfig,
+    is_covered,
     parse_arm,
 )
 from tabom.commands.demo.report import collect, table, write_report
@@ -250,16 +251,50 @@ def distill_stage(cfg: DemoConfig, splits: dict[str, list[Example]]) -> Callable
     return fn
 
 
+COVERED_FILE = "ground_truth_covered.jsonl"
+"""The ground truth of the covered prompts, beside the distill stage's files."""
+
+
+def write_covered_ground_truth(distill_dir: Path, splits: dict[str, list[Example]]) -> int:
+    """Write ``COVERED_FILE``: the ground-truth answers of the distillation prompts that have at
+    least one verified trajectory (the prompts the trajectory arms train on), in prompt order.
+
+    Returns:
+        The number of covered prompts.
+
+    Raises:
+        ValueError: no verified trajectory (nothing to train a covered arm on).
+    """
+    covered = set()
+    with (distill_dir / "trajectories.jsonl").open() as f:
+        for line in f:
+            if line.strip():
+                rec = json.loads(line)
+                if rec.get("verified"):
+                    covered.add(rec["prompt_id"])
+    rows = [
+        {"prompt": ex.prompt, "answer": ex.answer} for ex in splits["distill"] if ex.id in covered
+    ]
+    if not rows:
+        raise ValueError(f"{distill_dir / 'trajectories.jsonl'}: no verified trajectory to cover")
+    tmp = distill_dir / (COVERED_FILE + ".tmp")
+    write_jsonl(tmp, rows)
+    tmp.replace(distill_dir / COVERED_FILE)
+    return len(rows)
+
+
 def train_stage(
-    cfg: DemoConfig, objective: str, seed: int, steps: int, data: Path
+    cfg: DemoConfig, objective: str, seed: int, steps: int, data: Path, covered: bool = False
 ) -> Callable[[Path], Any]:
-    """A ``train/OBJECTIVE/seedS`` stage: one training run from the base on ``data``."""
+    """A ``train/OBJECTIVE/seedS`` stage: one training run from the base on ``data``
+    (``covered``: a ground-truth objective on :data:`COVERED_FILE`)."""
 
     def fn(folder: Path) -> dict[str, Any]:
         sft = objective in GROUND_TRUTH_OBJECTIVES
+        gt_file = COVERED_FILE if covered else "ground_truth.jsonl"
         tcfg = TrainConfig(
             model=cfg.model,
-            data=str(data / ("ground_truth.jsonl" if sft else "trajectories.jsonl")),
+            data=str(data / (gt_file if sft else "trajectories.jsonl")),
             objective=objective,  # type: ignore[arg-type]
             verified_only=not sft,
             output_dir=str(folder),
@@ -394,12 +429,18 @@ def train_arms(
     seconds, cached = 0.0, True
     jobs = [(a, p, s) for a in cfg.objectives for p in cfg.arm_points(a) for s in cfg.seeds]
     folders: dict[tuple[str, str], list[str]] = {}
+    if any(is_covered(a) for a in cfg.objectives):
+        write_covered_ground_truth(root / "distill", splits)  # derived; the same every run
     for arm, point, seed in tqdm(jobs, desc="train runs", disable=not outer_bar(cfg.progress)):
         objective, over = parse_arm(arm)
+        covered = is_covered(arm)
         pcfg = point_config(cfg, {**over, **point})
-        tset = train_settings(pcfg, objective, seed, steps, dist["key"])
+        extra = {"data": "covered"} if covered else {}
+        tset = train_settings(pcfg, objective, seed, steps, dist["key"], **extra)
         folder = root / "train" / arm / point_name(point) / f"seed{seed}"
-        done = run_stage(folder, tset, train_stage(pcfg, objective, seed, steps, root / "distill"))
+        kw = {"covered": True} if covered else {}
+        stage = train_stage(pcfg, objective, seed, steps, root / "distill", **kw)
+        done = run_stage(folder, tset, stage)
         seconds += done["seconds"]
         cached = cached and done["cached"]
         folders.setdefault((arm, point_name(point)), []).append(str(folder / "model"))
@@ -505,6 +546,7 @@ def _trained_key(path: str) -> str | None:
 
 
 __all__ = [
+    "COVERED_FILE",
     "distill_config",
     "distill_settings",
     "distill_stage",
@@ -520,4 +562,5 @@ __all__ = [
     "train_settings",
     "train_stage",
     "validate_model",
+    "write_covered_ground_truth",
 ]

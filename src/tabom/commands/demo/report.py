@@ -469,8 +469,10 @@ def write_report(
         f"range `{cfg.loss.td_cut_range}`, m = {cfg.loss.rank_margin}, λ = "
         f"{cfg.loss.rank_weight}, ties `{cfg.loss.rank_ties}`, ranking `{cfg.loss.rank_loss}`; seeds "
         f"{cfg.seeds} (data order, masking). "
-        "`sft` trains on the ground-truth answers of all distillation prompts, the others on "
-        "the verified trajectories. No checkpoint picking: the final model of each run.",
+        "`sft`, `puma` and `papl` train on the ground-truth answers of all distillation "
+        "prompts, their `-covered` arms on those of only the prompts with a verified "
+        "trajectory (the same prompts as the trajectory arms), the others on the verified "
+        "trajectories. No checkpoint picking: the final model of each run.",
         f"- Test sets, disjoint from the distillation prompts (checked): {cfg.test_examples} "
         f"new-domain problems (greedy, confidence order, "
         f"{'/'.join(map(str, cfg.tokens_per_step))} tokens per step; the first "

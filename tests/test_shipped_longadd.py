@@ -1,0 +1,28 @@
+"""The shipped long-addition base model ``tiny-longadd`` (issue 19) loads by name and solves
+its old domain much more often than its new one (the regime its recipe's stop rule targets)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from tabom.decoding import DecodeConfig
+from tabom.evaluate import evaluate_task
+from tabom.models import SHIPPED, detect_backend, load_model
+from tabom.tasks import make_task
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+@pytest.mark.slow
+def test_tiny_longadd_is_shipped_and_in_its_regime():
+    assert (SHIPPED["tiny-longadd"] / "model.safetensors").is_file()
+    assert detect_backend("tiny-longadd") == "tiny"
+    dlm = load_model("tiny-longadd")
+    accs = {}
+    for spec in ("longadd:digits=48,max_nines=0", "longadd:digits=48"):
+        task = make_task(spec)
+        exs = task.generate(24, torch.Generator().manual_seed(99))
+        accs[spec] = evaluate_task(dlm, task, exs, DecodeConfig(score="confidence")).accuracy
+    assert accs["longadd:digits=48,max_nines=0"] >= 0.6
+    assert accs["longadd:digits=48"] < accs["longadd:digits=48,max_nines=0"] - 0.2
