@@ -60,6 +60,32 @@ BUDGETS = [
 ]
 
 
+def assert_rounding_tie(dlm, cfg, exact, checked) -> None:
+    """The cached run parted from the exact one: only allowed at a greedy step where the two
+    positions chosen had scores within float rounding of each other (the cached forward rounds
+    otherwise; seen under ``ATEN_CPU_CAPABILITY=default``: confidences 3.0e-7 apart), from
+    the same state. Anything else (another state, a clear score gap, sampling) fails."""
+    assert cfg.temperature == 0 and cfg.threshold is None, "a sampled run parted: not a tie"
+    T = cfg.gen_length
+    d_e, d_c = exact.decode_step, checked.decode_step
+    differ = d_e != d_c
+    step = int(torch.minimum(d_e[differ], d_c[differ]).min())
+    before = d_e < step
+    assert torch.equal(before, d_c < step)  # the same state before the step
+    assert torch.equal(exact.sequences[:, -T:][before], checked.sequences[:, -T:][before])
+    row = int(differ.nonzero()[0, 0])
+    x = exact.sequences[row].clone()
+    x[-T:][~before[row]] = dlm.mask_token_id
+    logits = dlm(x[None], exact.attention_mask[row][None])[0, -T:].float()  # (T, V)
+    logits[:, dlm.mask_token_id] = float("-inf")
+    q = logits.softmax(-1)
+    top = q.topk(2, dim=-1).values
+    score = {"confidence": top[:, 0], "margin": top[:, 0] - top[:, 1],
+             "entropy": (q * q.clamp_min(1e-30).log()).sum(-1)}[cfg.score]  # fmt: skip
+    picked = ((d_e[row] == step) | (d_c[row] == step)) & ~before[row]
+    assert int(picked.sum()) >= 2 and float(score[picked].max() - score[picked].min()) < 1e-4
+
+
 @pytest.mark.parametrize("kind", ["tiny", "tiny-dream"])
 @pytest.mark.parametrize("mode", ["prefix", "dual"])
 @pytest.mark.parametrize("budget", BUDGETS, ids=lambda b: ",".join(f"{k}={v}" for k, v in b.items()))
@@ -68,8 +94,10 @@ def test_refreshing_every_step_reproduces_the_exact_sampler(models, kind, mode, 
     exact = run(dlm, DecodeConfig(gen_length=12, record_entropy=True, **budget))
     cfg = DecodeConfig(gen_length=12, record_entropy=True, cache=mode, **budget)
     checked = run(dlm, cfg, cache_check=True)
+    if not torch.equal(checked.decode_step, exact.decode_step):  # a rounding tie, or a bug
+        assert_rounding_tie(dlm, cfg, exact, checked)
+        return
     assert torch.equal(checked.sequences, exact.sequences)
-    assert torch.equal(checked.decode_step, exact.decode_step)
     assert checked.nfe == exact.nfe
     torch.testing.assert_close(checked.decode_entropy, exact.decode_entropy, rtol=0,
                                atol=1e-5, equal_nan=True)  # fmt: skip
