@@ -178,12 +178,6 @@ def budget_key(cfg: DecodeConfig) -> str:
     return f"{cfg.score}@{cfg.tokens_per_step}"
 
 
-def set_label(spec: str) -> str:
-    """``spec`` with its domain for the shipped base model: ``old domain: addition:...``."""
-    domain = {OLD_DOMAIN: "old domain", NEW_DOMAIN: "new domain"}.get(spec.partition("@")[0])
-    return f"{domain}: {spec}" if domain else spec
-
-
 def bar_label(spec: str) -> str:
     """A short progress-bar label: ``old domain: addition``, ``countdown@test.jsonl`` (the
     tables name the full spec)."""
