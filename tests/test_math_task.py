@@ -163,3 +163,23 @@ def test_a_worker_that_cannot_start_is_a_clear_error(monkeypatch):
     v = MathVerifier(timeout=2.0)
     with pytest.raises(TabomError, match="did not start: boom"):
         v.equivalent("1", "1")
+
+
+def test_answers_written_as_python_are_text_not_code(verifier, tmp_path):
+    """A model's answer goes to math-verify, whose only ``eval`` path (sympy ``parse_expr`` in
+    its expression fallback) accepts digits and arithmetic operators alone; an answer written as
+    Python must be compared as text and never run: no marker file appears."""
+    marker = tmp_path / "ran"
+    cmd = f"touch {marker}"
+    chars = "+".join(f"chr({ord(c)})" for c in cmd)  # no quotes, which normalisation strips
+    preds = [
+        f"__import__('os').system('{cmd}')",
+        f"__import__(chr(111)+chr(115)).system({chars})",
+        f"1+__import__(chr(111)+chr(115)).system({chars})",
+        f"(lambda: __import__('os').system('{cmd}'))()",
+        f"exec(\"import os; os.system('{cmd}')\")",
+        f"$__import__(chr(111)+chr(115)).system({chars})$",
+        f"\\text{{__import__('os').system('{cmd}')}}",
+    ]
+    assert verifier.equivalent_many([("0", p) for p in preds]) == [False] * len(preds)
+    assert not marker.exists()

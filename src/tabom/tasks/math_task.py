@@ -8,6 +8,12 @@ reference. math-verify bounds its own time with ``signal.alarm``, which works on
 thread and cannot interrupt a long C-level computation (``10^{10^{10^{10}}}``), so every check
 runs in a worker process with an address-space limit, and the parent kills a worker that
 misses the deadline: such an answer is wrong, and the worker is restarted.
+
+An answer is never run as code: math-verify parses LaTeX with an ANTLR grammar, and its only
+``eval`` path (sympy's ``parse_expr`` in the expression fallback) receives only strings its
+regex admits, digits and the operators ``+ - * × / ÷ ^ ( )``, so no name can be reached; the
+cost of such arithmetic is bounded by the worker's deadline and memory limit
+(``tests/test_math_task.py`` checks that answers written as Python leave no marker file).
 """
 
 from __future__ import annotations
