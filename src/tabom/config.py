@@ -106,16 +106,24 @@ def _check_range(value: Any, metadata: Any, where: str) -> None:
 
 
 def check_ranges(cfg: Any) -> None:
-    """Refuse a field of ``cfg`` outside its declared :class:`Range` (for ``__post_init__``).
+    """Refuse a field of ``cfg`` outside its declared :class:`Range` or ``Literal`` choices,
+    or a non-finite float (for ``__post_init__``).
 
     Flags and YAML are checked by :func:`load_config` before ``cfg`` is built (naming the flag);
     this is the same check for a config built in Python, naming the field.
 
     Raises:
-        ConfigError: the first field out of range, with what it accepts.
+        ConfigError: the first such field, with what it accepts.
     """
+    hints = get_type_hints(type(cfg))
     for f in dataclasses.fields(cfg):
-        _check_range(getattr(cfg, f.name), f.metadata, f.name)
+        value, tp = getattr(cfg, f.name), hints[f.name]
+        if any(get_origin(a) is Literal for a in (tp, *get_args(tp))):
+            _convert(value, tp, f.name)  # a choice (or another member of the union)
+        for v in value if isinstance(value, (list, tuple)) else [value]:
+            if isinstance(v, float) and not math.isfinite(v):
+                raise ConfigError(f"{f.name}: {value!r} is not a finite number")
+        _check_range(value, f.metadata, f.name)
 
 
 def split_list(text: str) -> list[str]:
