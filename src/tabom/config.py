@@ -106,8 +106,8 @@ def _check_range(value: Any, metadata: Any, where: str) -> None:
 
 
 def check_ranges(cfg: Any) -> None:
-    """Refuse a field of ``cfg`` outside its declared :class:`Range` or ``Literal`` choices,
-    or a non-finite float (for ``__post_init__``).
+    """Refuse a field of ``cfg`` outside its declared :class:`Range` or ``Literal`` choices, a
+    non-finite float or a non-integer for an ``int`` (for ``__post_init__``).
 
     Flags and YAML are checked by :func:`load_config` before ``cfg`` is built (naming the flag);
     this is the same check for a config built in Python, naming the field.
@@ -120,6 +120,10 @@ def check_ranges(cfg: Any) -> None:
         value, tp = getattr(cfg, f.name), hints[f.name]
         if any(get_origin(a) is Literal for a in (tp, *get_args(tp))):
             _convert(value, tp, f.name)  # a choice (or another member of the union)
+        elif int in (tp, *get_args(tp)) and float not in get_args(tp) and isinstance(
+            value, (bool, float)
+        ):
+            raise ConfigError(f"{f.name}: expected an integer, got {value!r}")
         for v in value if isinstance(value, (list, tuple)) else [value]:
             if isinstance(v, float) and not math.isfinite(v):
                 raise ConfigError(f"{f.name}: {value!r} is not a finite number")
