@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import functools
 import json
 import math
 import types
@@ -105,6 +106,11 @@ def _check_range(value: Any, metadata: Any, where: str) -> None:
             raise ConfigError(f"{at}: {v!r} is out of range; it must be {rng.describe()}")
 
 
+@functools.cache
+def _hints(cls: type) -> dict[str, Any]:
+    return get_type_hints(cls)
+
+
 def check_ranges(cfg: Any) -> None:
     """Refuse a field of ``cfg`` outside its declared :class:`Range` or ``Literal`` choices, a
     non-finite float or a non-integer for an ``int`` (for ``__post_init__``).
@@ -115,7 +121,7 @@ def check_ranges(cfg: Any) -> None:
     Raises:
         ConfigError: the first such field, with what it accepts.
     """
-    hints = get_type_hints(type(cfg))
+    hints = _hints(type(cfg))  # once per class: annotations are strings
     for f in dataclasses.fields(cfg):
         value, tp = getattr(cfg, f.name), hints[f.name]
         if any(get_origin(a) is Literal for a in (tp, *get_args(tp))):
