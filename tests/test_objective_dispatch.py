@@ -4,15 +4,20 @@ recomputed by hand (``tests/naive.py``; DESIGN §5; arXiv 2602.10314, 2509.23405
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import pytest
 import torch
 
 from naive import masked_ce, papl_loop, rank_loss_loop
 from tabom import losses
+from tabom.commands.train import load_train_items
 from tabom.config import ConfigError, load_config
 from tabom.masking import confidence_reveal_order, random_mask, time_delay_mask
 from tabom.objectives import OBJECTIVES, RANK_LOSSES, LossConfig, compute_objective
 from test_losses import MASK, FakeModel, as_batch, trajectories
+from test_trainer import traj  # noqa: F401  (the module fixture)
 
 
 def test_the_objective_table_is_the_losses_registry():
@@ -164,3 +169,25 @@ def test_nelbo_weight_is_refused_for_the_controls():
     for objective in ("puma", "papl"):
         with pytest.raises(ValueError, match="nelbo_weight"):
             TrainConfig(objective=objective, gt_task="addition", loss=LossConfig(nelbo_weight=True))
+
+
+@pytest.mark.slow  # a distilled file (about 13 s of fixture)
+def test_decode_entropy_ties_need_the_files_entropies(model_dir, traj, tmp_path):  # noqa: F811
+    """The one check of this data rule is where train reads the file (it names FILE:LINE);
+    ``rank_loss`` no longer re-checks that ``decode_entropy`` was passed."""
+    from tabom.errors import TabomError
+    from tabom.models import load_model
+    from test_trainer import config
+
+    lines = Path(traj).read_text().splitlines()
+    record = json.loads(lines[1])
+    assert record.pop("decode_entropy") is not None  # distill records them
+    lines[1] = json.dumps(record)
+    data = tmp_path / "no-entropy.jsonl"
+    data.write_text("\n".join(lines) + "\n")
+    dlm = load_model(model_dir)
+    assert len(load_train_items(config(model_dir, traj, tmp_path, rank_ties="decode-entropy"), dlm)[0])
+    cfg = config(model_dir, str(data), tmp_path, rank_ties="decode-entropy")
+    with pytest.raises(TabomError, match=r"no-entropy\.jsonl:2: loss\.rank_ties: 'decode-entropy'"):
+        load_train_items(cfg, dlm)
+    assert len(load_train_items(config(model_dir, str(data), tmp_path, rank_ties="reference"), dlm)[0])
