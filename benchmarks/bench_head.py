@@ -6,8 +6,9 @@ then ``DiffusionLM.logits_at``):
 
 ``train``: one training step of ``tabom`` (time-delay masking, CE + entropy ranking term,
 backward; no optimizer step) on a random bidirectional Llama. ``full`` is the old
-``compute_objective`` body verbatim (``masked_ce`` and ``entropy_rank_loss`` each gather from the
-(B, L, V) logits and each backward fills a (B, L, V) gradient); ``positions`` is today's
+``compute_objective`` body (the CE and the entropies each gather from the (B, L, V) logits
+and each backward fills a (B, L, V) gradient; since issue 20 the same gathers written inline,
+then :func:`tabom.losses.rank_loss`); ``positions`` is today's
 :func:`tabom.objectives.compute_objective` (one (N, V) gather, optionally chunked).
 
 ``decode``: one :func:`tabom.decoding.decode` call; ``full`` wraps the model so that it returns
@@ -43,7 +44,7 @@ import time
 
 import torch
 
-from tabom.losses import entropy_rank_loss, masked_ce
+from tabom.losses import rank_loss, token_entropy
 from tabom.masking import time_delay_mask
 from tabom.models.base import DiffusionLM
 
@@ -104,14 +105,13 @@ def full_objective(dlm: DiffusionLM, batch: dict, args: argparse.Namespace) -> t
         generator=torch.Generator().manual_seed(2),
     )
     logits = dlm(plan.input_ids, batch["attention_mask"])  # (B, L, V)
-    ce = masked_ce(logits, batch["input_ids"], plan.supervise)
-    rank = entropy_rank_loss(
-        logits,
-        batch["decode_step"],
-        plan.cut,
-        window=args.window,
-        margin=0.1,
-        supervise=plan.supervise,
+    sel = plan.supervise
+    ce = torch.nn.functional.cross_entropy(logits[sel].float(), batch["input_ids"][sel])
+    entropy = torch.zeros(sel.shape).index_put(
+        sel.nonzero(as_tuple=True), token_entropy(logits[sel])
+    )
+    rank = rank_loss(
+        entropy, batch["decode_step"], plan.cut, window=args.window, margin=0.1, supervise=sel
     ).loss
     return ce + rank
 

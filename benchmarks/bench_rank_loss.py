@@ -6,8 +6,9 @@ peak memory it adds on top of the logits, for three implementations:
 - ``loop``: the reference's way: entropies of all T response positions as a (B, T, V)
   probability tensor, then a Python loop over samples and over every ordered pair;
 - ``loop-pairs``: the same full-T entropies, a loop over samples, pairs vectorised per sample;
-- ``vectorised``: :func:`tabom.losses.entropy_rank_loss` (entropies only at the window's
-  positions, pairs as one masked (B, K, K) tensor).
+- ``vectorised``: what training runs: entropies only at the supervised rows (the window's
+  candidates are among them; :func:`tabom.losses.token_entropy`), then
+  :func:`tabom.losses.rank_loss` (pairs as one masked (B, K, K) tensor).
 
 Each variant runs in its own subprocess so that peak memory is its own: on CPU the peak
 resident set (``ru_maxrss``) after the run minus the one after building the inputs; on CUDA
@@ -84,12 +85,14 @@ def loss_loop_pairs(logits, ds, cut, supervise, *, prompt, window, margin):
 
 
 def loss_vectorised(logits, ds, cut, supervise, *, prompt, window, margin):
-    """:func:`tabom.losses.entropy_rank_loss` (strict pairs)."""
-    from tabom.losses import entropy_rank_loss
+    """:func:`tabom.losses.rank_loss` (strict pairs) on entropies at the supervised rows."""
+    from tabom.losses import rank_loss, token_entropy
 
-    return entropy_rank_loss(
-        logits, ds, cut, window=window, margin=margin, supervise=supervise
-    ).loss
+    sel = supervise.bool()
+    entropy = torch.zeros(sel.shape, device=logits.device).index_put(
+        sel.nonzero(as_tuple=True), token_entropy(logits[sel])
+    )
+    return rank_loss(entropy, ds, cut, window=window, margin=margin, supervise=supervise).loss
 
 
 def peak_mb(device: str) -> float:

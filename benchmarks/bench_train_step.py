@@ -30,7 +30,7 @@ import time
 
 import torch
 
-from tabom.losses import entropy_rank_loss, masked_ce, token_entropy
+from tabom.losses import rank_loss, token_entropy
 from tabom.masking import time_delay_mask
 from tabom.models.base import BackendSpec, DiffusionLM
 from tabom.objectives import LossConfig, compute_objective
@@ -144,12 +144,16 @@ def loss_level(args: argparse.Namespace) -> None:
             rows = z[sel]  # (N, V): one gather for both terms
             loss = torch.nn.functional.cross_entropy(rows, ids[sel]) + token_entropy(rows).mean()
         else:
-            loss = masked_ce(z, ids, sel)
+            loss = torch.nn.functional.cross_entropy(z[sel], ids[sel])
             if kind == "ce+rank":
+                entropy = torch.zeros(sel.shape).index_put(
+                    sel.nonzero(as_tuple=True), token_entropy(z[sel])
+                )
                 loss = (
                     loss
-                    + entropy_rank_loss(
-                        z, b["decode_step"], plan.cut, window=args.window, margin=0.1, supervise=sel
+                    + rank_loss(
+                        entropy, b["decode_step"], plan.cut, window=args.window, margin=0.1,
+                        supervise=sel,
                     ).loss
                 )
         loss.backward()

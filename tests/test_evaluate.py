@@ -55,9 +55,9 @@ def test_decode_config_takes_its_length_from_the_task():
     assert budget_for(fake_task(6), DecodeConfig(tokens_per_step=4)).steps == 2  # ceil(6 / 4)
     with pytest.raises(ValueError, match=r"task 't8'.*block_length \(16\) must divide"):
         budget_for(fake_task(8), budget)
-    with pytest.raises(ValueError, match="tokens_per_step must be >= 1"):
+    with pytest.raises(ValueError, match="tokens_per_step: 0 is out of range"):
         DecodeConfig(tokens_per_step=0)
-    with pytest.raises(ValueError, match="score must be one of"):
+    with pytest.raises(ValueError, match="score: 'nope' is not one of"):
         DecodeConfig(score="nope")  # type: ignore[arg-type]
 
 

@@ -12,6 +12,7 @@ import dataclasses
 import pytest
 import torch
 
+from naive import masked_ce, papl_loop, rank_loss_loop
 from realdata import REAL_CODE
 from tabom.decoding import (
     DecodeConfig,
@@ -27,8 +28,7 @@ from tabom.decoding import (
 from tabom.decoding import (
     propose as new_propose,
 )
-from tabom.head import LogitsModel, ce_entropy, ce_entropy_at
-from tabom.losses import entropy_rank_loss, masked_ce, planner_weighted_ce
+from tabom.head import ce_entropy
 from tabom.masking import confidence_reveal_order, random_mask, time_delay_mask
 from tabom.models import TinyModelConfig, build_tiny
 from tabom.models.base import DiffusionLM
@@ -150,11 +150,11 @@ def full_logits_objective(dlm, ids, attn, resp, steps, *, objective, seed, nelbo
     else:
         plan = random_mask(ids, resp, mask_token_id=dlm.mask_token_id, generator=g)
     logits = dlm(plan.input_ids, attn)
-    if objective == "papl":
-        ce = planner_weighted_ce(
+    if objective == "papl":  # the naive per-token loop
+        ce, _ = papl_loop(
             logits, ids, plan.supervise, tau=0.7, mix=0.8, mask_token_id=dlm.mask_token_id
         )
-        return ce, torch.zeros(())
+        return ce.float(), torch.zeros(())
     ce = masked_ce(
         logits,
         ids,
@@ -164,10 +164,8 @@ def full_logits_objective(dlm, ids, attn, resp, steps, *, objective, seed, nelbo
     )
     if objective != "tabom":
         return ce, torch.zeros(())
-    rank = entropy_rank_loss(
-        logits, steps, plan.cut, window=2, margin=0.3, supervise=plan.supervise
-    )
-    return ce, rank.loss
+    rank = rank_loss_loop(logits, steps, plan.cut, plan.supervise, window=2, margin=0.3)
+    return ce, rank
 
 
 def grads(model: torch.nn.Module, loss: torch.Tensor) -> list[torch.Tensor]:
@@ -223,8 +221,10 @@ def test_loss_and_gradient_equal_the_full_logits_path(models, kind, objective, c
         torch.testing.assert_close(g_new, g_old, rtol=REL, atol=REL * scale)
         checked += int(g_old.abs().max() > 1e-3 * scale)
     assert checked > 3
-    if chunk == 0 and kind != "bert":  # unchunked, bias-free head: the same numbers bit for
-        # bit (BERT's head bias gradient is a sum over N rows instead of all B x L)
+    if chunk == 0 and kind != "bert" and objective not in ("papl", "tabom"):
+        # unchunked, bias-free head: the same numbers as the plain gather bit for bit (BERT's
+        # head bias gradient is a sum over N rows instead of all B x L); papl and tabom
+        # are compared with per-token / per-pair loops, equal up to rounding
         assert all(
             (a is None and b is None) or torch.equal(a, b)
             for a, b in zip(got_g, want_g, strict=True)
@@ -261,7 +261,7 @@ def test_callables_and_head_models_give_one_loss(models):
     torch.testing.assert_close(a.total, b.total, rtol=REL, atol=0)
 
 
-def test_ce_entropy_matches_the_definitions_and_rejects_a_negative_chunk():
+def test_ce_entropy_matches_the_definitions():
     z = torch.randn(5, 11)
     z[0, 3] = float("-inf")
     t = torch.tensor([0, 1, 2, 3, 4])
@@ -270,8 +270,6 @@ def test_ce_entropy_matches_the_definitions_and_rejects_a_negative_chunk():
     torch.testing.assert_close(ce, -logp[torch.arange(5), t])
     p = logp.exp()
     torch.testing.assert_close(h, -(torch.where(p > 0, p * logp, 0)).sum(-1))
-    with pytest.raises(ValueError, match="loss_chunk"):
-        ce_entropy_at(LogitsModel(lambda i, m: i), z[None], t[:1], t[:1], t[:1], chunk=-1)
 
 
 # --------------------------------------------------------------------------- decoding

@@ -150,7 +150,7 @@ def test_unsupported_models_and_bad_modes_are_refused():
     with pytest.raises(ValueError, match="decode.cache dual: needs a tabom model"):
         decode(lambda i, m: torch.zeros(*i.shape, 8), ids, torch.ones_like(ids), cfg,
                mask_token_id=2)  # fmt: skip
-    with pytest.raises(ValueError, match="cache must be one of"):
+    with pytest.raises(ValueError, match="cache: 'full' is not one of"):
         DecodeConfig(cache="full")  # type: ignore[arg-type]
 
 

@@ -311,7 +311,7 @@ def test_config_ranges_and_pairs():
         LikelihoodConfig(n_samples=0)
     with pytest.raises(ConfigError, match="t_min"):
         LikelihoodConfig(t_min=1.0)
-    with pytest.raises(ValueError, match="draws must be one of"):
+    with pytest.raises(ValueError, match="draws: 'sobol' is not one of"):
         LikelihoodConfig(draws="sobol")
     with pytest.raises(ValueError, match="need form llada"):
         LikelihoodConfig(draws="orders", form="mdlm")

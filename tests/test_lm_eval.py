@@ -78,7 +78,7 @@ def test_settings_are_checked_at_init_without_a_placeholder_length(model_dir):
     assert (cfg.gen_length, cfg.steps, cfg.block_length) == (32, 32, 16)
     with pytest.raises(ValueError, match=r"block_length \(16\) must divide"):
         lm.decode_config(8)
-    with pytest.raises(ValueError, match="score must be one of"):
+    with pytest.raises(ValueError, match="score: 'nope' is not one of"):
         TabomLM(pretrained=model_dir, score="nope")
     with pytest.raises(ValueError, match="block_length"):
         TabomLM(pretrained=model_dir, gen_length=8, block_length=16)  # T fixed: checked now

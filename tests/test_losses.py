@@ -1,4 +1,5 @@
-"""Masked CE, the vectorised entropy ranking loss against a naive loop, and the objectives."""
+"""The entropy, the vectorised ranking loss against a naive loop, and the objectives against
+the references of ``tests/naive.py`` (the one loss path: what ``compute_objective`` runs)."""
 
 from __future__ import annotations
 
@@ -6,9 +7,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from tabom.losses import entropy_rank_loss, masked_ce, token_entropy
+from naive import masked_ce, rank_loss_loop
+from tabom.losses import rank_loss, token_entropy
 from tabom.masking import random_mask, time_delay_mask
-from tabom.objectives import LossConfig, compute_objective
+from tabom.objectives import LossConfig, compute_objective, term_knobs
 from tabom.train_data import TrajectoryBatch
 
 MASK = 2
@@ -31,38 +33,6 @@ def trajectories(b: int = 6, length: int = 20, response: int = 14, per_step: int
         ds[row, start + order] = d
     ds[-1, ds[-1] > 0] = -1  # one row too short to cut (one step, two tokens)
     return ids, resp, ds
-
-
-def naive_rank_loss(logits, ds, cut, supervise, *, window, margin, ties, entropy=None, unit):
-    """Per-sample Python loop over full-T entropies, like the authors' code."""
-    probs = torch.softmax(logits.float(), -1)
-    h_all = -(probs * torch.log_softmax(logits.float(), -1)).sum(-1)  # (B, L), all of L
-    terms = []
-    for b in range(logits.shape[0]):
-        s = int(cut[b])
-        if s < 0:
-            continue
-        after = [p for p in range(ds.shape[1]) if supervise[b, p] and ds[b, p] >= s]
-        after.sort(key=lambda p: (int(ds[b, p]), p))
-        in_steps = [p for p in after if ds[b, p] < s + window]
-        cands = in_steps if unit == "steps" else after[:window]
-        pair_terms = []
-        for i in cands:
-            for j in cands:
-                di, dj = int(ds[b, i]), int(ds[b, j])
-                if di < dj:
-                    ordered = True
-                elif di > dj or i == j or ties == "strict":
-                    ordered = False
-                elif ties == "reference":
-                    ordered = i < j
-                else:
-                    ordered = (float(entropy[b, i]), i) < (float(entropy[b, j]), j)
-                if ordered:
-                    pair_terms.append(torch.relu(h_all[b, i] - h_all[b, j] + margin))
-        if pair_terms:
-            terms.append(torch.stack(pair_terms).mean())
-    return torch.stack(terms).mean() if terms else logits.sum() * 0
 
 
 # 1) masked CE ---------------------------------------------------------------------------------
@@ -138,17 +108,11 @@ def test_rank_loss_vectorised_equals_the_naive_loop(ties, unit, rank_window):
     logits = (2 * torch.randn(*ids.shape, VOCAB)).requires_grad_(True)
     # recorded entropies with exact ties inside some steps
     entropy = torch.randint(0, 3, ds.shape).float()
-    kw = dict(window=rank_window, margin=0.3, ties=ties)
-    out = entropy_rank_loss(
-        logits,
-        ds,
-        plan.cut,
-        supervise=plan.supervise,
-        decode_entropy=entropy,
-        window_unit=unit,
-        **kw,
+    kw = dict(window=rank_window, margin=0.3, ties=ties, decode_entropy=entropy)
+    out = rank_loss(
+        token_entropy(logits), ds, plan.cut, supervise=plan.supervise, window_unit=unit, **kw
     )
-    ref = naive_rank_loss(logits, ds, plan.cut, plan.supervise, entropy=entropy, unit=unit, **kw)
+    ref = rank_loss_loop(logits, ds, plan.cut, plan.supervise, unit=unit, **kw)
     assert out.n_samples > 0 and out.n_pairs > 0 and plan.n_uncut == 1
     torch.testing.assert_close(out.loss, ref)
     g_out, g_ref = (torch.autograd.grad(x, logits)[0] for x in (out.loss, ref))
@@ -163,14 +127,13 @@ def test_rank_loss_tie_modes_count_pairs():
     ds = torch.tensor([[-1, 0, 0, 1, 1, 2, 2]])
     logits = torch.randn(1, 7, VOCAB)
     cut = torch.tensor([0])
+    h = token_entropy(logits)
     kw = dict(window=2, margin=0.1)
-    assert entropy_rank_loss(logits, ds, cut, **kw).n_pairs == 4
-    assert entropy_rank_loss(logits, ds, cut, ties="reference", **kw).n_pairs == 6
+    assert rank_loss(h, ds, cut, **kw).n_pairs == 4
+    assert rank_loss(h, ds, cut, ties="reference", **kw).n_pairs == 6
     ent = torch.rand(1, 7)
-    out = entropy_rank_loss(logits, ds, cut, ties="decode-entropy", decode_entropy=ent, **kw)
+    out = rank_loss(h, ds, cut, ties="decode-entropy", decode_entropy=ent, **kw)
     assert out.n_pairs == 6 and out.n_samples == 1
-    with pytest.raises(ValueError, match="decode_entropy"):
-        entropy_rank_loss(logits, ds, cut, ties="decode-entropy", **kw)
 
 
 def test_rank_loss_hinge_value_and_no_pair_case():
@@ -178,7 +141,7 @@ def test_rank_loss_hinge_value_and_no_pair_case():
     logits = torch.zeros(1, 2, VOCAB)
     logits[0, 1, 0] = 20.0  # position 1 almost certain: H ≈ 0
     ds = torch.tensor([[0, 1]])
-    out = entropy_rank_loss(logits, ds, torch.tensor([0]), window=2, margin=0.5)
+    out = rank_loss(token_entropy(logits), ds, torch.tensor([0]), window=2, margin=0.5)
     torch.testing.assert_close(
         out.loss, token_entropy(logits[0, 0]) - token_entropy(logits[0, 1]) + 0.5
     )
@@ -188,7 +151,7 @@ def test_rank_loss_hinge_value_and_no_pair_case():
     cases = [(ds.expand(2, 2), -1, 2), (ds.expand(2, 2), 0, 1), (same_step, 0, 2)]
     for steps, s, width in cases:
         cut = torch.full((2,), s)
-        out = entropy_rank_loss(z, steps, cut, window=width, margin=0.5)
+        out = rank_loss(token_entropy(z), steps, cut, window=width, margin=0.5)
         assert out.loss.item() == 0.0 and out.n_pairs == 0 and out.n_samples == 0
         (grad,) = torch.autograd.grad(out.loss, z)
         assert grad.abs().sum() == 0
@@ -239,13 +202,10 @@ def test_compute_objective_pieces(objective):
     assert out.n_supervised == int(plan.supervise.sum()) > 0
     assert out.n_uncut == plan.n_uncut == (1 if objective in ("td", "tabom") else 0)
     if objective == "tabom":
-        rank = entropy_rank_loss(
-            logits, ds, plan.cut, supervise=plan.supervise, window=2, margin=0.2
-        )
-        torch.testing.assert_close(out.rank, rank.loss)
+        rank = rank_loss_loop(logits, ds, plan.cut, plan.supervise, window=2, margin=0.2)
+        torch.testing.assert_close(out.rank, rank)
         torch.testing.assert_close(out.total, out.ce + 1.5 * out.rank)
-        assert out.rank.item() > 0 and out.n_pairs == rank.n_pairs > 0
-        assert out.n_rank_samples == rank.n_samples > 0
+        assert out.rank.item() > 0 and out.n_pairs > 0 and out.n_rank_samples > 0
     else:
         assert out.rank.item() == 0.0 and out.n_pairs == 0 and out.n_rank_samples == 0
         torch.testing.assert_close(out.total, out.ce)
@@ -269,56 +229,70 @@ def test_compute_objective_nelbo_and_errors():
     logits = model(plan.input_ids, attn)
     ref = masked_ce(logits, ids, plan.supervise, t=plan.t, normalizer=resp.sum())
     torch.testing.assert_close(out.ce, ref)
-    loss = LossConfig()
-    with pytest.raises(ValueError, match="decode_step"):
-        compute_objective(
-            model, as_batch(ids, attn, resp), objective="td", loss=loss, mask_token_id=MASK
-        )
-    with pytest.raises(ValueError, match="nelbo_weight"):
-        compute_objective(
-            model,
-            as_batch(ids, attn, resp, ds),
-            objective="tabom",
-            loss=LossConfig(nelbo_weight=True),
-            mask_token_id=MASK,
-        )
-    with pytest.raises(ValueError, match="objective"):
-        compute_objective(
-            model, as_batch(ids, attn, resp), objective="dpo", loss=loss, mask_token_id=MASK
-        )
+
+
+def test_loss_settings_are_refused_by_the_config_naming_the_flag():
+    """Each rule once, in the config layer (issue 20): a range in field metadata, the variant
+    name in ``LossConfig``, ``nelbo_weight`` against the objective in ``TrainConfig``."""
+    from tabom.commands.train import TrainConfig
+    from tabom.config import ConfigError, load_config
+
     with pytest.raises(ValueError, match="rank_loss must be one of hinge"):
         LossConfig(rank_loss="nope")
-    with pytest.raises(ValueError, match="td_window must be >= 1"):
+    with pytest.raises(ConfigError, match="td_window: 0 is out of range; it must be >= 1"):
         LossConfig(td_window=0)
+    for argv, flag in [
+        (["--loss.td_window", "0"], "--loss.td_window: 0 is out of range"),
+        (["--loss.loss_chunk", "-1"], "--loss.loss_chunk: -1 is out of range"),
+        (["--loss.tad_tau", "0"], "--loss.tad_tau: 0.0 is out of range"),
+        (["--loss.tad_delta", "0"], "--loss.tad_delta: 0 is out of range"),
+        (["--loss.window_unit", "bytes"], "--loss.window_unit: 'bytes' is not one of"),
+        (["--loss.td_cut_range", "all"], "--loss.td_cut_range: 'all' is not one of"),
+        (["--loss.rank_loss", "nope"], "--loss.rank_loss must be one of hinge"),
+        (["--loss.nelbo_weight", "true"], "--loss.nelbo_weight: applies to sft / traj-sft"),
+    ]:
+        with pytest.raises(ConfigError, match=flag):
+            load_config(TrainConfig, None, ["--data", "x.jsonl", *argv])
+    for objective in ("td", "tabom", "tad", "puma", "papl"):
+        data = ["--gt_task", "addition"] if objective in ("puma", "papl") else ["--data", "x"]
+        argv = [*data, "--objective", objective, "--loss.nelbo_weight", "true"]
+        with pytest.raises(ConfigError, match="--loss.nelbo_weight: applies to sft"):
+            load_config(TrainConfig, None, argv)
+    for objective in ("sft", "traj-sft"):
+        data = ["--gt_task", "addition"] if objective == "sft" else ["--data", "x"]
+        argv = [*data, "--objective", objective, "--loss.nelbo_weight", "true"]
+        assert load_config(TrainConfig, None, argv).loss.nelbo_weight
 
 
-def test_a_ranking_variant_is_one_table_entry(monkeypatch):
-    """``--loss.rank_loss NAME`` dispatches through RANK_LOSSES with the variant's own keywords."""
-    import tabom.objectives as obj
+def test_a_ranking_variant_is_one_registered_term(monkeypatch):
+    """``--loss.rank_loss NAME`` runs the term registered as NAME, with its knobs (keyword-only
+    parameters) filled from ``LossConfig.rank_KNOB``."""
+    from tabom import losses
 
     ids, resp, ds = trajectories()
     attn = torch.ones_like(ids)
     model = FakeModel(ids.shape[1])
     seen = {}
 
-    def doubled_hinge(logits, decode_step, cut, *, scale, **common):
-        seen.update(common, scale=scale)
-        out = entropy_rank_loss(logits, decode_step, cut, margin=0.2, **common)
-        return type(out)(loss=scale * out.loss, n_pairs=out.n_pairs, n_samples=out.n_samples)
+    def scaled_hinge(h, before, margin, *, beta):
+        seen.update(beta=beta, margin=margin)
+        terms, counted = losses.RANK_LOSSES["hinge"](h, before, margin)
+        return beta * terms, counted
 
-    monkeypatch.setitem(obj.RANK_LOSSES, "doubled", (doubled_hinge, lambda c: {"scale": 2.0}))
-    kw = dict(objective="tabom", mask_token_id=MASK)
-    base = LossConfig(td_window=3, rank_window=2, rank_margin=0.2)
+    monkeypatch.setitem(losses.RANK_LOSSES, "scaled", scaled_hinge)
+    assert term_knobs("scaled") == ("beta",) and term_knobs("hinge") == ()
     runs = {}
-    for name in ("hinge", "doubled"):
-        loss = LossConfig(td_window=3, rank_window=2, rank_margin=0.2, rank_loss=name)
+    for name in ("hinge", "scaled"):
+        loss = LossConfig(
+            td_window=3, rank_window=2, rank_margin=0.2, rank_loss=name, rank_beta=3.0
+        )
         runs[name] = compute_objective(
             model,
             as_batch(ids, attn, resp, ds),
+            objective="tabom",
             loss=loss,
+            mask_token_id=MASK,
             generator=torch.Generator().manual_seed(7),
-            **kw,
         )
-    torch.testing.assert_close(runs["doubled"].rank, 2 * runs["hinge"].rank)
-    assert runs["hinge"].rank.item() > 0 and seen["window"] == base.rank_window == 2
-    assert seen["ties"] == "strict" and seen["scale"] == 2.0
+    torch.testing.assert_close(runs["scaled"].rank, 3.0 * runs["hinge"].rank)
+    assert runs["hinge"].rank.item() > 0 and seen == {"beta": 3.0, "margin": 0.2}

@@ -1,18 +1,23 @@
-"""The issue-12 objectives through ``compute_objective``: every ``rank_loss`` through the one
-table, ``rank_margin: auto`` from a flag, and the controls ``puma`` and ``papl`` recomputed by
-hand from their components (DESIGN §5; arXiv 2602.10314, 2509.23405)."""
+"""The issue-12 objectives through ``compute_objective``: every ``rank_loss`` variant against
+the naive loop, ``rank_margin: auto`` from a flag, and the controls ``puma`` and ``papl``
+recomputed by hand (``tests/naive.py``; DESIGN §5; arXiv 2602.10314, 2509.23405)."""
 
 from __future__ import annotations
+
+import json
+from pathlib import Path
 
 import pytest
 import torch
 
+from naive import masked_ce, papl_loop, rank_loss_loop
 from tabom import losses
+from tabom.commands.train import load_train_items
 from tabom.config import ConfigError, load_config
-from tabom.losses import masked_ce, planner_weighted_ce, rank_loss
 from tabom.masking import confidence_reveal_order, random_mask, time_delay_mask
 from tabom.objectives import OBJECTIVES, RANK_LOSSES, LossConfig, compute_objective
 from test_losses import MASK, FakeModel, as_batch, trajectories
+from test_trainer import traj  # noqa: F401  (the module fixture)
 
 
 def test_the_objective_table_is_the_losses_registry():
@@ -53,20 +58,20 @@ def test_each_variant_reaches_compute_objective_with_its_settings(variant, margi
         generator=torch.Generator().manual_seed(7),
     )
     logits = model(plan.input_ids, attn)
-    ref = rank_loss(
+    ref = rank_loss_loop(
         logits,
         ds,
         plan.cut,
+        plan.supervise,
         variant=variant,
         window=3,
         margin=margin,
         margin_fraction=0.7,
         beta=2.0,
-        supervise=plan.supervise,
     )
-    torch.testing.assert_close(out.rank, ref.loss)
-    torch.testing.assert_close(out.total, out.ce + 1.5 * ref.loss)
-    assert out.rank.item() > 0 and out.n_pairs == ref.n_pairs > 0
+    torch.testing.assert_close(out.rank, ref)
+    torch.testing.assert_close(out.total, out.ce + 1.5 * ref)
+    assert out.rank.item() > 0 and out.n_pairs > 0
     out.total.backward()
     assert model.table.grad is not None and model.table.grad.abs().sum() > 0
 
@@ -143,8 +148,11 @@ def test_papl_is_random_masking_with_planner_weighted_ce(mix):
     )
     plan = random_mask(ids, resp, mask_token_id=MASK, generator=torch.Generator().manual_seed(5))
     logits = model(plan.input_ids, attn)
-    ref = planner_weighted_ce(logits, ids, plan.supervise, tau=0.5, mix=mix, mask_token_id=MASK)
-    torch.testing.assert_close(out.ce, ref)
+    ref, _ = papl_loop(logits, ids, plan.supervise, tau=0.5, mix=mix, mask_token_id=MASK)
+    torch.testing.assert_close(out.ce, ref.float(), rtol=1e-5, atol=1e-6)
+    (g,) = torch.autograd.grad(out.ce, model.table)
+    (g_ref,) = torch.autograd.grad(ref, model.table)
+    torch.testing.assert_close(g, g_ref, rtol=1e-4, atol=1e-6)
     sft = compute_objective(
         model, batch, objective="sft", generator=torch.Generator().manual_seed(5), **kw
     )
@@ -155,14 +163,31 @@ def test_papl_is_random_masking_with_planner_weighted_ce(mix):
 
 
 def test_nelbo_weight_is_refused_for_the_controls():
-    ids, resp, _ = trajectories()
-    model = FakeModel(ids.shape[1])
+    """The rule lives in TrainConfig (objective against loss.nelbo_weight), checked once."""
+    from tabom.commands.train import TrainConfig
+
     for objective in ("puma", "papl"):
         with pytest.raises(ValueError, match="nelbo_weight"):
-            compute_objective(
-                model,
-                as_batch(ids, torch.ones_like(ids), resp),
-                objective=objective,
-                loss=LossConfig(nelbo_weight=True),
-                mask_token_id=MASK,
-            )
+            TrainConfig(objective=objective, gt_task="addition", loss=LossConfig(nelbo_weight=True))
+
+
+@pytest.mark.slow  # a distilled file (about 13 s of fixture)
+def test_decode_entropy_ties_need_the_files_entropies(model_dir, traj, tmp_path):  # noqa: F811
+    """The one check of this data rule is where train reads the file (it names FILE:LINE);
+    ``rank_loss`` no longer re-checks that ``decode_entropy`` was passed."""
+    from tabom.errors import TabomError
+    from tabom.models import load_model
+    from test_trainer import config
+
+    lines = Path(traj).read_text().splitlines()
+    record = json.loads(lines[1])
+    assert record.pop("decode_entropy") is not None  # distill records them
+    lines[1] = json.dumps(record)
+    data = tmp_path / "no-entropy.jsonl"
+    data.write_text("\n".join(lines) + "\n")
+    dlm = load_model(model_dir)
+    assert len(load_train_items(config(model_dir, traj, tmp_path, rank_ties="decode-entropy"), dlm)[0])
+    cfg = config(model_dir, str(data), tmp_path, rank_ties="decode-entropy")
+    with pytest.raises(TabomError, match=r"no-entropy\.jsonl:2: loss\.rank_ties: 'decode-entropy'"):
+        load_train_items(cfg, dlm)
+    assert len(load_train_items(config(model_dir, str(data), tmp_path, rank_ties="reference"), dlm)[0])

@@ -7,8 +7,8 @@ import json
 import pytest
 import torch
 
+from naive import masked_ce
 from tabom.commands.pretrain import PretrainConfig, encode_example, pretrain
-from tabom.losses import masked_ce
 from tabom.masking import random_mask
 from tabom.models import TinyModelConfig, build_tiny, load_model
 from tabom.objectives import LossConfig, compute_objective

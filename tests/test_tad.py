@@ -93,8 +93,8 @@ def test_tad_mask_splits_the_masked_positions_like_the_released_code():
             assert bool(plan.distant[row, p]) == far
     assert plan.n_uncut == 1 and int(plan.cut[0]) == -1 and int(plan.cut[-1]) == 0
     assert plan.supervise.any() and plan.distant.any()
-    with pytest.raises(ValueError, match="delta must be >= 1"):
-        tad_mask(ids, ds, response_mask=resp, delta=0, mask_token_id=MASK)
+    with pytest.raises(ValueError, match="tad_delta: 0 is out of range"):  # the config's rule
+        LossConfig(tad_delta=0)
 
 
 @pytest.mark.parametrize(("delta", "tau", "w_ce", "w_kl"), [(1, 1.0, 1.0, 1.0), (3, 2.0, 0.5, 1.5)])

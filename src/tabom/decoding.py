@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any, Literal, get_args
 import torch
 from tqdm.auto import tqdm
 
-from tabom.config import AT_LEAST_1, NON_NEGATIVE, PROBABILITY
+from tabom.config import AT_LEAST_1, NON_NEGATIVE, PROBABILITY, check_ranges
 from tabom.head import HeadModel, as_head_model
 
 if TYPE_CHECKING:
@@ -32,40 +32,6 @@ ScoreName = Literal["confidence", "margin", "entropy", "random"]
 SCORES: tuple[str, ...] = get_args(ScoreName)
 CacheMode = Literal["none", "prefix", "dual"]
 CACHE_MODES: tuple[str, ...] = get_args(CacheMode)
-
-
-def _check_settings(
-    *,
-    steps: int | None = None,
-    block_length: int | None = None,
-    score: str = "confidence",
-    temperature: float = 0.0,
-    top_p: float = 1.0,
-    top_k: int = 0,
-    threshold: float | None = None,
-) -> None:
-    """Reject decode settings that are wrong whatever the response length (``None`` = unset).
-
-    :class:`DecodeConfig` runs this, then the checks that need ``gen_length`` once it is known
-    (at construction or in :meth:`DecodeConfig.resolve`).
-
-    Raises:
-        ValueError: naming the bad setting (the field of :class:`DecodeConfig`).
-    """
-    if steps is not None and steps <= 0:
-        raise ValueError(f"steps must be positive, got {steps}")
-    if block_length is not None and block_length <= 0:
-        raise ValueError(f"block_length must be positive, got {block_length}")
-    if score not in SCORES:
-        raise ValueError(f"score must be one of {SCORES}, got {score!r}")
-    if temperature < 0:
-        raise ValueError(f"temperature must be >= 0, got {temperature}")
-    if not 0 < top_p <= 1:
-        raise ValueError(f"top_p must be in (0, 1], got {top_p}")
-    if top_k < 0:
-        raise ValueError(f"top_k must be >= 0, got {top_k}")
-    if threshold is not None and not 0 < threshold <= 1:
-        raise ValueError(f"threshold must be in (0, 1], got {threshold}")
 
 
 def steps_for(gen_length: int, tokens_per_step: int, block_length: int | None = None) -> int:
@@ -140,21 +106,7 @@ class DecodeConfig:
     cache: CacheMode = "none"
 
     def __post_init__(self) -> None:
-        if self.gen_length is not None and self.gen_length <= 0:
-            raise ValueError(f"gen_length must be positive, got {self.gen_length}")
-        if self.tokens_per_step < 1:
-            raise ValueError(f"tokens_per_step must be >= 1, got {self.tokens_per_step}")
-        if self.cache not in CACHE_MODES:
-            raise ValueError(f"cache must be one of {CACHE_MODES}, got {self.cache!r}")
-        _check_settings(
-            steps=self.steps,
-            block_length=self.block_length,
-            score=self.score,
-            temperature=self.temperature,
-            top_p=self.top_p,
-            top_k=self.top_k,
-            threshold=self.threshold,
-        )
+        check_ranges(self)  # ranges and choices of a config built in Python (config.py)
         if self.gen_length is None:
             return
         if self.block_length is not None and self.gen_length % self.block_length:

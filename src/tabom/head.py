@@ -255,12 +255,7 @@ def ce_entropy_at(
 
     Returns:
         ``(ce, h)``: ``(N,)`` each, fp32.
-
-    Raises:
-        ValueError: a negative ``chunk``.
     """
-    if chunk < 0:
-        raise ValueError(f"loss.loss_chunk must be >= 0, got {chunk}")
     h_rows = model.gather_hidden(hidden, rows, positions)  # (N, H)
     if not chunk or h_rows.shape[0] <= chunk:
         return ce_entropy(model.apply_head(h_rows), targets, entropy=entropy)

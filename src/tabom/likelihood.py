@@ -27,7 +27,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Literal, get_args
+from typing import Literal
 
 import torch
 
@@ -71,13 +71,7 @@ class LikelihoodConfig:
     seed: int = field(default=0, metadata=NON_NEGATIVE)
 
     def __post_init__(self) -> None:
-        check_ranges(self)
-        if self.draws not in get_args(Draws):
-            raise ValueError(
-                f"likelihood.draws must be one of {', '.join(get_args(Draws))}, got {self.draws!r}"
-            )
-        if self.form not in get_args(Form):
-            raise ValueError(f"likelihood.form must be llada or mdlm, got {self.form!r}")
+        check_ranges(self)  # ranges and choices (config.py)
         if self.draws == "orders" and self.form != "llada":
             raise ValueError("likelihood.draws orders: decode orders need form llada")
         if self.draws == "antithetic" and self.n_samples % 2:
@@ -112,9 +106,7 @@ def _uniforms(shape: tuple[int, int], draws: Draws, generator: torch.Generator) 
     if draws == "antithetic":
         half = u[:, : K // 2]
         return torch.cat([half, 1.0 - half], dim=1)  # 1 - u in (0, 1]: l = L at u = 0
-    if draws != "plain":
-        raise ValueError(f"likelihood.draws must be plain, stratified or antithetic, got {draws!r}")
-    return u
+    return u  # plain
 
 
 def draw_masks(
@@ -149,9 +141,7 @@ def draw_masks(
     Lmax = int(lengths.max()) if R else 0
     L = lengths.to(torch.float64)[:, None]  # (R, 1)
     inside = torch.arange(Lmax)[None, None, :] < lengths[:, None, None]  # (R, 1, Lmax)
-    if draws == "orders":
-        if form != "llada":
-            raise ValueError("likelihood.draws orders: decode orders need form llada")
+    if draws == "orders":  # form llada (LikelihoodConfig's rule)
         return _draw_orders(lengths, K, Lmax, generator)
     if form == "llada" and draws == "antithetic":
         # complementary pairs: one permutation, M1 = its first l positions, M2 = its last
@@ -174,12 +164,10 @@ def draw_masks(
         rank = keys.argsort(-1).argsort(-1)  # (R, K, Lmax): a uniform permutation
         masked = rank < size[..., None]
         weight = torch.where(L > 0, L / size.clamp(min=1), torch.zeros_like(size))
-    elif form == "mdlm":
+    else:  # mdlm
         t = t_min + (1.0 - t_min) * u  # (R, K)
         masked = (keys < t[..., None]) & inside
         weight = torch.where(L > 0, 1.0 / t, torch.zeros_like(t))
-    else:
-        raise ValueError(f"likelihood.form must be llada or mdlm, got {form!r}")
     return masked & inside, masked & inside, weight
 
 

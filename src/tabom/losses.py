@@ -1,17 +1,19 @@
-"""Training losses as functions of tensors (DESIGN §5; the paper's Eqs. 1, 8 and 9).
+"""Training losses as functions of tensors (DESIGN §5; the paper's Eqs. 8 and 9).
 
-``masked_ce``: cross-entropy on supervised positions, the plain token mean (the reference
-trainer, the CE half of Eq. 9) or weighted by 1/t per sample (the MDLM NELBO of Eq. 1).
-``entropy_rank_loss``: the pairwise entropy hinge of Eq. 8 — within the window after the cut,
-an earlier-decoded token must have lower predictive entropy by a margin m. ``rank_loss`` is
-the same window with a choice of ranking term (``RANK_LOSSES``: the hinge, its one-sided
-form, the Bradley–Terry logistic, its one-sided form, the exact Plackett–Luce listwise
-likelihood of DESIGN §5's "later extensions") and ``margin="auto"``. Vectorised over the
-batch: entropies only at window positions, pairs as one masked (B, K, K) tensor.
-``planner_weighted_ce``: the CE with PAPL's detached planner weights (arXiv 2509.23405).
-``teacher_kl``: TAD's soft term (arXiv 2605.09536), τ² KL(teacher ‖ student) per row at
-temperature τ; ``tad_loss`` combines it with the hard CE on the near tokens.
-Torch only; the objectives that combine them live in ``tabom.objectives``.
+What :func:`tabom.objectives.compute_objective` runs, on the rows where the LM head ran
+(the CE and entropies per row come from :mod:`tabom.head`): ``rank_loss``, the ranking half
+of Eq. 9 — within the window after the cut, an earlier-decoded token must have lower
+predictive entropy — with a choice of term (``RANK_LOSSES``: the hinge of Eq. 8, its
+one-sided form, the Bradley–Terry logistic, its one-sided form, the exact Plackett–Luce
+listwise likelihood of DESIGN §5's "later extensions") and ``margin="auto"``; vectorised over
+the batch, pairs as one masked (B, K, K) tensor. ``planner_weights``: PAPL's detached planner
+weights (arXiv 2509.23405). ``teacher_kl``: TAD's soft term (arXiv 2605.09536),
+τ² KL(teacher ‖ student) per row at temperature τ; ``tad_loss`` combines it with the hard CE
+on the near tokens. ``token_entropy``: H in fp32 with a memory-light backward.
+
+Settings arrive validated (``LossConfig``, ``config.check_ranges``); nothing here re-checks
+them. Torch only; the objectives that combine the terms live in ``tabom.objectives``; the
+slow references the tests compare with live in ``tests/naive.py``.
 """
 
 from __future__ import annotations
@@ -26,37 +28,6 @@ import torch.nn.functional as F
 from tabom.masking import WindowUnit, window_mask
 
 RankTies = Literal["strict", "reference", "decode-entropy"]
-
-
-def masked_ce(
-    logits: torch.Tensor,
-    targets: torch.Tensor,
-    supervise: torch.Tensor,
-    *,
-    t: torch.Tensor | None = None,
-    normalizer: torch.Tensor | float | None = None,
-) -> torch.Tensor:
-    """Cross-entropy over supervised positions.
-
-    Args:
-        logits: ``(B, L, V)`` aligned logits.
-        targets: ``(B, L)`` clean token ids.
-        supervise: ``(B, L)`` bool, positions that contribute.
-        t: ``(B,)`` masking ratios; when given each token's CE is weighted by 1/t (NELBO).
-        normalizer: divide the (weighted) sum by this; default the number of supervised
-            tokens (a token mean). The NELBO divides by the number of response tokens instead.
-
-    Returns:
-        A scalar; 0 (with a graph) when nothing is supervised.
-    """
-    sel = supervise.bool()
-    ce = F.cross_entropy(logits[sel].float(), targets[sel], reduction="none")  # (N,)
-    if t is not None:
-        weight = (1.0 / t)[:, None].expand_as(supervise)[sel]
-        ce = ce * weight
-    if normalizer is None:
-        normalizer = sel.sum().clamp(min=1)
-    return ce.sum() / normalizer
 
 
 def _at_least_fp32(x: torch.Tensor) -> torch.Tensor:
@@ -124,66 +95,6 @@ class RankOutput:
     n_samples: int
 
 
-def entropy_rank_loss(
-    logits: torch.Tensor | None,
-    decode_step: torch.Tensor,
-    cut: torch.Tensor,
-    *,
-    window: int,
-    margin: float,
-    supervise: torch.Tensor | None = None,
-    ties: RankTies = "strict",
-    decode_entropy: torch.Tensor | None = None,
-    window_unit: WindowUnit = "steps",
-    entropy: torch.Tensor | None = None,
-) -> RankOutput:
-    """Pairwise entropy hinge over the decode window after the cut (Eq. 8).
-
-    Candidates are positions with s ≤ d < s + W (``window_unit="steps"``; the first W
-    tokens with d ≥ s for ``tokens``), restricted to ``supervise`` when given, so the
-    effective window is min(W, M). H is computed only there. For each ordered pair (i, j)
-    with i decoded before j, loss_ij = max(0, H_i − H_j + m); sample term = mean over its
-    pairs; the loss is the mean over samples with at least one pair. This is
-    :func:`rank_loss` with ``variant="hinge"``.
-
-    Args:
-        logits: ``(B, L, V)`` aligned logits of the one forward at the cut state.
-        decode_step: ``(B, L)`` long, d per position, -1 where never decoded / not response.
-        cut: ``(B,)`` long, the cut s per sample; -1 for samples that were not cut.
-        window: W, the ranking window, in ``window_unit``.
-        margin: m, the hinge margin.
-        supervise: ``(B, L)`` bool, the CE-supervised positions (the TD window of size M).
-        ties: same-step pairs: ``strict`` excludes them (Eq. 8); ``reference`` orders them
-            by position like the authors' sorted decode order; ``decode-entropy`` orders
-            them by the recorded ``decode_entropy``, lower first (Definition 1), position
-            breaking exact ties.
-        decode_entropy: ``(B, L)`` float, required for ``ties="decode-entropy"``.
-        window_unit: ``steps`` (the authors' code) or ``tokens`` (the paper).
-        entropy: ``(B, L)`` fp32 entropies, valid (and differentiable) at every candidate;
-            when given, ``logits`` is unused (``compute_objective`` computes H where the head
-            ran, the supervised positions, and passes ``logits=None``).
-
-    Returns:
-        A :class:`RankOutput`.
-
-    Raises:
-        ValueError: on an unknown ``ties`` or a missing ``decode_entropy``.
-    """
-    return rank_loss(
-        logits,
-        decode_step,
-        cut,
-        variant="hinge",
-        window=window,
-        margin=margin,
-        supervise=supervise,
-        ties=ties,
-        decode_entropy=decode_entropy,
-        window_unit=window_unit,
-        entropy=entropy,
-    )
-
-
 @dataclass
 class RankWindow:
     """The ranking window of a batch, gathered to K slots per sample.
@@ -203,7 +114,7 @@ class RankWindow:
 
 
 def rank_window(
-    logits: torch.Tensor | None,
+    entropy: torch.Tensor,
     decode_step: torch.Tensor,
     cut: torch.Tensor,
     *,
@@ -212,23 +123,12 @@ def rank_window(
     ties: RankTies = "strict",
     decode_entropy: torch.Tensor | None = None,
     window_unit: WindowUnit = "steps",
-    entropy: torch.Tensor | None = None,
 ) -> RankWindow | None:
     """Candidates, their entropies and the ordered-pair mask (steps 1-3 of :func:`rank_loss`).
 
-    The entropies come from ``logits`` ``(B, L, V)`` at the candidates, or from ``entropy``
-    ``(B, L)`` when given (precomputed where the head ran; ``logits`` is then unused).
-
     Returns:
         A :class:`RankWindow`, or ``None`` when no sample has two candidates.
-
-    Raises:
-        ValueError: on an unknown ``ties`` or a missing ``decode_entropy``.
     """
-    if ties not in ("strict", "reference", "decode-entropy"):
-        raise ValueError(f"rank_ties must be strict, reference or decode-entropy, got {ties!r}")
-    if ties == "decode-entropy" and decode_entropy is None:
-        raise ValueError("rank_ties='decode-entropy' needs decode_entropy (B, L)")
     b = decode_step.shape[0]
     device = decode_step.device
 
@@ -241,9 +141,8 @@ def rank_window(
     idx = (~cand).to(torch.uint8).argsort(dim=1, stable=True)[:, :k]  # (B, K)
     slot = torch.arange(k, device=device) < count[:, None]  # (B, K) real candidates
 
-    # 2) entropies at the candidates only: (B, K, V) -> (B, K), or gathered from (B, L)
-    rows = torch.arange(b, device=device)[:, None]
-    h = token_entropy(logits[rows, idx]) if entropy is None else entropy[rows, idx]  # (B, K)
+    # 2) entropies at the candidates: (B, L) -> (B, K)
+    h = entropy.gather(1, idx)  # (B, K)
 
     # 3) ordered pairs (i before j) as one (B, K, K) mask
     d = decode_step.gather(1, idx)  # (B, K)
@@ -254,8 +153,8 @@ def rank_window(
         p_i, p_j = idx[:, :, None], idx[:, None, :]
         if ties == "reference":
             before = before | (same & (p_i < p_j))
-        else:
-            e = decode_entropy.gather(1, idx).float()  # (B, K)
+        else:  # decode-entropy: the recorded entropy (train checks the file has it)
+            e = decode_entropy.gather(1, idx).float()  # type: ignore[union-attr]  # (B, K)
             e_i, e_j = e[:, :, None], e[:, None, :]
             before = before | (same & ((e_i < e_j) | ((e_i == e_j) & (p_i < p_j))))
     pairs = before & slot[:, :, None] & slot[:, None, :]  # (B, K, K)
@@ -272,54 +171,65 @@ def auto_margin(h: torch.Tensor, slot: torch.Tensor, fraction: float) -> torch.T
     Args:
         h: ``(B, K)`` window entropies.
         slot: ``(B, K)`` bool, real candidates.
-        fraction: the margin as a fraction of the mean (``>= 0``, finite).
+        fraction: the margin as a fraction of the mean (``loss.rank_margin_fraction``).
 
     Returns:
         ``(B,)`` margins, no gradient (0 for a sample without candidates).
-
-    Raises:
-        ValueError: ``fraction`` negative or not finite.
     """
-    if not (fraction >= 0 and fraction < float("inf")):
-        raise ValueError(f"rank_margin_fraction must be finite and >= 0, got {fraction}")
     h = h.detach()
     mean = (h * slot).sum(1) / slot.sum(1).clamp(min=1)  # (B,)
     return fraction * mean
 
 
-# Each ranking term maps the window entropies h (B, K), the ordered-pair mask before (B, K, K)
-# and the per-sample margin m (B, 1, 1) (a float for the plain hinge) to (terms, weight):
-# terms (B, K, K) (pairwise) or (B, K) (listwise) summed per sample and divided by the count
-# of weight, the pairs (or listwise terms) that take part.
+# A ranking term maps the window entropies h (B, K), the ordered-pair mask before (B, K, K)
+# and the margin m (a float, or (B, 1, 1) for ``auto``) to (terms, counted): terms (B, K, K)
+# (pairwise) or (B, K) (listwise), summed per sample and divided by the count of ``counted``,
+# the pairs (or listwise terms) that take part. Its keyword-only parameters are its knobs:
+# ``tabom.objectives`` fills knob NAME from the ``LossConfig`` field ``rank_NAME``.
 RankTerm = Callable[..., tuple[torch.Tensor, torch.Tensor]]
+RANK_LOSSES: dict[str, RankTerm] = {}
+"""``rank_loss`` name -> ranking term ``(h, before, margin, *, knobs) -> (terms, counted)``."""
 
 
-def _hinge(h, before, margin, beta):
+def rank_term(name: str) -> Callable[[RankTerm], RankTerm]:
+    """Register a ranking term as variant ``name`` of :data:`RANK_LOSSES`."""
+
+    def register(term: RankTerm) -> RankTerm:
+        RANK_LOSSES[name] = term
+        return term
+
+    return register
+
+
+@rank_term("hinge")
+def _hinge(h, before, margin):
     """max(0, H_i − H_j + m) on pairs i before j (Eq. 8)."""
     return torch.relu(h[:, :, None] - h[:, None, :] + margin) * before, before
 
 
-def _hinge_sg(h, before, margin, beta):
+@rank_term("hinge-sg")
+def _hinge_sg(h, before, margin):
     """max(0, H_i − sg(H_j) + m): the later token's entropy is a constant, so the gradient
     can only lower the earlier one."""
     return torch.relu(h[:, :, None] - h.detach()[:, None, :] + margin) * before, before
 
 
-def _softplus_pairs(diff, before, beta):
+@rank_term("logistic")
+def _logistic(h, before, margin, *, beta):
+    """softplus(β(H_i − H_j + m)) = −log σ(β(H_j − H_i − m)): Bradley–Terry on pairs."""
+    diff = h[:, :, None] - h[:, None, :] + margin
     return torch.where(before, F.softplus(beta * diff), 0.0), before
 
 
-def _logistic(h, before, margin, beta):
-    """softplus(β(H_i − H_j + m)) = −log σ(β(H_j − H_i − m)): Bradley–Terry on pairs."""
-    return _softplus_pairs(h[:, :, None] - h[:, None, :] + margin, before, beta)
-
-
-def _logistic_sg(h, before, margin, beta):
+@rank_term("logistic-sg")
+def _logistic_sg(h, before, margin, *, beta):
     """softplus(β(H_i − sg(H_j) + m)): the later token's entropy detached."""
-    return _softplus_pairs(h[:, :, None] - h.detach()[:, None, :] + margin, before, beta)
+    diff = h[:, :, None] - h.detach()[:, None, :] + margin
+    return torch.where(before, F.softplus(beta * diff), 0.0), before
 
 
-def _plackett_luce(h, before, margin, beta):
+@rank_term("plackett-luce")
+def _plackett_luce(h, before, margin, *, beta):
     """−log of the window's order under p(i) ∝ exp(−β H_i) over the remaining candidates.
 
     Term of candidate i: −log [e^{−βH_i} / (e^{−βH_i} + Σ_{j: i before j} e^{−β(H_j + m)})]
@@ -338,18 +248,8 @@ def _plackett_luce(h, before, margin, beta):
     return torch.where(has, terms, 0.0), has
 
 
-RANK_LOSSES: dict[str, RankTerm] = {
-    "hinge": _hinge,
-    "hinge-sg": _hinge_sg,
-    "logistic": _logistic,
-    "logistic-sg": _logistic_sg,
-    "plackett-luce": _plackett_luce,
-}
-"""``rank_loss`` name -> ranking term ``(h, before, margin, beta) -> (terms, counted)``."""
-
-
 def rank_loss(
-    logits: torch.Tensor,
+    entropy: torch.Tensor,
     decode_step: torch.Tensor,
     cut: torch.Tensor,
     *,
@@ -357,20 +257,21 @@ def rank_loss(
     window: int,
     margin: float | Literal["auto"] = 0.1,
     margin_fraction: float = 0.5,
-    beta: float = 1.0,
     supervise: torch.Tensor | None = None,
     ties: RankTies = "strict",
     decode_entropy: torch.Tensor | None = None,
     window_unit: WindowUnit = "steps",
-    entropy: torch.Tensor | None = None,
+    **knobs: float,
 ) -> RankOutput:
-    """A ranking term over the decode window after the cut, one of :data:`RANK_LOSSES`.
+    """The ranking term over the decode window after the cut (Eq. 8 and its variants).
 
-    The window, its entropies and the ordered pairs (i decoded before j, same-step pairs
-    per ``ties``) are those of :func:`entropy_rank_loss`. Per ordered pair, with
-    Δ_ij = H_i − H_j + m:
+    Candidates are positions with s ≤ d < s + W (``window_unit="steps"``; the first W
+    tokens with d ≥ s for ``tokens``), restricted to ``supervise`` when given, so the
+    effective window is min(W, M). For each ordered pair (i, j) with i decoded before j
+    (same-step pairs per ``ties``), with Δ_ij = H_i − H_j + m, the term of
+    :data:`RANK_LOSSES` ``[variant]``:
 
-    - ``hinge``: max(0, Δ_ij) (Eq. 8; bit-identical to :func:`entropy_rank_loss`);
+    - ``hinge``: max(0, Δ_ij) (Eq. 8);
     - ``hinge-sg``: max(0, H_i − sg(H_j) + m): can only lower the earlier token's entropy;
     - ``logistic``: softplus(β Δ_ij), Bradley–Terry with p(i first) = σ(β(H_j − H_i − m));
     - ``logistic-sg``: softplus(β (H_i − sg(H_j) + m));
@@ -378,10 +279,12 @@ def rank_loss(
       log(1 + Σ_{j after i} exp(β Δ_ij)) (see ``_plackett_luce``).
 
     Sample term = mean over its pairs (listwise: over its candidates that have a later
-    one); the loss is the mean over samples with at least one pair.
+    one); the loss is the mean over samples with at least one pair. Vectorised over the
+    batch: pairs as one masked (B, K, K) tensor, K the largest window.
 
     Args:
-        logits: ``(B, L, V)`` aligned logits of the one forward at the cut state.
+        entropy: ``(B, L)`` fp32 entropies, valid (and differentiable) at every candidate
+            (``compute_objective`` computes them where the LM head ran, the supervised rows).
         decode_step: ``(B, L)`` long, d per position, -1 where never decoded / not response.
         cut: ``(B,)`` long, the cut s per sample; -1 for samples that were not cut.
         variant: the ranking term, a name of :data:`RANK_LOSSES` (``rank_loss`` field).
@@ -391,26 +294,22 @@ def rank_loss(
             m_b = ``margin_fraction`` × the detached mean entropy of sample b's window
             (:func:`auto_margin`).
         margin_fraction: the fraction for ``margin="auto"``.
-        beta: β, the inverse temperature of the logistic and Plackett–Luce forms (unused
-            by the hinges, where it is absorbed into m and λ as in the paper).
-        supervise, ties, decode_entropy, window_unit, entropy: as for
-            :func:`entropy_rank_loss`.
+        supervise: ``(B, L)`` bool, the CE-supervised positions (the TD window of size M).
+        ties: same-step pairs: ``strict`` excludes them (Eq. 8); ``reference`` orders them
+            by position like the authors' sorted decode order; ``decode-entropy`` orders
+            them by the recorded ``decode_entropy``, lower first (Definition 1), position
+            breaking exact ties.
+        decode_entropy: ``(B, L)`` float, for ``ties="decode-entropy"``.
+        window_unit: ``steps`` (the authors' code) or ``tokens`` (the paper).
+        knobs: the variant's own settings (its term's keyword-only parameters), e.g. ``beta``, β, the
+            inverse temperature of the logistic and Plackett–Luce forms.
 
     Returns:
-        A :class:`RankOutput`; ``n_pairs`` counts ordered pairs for every variant.
-
-    Raises:
-        ValueError: an unknown variant, a bad ``ties``, a missing ``decode_entropy``, or a
-            margin / β / fraction that is not finite (β must be > 0, m and the fraction >= 0).
+        A :class:`RankOutput`; ``n_pairs`` counts ordered pairs for every variant; 0 (with
+        a graph to ``entropy``) when no sample has a pair.
     """
-    if variant not in RANK_LOSSES:
-        raise ValueError(f"rank_loss must be one of {', '.join(RANK_LOSSES)}, got {variant!r}")
-    if margin != "auto" and not (isinstance(margin, int | float) and 0 <= margin < float("inf")):
-        raise ValueError(f"rank_margin must be 'auto' or a finite number >= 0, got {margin!r}")
-    if not (0 < beta < float("inf")):
-        raise ValueError(f"rank_beta must be finite and > 0, got {beta}")
     win = rank_window(
-        logits,
+        entropy,
         decode_step,
         cut,
         window=window,
@@ -418,15 +317,13 @@ def rank_loss(
         ties=ties,
         decode_entropy=decode_entropy,
         window_unit=window_unit,
-        entropy=entropy,
     )
-    if win is None:  # no pair anywhere: 0, still attached to the logits (every rank joins backward)
-        source = logits if entropy is None else entropy
-        return RankOutput(loss=source[:, :0].float().sum(), n_pairs=0, n_samples=0)
+    if win is None:  # no pair anywhere: 0, still attached (every rank joins backward)
+        return RankOutput(loss=entropy[:, :0].float().sum(), n_pairs=0, n_samples=0)
     m = auto_margin(win.h, win.slot, margin_fraction)[:, None, None] if margin == "auto" else margin
 
     # 4) the term, mean over each sample's pairs (or listwise terms), mean over samples
-    terms, counted = RANK_LOSSES[variant](win.h, win.before, m, beta)
+    terms, counted = RANK_LOSSES[variant](win.h, win.before, m, **knobs)
     dims = tuple(range(1, terms.dim()))
     n = counted.sum(dims)  # (B,)
     per_sample = terms.sum(dims) / n.clamp(min=1)
@@ -436,79 +333,30 @@ def rank_loss(
     return RankOutput(loss=loss, n_pairs=int(n_pairs.sum()), n_samples=int(has.sum()))
 
 
-PlannerScore = Literal["target", "confidence"]
-
-
 def planner_weights(
-    logits: torch.Tensor,
-    targets: torch.Tensor,
-    supervise: torch.Tensor,
-    *,
-    tau: float = 1.0,
-    mix: float = 1.0,
-    score: PlannerScore = "target",
-    mask_token_id: int | None = None,
+    log_c: torch.Tensor, supervise: torch.Tensor, *, tau: float = 1.0, mix: float = 1.0
 ) -> torch.Tensor:
     """PAPL's planner weights (arXiv 2509.23405), detached, one per supervised token.
 
     A softmax planner picks the next position to decode among the masked ones with
-    probability π_p = softmax_{p masked}(log c_p / τ), c_p the model's confidence at p.
-    PAPL weights each masked token's CE by how likely the planner is to decode it next, so
-    that training concentrates on the paths a confidence planner takes. Our reading (the
-    exact form of the paper's weight could not be checked here): per sample b with n_b
-    supervised tokens, w_p = (1 − mix) + mix · n_b π_p, so the weights have mean 1 over the
-    sample's supervised tokens (the CE keeps its scale) and ``mix = 0`` is plain random-mask
-    training; the weights carry no gradient.
+    probability π_p = softmax_{p masked}(log c_p / τ), c_p the model's confidence at p (here
+    q(x_p), the probability of the clean token, [MASK] left out: ``tabom.head.loss_terms``
+    computes ``log c`` at the supervised rows). PAPL weights each masked token's CE by how
+    likely the planner is to decode it next, so that training concentrates on the paths a
+    confidence planner takes. Our reading (the exact form of the paper's weight could not be
+    checked here): per sample b with n_b supervised tokens, w_p = (1 − mix) + mix · n_b π_p,
+    so the weights have mean 1 over the sample's supervised tokens (the CE keeps its scale)
+    and ``mix = 0`` is plain random-mask training; the weights carry no gradient.
 
     Args:
-        logits: ``(B, L, V)`` aligned logits of the one forward.
-        targets: ``(B, L)`` clean token ids.
+        log_c: ``(B, L)`` the planner's log-confidences, valid where ``supervise``.
         supervise: ``(B, L)`` bool, the masked (supervised) positions.
-        tau: τ > 0, the planner's temperature (small: greedy, large: uniform).
-        mix: share of the planner weight in [0, 1].
-        score: c_p = q(x_p), the probability of the clean token (``target``), or
-            max_v q(v), the sampler's confidence (``confidence``).
-        mask_token_id: when given, [MASK] is left out of q (the sampler never proposes it).
-
-    Returns:
-        ``(B, L)`` float weights, 0 outside ``supervise``.
-
-    Raises:
-        ValueError: τ not finite and > 0, ``mix`` outside [0, 1] (both checked by
-            :func:`planner_weights_from_scores`), or an unknown score.
-    """
-    if score not in ("target", "confidence"):
-        raise ValueError(f"papl_score must be 'target' or 'confidence', got {score!r}")
-    sel = supervise.bool()
-    with torch.no_grad():  # log c at the supervised rows only (the weight is 0 elsewhere)
-        z = _at_least_fp32(logits.detach()[sel])  # (N, V), a copy
-        if mask_token_id is not None:
-            z[:, mask_token_id] = float("-inf")
-        logq = z.log_softmax(-1)
-        if score == "target":
-            c_rows = logq.gather(-1, targets[sel].unsqueeze(-1)).squeeze(-1)  # (N,)
-        else:
-            c_rows = logq.max(-1).values
-        log_c = torch.zeros(sel.shape, dtype=c_rows.dtype, device=c_rows.device)
-        log_c[sel] = c_rows  # (B, L)
-    return planner_weights_from_scores(log_c, sel, tau=tau, mix=mix)
-
-
-def planner_weights_from_scores(
-    log_c: torch.Tensor, supervise: torch.Tensor, *, tau: float = 1.0, mix: float = 1.0
-) -> torch.Tensor:
-    """:func:`planner_weights` from the planner's log-confidences ``log_c`` ``(B, L)``.
-
-    ``compute_objective`` calls this with ``log c`` computed at the supervised rows only (the
-    LM head never runs elsewhere); :func:`planner_weights` computes ``log c`` from full logits.
+        tau: τ, the planner's temperature (small: greedy, large: uniform).
+        mix: share of the planner weight.
 
     Returns:
         ``(B, L)`` float weights, detached, 0 outside ``supervise``; mean 1 per sample.
     """
-    if not (0 < tau < float("inf")):
-        raise ValueError(f"papl_tau must be finite and > 0, got {tau}")
-    if not 0 <= mix <= 1:
-        raise ValueError(f"papl_mix must be in [0, 1], got {mix}")
     sel = supervise.bool()
     with torch.no_grad():
         log_c = log_c.detach()
@@ -517,31 +365,6 @@ def planner_weights_from_scores(
         n = sel.sum(1, keepdim=True)  # (B, 1)
         w = (1 - mix) + mix * n * pi
         return torch.where(sel, w, 0.0).float()
-
-
-def planner_weighted_ce(
-    logits: torch.Tensor,
-    targets: torch.Tensor,
-    supervise: torch.Tensor,
-    *,
-    tau: float = 1.0,
-    mix: float = 1.0,
-    score: PlannerScore = "target",
-    mask_token_id: int | None = None,
-) -> torch.Tensor:
-    """The ``papl`` CE: Σ_p w_p CE_p / (number of supervised tokens), w from
-    :func:`planner_weights` (mean 1 per sample, detached); ``mix = 0`` gives
-    :func:`masked_ce` exactly.
-
-    Returns:
-        A scalar; 0 (with a graph) when nothing is supervised.
-    """
-    w = planner_weights(
-        logits, targets, supervise, tau=tau, mix=mix, score=score, mask_token_id=mask_token_id
-    )
-    sel = supervise.bool()
-    ce = F.cross_entropy(logits[sel].float(), targets[sel], reduction="none")  # (N,)
-    return (ce * w[sel]).sum() / sel.sum().clamp(min=1)
 
 
 def teacher_kl(
@@ -561,8 +384,6 @@ def teacher_kl(
     Returns:
         ``(N,)`` fp32 (at least), >= 0 up to rounding.
     """
-    if not 0 < tau < float("inf"):
-        raise ValueError(f"tad_tau must be > 0 and finite, got {tau}")
     if student_logits.shape != teacher_logits.shape:
         raise ValueError(
             f"teacher_kl: student {tuple(student_logits.shape)} vs teacher "

@@ -15,12 +15,15 @@ among them), and the CE, the entropies and PAPL's planner weights come from thos
 optionally in chunks (``tabom.head``, ``loss_chunk``). Torch only.
 
 :class:`LossConfig` is the one group of loss settings (``--loss.*`` on every command that
-trains). A ranking variant is one term in :data:`tabom.losses.RANK_LOSSES`; :data:`RANK_LOSSES`
-here is built from it (name -> (function, its keywords from the config)).
+trains), checked once (its fields' ranges, ``config.check_ranges``). A ranking variant is one
+term registered in :data:`tabom.losses.RANK_LOSSES` (``@rank_term(NAME)``); a knob NAME of the
+term (a keyword-only parameter) is the field ``rank_NAME`` here, with its range in the field's
+metadata.
 """
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
@@ -28,15 +31,9 @@ from typing import TYPE_CHECKING, Any, Literal
 import torch
 
 from tabom import losses as _losses
-from tabom.config import AT_LEAST_1, NON_NEGATIVE, POSITIVE, UNIT
+from tabom.config import AT_LEAST_1, NON_NEGATIVE, POSITIVE, UNIT, check_ranges
 from tabom.head import HeadModel, as_head_model, ce_entropy_at, loss_terms
-from tabom.losses import (
-    RankTies,
-    planner_weights_from_scores,
-    rank_loss,
-    tad_loss,
-    teacher_kl,
-)
+from tabom.losses import RankTies, planner_weights, rank_loss, tad_loss, teacher_kl
 from tabom.masking import (
     CutRange,
     WindowUnit,
@@ -120,74 +117,28 @@ class LossConfig:
     tad_tau: float = field(default=1.0, metadata=POSITIVE)
 
     def __post_init__(self) -> None:
-        for name in ("td_window", "rank_window"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
-        names = ["rank_weight", "rank_margin_fraction"]
-        if self.rank_margin != "auto":
-            names.append("rank_margin")
-        for name in names:
-            value = getattr(self, name)
-            if not value >= 0:
-                raise ValueError(f"{name} must be >= 0, got {value}")
-            if value == float("inf"):
-                raise ValueError(f"{name} must be finite, got {value}")
-        if isinstance(self.loss_chunk, bool) or not isinstance(self.loss_chunk, int):
-            raise ValueError(f"loss_chunk must be an integer, got {self.loss_chunk!r}")
-        if self.loss_chunk < 0:
-            raise ValueError(f"loss_chunk must be >= 0 (0 = no chunking), got {self.loss_chunk}")
-        if not 0 < self.rank_beta < float("inf"):
-            raise ValueError(f"rank_beta must be > 0 and finite, got {self.rank_beta}")
-        if not 0 < self.papl_tau < float("inf"):
-            raise ValueError(f"papl_tau must be > 0 and finite, got {self.papl_tau}")
-        if not 0 <= self.papl_mix <= 1:
-            raise ValueError(f"papl_mix must be in [0, 1], got {self.papl_mix}")
-        if self.tad_delta < 1:
-            raise ValueError(f"tad_delta must be >= 1, got {self.tad_delta}")
-        for name in ("tad_ce_weight", "tad_kl_weight"):
-            if not 0 <= getattr(self, name) < float("inf"):
-                raise ValueError(f"{name} must be >= 0 and finite, got {getattr(self, name)}")
-        if not 0 < self.tad_tau < float("inf"):
-            raise ValueError(f"tad_tau must be > 0 and finite, got {self.tad_tau}")
-        if self.rank_loss not in RANK_LOSSES:
-            raise ValueError(
-                f"rank_loss must be one of {', '.join(RANK_LOSSES)}, got {self.rank_loss!r}"
-            )
-
-    def check(self, objective: str) -> None:
-        """Reject settings that ``objective`` cannot use.
-
-        Raises:
-            ValueError: ``nelbo_weight`` with a time-delay objective.
-        """
-        if self.nelbo_weight and objective not in ("sft", "traj-sft"):
-            raise ValueError(f"nelbo_weight: applies to sft / traj-sft, not {objective!r}")
+        check_ranges(self)  # a config built in Python; flags and YAML are checked before
+        if self.rank_loss not in _losses.RANK_LOSSES:
+            names = ", ".join(_losses.RANK_LOSSES)
+            raise ValueError(f"rank_loss must be one of {names}, got {self.rank_loss!r}")
 
 
-def _variant_keywords(name: str) -> Callable[[LossConfig], dict[str, Any]]:
-    """The keywords of :func:`tabom.losses.rank_loss` for variant ``name`` from a config."""
-
-    def own(loss: LossConfig) -> dict[str, Any]:
-        return {
-            "variant": name,
-            "margin": loss.rank_margin,
-            "margin_fraction": loss.rank_margin_fraction,
-            "beta": loss.rank_beta,
-        }
-
-    return own
+RANK_LOSSES = _losses.RANK_LOSSES
+"""The ranking variants (``--loss.rank_loss NAME``): :data:`tabom.losses.RANK_LOSSES`, the one
+list. :func:`compute_objective` runs :func:`tabom.losses.rank_loss` with the variant's term;
+each knob NAME of the term (a keyword-only parameter, :func:`term_knobs`) comes
+from the field ``rank_NAME`` here (:func:`rank_knobs`), whose range is declared in its metadata."""
 
 
-RANK_LOSSES: dict[str, tuple[Callable[..., Any], Callable[[LossConfig], dict[str, Any]]]] = {
-    name: (rank_loss, _variant_keywords(name)) for name in _losses.RANK_LOSSES
-}
-"""``--loss.rank_loss`` name -> (function, its own keywords from the :class:`LossConfig`), one
-entry per term of :data:`tabom.losses.RANK_LOSSES` (the one list of variants), each
-dispatching to :func:`tabom.losses.rank_loss`. A function takes ``(logits, decode_step, cut,
-*, window, supervise, ties, decode_entropy, window_unit, entropy, **own)`` and returns an object with
-``loss``, ``n_pairs`` and ``n_samples``; :func:`compute_objective` passes ``logits=None`` and
-the ``(B, L)`` entropies it computed at the supervised rows as ``entropy``. A new variant is one term function in losses.py and
-its entry in ``losses.RANK_LOSSES``."""
+def term_knobs(variant: str) -> tuple[str, ...]:
+    """The knobs of a ranking variant: its term's keyword-only parameters."""
+    params = inspect.signature(_losses.RANK_LOSSES[variant]).parameters.values()
+    return tuple(p.name for p in params if p.kind is p.KEYWORD_ONLY)
+
+
+def rank_knobs(loss: LossConfig) -> dict[str, Any]:
+    """The keywords of ``loss.rank_loss``'s term: knob NAME <- ``loss.rank_NAME``."""
+    return {name: getattr(loss, f"rank_{name}") for name in term_knobs(loss.rank_loss)}
 
 
 @dataclass
@@ -253,17 +204,15 @@ def compute_objective(
     Returns:
         A :class:`LossOutput`.
 
+    The settings are trusted: ``TrainConfig`` / ``LossConfig`` check them (ranges, choices,
+    ``nelbo_weight`` only with ``sft`` / ``traj-sft``, trajectories for ``td`` / ``tabom`` /
+    ``tad``) before training starts.
+
     Raises:
-        ValueError: on an unknown objective, a missing ``decoding_order``, or ``nelbo_weight``
-            with a time-delay objective.
+        ValueError: ``tad`` without a ``teacher``.
     """
     input_ids, attention_mask = batch.input_ids, batch.attention_mask
     response_mask, decode_step = batch.response_mask, batch.decoding_order
-    if objective not in OBJECTIVES:
-        raise ValueError(f"objective must be one of {OBJECTIVES}, got {objective!r}")
-    if objective in ("td", "tabom", "tad") and decode_step is None:
-        raise ValueError(f"objective {objective!r} needs decode_step (trajectories)")
-    loss.check(objective)
     if objective == "tad":
         if teacher is None:
             raise ValueError("objective 'tad' needs teacher= (the frozen base model)")
@@ -314,7 +263,7 @@ def compute_objective(
     if objective == "papl":  # the planner's confidence in the clean token, [MASK] left out
         log_c = torch.zeros(sel.shape, dtype=log_c_rows.dtype, device=log_c_rows.device)
         log_c = log_c.index_put((rows, cols), log_c_rows)
-        w = planner_weights_from_scores(log_c, sel, tau=loss.papl_tau, mix=loss.papl_mix)
+        w = planner_weights(log_c, sel, tau=loss.papl_tau, mix=loss.papl_mix)
         ce = (ce_rows * w[rows, cols]).sum() / sel.sum().clamp(min=1)
     elif loss.nelbo_weight:
         ce = (ce_rows * (1.0 / plan.t)[rows]).sum() / response_mask.sum().clamp(min=1)
@@ -328,18 +277,19 @@ def compute_objective(
     if objective == "tabom":
         entropy = torch.zeros(sel.shape, dtype=h_rows.dtype, device=h_rows.device)
         entropy = entropy.index_put((rows, cols), h_rows)  # (B, L), valid where supervised
-        rank_fn, own = RANK_LOSSES[loss.rank_loss]
-        out = rank_fn(
-            None,
+        out = rank_loss(
+            entropy,
             decode_step,
             plan.cut,
+            variant=loss.rank_loss,
             window=loss.rank_window,
+            margin=loss.rank_margin,
+            margin_fraction=loss.rank_margin_fraction,
             supervise=plan.supervise,
             ties=loss.rank_ties,
             decode_entropy=batch.decode_entropy,
             window_unit=loss.window_unit,
-            entropy=entropy,
-            **own(loss),
+            **rank_knobs(loss),
         )
         rank, n_pairs, n_rank_samples = out.loss, out.n_pairs, out.n_samples
         total = ce + loss.rank_weight * rank

@@ -15,13 +15,12 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
 
-from tabom.config import AT_LEAST_1, NON_NEGATIVE
+from tabom.config import AT_LEAST_1, NON_NEGATIVE, check_ranges
 from tabom.decoding import DecodeConfig, ScoreName
 from tabom.errors import TabomError
 from tabom.evaluate import TaskResult, budget_for, evaluate_task
@@ -91,6 +90,7 @@ class EvalConfig:
     trust_remote_code: bool = False
 
     def __post_init__(self) -> None:
+        check_ranges(self)  # a config built in Python; flags and YAML are checked before
         if not self.tasks:
             raise ValueError("tasks: give at least one eval set (SPEC or SPEC@FILE)")
         if not self.ks:
@@ -110,8 +110,6 @@ class EvalConfig:
             )
         if self.budget_scores is not None and not self.budget_scores:
             raise ValueError("budget_scores: give at least one unmasking order (or none)")
-        if self.sample_temperature is not None and not 0 <= self.sample_temperature < math.inf:
-            raise ValueError(f"sample_temperature must be >= 0, got {self.sample_temperature}")
 
     @property
     def main_decode(self) -> DecodeConfig:

@@ -72,7 +72,6 @@ from tabom.models.lora import with_lora
 from tabom.models.prepared import HeadForward, PreparedLM
 from tabom.objectives import (
     GROUND_TRUTH_OBJECTIVES,
-    OBJECTIVES,
     LossConfig,
     Objective,
     compute_objective,
@@ -222,8 +221,6 @@ class TrainConfig:
                 f"dtype: full fine-tuning (lora_rank 0) keeps fp32 master weights, not "
                 f"{self.dtype!r}; use dtype auto or float32 (bf16 compute: mixed_precision bf16)"
             )
-        if self.objective not in OBJECTIVES:
-            raise ValueError(f"objective must be one of {OBJECTIVES}, got {self.objective!r}")
         if self.objective in GROUND_TRUTH_OBJECTIVES:
             if (self.gt_task is None) == (self.data is None):
                 raise ValueError(

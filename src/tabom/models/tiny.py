@@ -18,7 +18,7 @@ from typing import Literal
 
 import torch
 
-from tabom.config import AT_LEAST_1
+from tabom.config import AT_LEAST_1, check_ranges
 from tabom.models.base import (
     BACKEND_FILE,
     BackendSpec,
@@ -77,8 +77,7 @@ class TinyModelConfig:
     max_length: int = field(default=128, metadata=AT_LEAST_1)
 
     def __post_init__(self) -> None:
-        if self.family not in ("llama", "qwen2"):
-            raise ValueError(f"model.family must be 'llama' or 'qwen2', got {self.family!r}")
+        check_ranges(self)  # a config built in Python; flags and YAML are checked before
         if self.hidden_size % self.num_heads:
             raise ValueError(
                 f"model.hidden_size ({self.hidden_size}) must be divisible by "

@@ -32,7 +32,7 @@ from tabom.commands.demo.pipeline import (
     train_settings,
     train_stage,
 )
-from tabom.config import AT_LEAST_1, NON_NEGATIVE, POSITIVE, in_range
+from tabom.config import AT_LEAST_1, NON_NEGATIVE, POSITIVE, check_ranges, in_range
 from tabom.decoding import DecodeConfig
 from tabom.evaluate import evaluate_task
 from tabom.metrics import mean_std
@@ -81,9 +81,7 @@ class SweepConfig:
     old_val_examples: int = field(default=300, metadata=AT_LEAST_1)
 
     def __post_init__(self) -> None:
-        bad = [f for f in self.data_fraction if not 0 < f <= 1]
-        if bad:
-            raise ValueError(f"data_fraction: {bad} not in (0, 1]")
+        check_ranges(self)  # a config built in Python; flags and YAML are checked before
 
 
 def sweep_points(cfg: SweepConfig) -> list[tuple[str, dict[str, Any]]]:
