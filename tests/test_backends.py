@@ -204,7 +204,7 @@ def assert_rounding_tie(dlm, batch, i, alone, kind, prompt) -> None:
     where they part, the two must have seen the same state with logits equal to float rounding
     (so padding leaked nothing), and the two positions chosen must have had confidences within
     rounding of each other (a tie the batch's other kernel broke the other way)."""
-    d_batch, d_alone = batch.decode_step[i], alone.decode_step[0]
+    d_batch, d_alone = batch.decoding_order[i], alone.decoding_order[0]
     step = int(min(d_batch[d_batch != d_alone].min(), d_alone[d_batch != d_alone].min()))
     before = d_alone < step  # the state both reached: the tokens decoded before that step
     assert torch.equal(before, d_batch < step), (kind, prompt)
@@ -235,13 +235,13 @@ def test_left_padded_batch_decodes_like_each_prompt_alone(standins, kind):
     for i, p in enumerate(PROMPTS):
         alone = greedy(dlm, [p], block=4)
         same = torch.equal(batch.response_ids[i], alone.response_ids[0]) and torch.equal(
-            batch.decode_step[i], alone.decode_step[0]
+            batch.decoding_order[i], alone.decoding_order[0]
         )
         if not same:  # only a near-tie that float rounding broke the other way may explain it
             assert_rounding_tie(dlm, batch, i, alone, kind, p)
     logits = dlm(batch.sequences, batch.attention_mask)  # pad rows included
     assert not bool(torch.isnan(logits).any())
-    assert sorted(batch.decode_step[0].tolist()) == list(range(8))
+    assert sorted(batch.decoding_order[0].tolist()) == list(range(8))
 
 
 class ShiftedOutputs(torch.nn.Module):
@@ -278,7 +278,7 @@ def test_dream_path_equals_an_unshifted_model_by_construction(standins, attn):
     )
     shifted = DiffusionLM(ShiftedOutputs(dream.model), dream.tokenizer, dream.spec)
     a, b = greedy(plain, PROMPTS), greedy(shifted, PROMPTS)
-    assert torch.equal(a.sequences, b.sequences) and torch.equal(a.decode_step, b.decode_step)
+    assert torch.equal(a.sequences, b.sequences) and torch.equal(a.decoding_order, b.decoding_order)
     la = plain(a.sequences, a.attention_mask)
     lb = shifted(a.sequences, a.attention_mask)
     torch.testing.assert_close(la[:, 1:], lb[:, 1:], rtol=0, atol=0)

@@ -129,9 +129,9 @@ def test_greedy_decode_matches_the_stored_trajectories():
     got = {
         "texts": texts,
         "response_ids": out.response_ids.tolist(),
-        "decode_step": out.decode_step.tolist(),
+        "decode_step": out.decoding_order.tolist(),
         "nfe": [int(out.nfe)],
         "blocks.response_ids": out2.response_ids.tolist(),
-        "blocks.decode_step": out2.decode_step.tolist(),
+        "blocks.decode_step": out2.decoding_order.tolist(),
     }
     check("greedy_decode", got)

@@ -67,7 +67,7 @@ def assert_rounding_tie(dlm, cfg, exact, checked) -> None:
     the same state. Anything else (another state, a clear score gap, sampling) fails."""
     assert cfg.temperature == 0 and cfg.threshold is None, "a sampled run parted: not a tie"
     T = cfg.gen_length
-    d_e, d_c = exact.decode_step, checked.decode_step
+    d_e, d_c = exact.decoding_order, checked.decoding_order
     differ = d_e != d_c
     step = int(torch.minimum(d_e[differ], d_c[differ]).min())
     before = d_e < step
@@ -94,7 +94,7 @@ def test_refreshing_every_step_reproduces_the_exact_sampler(models, kind, mode, 
     exact = run(dlm, DecodeConfig(gen_length=12, record_entropy=True, **budget))
     cfg = DecodeConfig(gen_length=12, record_entropy=True, cache=mode, **budget)
     checked = run(dlm, cfg, cache_check=True)
-    if not torch.equal(checked.decode_step, exact.decode_step):  # a rounding tie, or a bug
+    if not torch.equal(checked.decoding_order, exact.decoding_order):  # a rounding tie, or a bug
         assert_rounding_tie(dlm, cfg, exact, checked)
         return
     assert torch.equal(checked.sequences, exact.sequences)
@@ -127,7 +127,7 @@ def test_the_cached_forward_runs_the_block_and_refreshes_at_block_starts(models,
         cached = (3, 4) if mode == "dual" else (3, L - (P + s - 1))
         assert widths[4 * b : 4 * b + 4] == [full, cached, cached, cached]
     assert len(widths) == 12
-    assert (out.decode_step >= 0).all() and out.nfe == 12
+    assert (out.decoding_order >= 0).all() and out.nfe == 12
 
 
 def test_the_cache_is_approximate_and_recorded_as_such(models):
@@ -139,7 +139,7 @@ def test_the_cache_is_approximate_and_recorded_as_such(models):
         cfg = DecodeConfig(gen_length=12, steps=12, block_length=4, cache=mode,
                            record_entropy=True)  # fmt: skip
         approx = run(dlm, cfg)
-        assert (approx.decode_step >= 0).all()
+        assert (approx.decoding_order >= 0).all()
         diffs += int((approx.decode_entropy - exact.decode_entropy).abs().max() > 1e-4)
     assert diffs >= 1
 

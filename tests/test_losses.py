@@ -270,7 +270,7 @@ def test_compute_objective_nelbo_and_errors():
     ref = masked_ce(logits, ids, plan.supervise, t=plan.t, normalizer=resp.sum())
     torch.testing.assert_close(out.ce, ref)
     loss = LossConfig()
-    with pytest.raises(ValueError, match="decode_step"):
+    with pytest.raises(ValueError, match="decoding_order"):
         compute_objective(
             model, as_batch(ids, attn, resp), objective="td", loss=loss, mask_token_id=MASK
         )
@@ -301,9 +301,9 @@ def test_a_ranking_variant_is_one_table_entry(monkeypatch):
     model = FakeModel(ids.shape[1])
     seen = {}
 
-    def doubled_hinge(logits, decode_step, cut, *, scale, **common):
+    def doubled_hinge(logits, decoding_order, cut, *, scale, **common):
         seen.update(common, scale=scale)
-        out = entropy_rank_loss(logits, decode_step, cut, margin=0.2, **common)
+        out = entropy_rank_loss(logits, decoding_order, cut, margin=0.2, **common)
         return type(out)(loss=scale * out.loss, n_pairs=out.n_pairs, n_samples=out.n_samples)
 
     monkeypatch.setitem(obj.RANK_LOSSES, "doubled", (doubled_hinge, lambda c: {"scale": 2.0}))

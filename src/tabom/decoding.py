@@ -3,7 +3,7 @@
 The state is ``x = [prompt | T x [MASK]]``. Each step runs one forward over the whole sequence
 to the hidden states, applies the LM head only at the still-masked positions of the current
 block (``tabom.head``), proposes a token and a score there and commits the best ones; a committed token is never remasked. The trajectory is one integer tensor
-``decode_step (B, T)``. The ``entropy`` score is the paper's Eq. 2 (entropy decoding: commit the
+``decoding_order (B, T)``. The ``entropy`` score is the paper's Eq. 2 (entropy decoding: commit the
 lowest-entropy masked positions first); ``confidence`` is LLaDA's low-confidence remasking.
 
 Two rules are fixed here: equal scores go to the lower position first, and threshold mode
@@ -209,7 +209,7 @@ class DecodeOutput:
 
     Attributes:
         sequences: ``(B, P + T)`` the left-padded prompt followed by the committed response.
-        decode_step: ``(B, T)`` long, the step at which each response position was committed
+        decoding_order: ``(B, T)`` long, the step at which each response position was committed
             (-1 if never).
         nfe: forwards the batch ran (one forward serves the whole batch; summed over batches
             by :func:`concat_outputs`). Per answer: :attr:`forwards_per_row`.
@@ -222,7 +222,7 @@ class DecodeOutput:
     """
 
     sequences: torch.Tensor
-    decode_step: torch.Tensor
+    decoding_order: torch.Tensor
     nfe: int
     prompt_length: int
     attention_mask: torch.Tensor
@@ -247,7 +247,7 @@ class DecodeOutput:
         tokens per step); in threshold mode a row's own count, whatever else is in its batch.
         0 for a row that committed nothing.
         """
-        return self.decode_step.max(dim=-1).values + 1
+        return self.decoding_order.max(dim=-1).values + 1
 
 
 def pad_prompts(prompts: list[list[int]], pad_token_id: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -482,7 +482,7 @@ def decode(
     x = torch.cat([prompt_ids, prompt_ids.new_full((B, T), mask_token_id)], dim=1)  # (B, P+T)
     attn = torch.cat([prompt_mask, prompt_mask.new_ones((B, T))], dim=1)  # (B, P+T)
     response = x[:, P:]  # (B, T) view: writing it writes x
-    decode_step = torch.full((B, T), -1, dtype=torch.long, device=device)
+    decoding_order = torch.full((B, T), -1, dtype=torch.long, device=device)
     entropy = torch.full((B, T), float("nan"), device=device) if cfg.record_entropy else None
     offsets = torch.arange(Lb)  # (Lb,) on the host
     head_model = as_head_model(model)
@@ -506,7 +506,7 @@ def decode(
         #    that run the forward are then worked out on the host.
         if fixed and step == cfg.steps:
             break
-        masked = (decode_step < 0).cpu()  # (B, T)
+        masked = (decoding_order < 0).cpu()  # (B, T)
         if fixed:
             start = torch.full((B,), (step // steps_per_block) * Lb)
         else:
@@ -593,7 +593,7 @@ def decode(
 
         # 5) write the committed tokens and their step; never touch committed positions
         response.scatter_(1, pos, torch.where(commit, tokens, response.gather(1, pos)))
-        decode_step.scatter_(1, pos, torch.where(commit, step, decode_step.gather(1, pos)))
+        decoding_order.scatter_(1, pos, torch.where(commit, step, decoding_order.gather(1, pos)))
         if entropy is not None:
             h = -_to_block(neg_entropy, where, (B, Lb), 0.0)  # (B, Lb)
             entropy.scatter_(1, pos, torch.where(commit, h, entropy.gather(1, pos)))
@@ -603,7 +603,7 @@ def decode(
         raise ValueError(f"decode step {int(nan_step)}: the model's logits give NaN scores")
     return DecodeOutput(
         sequences=x,
-        decode_step=decode_step,
+        decoding_order=decoding_order,
         nfe=step,
         prompt_length=P,
         attention_mask=attn,
@@ -629,7 +629,7 @@ def concat_outputs(outputs: Sequence[DecodeOutput], pad_token_id: int) -> Decode
         entropies.append(o.decode_entropy)
     return DecodeOutput(
         sequences=torch.cat(seqs),
-        decode_step=torch.cat([o.decode_step for o in outputs]),
+        decoding_order=torch.cat([o.decoding_order for o in outputs]),
         nfe=sum(o.nfe for o in outputs),
         prompt_length=width,
         attention_mask=torch.cat(masks),
@@ -729,7 +729,7 @@ def decode_batches(
     return dataclasses.replace(
         out,
         sequences=out.sequences[back],
-        decode_step=out.decode_step[back],
+        decoding_order=out.decoding_order[back],
         attention_mask=out.attention_mask[back],
         decode_entropy=None if entropy is None else entropy[back],
     )

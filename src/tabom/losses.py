@@ -126,7 +126,7 @@ class RankOutput:
 
 def entropy_rank_loss(
     logits: torch.Tensor | None,
-    decode_step: torch.Tensor,
+    decoding_order: torch.Tensor,
     cut: torch.Tensor,
     *,
     window: int,
@@ -148,7 +148,7 @@ def entropy_rank_loss(
 
     Args:
         logits: ``(B, L, V)`` aligned logits of the one forward at the cut state.
-        decode_step: ``(B, L)`` long, d per position, -1 where never decoded / not response.
+        decoding_order: ``(B, L)`` long, d per position, -1 where never decoded / not response.
         cut: ``(B,)`` long, the cut s per sample; -1 for samples that were not cut.
         window: W, the ranking window, in ``window_unit``.
         margin: m, the hinge margin.
@@ -171,7 +171,7 @@ def entropy_rank_loss(
     """
     return rank_loss(
         logits,
-        decode_step,
+        decoding_order,
         cut,
         variant="hinge",
         window=window,
@@ -204,7 +204,7 @@ class RankWindow:
 
 def rank_window(
     logits: torch.Tensor | None,
-    decode_step: torch.Tensor,
+    decoding_order: torch.Tensor,
     cut: torch.Tensor,
     *,
     window: int,
@@ -229,11 +229,11 @@ def rank_window(
         raise ValueError(f"rank_ties must be strict, reference or decode-entropy, got {ties!r}")
     if ties == "decode-entropy" and decode_entropy is None:
         raise ValueError("rank_ties='decode-entropy' needs decode_entropy (B, L)")
-    b = decode_step.shape[0]
-    device = decode_step.device
+    b = decoding_order.shape[0]
+    device = decoding_order.device
 
     # 1) candidates, gathered first along L in position order: idx (B, K), K = max count
-    cand = window_mask(decode_step, cut, width=window, unit=window_unit, eligible=supervise)
+    cand = window_mask(decoding_order, cut, width=window, unit=window_unit, eligible=supervise)
     count = cand.sum(1)  # (B,)
     k = int(count.max()) if b else 0
     if k < 2:
@@ -246,7 +246,7 @@ def rank_window(
     h = token_entropy(logits[rows, idx]) if entropy is None else entropy[rows, idx]  # (B, K)
 
     # 3) ordered pairs (i before j) as one (B, K, K) mask
-    d = decode_step.gather(1, idx)  # (B, K)
+    d = decoding_order.gather(1, idx)  # (B, K)
     d_i, d_j = d[:, :, None], d[:, None, :]
     before = d_i < d_j
     if ties != "strict":
@@ -350,7 +350,7 @@ RANK_LOSSES: dict[str, RankTerm] = {
 
 def rank_loss(
     logits: torch.Tensor,
-    decode_step: torch.Tensor,
+    decoding_order: torch.Tensor,
     cut: torch.Tensor,
     *,
     variant: str = "hinge",
@@ -382,7 +382,7 @@ def rank_loss(
 
     Args:
         logits: ``(B, L, V)`` aligned logits of the one forward at the cut state.
-        decode_step: ``(B, L)`` long, d per position, -1 where never decoded / not response.
+        decoding_order: ``(B, L)`` long, d per position, -1 where never decoded / not response.
         cut: ``(B,)`` long, the cut s per sample; -1 for samples that were not cut.
         variant: the ranking term, a name of :data:`RANK_LOSSES` (``rank_loss`` field).
         window: W, the ranking window, in ``window_unit``.
@@ -411,7 +411,7 @@ def rank_loss(
         raise ValueError(f"rank_beta must be finite and > 0, got {beta}")
     win = rank_window(
         logits,
-        decode_step,
+        decoding_order,
         cut,
         window=window,
         supervise=supervise,

@@ -97,7 +97,7 @@ def random_mask(
 
 
 def window_mask(
-    decode_step: torch.Tensor,
+    decoding_order: torch.Tensor,
     cut: torch.Tensor,
     *,
     width: int,
@@ -110,7 +110,7 @@ def window_mask(
     decode order, same-step tokens ordered by position (the boundary step may be split).
 
     Args:
-        decode_step: ``(B, L)`` long, d per position, -1 where never decoded / not response.
+        decoding_order: ``(B, L)`` long, d per position, -1 where never decoded / not response.
         cut: ``(B,)`` long, s per sample; -1 selects nothing for that sample.
         width: window size (M or W) in ``unit``.
         unit: ``steps`` (the authors' code) or ``tokens`` (the paper's Eq. 9).
@@ -120,17 +120,17 @@ def window_mask(
         ``(B, L)`` bool.
     """
     s = cut[:, None]  # (B, 1)
-    after = (decode_step >= s) & (decode_step >= 0) & (s >= 0)  # (B, L)
+    after = (decoding_order >= s) & (decoding_order >= 0) & (s >= 0)  # (B, L)
     if eligible is not None:
         after = after & eligible.bool()
     if unit == "steps":
-        return after & (decode_step < s + width)
+        return after & (decoding_order < s + width)
     if unit != "tokens":
         raise ValueError(f"window unit must be 'steps' or 'tokens', got {unit!r}")
     # rank of each position in (d, p) order among the positions after the cut
-    length = decode_step.shape[1]
-    pos = torch.arange(length, device=decode_step.device)
-    key = torch.where(after, decode_step * length + pos, torch.iinfo(torch.long).max)
+    length = decoding_order.shape[1]
+    pos = torch.arange(length, device=decoding_order.device)
+    key = torch.where(after, decoding_order * length + pos, torch.iinfo(torch.long).max)
     order = key.argsort(dim=1)  # (B, L)
     rank = torch.empty_like(order).scatter_(1, order, pos.expand_as(order).contiguous())
     return after & (rank < width)
@@ -138,7 +138,7 @@ def window_mask(
 
 def time_delay_mask(
     input_ids: torch.Tensor,
-    decode_step: torch.Tensor,
+    decoding_order: torch.Tensor,
     *,
     response_mask: torch.Tensor,
     window: int,
@@ -161,7 +161,7 @@ def time_delay_mask(
 
     Args:
         input_ids: ``(B, L)`` clean ids, [left pad | prompt | response].
-        decode_step: ``(B, L)`` long, d at response positions, -1 at prompt, pad and
+        decoding_order: ``(B, L)`` long, d at response positions, -1 at prompt, pad and
             never-decoded positions.
         response_mask: ``(B, L)`` bool, True on response positions.
         window: M, the supervision window, in ``window_unit``.
@@ -182,9 +182,9 @@ def time_delay_mask(
     if window < 1:
         raise ValueError(f"time-delay window M must be >= 1, got {window}")
     resp = response_mask.bool()
-    decoded = decode_step >= 0  # (B, L)
+    decoded = decoding_order >= 0  # (B, L)
     if (decoded & ~resp).any():
-        raise ValueError("decode_step is >= 0 outside response_mask (prompt or pad)")
+        raise ValueError("decoding_order is >= 0 outside response_mask (prompt or pad)")
     b = input_ids.shape[0]
     device = input_ids.device
 
@@ -192,10 +192,10 @@ def time_delay_mask(
     #    one more with the inclusive range (s_max − M + 1, or the M-th largest d)
     extra = cut_extra(cut_range)
     if window_unit == "steps":
-        s_max = decode_step.max(dim=1).values  # (B,); -1 when nothing was decoded
+        s_max = decoding_order.max(dim=1).values  # (B,); -1 when nothing was decoded
         s_hi = torch.where(s_max >= 0, s_max - window + extra, torch.full_like(s_max, -1))
     elif window_unit == "tokens":
-        desc = decode_step.sort(dim=1, descending=True).values  # (B, L), -1 last
+        desc = decoding_order.sort(dim=1, descending=True).values  # (B, L), -1 last
         k = window - extra  # index of the (M+1)-th (design) or M-th (inclusive) largest d
         s_hi = desc[:, k] if k < desc.shape[1] else torch.full_like(desc[:, 0], -1)
     else:
@@ -209,9 +209,9 @@ def time_delay_mask(
     cut = torch.where(valid, s, torch.full_like(s, -1))
 
     # 3) reveal 0 ≤ d < s, mask every other response position, supervise the window
-    revealed = decoded & (decode_step < cut[:, None])  # (B, L); cut = -1 reveals nothing
+    revealed = decoded & (decoding_order < cut[:, None])  # (B, L); cut = -1 reveals nothing
     masked = resp & ~revealed
-    supervise = window_mask(decode_step, cut, width=window, unit=window_unit)
+    supervise = window_mask(decoding_order, cut, width=window, unit=window_unit)
     noisy = torch.where(masked, torch.full_like(input_ids, mask_token_id), input_ids)
     t = masked.sum(1) / resp.sum(1).clamp(min=1)  # (B,) fraction of the response masked
     return MaskPlan(
@@ -226,7 +226,7 @@ def time_delay_mask(
 
 def tad_mask(
     input_ids: torch.Tensor,
-    decode_step: torch.Tensor,
+    decoding_order: torch.Tensor,
     *,
     response_mask: torch.Tensor,
     delta: int,
@@ -249,7 +249,7 @@ def tad_mask(
 
     Args:
         input_ids: ``(B, L)`` clean ids, [left pad | prompt | response].
-        decode_step: ``(B, L)`` long, d at response positions, -1 elsewhere / never decoded.
+        decoding_order: ``(B, L)`` long, d at response positions, -1 elsewhere / never decoded.
         response_mask: ``(B, L)`` bool, True on response positions.
         delta: the near window in decode steps (the code's ``delta``; 8 in its LLaDA run).
         mask_token_id: id written at masked positions.
@@ -264,19 +264,19 @@ def tad_mask(
     if delta < 1:
         raise ValueError(f"TAD delta must be >= 1, got {delta}")
     resp = response_mask.bool()
-    decoded = decode_step >= 0
+    decoded = decoding_order >= 0
     if (decoded & ~resp).any():
-        raise ValueError("decode_step is >= 0 outside response_mask (prompt or pad)")
+        raise ValueError("decoding_order is >= 0 outside response_mask (prompt or pad)")
     b = input_ids.shape[0]
-    s_max = decode_step.max(dim=1).values  # (B,); -1 when nothing was decoded
+    s_max = decoding_order.max(dim=1).values  # (B,); -1 when nothing was decoded
     valid = s_max >= 0
     u = torch.rand(b, generator=generator, device=input_ids.device)
     n_choices = (s_max + 1).clamp(min=1)
     s = torch.minimum((u * n_choices).long(), n_choices - 1)
     cut = torch.where(valid, s, torch.full_like(s, -1))
-    revealed = decoded & (decode_step < cut[:, None])
+    revealed = decoded & (decoding_order < cut[:, None])
     masked = resp & ~revealed & valid[:, None]
-    near = window_mask(decode_step, cut, width=delta, unit="steps")
+    near = window_mask(decoding_order, cut, width=delta, unit="steps")
     distant = masked & ~near
     noisy = torch.where(resp & ~revealed, torch.full_like(input_ids, mask_token_id), input_ids)
     t = (resp & ~revealed).sum(1) / resp.sum(1).clamp(min=1)
@@ -348,13 +348,13 @@ def confidence_reveal_order(
     resp = response_mask.bool()
     b, length = input_ids.shape
     device = input_ids.device
-    decode_step = torch.full((b, length), -1, dtype=torch.long, device=device)
+    decoding_order = torch.full((b, length), -1, dtype=torch.long, device=device)
     pos = torch.arange(length, device=device).expand(b, length)
     step = 0
     while True:
-        hidden = resp & (decode_step < 0)  # (B, L) still masked
+        hidden = resp & (decoding_order < 0)  # (B, L) still masked
         if not bool(hidden.any()):
-            return decode_step
+            return decoding_order
         # 1) the state before this step: ground truth where revealed, [MASK] elsewhere
         x = torch.where(hidden, torch.full_like(input_ids, mask_token_id), input_ids)
         logits = forward(x)
@@ -383,5 +383,5 @@ def confidence_reveal_order(
         order = keyed.argsort(dim=1, descending=True, stable=True)  # (B, L)
         rank = torch.empty_like(order).scatter_(1, order, pos.contiguous())
         reveal = hidden & (rank < tokens_per_step)
-        decode_step = torch.where(reveal, step, decode_step)
+        decoding_order = torch.where(reveal, step, decoding_order)
         step += 1

@@ -183,7 +183,7 @@ RANK_LOSSES: dict[str, tuple[Callable[..., Any], Callable[[LossConfig], dict[str
 }
 """``--loss.rank_loss`` name -> (function, its own keywords from the :class:`LossConfig`), one
 entry per term of :data:`tabom.losses.RANK_LOSSES` (the one list of variants), each
-dispatching to :func:`tabom.losses.rank_loss`. A function takes ``(logits, decode_step, cut,
+dispatching to :func:`tabom.losses.rank_loss`. A function takes ``(logits, decoding_order, cut,
 *, window, supervise, ties, decode_entropy, window_unit, entropy, **own)`` and returns an object with
 ``loss``, ``n_pairs`` and ``n_samples``; :func:`compute_objective` passes ``logits=None`` and
 the ``(B, L)`` entropies it computed at the supervised rows as ``entropy``. A new variant is one term function in losses.py and
@@ -258,11 +258,11 @@ def compute_objective(
             with a time-delay objective.
     """
     input_ids, attention_mask = batch.input_ids, batch.attention_mask
-    response_mask, decode_step = batch.response_mask, batch.decoding_order
+    response_mask, decoding_order = batch.response_mask, batch.decoding_order
     if objective not in OBJECTIVES:
         raise ValueError(f"objective must be one of {OBJECTIVES}, got {objective!r}")
-    if objective in ("td", "tabom", "tad") and decode_step is None:
-        raise ValueError(f"objective {objective!r} needs decode_step (trajectories)")
+    if objective in ("td", "tabom", "tad") and decoding_order is None:
+        raise ValueError(f"objective {objective!r} needs decoding_order (trajectories)")
     loss.check(objective)
     if objective == "tad":
         if teacher is None:
@@ -271,7 +271,7 @@ def compute_objective(
 
     # 1) mask: random ratio t per sample, or the trajectory state at a cut s
     if objective == "puma":  # the trajectory is the model's own reveal order of the ground truth
-        decode_step = confidence_reveal_order(
+        decoding_order = confidence_reveal_order(
             lambda x: model_fn(x, attention_mask),
             input_ids,
             response_mask,
@@ -280,7 +280,7 @@ def compute_objective(
     if objective in TIME_DELAY_OBJECTIVES:
         plan = time_delay_mask(
             input_ids,
-            decode_step,
+            decoding_order,
             response_mask=response_mask,
             window=loss.td_window,
             mask_token_id=mask_token_id,
@@ -331,7 +331,7 @@ def compute_objective(
         rank_fn, own = RANK_LOSSES[loss.rank_loss]
         out = rank_fn(
             None,
-            decode_step,
+            decoding_order,
             plan.cut,
             window=loss.rank_window,
             supervise=plan.supervise,

@@ -69,7 +69,7 @@ class TrajectoryBatch:
         attention_mask: 1 on prompt and response tokens.
         response_mask: True on response positions.
         decoding_order: d at response positions, -1 at prompt, pad and never-decoded ones
-            (what :func:`tabom.masking.time_delay_mask` takes as ``decode_step``).
+            (what :func:`tabom.masking.time_delay_mask` reads).
         decode_entropy: entropy at commit time on response positions, NaN elsewhere; ``None``
             unless every record has it.
         ids: record ids, in batch order.

@@ -280,7 +280,7 @@ def decode_group(
     out = decode_batches(dlm, rows, decode_cfg, generator=generator, batch_size=len(rows))
     seconds = time.perf_counter() - t0
     responses = out.response_ids.tolist()  # (B, T)
-    orders = out.decode_step.tolist()  # (B, T)
+    orders = out.decoding_order.tolist()  # (B, T)
     entropies = out.decode_entropy.tolist()  # type: ignore[union-attr]
     texts = [response_text(tok, ids, dlm.spec.stop_ids) for ids in responses]
     pairs = [(ex, texts[i * n + j]) for i, ex in enumerate(examples) for j in range(n)]
@@ -310,7 +310,7 @@ def decode_group(
                 )
             )
         correct.append(row_verdicts)
-    committed = int((out.decode_step >= 0).sum())
+    committed = int((out.decoding_order >= 0).sum())
     stats = GroupStats(
         group,
         [ex.id for ex in examples],
