@@ -21,7 +21,7 @@ from tabom.commands.distill import DistillConfig, distill
 from tabom.decoding import DecodeConfig, decode, pad_prompts
 from tabom.models import TinyModelConfig, build_tiny, save_model
 from tabom.models.base import DiffusionLM
-from tabom.trajectory import TrajectoryFileError, gen_cache, read_trajectories
+from tabom.trajectory import TrajectoryFileError, read_trajectories
 
 SMALL = TinyModelConfig(hidden_size=32, num_layers=2, num_heads=2, intermediate_size=64)
 PROMPTS = [[5, 6, 7, 8, 9, 10], [11, 12], [13, 14, 15]]
@@ -166,8 +166,13 @@ def test_distill_records_the_cache_and_old_files_read_as_none(tmp_path):
                           decode=DecodeConfig(temperature=0.0, cache="prefix")))  # fmt: skip
     (rec_exact,) = read_trajectories(exact)[:1]
     (rec_cached,) = read_trajectories(cached)[:1]
-    assert "cache" not in rec_exact.gen and gen_cache(rec_exact.gen) == "none"
-    assert rec_cached.gen["cache"] == "prefix" and gen_cache(rec_cached.gen) == "prefix"
+    assert rec_exact.gen["cache"] == "none" and rec_exact.decode_config().cache == "none"
+    assert rec_cached.gen["cache"] == "prefix" and rec_cached.decode_config().cache == "prefix"
+    # a file written before the cache was recorded (no gen.cache) decoded exactly
+    old = json.loads(exact.read_text().splitlines()[0])
+    del old["gen"]["cache"]
+    (tmp_path / "old.jsonl").write_text(json.dumps(old) + "\n")
+    assert read_trajectories(tmp_path / "old.jsonl")[0].decode_config().cache == "none"
     # a file whose cache value is not one of the modes is refused, naming the field
     bad = tmp_path / "bad.jsonl"
     lines = cached.read_text().splitlines()

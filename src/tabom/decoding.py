@@ -15,14 +15,14 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal, get_args
 
 import torch
 from tqdm.auto import tqdm
 
-from tabom.config import AT_LEAST_1, NON_NEGATIVE, PROBABILITY
+from tabom.config import AT_LEAST_1, NON_NEGATIVE, PROBABILITY, ConfigError, convert
 from tabom.head import HeadModel, as_head_model
 
 if TYPE_CHECKING:
@@ -93,6 +93,12 @@ def steps_for(gen_length: int, tokens_per_step: int, block_length: int | None = 
         n_blocks = gen_length // block_length
     steps = max(n_blocks, math.ceil(gen_length / tokens_per_step))
     return math.ceil(steps / n_blocks) * n_blocks
+
+
+NOT_RECORDED: tuple[str, ...] = ("tokens_per_step", "record_entropy")
+"""The :class:`DecodeConfig` fields a trajectory's ``gen`` leaves out: ``tokens_per_step`` only
+derives ``steps`` (:meth:`DecodeConfig.resolve`, which records the steps); ``record_entropy``
+shows as the record's ``decode_entropy``."""
 
 
 @dataclass
@@ -192,6 +198,68 @@ class DecodeConfig:
         if (T, steps) == (self.gen_length, self.steps):
             return self
         return dataclasses.replace(self, gen_length=T, steps=steps)
+
+    def record(self) -> dict[str, Any]:
+        """These settings as a trajectory's ``gen`` records them (DESIGN §4): every field of
+        the resolved config, by name, except :data:`NOT_RECORDED`; ``steps`` is null in
+        threshold mode (the threshold decides). :meth:`from_record` reads it back.
+
+        Raises:
+            ValueError: no response length (``gen_length`` unset).
+        """
+        cfg = self.resolve()
+        out = {f.name: getattr(cfg, f.name) for f in dataclasses.fields(cfg)}
+        if cfg.threshold is not None:
+            out["steps"] = None
+        return {k: v for k, v in out.items() if k not in NOT_RECORDED}
+
+    @classmethod
+    def from_record(cls, values: Mapping[str, Any], where: str = "") -> DecodeConfig:
+        """The settings of ``{field: value}`` (a trajectory's ``gen``, lm-eval model args).
+
+        Each value goes through the config layer (:func:`tabom.config.convert`: type, choice
+        and range from the field's declaration, so ``"0.9"`` reads as a float and ``"none"``
+        as unset); a field the mapping lacks keeps its default, so a field added later reads
+        from older files as its default (a new field's default is what the sampler did
+        before it existed).
+
+        Args:
+            values: field names to values; every key must be a field.
+            where: what ``values`` is, for messages (``gen``, ``model_args``).
+
+        Raises:
+            ConfigError: an unknown key or a bad value (naming ``where.field``), or settings
+                that do not fit together.
+        """
+        kwargs = convert(cls, dict(values), where)
+        try:
+            return cls(**kwargs)
+        except ValueError as e:
+            if isinstance(e, ConfigError):
+                raise
+            raise ConfigError(f"{where}: {e}" if where else str(e)) from None
+
+    def label(self, base: DecodeConfig | None = None) -> str:
+        """A short name of these settings: the score and the budget, ``confidence@1``
+        (tokens per step), ``confidence@s64`` (steps) or ``confidence@t0.9`` (threshold),
+        then ``,field=value`` for every other recorded field that differs from ``base``
+        (``gen_length`` aside: a task sets it). Distinct settings get distinct labels.
+        """
+        if self.threshold is not None:
+            budget = f"t{self.threshold:g}"
+        elif self.steps is not None:
+            budget = f"s{self.steps}"
+        else:
+            budget = str(self.tokens_per_step)
+        label = f"{self.score}@{budget}"
+        if base is None:
+            return label
+        skip = {"score", "threshold", "steps", "tokens_per_step", "gen_length", *NOT_RECORDED}
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if f.name not in skip and value != getattr(base, f.name):
+                label += f",{f.name}={value:g}" if isinstance(value, float) else f",{f.name}={value}"
+        return label
 
     @property
     def block_size(self) -> int:

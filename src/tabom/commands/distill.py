@@ -664,14 +664,8 @@ def distill(cfg: DistillConfig) -> DistillSummary | None:
                     f"with gen_length {decode_cfg.gen_length} that is more than the model's "
                     f"{positions} positions"
                 )
-    gen = {
-        "steps": None if decode_cfg.threshold is not None else decode_cfg.steps,
-        "gen_length": decode_cfg.gen_length,
-        "block_length": decode_cfg.block_length,
-        "temperature": float(decode_cfg.temperature),
-        "top_p": float(decode_cfg.top_p),
-        "top_k": decode_cfg.top_k,
-        "threshold": decode_cfg.threshold,
+    gen = {  # the whole decode group (DecodeConfig.record), then what decoded it
+        **decode_cfg.record(),
         "seed": cfg.seed,
         "n_samples": cfg.n_samples,
         "prompts_per_batch": G,
@@ -681,8 +675,6 @@ def distill(cfg: DistillConfig) -> DistillSummary | None:
         "vocab_size": dlm.vocab_size,
         "tokenizer": tokenizer_fingerprint(dlm.tokenizer),
     }
-    if decode_cfg.cache != "none":  # approximate trajectories say so (absent: exact)
-        gen["cache"] = decode_cfg.cache
     data_source = (
         cfg.task
         if cfg.prompts_file is None
