@@ -571,10 +571,10 @@ def test_sft_ground_truth_ends_with_the_stop_token_before_the_eos_tail(
     items, _ = load_train_items(cfg, dlm)
     for item, (prompt, answer) in zip(items, rows, strict=True):
         ids = tok(answer, add_special_tokens=False)["input_ids"]
-        assert item["prompt_ids"].tolist() == dlm.encode_prompt(prompt)  # the chat template
+        assert item.prompt_ids.tolist() == dlm.encode_prompt(prompt)  # the chat template
         # longest answer (2 tokens) + the stop token + one EOS: 4 response positions
-        assert item["response_ids"].tolist() == ids + [stop] + [eos] * (3 - len(ids))
-        assert tok.decode(item["response_ids"][: len(ids)]) == answer
+        assert item.response_ids.tolist() == ids + [stop] + [eos] * (3 - len(ids))
+        assert tok.decode(item.response_ids[: len(ids)]) == answer
 
 
 class ScriptedLM(torch.nn.Module):

@@ -197,7 +197,7 @@ def test_collate_pads_decoding_order_with_minus_one_and_feeds_time_delay_masking
         decode_entropy=[0.1] * T,
     )
     ds = TrajectoryDataset([short, long])
-    assert len(ds) == 2 and ds[1]["decode_entropy"].shape == (T,)
+    assert len(ds) == 2 and ds[1].decode_entropy.shape == (T,)
     batch = collate_trajectories([ds[0], ds[1]], pad_token_id=0)
     assert batch.input_ids.shape == (2, 9) and batch.ids == [short.id, long.id]
     # left padding: row 0 is 5 tokens long, its first 4 positions are pad
