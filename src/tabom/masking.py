@@ -21,7 +21,6 @@ import torch
 
 CutRange = Literal["design", "inclusive"]
 WindowUnit = Literal["steps", "tokens"]
-RevealScore = Literal["confidence", "target"]
 
 
 @dataclass
@@ -298,18 +297,16 @@ def confidence_reveal_order(
     response_mask: torch.Tensor,
     *,
     mask_token_id: int,
-    tokens_per_step: int = 1,
-    score: RevealScore = "confidence",
-    temperature: float = 0.0,
-    generator: torch.Generator | None = None,
 ) -> torch.Tensor:
     """PUMA's progressive unmasking of the ground truth: the model's own reveal order.
 
     Start from the response fully masked. At each step run one forward (no gradient) on the
-    current state, score every still-masked response position and reveal the
-    ``tokens_per_step`` best ones with their **ground-truth** tokens (never the model's
-    proposals); repeat until the response is revealed. The result is a trajectory of the
-    ground truth in the order the confidence sampler would take it, for
+    current state, score every still-masked response position by the sampler's confidence
+    max_v q(v) (LLaDA's low-confidence remasking, ``decode.score: confidence``; q = softmax
+    of the logits with [MASK] excluded) and reveal the best one with its **ground-truth**
+    token (never the model's proposal), ties to the lower position like
+    ``decoding.select_top_k``; repeat until the response is revealed. The result is a
+    trajectory of the ground truth in the order the confidence sampler would take it, for
     :func:`time_delay_mask`: the ``puma`` objective is time-delay masking on this order,
     recomputed with the current weights for every batch ("on line").
 
@@ -319,32 +316,14 @@ def confidence_reveal_order(
         input_ids: ``(B, L)`` clean ids, [left pad | prompt | ground-truth response].
         response_mask: ``(B, L)`` bool, True on response positions.
         mask_token_id: id written at hidden positions; its logit never counts in a score.
-        tokens_per_step: k, positions revealed per forward (the last step of a row may
-            reveal fewer).
-        score: ``confidence`` = max_v q(v), the sampler's confidence (LLaDA's
-            low-confidence remasking, ``decode.score: confidence``); ``target`` = q(x_p),
-            the probability of the ground-truth token. q = softmax of the logits with
-            [MASK] excluded.
-        temperature: 0 reveals the k highest scores (ties to the lower position, like
-            ``decoding.select_top_k``); > 0 draws k positions without replacement with
-            probability ∝ exp(log score / temperature) (Gumbel top-k from ``generator``).
-        generator: randomness of ``temperature > 0`` (on ``input_ids``'s device).
 
     Returns:
-        ``(B, L)`` long decode steps: step i at the positions revealed by forward i, -1
-        outside the response. Steps count forwards from 0; every row runs
-        ceil(T_b / k) steps where T_b is its response length.
+        ``(B, L)`` long decoding order: step i at the position revealed by forward i, -1
+        outside the response. Every row runs T_b steps, T_b its response length.
 
     Raises:
-        ValueError: ``tokens_per_step < 1``, an unknown score, a negative or non-finite
-            temperature, or logits of the wrong shape.
+        ValueError: logits of the wrong shape, or NaN scores.
     """
-    if tokens_per_step < 1:
-        raise ValueError(f"puma tokens_per_step must be >= 1, got {tokens_per_step}")
-    if score not in ("confidence", "target"):
-        raise ValueError(f"puma score must be 'confidence' or 'target', got {score!r}")
-    if not (0 <= temperature < float("inf")):
-        raise ValueError(f"puma temperature must be finite and >= 0, got {temperature}")
     resp = response_mask.bool()
     b, length = input_ids.shape
     device = input_ids.device
@@ -362,26 +341,14 @@ def confidence_reveal_order(
             raise ValueError(f"forward returned logits {tuple(logits.shape)} for {tuple(x.shape)}")
         z = logits[hidden].float()  # (N, V), the still-masked rows only (a copy)
         z[:, mask_token_id] = float("-inf")
-        logp = z.log_softmax(-1)
-        # 2) log score of every still-masked position: log max q, or log q(ground truth);
-        #    -inf elsewhere
-        if score == "confidence":
-            s_rows = logp.max(-1).values
-        else:
-            s_rows = logp.gather(-1, input_ids[hidden].unsqueeze(-1)).squeeze(-1)
-        s = torch.full((b, length), float("-inf"), dtype=s_rows.dtype, device=device)
-        s[hidden] = s_rows
-        if temperature > 0:
-            u = torch.rand(b, length, generator=generator, device=device)
-            s = s / temperature - torch.log(-torch.log(u.clamp(min=1e-20)))  # + Gumbel
+        # 2) log max q of every still-masked position; -inf elsewhere
+        s = torch.full((b, length), float("-inf"), device=device)
+        s[hidden] = z.log_softmax(-1).max(-1).values
         if bool(torch.isnan(s).any()):
             raise ValueError(f"puma step {step}: the model's logits give NaN scores")
-        # 3) the k best hidden positions of each row, ties to the lower position; a hidden
-        #    position always outranks a visible one (finite scores vs -inf)
-        s = s.clamp(min=torch.finfo(s.dtype).min)
-        keyed = s.masked_fill(~hidden, float("-inf"))
-        order = keyed.argsort(dim=1, descending=True, stable=True)  # (B, L)
-        rank = torch.empty_like(order).scatter_(1, order, pos.contiguous())
-        reveal = hidden & (rank < tokens_per_step)
+        # 3) the best hidden position of each row (argmax: the first, so ties go to the
+        #    lower position); a hidden position always outranks a visible one (finite
+        #    scores vs -inf), a row with none left reveals nothing
+        reveal = hidden & (pos == s.argmax(dim=1, keepdim=True))  # (B, L)
         decoding_order = torch.where(reveal, step, decoding_order)
         step += 1
