@@ -18,9 +18,10 @@ from types import SimpleNamespace
 import pytest
 import torch
 
+from tabom.batch_decode import decode_texts
 from tabom.cli import main
 from tabom.commands.train import TrainConfig, load_train_items
-from tabom.decoding import DecodeConfig, decode, decode_texts, pad_prompts
+from tabom.decoding import DecodeConfig, decode, pad_prompts
 from tabom.errors import TabomError
 from tabom.models import (
     backend_from_config,

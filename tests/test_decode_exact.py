@@ -17,12 +17,12 @@ import pytest
 import torch
 from torch.overrides import TorchFunctionMode
 
+from tabom.batch_decode import decode_batches
 from tabom.decoding import (
     DecodeConfig,
     DecodeOutput,
     _to_block,
     decode,
-    decode_batches,
     pad_prompts,
     propose,
     score_proposals,

@@ -12,15 +12,12 @@ import math
 import pytest
 import torch
 
+from tabom.batch_decode import concat_outputs, decode_batches, decode_texts, response_text
 from tabom.decoding import (
     DecodeConfig,
-    concat_outputs,
     decode,
-    decode_batches,
-    decode_texts,
     filter_logits,
     pad_prompts,
-    response_text,
     select_top_k,
     step_schedule,
     steps_for,

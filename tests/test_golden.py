@@ -27,9 +27,10 @@ from pathlib import Path
 import pytest
 import torch
 
+from tabom.batch_decode import decode_texts
 from tabom.commands.distill import DistillConfig, distill
 from tabom.commands.train import TrainConfig, train
-from tabom.decoding import DecodeConfig, decode_texts
+from tabom.decoding import DecodeConfig
 from tabom.models import DEFAULT_MODEL, load_model
 from tabom.objectives import LossConfig
 

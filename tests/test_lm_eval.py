@@ -17,7 +17,8 @@ from realdata import needs, real_data
 
 lm_eval = pytest.importorskip("lm_eval")
 
-from tabom.decoding import DecodeConfig, decode, pad_prompts, response_text  # noqa: E402
+from tabom.batch_decode import response_text  # noqa: E402
+from tabom.decoding import DecodeConfig, decode, pad_prompts  # noqa: E402
 from tabom.models import load_model  # noqa: E402
 from tabom.models.standin import build_standin, save_standin  # noqa: E402
 

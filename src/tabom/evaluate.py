@@ -12,7 +12,8 @@ from dataclasses import dataclass, field
 
 import torch
 
-from tabom.decoding import DecodeConfig, decode_texts
+from tabom.batch_decode import decode_texts
+from tabom.decoding import DecodeConfig
 from tabom.errors import TabomError
 from tabom.metrics import kendall_tau_b, pass_at_k
 from tabom.models.base import DiffusionLM

@@ -35,11 +35,8 @@ except ImportError as e:  # pragma: no cover - the message is the point
         f"(or pip install lm-eval) ({e})"
     ) from None
 
-from tabom.decoding import (
-    DecodeConfig,
-    decode_batches,
-    response_text,
-)
+from tabom.batch_decode import decode_batches, response_text
+from tabom.decoding import DecodeConfig
 from tabom.likelihood import LikelihoodConfig, NelboEstimate, estimate_nelbo
 from tabom.likelihood_sets import greedy_matches, rolling_windows
 from tabom.models import load_model

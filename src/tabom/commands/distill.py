@@ -40,9 +40,10 @@ import torch
 import yaml
 from tqdm.auto import tqdm
 
+from tabom.batch_decode import decode_batches, response_text
 from tabom.checkpoint import check_settings
 from tabom.config import AT_LEAST_1, NON_NEGATIVE, check_ranges, save_config, to_dict
-from tabom.decoding import DecodeConfig, decode_batches, response_text
+from tabom.decoding import DecodeConfig
 from tabom.errors import TabomError
 from tabom.evaluate import pass_at_k
 from tabom.kv_cache import cache_support
