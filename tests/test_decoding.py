@@ -631,3 +631,25 @@ def test_recorded_entropy_matches_the_proposal(tiny, score):
         h = -torch.special.xlogy(q[pos], q[pos]).sum()
         assert out.decode_entropy[0, pos].item() == pytest.approx(h.item(), abs=1e-5)
         x[0, ids.shape[1] + pos] = out.response_ids[0, pos]
+
+
+def test_the_label_names_the_budget_and_every_other_field_that_differs():
+    base = DecodeConfig(temperature=1.0)
+    assert base.label(base) == "confidence@1"
+    assert DecodeConfig(score="entropy", tokens_per_step=3).label() == "entropy@3"
+    assert DecodeConfig(steps=64).label() == "confidence@s64"
+    assert DecodeConfig(threshold=0.9).label() == "confidence@t0.9"
+    # any other recorded field, read from the dataclass: a new one needs no edit here
+    other = {"block_length": 4, "temperature": 0.5, "top_p": 0.9, "top_k": 3, "cache": "dual"}
+    labels = {"confidence@1"}
+    for name, value in other.items():
+        label = DecodeConfig(**{"temperature": 1.0, name: value}).label(base)
+        assert label.startswith("confidence@1,") and label.endswith(f"{name}={value}")
+        labels.add(label)
+    assert len(labels) == len(other) + 1
+    # the budgets of tabom eval: score x tokens per step, one label each
+    from tabom.commands.eval import EvalConfig
+
+    cfg = EvalConfig(budget_tokens_per_step=[1, 2], budget_scores=["confidence", "margin"],
+                     decode=DecodeConfig(top_k=5))  # fmt: skip
+    assert list(cfg.budgets()) == ["confidence@1", "confidence@2", "margin@1", "margin@2"]
