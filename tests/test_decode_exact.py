@@ -17,7 +17,7 @@ import pytest
 import torch
 from torch.overrides import TorchFunctionMode
 
-from tabom.batch_decode import decode_batches
+from tabom.batch_decode import concat_outputs, decode_batches
 from tabom.decoding import (
     DecodeConfig,
     DecodeOutput,
@@ -423,7 +423,9 @@ def test_grouping_by_length_gives_the_same_rows_with_less_padding(models, one_th
     try:
         grouped = decode_batches(dlm, prompts, cfg, batch_size=4)
         n_grouped = len(widths)
-        plain = decode_batches(dlm, prompts, cfg, batch_size=4, group_by_length=False)
+        # the same batches in prompt order: each call is one batch, nothing to group
+        plain = concat_outputs([decode_batches(dlm, prompts[i : i + 4], cfg, batch_size=4)
+                                for i in (0, 4)], dlm.spec.pad_token_id)  # fmt: skip
     finally:
         del dlm.hidden_states
     one = decode_batches(dlm, prompts, cfg, batch_size=8)  # one batch: nothing to group
@@ -445,6 +447,7 @@ def test_sampled_decodes_keep_the_prompt_order(models, one_thread):
     prompts = [[5] * n for n in (9, 2, 8, 3)]
     cfg = DecodeConfig(gen_length=6, steps=6, temperature=1.0)
     a = decode_batches(dlm, prompts, cfg, batch_size=2, generator=torch.Generator().manual_seed(1))
-    b = decode_batches(dlm, prompts, cfg, batch_size=2, group_by_length=False,
-                       generator=torch.Generator().manual_seed(1))  # fmt: skip
+    g = torch.Generator().manual_seed(1)  # the batches in prompt order, one call each
+    b = concat_outputs([decode_batches(dlm, prompts[i : i + 2], cfg, batch_size=2, generator=g)
+                        for i in (0, 2)], dlm.spec.pad_token_id)  # fmt: skip
     assert torch.equal(a.sequences, b.sequences)

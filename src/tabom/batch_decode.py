@@ -74,13 +74,12 @@ def decode_batches(
     batch_size: int = 64,
     progress: bool = False,
     desc: str = "decode",
-    group_by_length: bool = True,
 ) -> DecodeOutput:
     """Decode encoded prompts in batches of ``batch_size`` (left-padded), outputs in prompt order.
 
     The one batched decode loop of the package (``tabom eval``, ``tabom distill``, the lm-eval
     adapter). Batches run in order and share ``generator``. A deterministic decode (temperature
-    0, a score other than ``random``) with ``group_by_length`` batches prompts of similar length
+    0, a score other than ``random``) over more than one batch groups prompts of similar length
     together (less padding; each batch keeps its prompts in their original order) and writes
     the rows back in prompt order: the same tokens, as a row decodes the same in any padded
     batch. A sampled decode keeps the prompts' order, since which random draws a prompt gets
@@ -93,7 +92,6 @@ def decode_batches(
         generator: all randomness, on ``dlm.device``.
         batch_size: prompts per forward.
         progress: show a progress bar over batches, labelled ``desc``.
-        group_by_length: batch prompts of similar length together (deterministic decodes).
 
     Returns:
         The batches' outputs concatenated in prompt order (:func:`concat_outputs`: ``nfe``
@@ -109,7 +107,7 @@ def decode_batches(
     pad = dlm.spec.pad_token_id
     order = list(range(len(encoded)))
     deterministic = cfg.temperature == 0 and cfg.score != "random"
-    if group_by_length and deterministic and len(encoded) > batch_size:
+    if deterministic and len(encoded) > batch_size:
         order.sort(key=lambda i: len(encoded[i]))  # stable: equal lengths keep their order
     batches = [sorted(order[i : i + batch_size]) for i in range(0, len(order), batch_size)]
     outputs = []
@@ -153,7 +151,6 @@ def decode_texts(
     batch_size: int = 64,
     progress: bool = False,
     desc: str = "decode",
-    group_by_length: bool = True,
 ) -> tuple[list[str], DecodeOutput]:
     """Encode the prompts as the backend does, decode in batches and return the answers.
 
@@ -165,8 +162,6 @@ def decode_texts(
         generator: all randomness, on ``dlm.device``.
         batch_size: prompts per forward.
         progress: show a progress bar over batches, labelled ``desc``.
-        group_by_length: batch prompts of similar length together when the decode is
-            deterministic (:func:`decode_batches`).
 
     Returns:
         ``(texts, output)``: the responses cut at the first stop id (``dlm.spec.stop_ids``:
@@ -182,7 +177,6 @@ def decode_texts(
         batch_size=batch_size,
         progress=progress,
         desc=desc,
-        group_by_length=group_by_length,
     )
     texts = [response_text(dlm.tokenizer, r, dlm.spec.stop_ids) for r in out.response_ids.tolist()]
     return texts, out
