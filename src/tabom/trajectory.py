@@ -21,10 +21,14 @@ import warnings
 from collections.abc import Iterable
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+from tabom.config import ConfigError, convert
 from tabom.errors import TabomError
 from tabom.jsonl import MAX_DEPTH, StrictJsonError, loads_strict
+
+if TYPE_CHECKING:
+    from tabom.decoding import DecodeConfig
 
 SCHEMA_VERSION = 1
 METHODS = ("confidence", "margin", "entropy", "random")
@@ -109,7 +113,7 @@ class TrajectoryRecord:
     schema_version: int = SCHEMA_VERSION
     line: int = field(default=0, compare=False, repr=False)
 
-    def decode_config(self) -> Any:
+    def decode_config(self) -> DecodeConfig:
         """The :class:`~tabom.decoding.DecodeConfig` this answer was decoded with
         (:func:`decode_settings`: a setting an older file lacks is its default)."""
         return decode_settings(self.gen, self.method)
@@ -188,7 +192,7 @@ def _typed(
     return value
 
 
-def decode_settings(gen: dict[str, Any], method: str | None = None) -> Any:
+def decode_settings(gen: dict[str, Any], method: str | None = None) -> DecodeConfig:
     """The :class:`~tabom.decoding.DecodeConfig` a ``gen`` records (its fields by name, the
     other keys ignored).
 
@@ -217,8 +221,7 @@ def _comparable_gen(gen: dict[str, Any], method: str | None = None) -> dict[str,
 
 def _check_gen(path: Path, line: int, gen: dict[str, Any], length: int, method: str) -> int:
     """Validate ``gen``; return the bound on decode steps (``steps``, or T in threshold mode)."""
-    from tabom.config import ConfigError, convert
-    from tabom.decoding import DecodeConfig
+    from tabom.decoding import DecodeConfig  # torch: imported only once a file is read
 
     for key, types in _GEN_TYPES.items():
         _typed(path, line, gen, key, types, prefix="gen.")
@@ -675,6 +678,7 @@ __all__ = [
     "loads_line",
     "parse_record",
     "read_trajectories",
+    "decode_settings",
     "tokenizer_fingerprint",
     "write_trajectories",
 ]
