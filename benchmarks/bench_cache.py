@@ -21,9 +21,10 @@ from pathlib import Path
 
 import torch
 
+from tabom.batch_decode import decode_batches, response_text
 from tabom.commands.demo.config import TESTBEDS, DemoConfig
 from tabom.commands.demo.pipeline import make_splits
-from tabom.decoding import DecodeConfig, decode_batches, response_text
+from tabom.decoding import DecodeConfig
 from tabom.models import load_model
 from tabom.tasks import make_task
 

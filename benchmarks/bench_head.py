@@ -98,7 +98,7 @@ def full_objective(dlm: DiffusionLM, batch: dict, args: argparse.Namespace) -> t
     """The old ``compute_objective`` body for ``tabom``: full logits, two gathers."""
     plan = time_delay_mask(
         batch["input_ids"],
-        batch["decode_step"],
+        batch["decoding_order"],
         response_mask=batch["response_mask"],
         window=args.window,
         mask_token_id=dlm.mask_token_id,
@@ -111,7 +111,7 @@ def full_objective(dlm: DiffusionLM, batch: dict, args: argparse.Namespace) -> t
         sel.nonzero(as_tuple=True), token_entropy(logits[sel])
     )
     rank = rank_loss(
-        entropy, batch["decode_step"], plan.cut, window=args.window, margin=0.1, supervise=sel
+        entropy, batch["decoding_order"], plan.cut, window=args.window, margin=0.1, supervise=sel
     ).loss
     return ce + rank
 
@@ -127,7 +127,7 @@ def positions_objective(dlm: DiffusionLM, batch: dict, args: argparse.Namespace)
             batch["input_ids"],
             batch["attention_mask"],
             batch["response_mask"],
-            batch["decode_step"],
+            batch["decoding_order"],
             decode_entropy=None,
             ids=[],
         ),
@@ -205,7 +205,7 @@ def one(args: argparse.Namespace) -> dict:
         extra = {
             "nfe": out.nfe,
             "response_sum": int(out.response_ids.sum()),
-            "decode_step_sum": int(out.decode_step.sum()),
+            "decode_step_sum": int(out.decoding_order.sum()),
         }
     cpu = time.process_time() - c0
     peak = _status_mb("VmHWM") - before
@@ -227,7 +227,7 @@ def interleaved_time(vocab: int, args: argparse.Namespace) -> dict[str, list[flo
             else:
                 with torch.no_grad():
                     out = decode_once(dlm, inputs, path, args)
-                results[path] = (out.response_ids.tolist(), out.decode_step.tolist())
+                results[path] = (out.response_ids.tolist(), out.decoding_order.tolist())
             if i >= args.warmup:
                 times[path].append(time.process_time() - c0)
             print(f"  V={vocab} {path}: {time.process_time() - c0:.2f} s CPU", flush=True)

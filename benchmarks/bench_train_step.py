@@ -87,7 +87,7 @@ def build_batch(args: argparse.Namespace, *, vocab: int | None = None) -> dict[s
     order = torch.full((B, P + T), -1, dtype=torch.long)
     for b in range(B):
         order[b, P:] = torch.randperm(T, generator=g)
-    return {"input_ids": ids, "attention_mask": attn, "response_mask": resp, "decode_step": order}
+    return {"input_ids": ids, "attention_mask": attn, "response_mask": resp, "decoding_order": order}
 
 
 def step(dlm: DiffusionLM, optimizer, batch, objective: str, args) -> tuple[float, float, dict]:
@@ -99,7 +99,7 @@ def step(dlm: DiffusionLM, optimizer, batch, objective: str, args) -> tuple[floa
             batch["input_ids"],
             batch["attention_mask"],
             batch["response_mask"],
-            batch["decode_step"],
+            batch["decoding_order"],
             None,
             [],
         ),
@@ -126,7 +126,7 @@ def loss_level(args: argparse.Namespace) -> None:
     b = build_batch(args)
     plan = time_delay_mask(
         b["input_ids"],
-        b["decode_step"],
+        b["decoding_order"],
         response_mask=b["response_mask"],
         window=args.window,
         mask_token_id=args.vocab - 1,
@@ -152,7 +152,7 @@ def loss_level(args: argparse.Namespace) -> None:
                 loss = (
                     loss
                     + rank_loss(
-                        entropy, b["decode_step"], plan.cut, window=args.window, margin=0.1,
+                        entropy, b["decoding_order"], plan.cut, window=args.window, margin=0.1,
                         supervise=sel,
                     ).loss
                 )

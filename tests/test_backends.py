@@ -18,9 +18,10 @@ from types import SimpleNamespace
 import pytest
 import torch
 
+from tabom.batch_decode import decode_texts
 from tabom.cli import main
 from tabom.commands.train import TrainConfig, load_train_items
-from tabom.decoding import DecodeConfig, decode, decode_texts, pad_prompts
+from tabom.decoding import DecodeConfig, decode, pad_prompts
 from tabom.errors import TabomError
 from tabom.models import (
     backend_from_config,
@@ -204,7 +205,7 @@ def assert_rounding_tie(dlm, batch, i, alone, kind, prompt) -> None:
     where they part, the two must have seen the same state with logits equal to float rounding
     (so padding leaked nothing), and the two positions chosen must have had confidences within
     rounding of each other (a tie the batch's other kernel broke the other way)."""
-    d_batch, d_alone = batch.decode_step[i], alone.decode_step[0]
+    d_batch, d_alone = batch.decoding_order[i], alone.decoding_order[0]
     step = int(min(d_batch[d_batch != d_alone].min(), d_alone[d_batch != d_alone].min()))
     before = d_alone < step  # the state both reached: the tokens decoded before that step
     assert torch.equal(before, d_batch < step), (kind, prompt)
@@ -235,13 +236,13 @@ def test_left_padded_batch_decodes_like_each_prompt_alone(standins, kind):
     for i, p in enumerate(PROMPTS):
         alone = greedy(dlm, [p], block=4)
         same = torch.equal(batch.response_ids[i], alone.response_ids[0]) and torch.equal(
-            batch.decode_step[i], alone.decode_step[0]
+            batch.decoding_order[i], alone.decoding_order[0]
         )
         if not same:  # only a near-tie that float rounding broke the other way may explain it
             assert_rounding_tie(dlm, batch, i, alone, kind, p)
     logits = dlm(batch.sequences, batch.attention_mask)  # pad rows included
     assert not bool(torch.isnan(logits).any())
-    assert sorted(batch.decode_step[0].tolist()) == list(range(8))
+    assert sorted(batch.decoding_order[0].tolist()) == list(range(8))
 
 
 class ShiftedOutputs(torch.nn.Module):
@@ -278,7 +279,7 @@ def test_dream_path_equals_an_unshifted_model_by_construction(standins, attn):
     )
     shifted = DiffusionLM(ShiftedOutputs(dream.model), dream.tokenizer, dream.spec)
     a, b = greedy(plain, PROMPTS), greedy(shifted, PROMPTS)
-    assert torch.equal(a.sequences, b.sequences) and torch.equal(a.decode_step, b.decode_step)
+    assert torch.equal(a.sequences, b.sequences) and torch.equal(a.decoding_order, b.decoding_order)
     la = plain(a.sequences, a.attention_mask)
     lb = shifted(a.sequences, a.attention_mask)
     torch.testing.assert_close(la[:, 1:], lb[:, 1:], rtol=0, atol=0)
@@ -571,10 +572,10 @@ def test_sft_ground_truth_ends_with_the_stop_token_before_the_eos_tail(
     items, _ = load_train_items(cfg, dlm)
     for item, (prompt, answer) in zip(items, rows, strict=True):
         ids = tok(answer, add_special_tokens=False)["input_ids"]
-        assert item["prompt_ids"].tolist() == dlm.encode_prompt(prompt)  # the chat template
+        assert item.prompt_ids.tolist() == dlm.encode_prompt(prompt)  # the chat template
         # longest answer (2 tokens) + the stop token + one EOS: 4 response positions
-        assert item["response_ids"].tolist() == ids + [stop] + [eos] * (3 - len(ids))
-        assert tok.decode(item["response_ids"][: len(ids)]) == answer
+        assert item.response_ids.tolist() == ids + [stop] + [eos] * (3 - len(ids))
+        assert tok.decode(item.response_ids[: len(ids)]) == answer
 
 
 class ScriptedLM(torch.nn.Module):

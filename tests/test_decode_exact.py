@@ -17,12 +17,12 @@ import pytest
 import torch
 from torch.overrides import TorchFunctionMode
 
+from tabom.batch_decode import concat_outputs, decode_batches
 from tabom.decoding import (
     DecodeConfig,
     DecodeOutput,
     _to_block,
     decode,
-    decode_batches,
     pad_prompts,
     propose,
     score_proposals,
@@ -103,7 +103,7 @@ def reference_decode(
     x = torch.cat([prompt_ids, prompt_ids.new_full((B, T), mask_token_id)], dim=1)  # (B, P+T)
     attn = torch.cat([prompt_mask, prompt_mask.new_ones((B, T))], dim=1)  # (B, P+T)
     response = x[:, P:]  # (B, T) view: writing it writes x
-    decode_step = torch.full((B, T), -1, dtype=torch.long, device=device)
+    decoding_order = torch.full((B, T), -1, dtype=torch.long, device=device)
     entropy = torch.full((B, T), float("nan"), device=device) if cfg.record_entropy else None
     offsets = torch.arange(Lb, device=device)  # (Lb,)
     head_model = as_head_model(model)
@@ -120,7 +120,7 @@ def reference_decode(
                 break
             start = torch.full((B,), (step // steps_per_block) * Lb, device=device)
         else:
-            masked = decode_step < 0  # (B, T)
+            masked = decoding_order < 0  # (B, T)
             if not bool(masked.any()):
                 break
             start = masked.long().argmax(dim=-1) // Lb * Lb  # full rows: block 0, no candidates
@@ -133,7 +133,7 @@ def reference_decode(
             raise ValueError(
                 f"model returned logits {tuple(hidden.shape)} for input {tuple(x.shape)}"
             )
-        candidates = decode_step.gather(1, pos) < 0  # (B, Lb) still masked
+        candidates = decoding_order.gather(1, pos) < 0  # (B, Lb) still masked
         b_idx, j_idx = candidates.nonzero(as_tuple=True)  # (N,) each, row-major
         cand_logits = logits_at(head_model, hidden, b_idx, P + pos[b_idx, j_idx]).float()
         cand_logits[:, mask_token_id] = float("-inf")  # (N, V)
@@ -177,7 +177,7 @@ def reference_decode(
 
         # 5) write the committed tokens and their step; never touch committed positions
         response.scatter_(1, pos, torch.where(commit, tokens, response.gather(1, pos)))
-        decode_step.scatter_(1, pos, torch.where(commit, step, decode_step.gather(1, pos)))
+        decoding_order.scatter_(1, pos, torch.where(commit, step, decoding_order.gather(1, pos)))
         if entropy is not None:
             h = -_to_block(neg_entropy, where, (B, Lb), 0.0)  # (B, Lb)
             entropy.scatter_(1, pos, torch.where(commit, h, entropy.gather(1, pos)))
@@ -185,7 +185,7 @@ def reference_decode(
 
     return DecodeOutput(
         sequences=x,
-        decode_step=decode_step,
+        decoding_order=decoding_order,
         nfe=step,
         prompt_length=P,
         attention_mask=attn,
@@ -242,7 +242,7 @@ def test_rows_leaving_the_batch_change_nothing(models, kind, score, budget, one_
     cfg = DecodeConfig(gen_length=12, score=score, record_entropy=True, **budget)
     new, old, batches = run_both(dlm, cfg)
     assert torch.equal(new.sequences, old.sequences)
-    assert torch.equal(new.decode_step, old.decode_step)
+    assert torch.equal(new.decoding_order, old.decoding_order)
     assert new.nfe == old.nfe
     torch.testing.assert_close(new.decode_entropy, old.decode_entropy, rtol=0, atol=0,
                                equal_nan=True)  # fmt: skip
@@ -252,7 +252,7 @@ def test_rows_leaving_the_batch_change_nothing(models, kind, score, budget, one_
     want = []
     for step in range(new.nfe):
         n = 0
-        for d in new.decode_step:
+        for d in new.decoding_order:
             if per_block is not None:
                 block = d[step // per_block * Lb :][:Lb]
             else:
@@ -274,7 +274,7 @@ def test_rows_leave_in_threshold_mode(models, one_thread):
             if "threshold" in budget:
                 cfg = DecodeConfig(gen_length=12, score="entropy", record_entropy=True, **budget)
                 new, old, _ = run_both(models[kind], cfg)
-                assert torch.equal(new.decode_step, old.decode_step)
+                assert torch.equal(new.decoding_order, old.decoding_order)
                 left += new.row_forwards < len(PROMPTS) * new.nfe
     assert left >= 4
 
@@ -306,9 +306,9 @@ def test_a_row_that_finishes_first_leaves_the_forward(temperature):
     old = reference_decode(SureModel(), ids, mask, cfg, mask_token_id=2,
                            generator=torch.Generator().manual_seed(4))  # fmt: skip
     assert torch.equal(new.sequences, old.sequences)
-    assert torch.equal(new.decode_step, old.decode_step)
+    assert torch.equal(new.decoding_order, old.decoding_order)
     torch.testing.assert_close(new.decode_entropy, old.decode_entropy, rtol=0, atol=0)
-    assert new.decode_step[3].tolist() == [0] * 8  # the sure row: everything at step 0
+    assert new.decoding_order[3].tolist() == [0] * 8  # the sure row: everything at step 0
     assert model.batches[0] == 4 and set(model.batches[1:]) == {3}  # then it left
 
 
@@ -423,13 +423,15 @@ def test_grouping_by_length_gives_the_same_rows_with_less_padding(models, one_th
     try:
         grouped = decode_batches(dlm, prompts, cfg, batch_size=4)
         n_grouped = len(widths)
-        plain = decode_batches(dlm, prompts, cfg, batch_size=4, group_by_length=False)
+        # the same batches in prompt order: each call is one batch, nothing to group
+        plain = concat_outputs([decode_batches(dlm, prompts[i : i + 4], cfg, batch_size=4)
+                                for i in (0, 4)], dlm.spec.pad_token_id)  # fmt: skip
     finally:
         del dlm.hidden_states
     one = decode_batches(dlm, prompts, cfg, batch_size=8)  # one batch: nothing to group
     for out in (grouped, plain):
         assert torch.equal(out.response_ids, one.response_ids)
-        assert torch.equal(out.decode_step, one.decode_step)
+        assert torch.equal(out.decoding_order, one.decoding_order)
         assert torch.equal(out.prompt_ids, one.prompt_ids)  # prompt order, left-padded
     # the same padding: the same numbers; less padding: the same up to float rounding (the
     # attention runs over fewer padded keys)
@@ -445,6 +447,7 @@ def test_sampled_decodes_keep_the_prompt_order(models, one_thread):
     prompts = [[5] * n for n in (9, 2, 8, 3)]
     cfg = DecodeConfig(gen_length=6, steps=6, temperature=1.0)
     a = decode_batches(dlm, prompts, cfg, batch_size=2, generator=torch.Generator().manual_seed(1))
-    b = decode_batches(dlm, prompts, cfg, batch_size=2, group_by_length=False,
-                       generator=torch.Generator().manual_seed(1))  # fmt: skip
+    g = torch.Generator().manual_seed(1)  # the batches in prompt order, one call each
+    b = concat_outputs([decode_batches(dlm, prompts[i : i + 2], cfg, batch_size=2, generator=g)
+                        for i in (0, 2)], dlm.spec.pad_token_id)  # fmt: skip
     assert torch.equal(a.sequences, b.sequences)

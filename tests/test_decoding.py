@@ -12,15 +12,12 @@ import math
 import pytest
 import torch
 
+from tabom.batch_decode import concat_outputs, decode_batches, decode_texts, response_text
 from tabom.decoding import (
     DecodeConfig,
-    concat_outputs,
     decode,
-    decode_batches,
-    decode_texts,
     filter_logits,
     pad_prompts,
-    response_text,
     select_top_k,
     step_schedule,
     steps_for,
@@ -115,7 +112,7 @@ def run(logits: torch.Tensor, prompt: torch.Tensor = PROMPT, **kw) -> tuple:
 )
 def test_one_token_per_step_order_per_score(score, expected):
     out, model = run(table(DISTINCT), steps=4, score=score)
-    assert out.decode_step.tolist() == [expected]
+    assert out.decoding_order.tolist() == [expected]
     assert out.response_ids.tolist() == [argmax_tokens(4)]
     assert out.nfe == len(model.inputs) == 4
 
@@ -130,34 +127,34 @@ def test_one_token_per_step_order_per_score(score, expected):
 )
 def test_two_tokens_per_step_order_per_score(score, expected):
     out, _ = run(table(DISTINCT), steps=2, score=score)
-    assert out.decode_step.tolist() == [expected]
+    assert out.decoding_order.tolist() == [expected]
     assert out.nfe == 2
 
 
 def test_budgets_on_eight_positions():
     # one token per step: the step of position j is its confidence rank
     out, _ = run(conf_table(CONF8), steps=8)
-    assert out.decode_step.tolist() == [[7, 1, 5, 3, 6, 0, 4, 2]]
+    assert out.decoding_order.tolist() == [[7, 1, 5, 3, 6, 0, 4, 2]]
     # T / 2 steps: two per step, rank // 2
     out, _ = run(conf_table(CONF8), steps=4)
-    assert out.decode_step.tolist() == [[3, 0, 2, 1, 3, 0, 2, 1]]
+    assert out.decoding_order.tolist() == [[3, 0, 2, 1, 3, 0, 2, 1]]
     # T / 8 = one step: everything at once
     out, _ = run(conf_table(CONF8), steps=1)
-    assert out.decode_step.tolist() == [[0] * 8]
+    assert out.decoding_order.tolist() == [[0] * 8]
 
 
 def test_remainder_goes_to_first_steps():
     # T = 5 (.30, .90, .50, .70, .40), 2 steps: 3 then 2; order 1, 3, 2 | 4, 0
     out, _ = run(conf_table(CONF8[:5]), steps=2)
     assert transfer_schedule(5, 2) == [3, 2]
-    assert out.decode_step.tolist() == [[1, 0, 0, 0, 1]]
+    assert out.decoding_order.tolist() == [[1, 0, 0, 0, 1]]
 
 
 def test_more_steps_than_masks_counts_zero_commit_steps():
     # T = 4 (.30, .90, .50, .70), 6 steps: schedule 1, 1, 1, 1, 0, 0; order 1, 3, 2, 0
     out, model = run(conf_table(CONF8[:4]), steps=6)
     assert step_schedule(DecodeConfig(gen_length=4, steps=6)) == [1, 1, 1, 1, 0, 0]
-    assert out.decode_step.tolist() == [[3, 0, 2, 1]]
+    assert out.decoding_order.tolist() == [[3, 0, 2, 1]]
     assert out.nfe == 6  # the budget's steps; the two that commit nothing run no forward
     assert len(model.inputs) == out.row_forwards == 4
 
@@ -167,15 +164,15 @@ def test_semi_autoregressive_blocks():
     # block 1 (.40, .95, .60, .80) -> 5, 7, 6, 4 at steps 4-7, although position 5 (.95)
     # is the most confident of all
     out, _ = run(conf_table(CONF8), steps=8, block_length=4)
-    assert out.decode_step.tolist() == [[3, 0, 2, 1, 7, 4, 6, 5]]
-    d = out.decode_step[0]
+    assert out.decoding_order.tolist() == [[3, 0, 2, 1, 7, 4, 6, 5]]
+    d = out.decoding_order[0]
     assert d[:4].max() < d[4:].min()
     # 4 steps: two per step inside each block
     out, _ = run(conf_table(CONF8), steps=4, block_length=4)
-    assert out.decode_step.tolist() == [[1, 0, 1, 0, 3, 2, 3, 2]]
+    assert out.decoding_order.tolist() == [[1, 0, 1, 0, 3, 2, 3, 2]]
     # blocks of 2 with 3 steps each: schedule 1, 1, 0 per block; the idle steps still count
     out, model = run(conf_table(CONF8[:4]), steps=6, block_length=2)
-    assert out.decode_step.tolist() == [[1, 0, 4, 3]]
+    assert out.decoding_order.tolist() == [[1, 0, 4, 3]]
     assert out.nfe == 6  # the budget's steps; the two that commit nothing run no forward
     assert len(model.inputs) == out.row_forwards == 4
 
@@ -184,14 +181,14 @@ def test_threshold_one_block():
     # threshold .75: step 0 commits every confidence >= .75: {1, 5, 7}; the logits do not
     # change, so afterwards none passes and the best one goes: 3, 6, 2, 4, 0 -> 6 forwards
     out, model = run(conf_table(CONF8), threshold=0.75)
-    assert out.decode_step.tolist() == [[5, 0, 3, 1, 4, 0, 2, 0]]
+    assert out.decoding_order.tolist() == [[5, 0, 3, 1, 4, 0, 2, 0]]
     assert out.nfe == len(model.inputs) == 6
 
 
 def test_threshold_with_blocks():
     # blocks of 4, threshold .75: block 0: {1}, 3, 2, 0 (steps 0-3); block 1: {5, 7}, 6, 4
     out, _ = run(conf_table(CONF8), threshold=0.75, block_length=4, steps=3)  # steps ignored
-    assert out.decode_step.tolist() == [[3, 0, 2, 1, 6, 4, 5, 4]]
+    assert out.decoding_order.tolist() == [[3, 0, 2, 1, 6, 4, 5, 4]]
     assert out.nfe == 7
 
 
@@ -207,7 +204,7 @@ def test_threshold_with_blocks():
 )
 def test_threshold_fallback_uses_selected_score(score, expected):
     out, _ = run(table(DISTINCT), threshold=0.62, score=score)
-    assert out.decode_step.tolist() == [expected]
+    assert out.decoding_order.tolist() == [expected]
     assert out.nfe == 4
 
 
@@ -216,7 +213,7 @@ def test_threshold_rows_advance_independently():
     logits = torch.stack([conf_table(CONF8), conf_table([0.99] * 8)])  # (2, T, V)
     prompt = torch.tensor([[4, 1, 0], [3, 3, 3]])
     out, _ = run(logits, prompt=prompt, threshold=0.75)
-    assert out.decode_step.tolist() == [[5, 0, 3, 1, 4, 0, 2, 0], [0] * 8]
+    assert out.decoding_order.tolist() == [[5, 0, 3, 1, 4, 0, 2, 0], [0] * 8]
     assert out.nfe == 6
 
 
@@ -224,11 +221,11 @@ def test_ties_go_to_the_lower_position():
     # every position has the same logits (same token layout, so bit-identical scores)
     same = conf_table([0.5])[0].expand(6, V)
     out, _ = run(same, steps=6)
-    assert out.decode_step.tolist() == [list(range(6))]
+    assert out.decoding_order.tolist() == [list(range(6))]
     out, _ = run(same, steps=3, score="margin")
-    assert out.decode_step.tolist() == [[0, 0, 1, 1, 2, 2]]
+    assert out.decoding_order.tolist() == [[0, 0, 1, 1, 2, 2]]
     out, _ = run(same, threshold=0.4, score="entropy")  # all pass at once
-    assert out.decode_step.tolist() == [[0] * 6]
+    assert out.decoding_order.tolist() == [[0] * 6]
     chosen = select_top_k(
         torch.tensor([[1.0, 2.0, 2.0, 2.0]]),
         torch.tensor([[True, True, False, True]]),
@@ -243,7 +240,7 @@ def test_random_score_is_a_seeded_permutation():
         model = TableModel(conf_table(CONF8))
         cfg = DecodeConfig(gen_length=8, steps=8, score="random")
         out = decode(model, PROMPT, torch.ones_like(PROMPT), cfg, mask_token_id=MASK, generator=g)
-        return out.decode_step[0].tolist()
+        return out.decoding_order[0].tolist()
 
     assert order(0) == order(0)
     assert sorted(order(0)) == list(range(8))
@@ -275,7 +272,7 @@ def test_mask_is_never_proposed():
 )
 def test_decode_step_covers_every_position_once(kw):
     out, model = run(conf_table(CONF8), **kw)
-    d = out.decode_step[0]
+    d = out.decoding_order[0]
     assert (d >= 0).all() and (d < out.nfe).all()  # each position exactly one step
     counts = torch.bincount(d, minlength=out.nfe).tolist()
     cfg = DecodeConfig(gen_length=8, **kw)
@@ -386,7 +383,7 @@ def test_vectorised_matches_naive_reference(score, kw):
     out = decode(model, ids, mask, cfg, mask_token_id=MASK)
     tokens, steps = naive_decode(model, ids, mask, cfg)
     assert out.response_ids.tolist() == tokens
-    assert out.decode_step.tolist() == steps
+    assert out.decoding_order.tolist() == steps
 
 
 # ---------------------------------------------------------------- sampling
@@ -400,7 +397,7 @@ def test_temperature_sampling_is_reproducible_and_top_p_tiny_is_argmax():
         return decode(model, PROMPT, torch.ones_like(PROMPT), cfg, mask_token_id=MASK, generator=g)
 
     a, b = sample(0), sample(0)
-    assert torch.equal(a.sequences, b.sequences) and torch.equal(a.decode_step, b.decode_step)
+    assert torch.equal(a.sequences, b.sequences) and torch.equal(a.decoding_order, b.decoding_order)
     assert not (a.sequences == MASK).any()
     assert sample(0, top_p=1e-6).response_ids.tolist() == [argmax_tokens(8)]
     assert sample(3, top_k=1).response_ids.tolist() == [argmax_tokens(8)]
@@ -449,7 +446,7 @@ def test_batch_decodes_like_rows(tiny, kw):
         one = torch.tensor([e])
         alone = decode(tiny, one, torch.ones_like(one), cfg, mask_token_id=tiny.mask_token_id)
         assert torch.equal(alone.response_ids[0], batch.response_ids[row])
-        assert torch.equal(alone.decode_step[0], batch.decode_step[row])
+        assert torch.equal(alone.decoding_order[0], batch.decoding_order[row])
         nfes.append(alone.nfe)
     assert batch.nfe == max(nfes)
     assert batch.prompt_length == ids.shape[1]
@@ -462,7 +459,7 @@ def test_decode_texts_and_response_text(tiny):
     texts_one, out_one = decode_texts(tiny, PROMPTS, cfg, batch_size=3)
     assert texts == texts_one and out.nfe == 8 and out_one.nfe == 4
     assert torch.equal(out.sequences, out_one.sequences)
-    assert torch.equal(out.decode_step, out_one.decode_step)
+    assert torch.equal(out.decoding_order, out_one.decoding_order)
     assert out.decode_entropy is not None and out.decode_entropy.shape == (3, 8)
     tok, eos = tiny.tokenizer, tiny.spec.eos_token_id
     ab = tok("ab", add_special_tokens=False)["input_ids"]
@@ -597,7 +594,7 @@ def test_forwards_per_row_is_the_last_commit_in_threshold_mode(tiny):
     encoded = [tiny.encode_prompt(p) for p in PROMPTS]
     cfg = DecodeConfig(gen_length=8, threshold=0.3, block_length=4)
     batch = decode_batches(tiny, encoded, cfg, batch_size=3)
-    assert torch.equal(batch.forwards_per_row, batch.decode_step.max(dim=-1).values + 1)
+    assert torch.equal(batch.forwards_per_row, batch.decoding_order.max(dim=-1).values + 1)
     alone = decode_batches(tiny, encoded, cfg, batch_size=1)  # each row its own batch
     assert torch.equal(alone.forwards_per_row, batch.forwards_per_row)  # batch-independent
     assert alone.nfe == int(alone.forwards_per_row.sum())
@@ -630,7 +627,29 @@ def test_recorded_entropy_matches_the_proposal(tiny, score):
         logits = tiny(x, attn)[0, ids.shape[1] :].float()
         logits[:, tiny.mask_token_id] = float("-inf")
         q = logits.softmax(-1)
-        pos = int((out.decode_step[0] == step).nonzero()[0])
+        pos = int((out.decoding_order[0] == step).nonzero()[0])
         h = -torch.special.xlogy(q[pos], q[pos]).sum()
         assert out.decode_entropy[0, pos].item() == pytest.approx(h.item(), abs=1e-5)
         x[0, ids.shape[1] + pos] = out.response_ids[0, pos]
+
+
+def test_the_label_names_the_budget_and_every_other_field_that_differs():
+    base = DecodeConfig(temperature=1.0)
+    assert base.label(base) == "confidence@1"
+    assert DecodeConfig(score="entropy", tokens_per_step=3).label() == "entropy@3"
+    assert DecodeConfig(steps=64).label() == "confidence@s64"
+    assert DecodeConfig(threshold=0.9).label() == "confidence@t0.9"
+    # any other recorded field, read from the dataclass: a new one needs no edit here
+    other = {"block_length": 4, "temperature": 0.5, "top_p": 0.9, "top_k": 3, "cache": "dual"}
+    labels = {"confidence@1"}
+    for name, value in other.items():
+        label = DecodeConfig(**{"temperature": 1.0, name: value}).label(base)
+        assert label.startswith("confidence@1,") and label.endswith(f"{name}={value}")
+        labels.add(label)
+    assert len(labels) == len(other) + 1
+    # the budgets of tabom eval: score x tokens per step, one label each
+    from tabom.commands.eval import EvalConfig
+
+    cfg = EvalConfig(budget_tokens_per_step=[1, 2], budget_scores=["confidence", "margin"],
+                     decode=DecodeConfig(top_k=5))  # fmt: skip
+    assert list(cfg.budgets()) == ["confidence@1", "confidence@2", "margin@1", "margin@2"]

@@ -63,7 +63,7 @@ def test_left_to_right_strategy_commits_in_order():
     ids, mask = pad_prompts([dlm.encode_prompt("12+34=")], dlm.spec.pad_token_id)
     cfg = STRATEGIES["left-to-right"].resolve(6)
     out = decode(dlm, ids, mask, cfg, mask_token_id=dlm.mask_token_id)
-    assert out.decode_step[0].tolist() == list(range(6))
+    assert out.decoding_order[0].tolist() == list(range(6))
 
 
 def test_paired_interval_is_the_mean_difference_and_its_normal_interval():

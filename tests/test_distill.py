@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -286,3 +288,24 @@ def test_two_process_run_equals_the_one_process_run(model_dir, tmp_path, free_po
     assert "on 2 process(es)" in run.stdout
     assert (tmp_path / "two.jsonl").read_bytes() == (tmp_path / "one.jsonl").read_bytes()
     assert not list(tmp_path.glob("two.jsonl.shard-*"))
+
+
+def test_a_file_written_before_the_whole_decode_config_was_recorded_resumes(tmp_path):
+    """tests/data/trajectories-v1/fixed.jsonl: main at d1607c1 wrote it with these settings
+    (its ``gen`` lacks score, tokens_per_step and cache); a longer run continues it."""
+    old = Path(__file__).parent / "data" / "trajectories-v1"
+    for f in old.glob("fixed.jsonl*"):
+        shutil.copy(f, tmp_path / f.name)
+    before = (tmp_path / "fixed.jsonl").read_bytes()
+    cfg = DistillConfig(model="tiny-base", n_prompts=3, n_samples=2, ks=[1], keep="all", prompts_per_batch=1,
+                        output=str(tmp_path / "fixed.jsonl"), progress=False,
+                        decode=DecodeConfig(tokens_per_step=2, top_k=5, temperature=1.0))  # fmt: skip
+    s = distill(cfg)
+    assert s.decoded_now == 2  # the third prompt's two samples only
+    after = (tmp_path / "fixed.jsonl").read_bytes()
+    assert after.startswith(before)
+    recs = read_trajectories(tmp_path / "fixed.jsonl")
+    assert len(recs) == 6 and "score" not in recs[0].gen and recs[-1].gen["score"] == "confidence"
+    assert len({json.dumps(r.decode_config().record()) for r in recs}) == 1
+    with pytest.raises(TabomError, match="decode.top_k"):  # other settings: refused
+        distill(dataclasses.replace(cfg, decode=DecodeConfig(tokens_per_step=2, temperature=1.0)))

@@ -27,9 +27,10 @@ from pathlib import Path
 import pytest
 import torch
 
+from tabom.batch_decode import decode_texts
 from tabom.commands.distill import DistillConfig, distill
 from tabom.commands.train import TrainConfig, train
-from tabom.decoding import DecodeConfig, decode_texts
+from tabom.decoding import DecodeConfig
 from tabom.models import DEFAULT_MODEL, load_model
 from tabom.objectives import LossConfig
 
@@ -129,9 +130,9 @@ def test_greedy_decode_matches_the_stored_trajectories():
     got = {
         "texts": texts,
         "response_ids": out.response_ids.tolist(),
-        "decode_step": out.decode_step.tolist(),
+        "decode_step": out.decoding_order.tolist(),
         "nfe": [int(out.nfe)],
         "blocks.response_ids": out2.response_ids.tolist(),
-        "blocks.decode_step": out2.decode_step.tolist(),
+        "blocks.decode_step": out2.decoding_order.tolist(),
     }
     check("greedy_decode", got)

@@ -295,7 +295,7 @@ def old_decode(model, prompt_ids, prompt_mask, cfg, *, mask_token_id, generator=
     x = torch.cat([prompt_ids, prompt_ids.new_full((B, T), mask_token_id)], dim=1)
     attn = torch.cat([prompt_mask, prompt_mask.new_ones((B, T))], dim=1)
     response = x[:, P:]
-    decode_step = torch.full((B, T), -1, dtype=torch.long)
+    decoding_order = torch.full((B, T), -1, dtype=torch.long)
     entropy = torch.full((B, T), float("nan")) if cfg.record_entropy else None
     rows = torch.arange(B).unsqueeze(-1)
     offsets = torch.arange(Lb)
@@ -309,7 +309,7 @@ def old_decode(model, prompt_ids, prompt_mask, cfg, *, mask_token_id, generator=
                 break
             start = torch.full((B,), (step // steps_per_block) * Lb)
         else:
-            masked = decode_step < 0
+            masked = decoding_order < 0
             if not bool(masked.any()):
                 break
             start = masked.long().argmax(dim=-1) // Lb * Lb
@@ -335,7 +335,7 @@ def old_decode(model, prompt_ids, prompt_mask, cfg, *, mask_token_id, generator=
             scores = neg_entropy
         else:
             scores = score_proposals(q, tokens, cfg.score, generator=generator)
-        candidates = decode_step.gather(1, pos) < 0
+        candidates = decoding_order.gather(1, pos) < 0
         if fixed:
             k = torch.full((B,), schedule[step], dtype=torch.long)
             commit = select_top_k(scores, candidates, k)
@@ -344,12 +344,12 @@ def old_decode(model, prompt_ids, prompt_mask, cfg, *, mask_token_id, generator=
             best = select_top_k(scores, candidates, torch.ones(B, dtype=torch.long))
             commit = passed | (best & ~passed.any(dim=-1, keepdim=True))
         response.scatter_(1, pos, torch.where(commit, tokens, response.gather(1, pos)))
-        decode_step.scatter_(1, pos, torch.where(commit, step, decode_step.gather(1, pos)))
+        decoding_order.scatter_(1, pos, torch.where(commit, step, decoding_order.gather(1, pos)))
         if entropy is not None:
             h = -neg_entropy
             entropy.scatter_(1, pos, torch.where(commit, h, entropy.gather(1, pos)))
         step += 1
-    return x, decode_step, step, entropy
+    return x, decoding_order, step, entropy
 
 
 @pytest.fixture(scope="module")
@@ -411,7 +411,7 @@ def test_decode_equals_the_whole_block_sampler(sharp, kind, score, budget):
         generator=torch.Generator().manual_seed(9),
     )  # fmt: skip
     assert torch.equal(new.sequences, x)
-    assert torch.equal(new.decode_step, steps)
+    assert torch.equal(new.decoding_order, steps)
     assert new.nfe == nfe and len(sizes) <= nfe  # a step with nothing to commit runs no head
     # the head on fewer rows rounds differently (seen: 2.1e-7 relative; 10x that here)
     torch.testing.assert_close(new.decode_entropy, entropy, rtol=2e-6, atol=1e-6, equal_nan=True)
@@ -440,7 +440,7 @@ def test_a_plain_logits_callable_decodes_like_the_head_model(models):
     ids, mask = pad_prompts([[5, 6, 7], [10]], dlm.spec.pad_token_id)
     a = decode(dlm, ids, mask, cfg, mask_token_id=dlm.mask_token_id)
     b = decode(lambda i, m: dlm(i, m), ids, mask, cfg, mask_token_id=dlm.mask_token_id)
-    assert torch.equal(a.sequences, b.sequences) and torch.equal(a.decode_step, b.decode_step)
+    assert torch.equal(a.sequences, b.sequences) and torch.equal(a.decoding_order, b.decoding_order)
 
 
 def test_chunked_and_unchunked_agree_under_bf16_autocast(models):

@@ -21,7 +21,7 @@ from tabom.commands.distill import DistillConfig, distill
 from tabom.decoding import DecodeConfig, decode, pad_prompts
 from tabom.models import TinyModelConfig, build_tiny, save_model
 from tabom.models.base import DiffusionLM
-from tabom.trajectory import TrajectoryFileError, gen_cache, read_trajectories
+from tabom.trajectory import TrajectoryFileError, read_trajectories
 
 SMALL = TinyModelConfig(hidden_size=32, num_layers=2, num_heads=2, intermediate_size=64)
 PROMPTS = [[5, 6, 7, 8, 9, 10], [11, 12], [13, 14, 15]]
@@ -67,7 +67,7 @@ def assert_rounding_tie(dlm, cfg, exact, checked) -> None:
     the same state. Anything else (another state, a clear score gap, sampling) fails."""
     assert cfg.temperature == 0 and cfg.threshold is None, "a sampled run parted: not a tie"
     T = cfg.gen_length
-    d_e, d_c = exact.decode_step, checked.decode_step
+    d_e, d_c = exact.decoding_order, checked.decoding_order
     differ = d_e != d_c
     step = int(torch.minimum(d_e[differ], d_c[differ]).min())
     before = d_e < step
@@ -94,7 +94,7 @@ def test_refreshing_every_step_reproduces_the_exact_sampler(models, kind, mode, 
     exact = run(dlm, DecodeConfig(gen_length=12, record_entropy=True, **budget))
     cfg = DecodeConfig(gen_length=12, record_entropy=True, cache=mode, **budget)
     checked = run(dlm, cfg, cache_check=True)
-    if not torch.equal(checked.decode_step, exact.decode_step):  # a rounding tie, or a bug
+    if not torch.equal(checked.decoding_order, exact.decoding_order):  # a rounding tie, or a bug
         assert_rounding_tie(dlm, cfg, exact, checked)
         return
     assert torch.equal(checked.sequences, exact.sequences)
@@ -127,7 +127,7 @@ def test_the_cached_forward_runs_the_block_and_refreshes_at_block_starts(models,
         cached = (3, 4) if mode == "dual" else (3, L - (P + s - 1))
         assert widths[4 * b : 4 * b + 4] == [full, cached, cached, cached]
     assert len(widths) == 12
-    assert (out.decode_step >= 0).all() and out.nfe == 12
+    assert (out.decoding_order >= 0).all() and out.nfe == 12
 
 
 def test_the_cache_is_approximate_and_recorded_as_such(models):
@@ -139,7 +139,7 @@ def test_the_cache_is_approximate_and_recorded_as_such(models):
         cfg = DecodeConfig(gen_length=12, steps=12, block_length=4, cache=mode,
                            record_entropy=True)  # fmt: skip
         approx = run(dlm, cfg)
-        assert (approx.decode_step >= 0).all()
+        assert (approx.decoding_order >= 0).all()
         diffs += int((approx.decode_entropy - exact.decode_entropy).abs().max() > 1e-4)
     assert diffs >= 1
 
@@ -166,8 +166,13 @@ def test_distill_records_the_cache_and_old_files_read_as_none(tmp_path):
                           decode=DecodeConfig(temperature=0.0, cache="prefix")))  # fmt: skip
     (rec_exact,) = read_trajectories(exact)[:1]
     (rec_cached,) = read_trajectories(cached)[:1]
-    assert "cache" not in rec_exact.gen and gen_cache(rec_exact.gen) == "none"
-    assert rec_cached.gen["cache"] == "prefix" and gen_cache(rec_cached.gen) == "prefix"
+    assert rec_exact.gen["cache"] == "none" and rec_exact.decode_config().cache == "none"
+    assert rec_cached.gen["cache"] == "prefix" and rec_cached.decode_config().cache == "prefix"
+    # a file written before the cache was recorded (no gen.cache) decoded exactly
+    old = json.loads(exact.read_text().splitlines()[0])
+    del old["gen"]["cache"]
+    (tmp_path / "old.jsonl").write_text(json.dumps(old) + "\n")
+    assert read_trajectories(tmp_path / "old.jsonl")[0].decode_config().cache == "none"
     # a file whose cache value is not one of the modes is refused, naming the field
     bad = tmp_path / "bad.jsonl"
     lines = cached.read_text().splitlines()

@@ -17,7 +17,8 @@ from realdata import needs, real_data
 
 lm_eval = pytest.importorskip("lm_eval")
 
-from tabom.decoding import DecodeConfig, decode, pad_prompts, response_text  # noqa: E402
+from tabom.batch_decode import response_text  # noqa: E402
+from tabom.decoding import DecodeConfig, decode, pad_prompts  # noqa: E402
 from tabom.models import load_model  # noqa: E402
 from tabom.models.standin import build_standin, save_standin  # noqa: E402
 
@@ -78,10 +79,38 @@ def test_settings_are_checked_at_init_without_a_placeholder_length(model_dir):
     assert (cfg.gen_length, cfg.steps, cfg.block_length) == (32, 32, 16)
     with pytest.raises(ValueError, match=r"block_length \(16\) must divide"):
         lm.decode_config(8)
-    with pytest.raises(ValueError, match="score: 'nope' is not one of"):
+    with pytest.raises(ValueError, match="model_args.score: 'nope' is not one of"):
         TabomLM(pretrained=model_dir, score="nope")
     with pytest.raises(ValueError, match="block_length"):
         TabomLM(pretrained=model_dir, gen_length=8, block_length=16)  # T fixed: checked now
+
+
+def test_model_args_are_the_decode_config_fields_read_as_flags(model_dir, monkeypatch):
+    """The adapter declares no decode setting of its own: every ``DecodeConfig`` field is a
+    model arg, read from the harness's strings with the field's type and range."""
+    import dataclasses
+
+    from lm_eval.utils import simple_parse_args_string
+
+    import tabom.lm_eval_adapter as adapter
+
+    monkeypatch.setattr(adapter, "load_model", lambda *a, **k: pytest.fail("model loaded"))
+    args = simple_parse_args_string(
+        "pretrained=x,tokens_per_step=2,top_p=0.9,threshold=none,cache=prefix,score=entropy"
+    )
+    # the settings are read before the model loads: a bad one costs no load
+    for bad, flag in [("top_p=1.5", "model_args.top_p"), ("steps=0", "model_args.steps"),
+                      ("tokens_per_step=two", "model_args.tokens_per_step"),
+                      ("topk=3", "unknown field 'topk'")]:  # fmt: skip
+        with pytest.raises(ValueError, match=flag):
+            adapter.TabomLM(**simple_parse_args_string(f"pretrained=x,{bad}"))
+    monkeypatch.setattr(adapter, "load_model", lambda *a, **k: load_model(model_dir))
+    lm = adapter.TabomLM(**args)
+    want = DecodeConfig(tokens_per_step=2, top_p=0.9, cache="prefix", score="entropy")
+    assert lm.decode == want
+    assert lm.decode_config(8).steps == 4  # tokens_per_step: a field the adapter never named
+    every = {f.name: getattr(want, f.name) for f in dataclasses.fields(DecodeConfig)}
+    assert adapter.TabomLM(pretrained="x", **every).decode == want
 
 
 @pytest.mark.slow

@@ -22,7 +22,7 @@ def trajectory_batch(
     b = len(steps)
     ids = torch.randint(4, 50, (b, length), generator=g)
     resp = torch.zeros(b, length, dtype=torch.bool)
-    decode_step = torch.full((b, length), -1, dtype=torch.long)
+    decoding_order = torch.full((b, length), -1, dtype=torch.long)
     for row, n_steps in enumerate(steps):
         pad = row % 3  # a different left pad per row
         ids[row, :pad] = 0
@@ -31,8 +31,8 @@ def trajectory_batch(
         order = torch.randperm(response, generator=g)
         d = torch.arange(response) // per_step
         d[d >= n_steps] = -1
-        decode_step[row, start + order] = d
-    return ids, resp, decode_step
+        decoding_order[row, start + order] = d
+    return ids, resp, decoding_order
 
 
 def test_random_mask_only_touches_the_response_and_is_reproducible():

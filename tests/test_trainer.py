@@ -131,11 +131,11 @@ def test_ground_truth_items_pad_answers_with_eos(tmp_path):
     path = tmp_path / "gt.jsonl"
     path.write_text('{"prompt": "1+2=", "answer": "3"}\n{"prompt": "9+9=", "answer": "18"}\n')
     items = ground_truth_items(tokenizer=tok, eos_token_id=1, path=path)
-    eos = [[t == 1 for t in it["response_ids"].tolist()] for it in items]
+    eos = [[t == 1 for t in it.response_ids.tolist()] for it in items]
     assert eos == [[False, True, True], [False, False, True]]  # longest answer + 1 EOS
-    assert all((it["decoding_order"] == -1).all() for it in items)
+    assert all((it.decoding_order == -1).all() for it in items)
     gen = ground_truth_items(tokenizer=tok, eos_token_id=1, gt_task=TASK, n_examples=3, seed=0)
-    assert len(gen) == 3 and all(len(it["response_ids"]) == 6 for it in gen)
+    assert len(gen) == 3 and all(len(it.response_ids) == 6 for it in gen)
     (tmp_path / "empty.jsonl").write_text("")
     with pytest.raises(TrainDataError, match="empty.jsonl: data: .*empty file"):
         ground_truth_items(tokenizer=tok, eos_token_id=1, path=tmp_path / "empty.jsonl")
@@ -147,7 +147,7 @@ def test_ground_truth_items_end_with_the_stop_token_when_the_backend_has_one(tmp
     path.write_text('{"prompt": "1+2=", "answer": "3"}\n{"prompt": "9+9=", "answer": "18"}\n')
     items = ground_truth_items(tokenizer=tok, eos_token_id=1, stop_token_id=3, path=path)
     ids = [tok(a, add_special_tokens=False)["input_ids"] for a in ("3", "18")]
-    assert [it["response_ids"].tolist() for it in items] == [
+    assert [it.response_ids.tolist() for it in items] == [
         ids[0] + [3, 1, 1],  # answer, stop, EOS tail to the longest answer + stop + one EOS
         ids[1] + [3, 1],
     ]

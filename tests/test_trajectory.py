@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
+from dataclasses import fields
+from pathlib import Path
 
 import pytest
 import torch
 
+from tabom.decoding import NOT_RECORDED, DecodeConfig
 from tabom.masking import time_delay_mask
 from tabom.models.tiny import build_char_tokenizer
 from tabom.train_data import TrajectoryDataset, collate_trajectories
@@ -193,7 +197,7 @@ def test_collate_pads_decoding_order_with_minus_one_and_feeds_time_delay_masking
         decode_entropy=[0.1] * T,
     )
     ds = TrajectoryDataset([short, long])
-    assert len(ds) == 2 and ds[1]["decode_entropy"].shape == (T,)
+    assert len(ds) == 2 and ds[1].decode_entropy.shape == (T,)
     batch = collate_trajectories([ds[0], ds[1]], pad_token_id=0)
     assert batch.input_ids.shape == (2, 9) and batch.ids == [short.id, long.id]
     # left padding: row 0 is 5 tokens long, its first 4 positions are pad
@@ -214,3 +218,67 @@ def test_collate_pads_decoding_order_with_minus_one_and_feeds_time_delay_masking
         generator=torch.Generator().manual_seed(0),
     )
     assert not (plan.supervise & ~batch.response_mask).any()
+
+
+# --------------------------------------------------------------------------- the gen record
+
+OLD = Path(__file__).parent / "data" / "trajectories-v1"
+"""Files written by ``tabom distill`` before the whole DecodeConfig was recorded (main at
+d1607c1; tests/data/README.md): their ``gen`` has no score, tokens_per_step nor cache."""
+
+
+def test_gen_records_every_decode_field_and_reads_back_the_same_config(tmp_path):
+    """A field of DecodeConfig travels through ``gen`` without being named anywhere else."""
+    cfg = DecodeConfig(gen_length=8, tokens_per_step=2, block_length=4, score="margin",
+                       temperature=0.5, top_p=0.9, top_k=3, cache="prefix")  # fmt: skip
+    rec = cfg.record()
+    assert set(rec) == {f.name for f in fields(DecodeConfig)} - set(NOT_RECORDED)
+    assert DecodeConfig.from_record(rec) == dataclasses.replace(cfg, steps=4, tokens_per_step=1)
+    thr = DecodeConfig(gen_length=8, threshold=0.9).record()
+    assert thr["steps"] is None and DecodeConfig.from_record(thr).threshold == 0.9
+    # a record of these settings reads back as them, with the file's types
+    r = record(0, gen=gen(**rec | {"gen_length": 4, "block_length": 2, "steps": 4}),
+               method="margin")  # fmt: skip
+    write_trajectories(tmp_path / "t.jsonl", [r])
+    (back,) = read_trajectories(tmp_path / "t.jsonl", tokenizer=TOK)
+    assert back.decode_config() == dataclasses.replace(cfg, gen_length=4, block_length=2,
+                                                       steps=4, tokens_per_step=1)  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "field", "reason"),
+    [
+        ("gen.top_k", -1, "gen.top_k", "-1 is out of range; it must be >= 0"),
+        ("gen.cache", "full", "gen.cache", "'full' is not one of"),
+        ("gen.score", "entropy", "gen.score", "but the record's method is 'confidence'"),
+        ("gen.block_length", 3, "gen", "gen_length (4) must be divisible by block_length (3)"),
+        ("gen.temperature", "hot", "gen.temperature", "expected a number"),
+    ],
+)
+def test_a_bad_decode_setting_in_gen_names_its_field(tmp_path, key, value, field, reason):
+    bad = _mutate(record(0).to_dict(), key, value)
+    path = tmp_path / "bad.jsonl"
+    path.write_text(json.dumps(bad) + "\n")
+    with pytest.raises(TrajectoryFileError) as err:
+        read_trajectories(path)
+    assert err.value.field == field and reason in str(err.value), str(err.value)
+
+
+def test_files_written_before_the_whole_config_was_recorded_read_back():
+    fixed = read_trajectories(OLD / "fixed.jsonl", tokenizer=TOK)
+    assert len(fixed) == 4 and "score" not in fixed[0].gen and "cache" not in fixed[0].gen
+    # what was recorded, the rest at the defaults that decoded it (score: the method)
+    want = DecodeConfig(gen_length=6, steps=3, temperature=1.0, top_k=5)
+    assert all(r.decode_config() == want for r in fixed)
+    thr = [r.decode_config() for r in read_trajectories(OLD / "threshold.jsonl")]
+    assert thr == [DecodeConfig(gen_length=6, score="entropy", threshold=0.5)] * 2
+    # the settings that wrote it, recorded today, accept the old file (resume) ...
+    today = DecodeConfig(tokens_per_step=2, temperature=1.0, top_k=5).resolve(6).record()
+    run = {**fixed[0].gen, **today}
+    assert "score" in run and read_trajectories(OLD / "fixed.jsonl", gen=run)
+    # ... and other settings do not, naming the one that differs
+    for change, key in [({"cache": "dual"}, "gen.cache"), ({"score": "margin"}, "gen.score"),
+                        ({"top_k": 4}, "gen.top_k")]:  # fmt: skip
+        with pytest.raises(TrajectoryFileError, match=key) as err:
+            read_trajectories(OLD / "fixed.jsonl", gen={**run, **change})
+        assert err.value.line == 1

@@ -11,8 +11,9 @@ from pathlib import Path
 import pytest
 import torch
 
+from tabom.batch_decode import decode_texts
 from tabom.cli import main
-from tabom.decoding import DecodeConfig, decode_texts
+from tabom.decoding import DecodeConfig
 from tabom.models import load_model
 from tabom.models.scripted import save_scripted
 from tabom.sandbox import bwrap_works

@@ -259,6 +259,17 @@ def _build(cls: type[C], values: dict[str, Any], where: str, construct: bool = T
         raise ConfigError(_name_the_flag(str(e), where, names, cls.__name__)) from None
 
 
+def convert(cls: type, values: dict[str, Any], where: str = "") -> dict[str, Any]:
+    """``values`` (some fields of the config class ``cls``) checked and converted, not built:
+    types, choices and declared ranges, as flags and YAML are (``"0.9"`` -> 0.9, ``"none"`` ->
+    None for an optional field).
+
+    Raises:
+        ConfigError: an unknown key or a bad value, naming ``where.key``.
+    """
+    return _build(cls, values, where, construct=False)
+
+
 def _name_the_flag(message: str, where: str, names: set[str], cls_name: str) -> str:
     """A group's own error (``td_window must be >= 1``) with its full flag (``--loss.td_window``).
 
@@ -459,6 +470,7 @@ __all__ = [
     "all_flags",
     "Range",
     "check_ranges",
+    "convert",
     "in_range",
     "load_config",
     "parse_overrides",

@@ -3,7 +3,7 @@
 The state is ``x = [prompt | T x [MASK]]``. Each step runs one forward over the whole sequence
 to the hidden states, applies the LM head only at the still-masked positions of the current
 block (``tabom.head``), proposes a token and a score there and commits the best ones; a committed token is never remasked. The trajectory is one integer tensor
-``decode_step (B, T)``. The ``entropy`` score is the paper's Eq. 2 (entropy decoding: commit the
+``decoding_order (B, T)``. The ``entropy`` score is the paper's Eq. 2 (entropy decoding: commit the
 lowest-entropy masked positions first); ``confidence`` is LLaDA's low-confidence remasking.
 
 Two rules are fixed here: equal scores go to the lower position first, and threshold mode
@@ -15,18 +15,14 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Literal, get_args
+from typing import Any, Literal, get_args
 
 import torch
-from tqdm.auto import tqdm
 
-from tabom.config import AT_LEAST_1, NON_NEGATIVE, PROBABILITY, check_ranges
+from tabom.config import AT_LEAST_1, NON_NEGATIVE, PROBABILITY, ConfigError, check_ranges, convert
 from tabom.head import HeadModel, as_head_model
-
-if TYPE_CHECKING:
-    from tabom.models.base import DiffusionLM
 
 ScoreName = Literal["confidence", "margin", "entropy", "random"]
 SCORES: tuple[str, ...] = get_args(ScoreName)
@@ -59,6 +55,12 @@ def steps_for(gen_length: int, tokens_per_step: int, block_length: int | None = 
         n_blocks = gen_length // block_length
     steps = max(n_blocks, math.ceil(gen_length / tokens_per_step))
     return math.ceil(steps / n_blocks) * n_blocks
+
+
+NOT_RECORDED: tuple[str, ...] = ("tokens_per_step", "record_entropy")
+"""The :class:`DecodeConfig` fields a trajectory's ``gen`` leaves out: ``tokens_per_step`` only
+derives ``steps`` (:meth:`DecodeConfig.resolve`, which records the steps); ``record_entropy``
+shows as the record's ``decode_entropy``."""
 
 
 @dataclass
@@ -145,6 +147,68 @@ class DecodeConfig:
             return self
         return dataclasses.replace(self, gen_length=T, steps=steps)
 
+    def record(self) -> dict[str, Any]:
+        """These settings as a trajectory's ``gen`` records them (DESIGN §4): every field of
+        the resolved config, by name, except :data:`NOT_RECORDED`; ``steps`` is null in
+        threshold mode (the threshold decides). :meth:`from_record` reads it back.
+
+        Raises:
+            ValueError: no response length (``gen_length`` unset).
+        """
+        cfg = self.resolve()
+        out = {f.name: getattr(cfg, f.name) for f in dataclasses.fields(cfg)}
+        if cfg.threshold is not None:
+            out["steps"] = None
+        return {k: v for k, v in out.items() if k not in NOT_RECORDED}
+
+    @classmethod
+    def from_record(cls, values: Mapping[str, Any], where: str = "") -> DecodeConfig:
+        """The settings of ``{field: value}`` (a trajectory's ``gen``, lm-eval model args).
+
+        Each value goes through the config layer (:func:`tabom.config.convert`: type, choice
+        and range from the field's declaration, so ``"0.9"`` reads as a float and ``"none"``
+        as unset); a field the mapping lacks keeps its default, so a field added later reads
+        from older files as its default (a new field's default is what the sampler did
+        before it existed).
+
+        Args:
+            values: field names to values; every key must be a field.
+            where: what ``values`` is, for messages (``gen``, ``model_args``).
+
+        Raises:
+            ConfigError: an unknown key or a bad value (naming ``where.field``), or settings
+                that do not fit together.
+        """
+        kwargs = convert(cls, dict(values), where)
+        try:
+            return cls(**kwargs)
+        except ValueError as e:
+            if isinstance(e, ConfigError):
+                raise
+            raise ConfigError(f"{where}: {e}" if where else str(e)) from None
+
+    def label(self, base: DecodeConfig | None = None) -> str:
+        """A short name of these settings: the score and the budget, ``confidence@1``
+        (tokens per step), ``confidence@s64`` (steps) or ``confidence@t0.9`` (threshold),
+        then ``,field=value`` for every other recorded field that differs from ``base``
+        (``gen_length`` aside: a task sets it). Distinct settings get distinct labels.
+        """
+        if self.threshold is not None:
+            budget = f"t{self.threshold:g}"
+        elif self.steps is not None:
+            budget = f"s{self.steps}"
+        else:
+            budget = str(self.tokens_per_step)
+        label = f"{self.score}@{budget}"
+        if base is None:
+            return label
+        skip = {"score", "threshold", "steps", "tokens_per_step", "gen_length", *NOT_RECORDED}
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if f.name not in skip and value != getattr(base, f.name):
+                label += f",{f.name}={value:g}" if isinstance(value, float) else f",{f.name}={value}"
+        return label
+
     @property
     def block_size(self) -> int:
         """Positions per block (``gen_length`` when there are no blocks)."""
@@ -161,7 +225,7 @@ class DecodeOutput:
 
     Attributes:
         sequences: ``(B, P + T)`` the left-padded prompt followed by the committed response.
-        decode_step: ``(B, T)`` long, the step at which each response position was committed
+        decoding_order: ``(B, T)`` long, the step at which each response position was committed
             (-1 if never).
         nfe: forwards the batch ran (one forward serves the whole batch; summed over batches
             by :func:`concat_outputs`). Per answer: :attr:`forwards_per_row`.
@@ -174,7 +238,7 @@ class DecodeOutput:
     """
 
     sequences: torch.Tensor
-    decode_step: torch.Tensor
+    decoding_order: torch.Tensor
     nfe: int
     prompt_length: int
     attention_mask: torch.Tensor
@@ -199,7 +263,7 @@ class DecodeOutput:
         tokens per step); in threshold mode a row's own count, whatever else is in its batch.
         0 for a row that committed nothing.
         """
-        return self.decode_step.max(dim=-1).values + 1
+        return self.decoding_order.max(dim=-1).values + 1
 
 
 def pad_prompts(prompts: list[list[int]], pad_token_id: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -434,7 +498,7 @@ def decode(
     x = torch.cat([prompt_ids, prompt_ids.new_full((B, T), mask_token_id)], dim=1)  # (B, P+T)
     attn = torch.cat([prompt_mask, prompt_mask.new_ones((B, T))], dim=1)  # (B, P+T)
     response = x[:, P:]  # (B, T) view: writing it writes x
-    decode_step = torch.full((B, T), -1, dtype=torch.long, device=device)
+    decoding_order = torch.full((B, T), -1, dtype=torch.long, device=device)
     entropy = torch.full((B, T), float("nan"), device=device) if cfg.record_entropy else None
     offsets = torch.arange(Lb)  # (Lb,) on the host
     head_model = as_head_model(model)
@@ -458,7 +522,7 @@ def decode(
         #    that run the forward are then worked out on the host.
         if fixed and step == cfg.steps:
             break
-        masked = (decode_step < 0).cpu()  # (B, T)
+        masked = (decoding_order < 0).cpu()  # (B, T)
         if fixed:
             start = torch.full((B,), (step // steps_per_block) * Lb)
         else:
@@ -545,7 +609,7 @@ def decode(
 
         # 5) write the committed tokens and their step; never touch committed positions
         response.scatter_(1, pos, torch.where(commit, tokens, response.gather(1, pos)))
-        decode_step.scatter_(1, pos, torch.where(commit, step, decode_step.gather(1, pos)))
+        decoding_order.scatter_(1, pos, torch.where(commit, step, decoding_order.gather(1, pos)))
         if entropy is not None:
             h = -_to_block(neg_entropy, where, (B, Lb), 0.0)  # (B, Lb)
             entropy.scatter_(1, pos, torch.where(commit, h, entropy.gather(1, pos)))
@@ -555,177 +619,10 @@ def decode(
         raise ValueError(f"decode step {int(nan_step)}: the model's logits give NaN scores")
     return DecodeOutput(
         sequences=x,
-        decode_step=decode_step,
+        decoding_order=decoding_order,
         nfe=step,
         prompt_length=P,
         attention_mask=attn,
         decode_entropy=entropy,
         row_forwards=row_forwards,
     )
-
-
-def concat_outputs(outputs: Sequence[DecodeOutput], pad_token_id: int) -> DecodeOutput:
-    """Stack the outputs of several batches, left-padding prompts to the widest.
-
-    Returns:
-        One :class:`DecodeOutput` whose ``nfe`` is the forwards summed over the batches.
-    """
-    if not outputs:
-        raise ValueError("concat_outputs needs at least one output")
-    width = max(o.prompt_length for o in outputs)
-    seqs, masks, entropies = [], [], []
-    for o in outputs:
-        pad = width - o.prompt_length
-        seqs.append(torch.nn.functional.pad(o.sequences, (pad, 0), value=pad_token_id))
-        masks.append(torch.nn.functional.pad(o.attention_mask, (pad, 0), value=0))
-        entropies.append(o.decode_entropy)
-    return DecodeOutput(
-        sequences=torch.cat(seqs),
-        decode_step=torch.cat([o.decode_step for o in outputs]),
-        nfe=sum(o.nfe for o in outputs),
-        prompt_length=width,
-        attention_mask=torch.cat(masks),
-        decode_entropy=None if any(e is None for e in entropies) else torch.cat(entropies),
-        row_forwards=None
-        if any(o.row_forwards is None for o in outputs)
-        else sum(o.row_forwards for o in outputs),  # type: ignore[misc]
-    )
-
-
-def response_text(
-    tokenizer: Any, response_ids: Sequence[int] | torch.Tensor, eos_token_id: int | Sequence[int]
-) -> str:
-    """Decode a response cut at its first EOS, special tokens (pad, mask) dropped.
-
-    Args:
-        tokenizer: a Hugging Face tokenizer.
-        response_ids: the response tokens (EOS tail included).
-        eos_token_id: the id (or ids) that end the answer.
-    """
-    ids = response_ids.tolist() if isinstance(response_ids, torch.Tensor) else list(response_ids)
-    stops = {eos_token_id} if isinstance(eos_token_id, int) else set(eos_token_id)
-    cut = next((i for i, t in enumerate(ids) if t in stops), len(ids))
-    return tokenizer.decode(ids[:cut], skip_special_tokens=True)
-
-
-def decode_batches(
-    dlm: DiffusionLM,
-    encoded: Sequence[list[int]],
-    cfg: DecodeConfig,
-    *,
-    generator: torch.Generator | None = None,
-    batch_size: int = 64,
-    progress: bool = False,
-    desc: str = "decode",
-    group_by_length: bool = True,
-) -> DecodeOutput:
-    """Decode encoded prompts in batches of ``batch_size`` (left-padded), outputs in prompt order.
-
-    The one batched decode loop of the package (``tabom eval``, ``tabom distill``, the lm-eval
-    adapter). Batches run in order and share ``generator``. A deterministic decode (temperature
-    0, a score other than ``random``) with ``group_by_length`` batches prompts of similar length
-    together (less padding; each batch keeps its prompts in their original order) and writes
-    the rows back in prompt order: the same tokens, as a row decodes the same in any padded
-    batch. A sampled decode keeps the prompts' order, since which random draws a prompt gets
-    depends on its place in the batches (distill decodes each group as one batch anyway).
-
-    Args:
-        dlm: the model, its tokenizer and backend ids.
-        encoded: prompt token ids, already templated (:meth:`DiffusionLM.encode_prompt`).
-        cfg: decode settings.
-        generator: all randomness, on ``dlm.device``.
-        batch_size: prompts per forward.
-        progress: show a progress bar over batches, labelled ``desc``.
-        group_by_length: batch prompts of similar length together (deterministic decodes).
-
-    Returns:
-        The batches' outputs concatenated in prompt order (:func:`concat_outputs`: ``nfe``
-        summed over batches, prompts left-padded to the widest batch).
-
-    Raises:
-        ValueError: no prompts, or ``batch_size`` < 1.
-    """
-    if not encoded:
-        raise ValueError("decode_batches needs at least one prompt")
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-    pad = dlm.spec.pad_token_id
-    order = list(range(len(encoded)))
-    deterministic = cfg.temperature == 0 and cfg.score != "random"
-    if group_by_length and deterministic and len(encoded) > batch_size:
-        order.sort(key=lambda i: len(encoded[i]))  # stable: equal lengths keep their order
-    batches = [sorted(order[i : i + batch_size]) for i in range(0, len(order), batch_size)]
-    outputs = []
-    for rows in tqdm(batches, desc=desc, disable=not progress, leave=False):
-        ids, mask = pad_prompts([list(encoded[i]) for i in rows], pad)
-        outputs.append(
-            decode(
-                dlm,
-                ids.to(dlm.device),
-                mask.to(dlm.device),
-                cfg,
-                mask_token_id=dlm.mask_token_id,
-                generator=generator,
-            )
-        )
-    if len(outputs) == 1:
-        return outputs[0]
-    out = concat_outputs(outputs, pad)
-    done = [i for rows in batches for i in rows]  # prompt index of each output row
-    if done == sorted(done):
-        return out
-    back = torch.empty(len(done), dtype=torch.long)
-    back[torch.tensor(done)] = torch.arange(len(done))  # output row of each prompt
-    back = back.to(out.sequences.device)
-    entropy = out.decode_entropy
-    return dataclasses.replace(
-        out,
-        sequences=out.sequences[back],
-        decode_step=out.decode_step[back],
-        attention_mask=out.attention_mask[back],
-        decode_entropy=None if entropy is None else entropy[back],
-    )
-
-
-def decode_texts(
-    dlm: DiffusionLM,
-    prompts: list[str],
-    cfg: DecodeConfig,
-    *,
-    generator: torch.Generator | None = None,
-    batch_size: int = 64,
-    progress: bool = False,
-    desc: str = "decode",
-    group_by_length: bool = True,
-) -> tuple[list[str], DecodeOutput]:
-    """Encode the prompts as the backend does, decode in batches and return the answers.
-
-    Args:
-        dlm: the model, its tokenizer and backend ids.
-        prompts: user prompts, before any template: :meth:`DiffusionLM.encode_prompt` applies
-            the backend's chat template (the tiny backends: the bare text).
-        cfg: decode settings.
-        generator: all randomness, on ``dlm.device``.
-        batch_size: prompts per forward.
-        progress: show a progress bar over batches, labelled ``desc``.
-        group_by_length: batch prompts of similar length together when the decode is
-            deterministic (:func:`decode_batches`).
-
-    Returns:
-        ``(texts, output)``: the responses cut at the first stop id (``dlm.spec.stop_ids``:
-        EOS, LLaDA's ``<|eot_id|>``, Dream's ``<|im_end|>``), and :func:`decode_batches`'s
-        output (prompt order; ``nfe`` summed over batches).
-    """
-    encoded = [dlm.encode_prompt(p) for p in prompts]  # the chat template, if the backend has one
-    out = decode_batches(
-        dlm,
-        encoded,
-        cfg,
-        generator=generator,
-        batch_size=batch_size,
-        progress=progress,
-        desc=desc,
-        group_by_length=group_by_length,
-    )
-    texts = [response_text(dlm.tokenizer, r, dlm.spec.stop_ids) for r in out.response_ids.tolist()]
-    return texts, out

@@ -12,7 +12,8 @@ from dataclasses import dataclass, field
 
 import torch
 
-from tabom.decoding import DecodeConfig, decode_texts
+from tabom.batch_decode import decode_texts
+from tabom.decoding import DecodeConfig
 from tabom.errors import TabomError
 from tabom.metrics import kendall_tau_b, pass_at_k
 from tabom.models.base import DiffusionLM
@@ -33,7 +34,7 @@ class TaskResult:
         tokens_per_forward: response tokens committed per forward.
         correct: ``[problem][sample]`` verdicts (for per-item forgetting).
         responses: ``[problem][sample]`` response texts.
-        decode_steps: ``[answer]`` the decode step of each response position (-1 = never),
+        decoding_orders: ``[answer]`` the decode step of each response position (-1 = never),
             answers in problem-major order (the order of :func:`tau_to_order`).
         seconds: wall time.
     """
@@ -47,7 +48,7 @@ class TaskResult:
     tokens_per_forward: float
     correct: list[list[bool]] = field(repr=False)
     responses: list[list[str]] = field(repr=False)
-    decode_steps: list[list[int]] = field(default_factory=list, repr=False)
+    decoding_orders: list[list[int]] = field(default_factory=list, repr=False)
     seconds: float = 0.0
 
 
@@ -112,7 +113,7 @@ def evaluate_task(
     correct = [verdicts[i * n_samples : (i + 1) * n_samples] for i in range(len(examples))]
     responses = [texts[i * n_samples : (i + 1) * n_samples] for i in range(len(examples))]
     forwards = out.forwards_per_row  # (N,)
-    committed = int((out.decode_step >= 0).sum())
+    committed = int((out.decoding_order >= 0).sum())
     pass_at = {
         k: sum(pass_at_k(n_samples, sum(c), k) for c in correct) / max(1, len(correct))
         for k in ks
@@ -128,7 +129,7 @@ def evaluate_task(
         tokens_per_forward=committed / max(1, int(forwards.sum())),
         correct=correct,
         responses=responses,
-        decode_steps=out.decode_step.tolist(),
+        decoding_orders=out.decoding_order.tolist(),
         seconds=seconds,
     )
 
@@ -160,7 +161,7 @@ def greedy_accuracy(
 
 
 def tau_to_order(
-    decode_steps: list[list[int]], reference: list[list[int]], *, min_rank: int = 0
+    decoding_orders: list[list[int]], reference: list[list[int]], *, min_rank: int = 0
 ) -> list[float]:
     """Kendall τ-b of each answer's decode order against a reference order (DESIGN §7).
 
@@ -170,7 +171,7 @@ def tau_to_order(
     model's decode steps on the same prompts.
 
     Args:
-        decode_steps: ``[answer][position]`` decode steps (-1 = never decoded).
+        decoding_orders: ``[answer][position]`` decode steps (-1 = never decoded).
         reference: ``[answer][position]`` reference ranks, the same shape; ranks below
             ``min_rank`` (e.g. -1: not ranked) are left out.
         min_rank: the lowest reference rank that counts.
@@ -181,10 +182,10 @@ def tau_to_order(
     Raises:
         ValueError: the two lists differ in length or in an answer's length.
     """
-    if len(decode_steps) != len(reference):
-        raise ValueError(f"{len(decode_steps)} decode orders but {len(reference)} references")
+    if len(decoding_orders) != len(reference):
+        raise ValueError(f"{len(decoding_orders)} decode orders but {len(reference)} references")
     out = []
-    for i, (d, r) in enumerate(zip(decode_steps, reference, strict=True)):
+    for i, (d, r) in enumerate(zip(decoding_orders, reference, strict=True)):
         if len(d) != len(r):
             raise ValueError(f"answer {i}: {len(d)} decode steps but {len(r)} reference ranks")
         keep = [j for j in range(len(d)) if r[j] >= min_rank and d[j] >= 0]

@@ -17,7 +17,8 @@ from pathlib import Path
 
 import torch
 
-from tabom.decoding import DecodeConfig, ScoreName, decode_batches
+from tabom.batch_decode import decode_batches
+from tabom.decoding import DecodeConfig, ScoreName
 from tabom.errors import TabomError
 from tabom.likelihood import LikelihoodConfig, NelboEstimate, estimate_nelbo, per_token
 from tabom.models.base import DiffusionLM

@@ -35,11 +35,8 @@ except ImportError as e:  # pragma: no cover - the message is the point
         f"(or pip install lm-eval) ({e})"
     ) from None
 
-from tabom.decoding import (
-    DecodeConfig,
-    decode_batches,
-    response_text,
-)
+from tabom.batch_decode import decode_batches, response_text
+from tabom.decoding import DecodeConfig
 from tabom.likelihood import LikelihoodConfig, NelboEstimate, estimate_nelbo
 from tabom.likelihood_sets import greedy_matches, rolling_windows
 from tabom.models import load_model
@@ -59,15 +56,13 @@ class TabomLM(LM):
         pretrained: shipped name, local folder or hub id (``load_model``).
         backend: ``auto`` or a backend name (``llada``, ``dream``, ``hf-mlm``, ``tiny``).
         dtype: ``auto`` (bf16 on CUDA), ``bf16``, ``fp16``, ``fp32``.
-        gen_length: response length T (default: the request's ``max_gen_toks``).
-        steps: forwards per answer (default: T, one token per step: the paper's setting).
-        block_length: semi-autoregressive block length (default: one block).
-        score: confidence, margin, entropy or random (the unmasking order).
-        temperature, top_p, top_k: the proposal (0 = greedy); the request's sampling
-            arguments are not used, its ``until`` and ``max_gen_toks`` are.
-        threshold: parallel decoding by confidence threshold (``steps`` then ignored).
-        cache: ``none`` (exact), ``prefix`` or ``dual`` (approximate KV caches, faster;
-            :mod:`tabom.kv_cache`).
+        decode settings: every field of :class:`tabom.decoding.DecodeConfig` by its name
+            (``gen_length``, ``steps``, ``tokens_per_step``, ``block_length``, ``score``,
+            ``temperature``, ``top_p``, ``top_k``, ``threshold``, ``cache``, ...), read with
+            its type and range as ``--decode.*`` flags are (:meth:`DecodeConfig.from_record`);
+            defaults as there: one token per step, the paper's setting. ``gen_length`` unset:
+            each request's ``max_gen_toks``. The request's sampling arguments are not used,
+            its ``until`` and ``max_gen_toks`` are.
         seed: seed of sampling.
         batch_size: prompts per forward (the harness's ``--batch_size``; ``auto`` = 8).
         mc_samples: Monte-Carlo samples of the NELBO per loglikelihood continuation or
@@ -86,15 +81,6 @@ class TabomLM(LM):
         backend: str = "auto",
         dtype: str = "auto",
         device: str | None = None,
-        gen_length: int | None = None,
-        steps: int | None = None,
-        block_length: int | None = None,
-        score: str = "confidence",
-        temperature: float = 0.0,
-        top_p: float = 1.0,
-        top_k: int = 0,
-        threshold: float | None = None,
-        cache: str = "none",
         seed: int = 0,
         batch_size: int | str | None = 8,
         max_batch_size: int | None = None,
@@ -103,10 +89,14 @@ class TabomLM(LM):
         mc_batch_size: int = 64,
         greedy_check: bool = True,
         max_length: int | None = None,
+        **decode: Any,
     ) -> None:
         from accelerate import PartialState
 
         super().__init__()
+        # the one decode group, checked before the model loads (T: fixed, or each request's
+        # max_gen_toks; one token per step unless ``steps`` says otherwise)
+        self.decode = DecodeConfig.from_record(decode, "model_args")
         self._state = PartialState(cpu=not torch.cuda.is_available())
         self._rank, self._world_size = self._state.process_index, self._state.num_processes
         # one process: the harness's --device; data parallel: each process its own device
@@ -120,19 +110,6 @@ class TabomLM(LM):
         auto = batch_size is None or str(batch_size).startswith("auto")
         self.batch_size = 8 if auto else int(batch_size)  # type: ignore[arg-type]
         self._templated = False  # set when the harness renders prompts with our template
-        # the one decode group, checked before any request (T: fixed, or each request's
-        # max_gen_toks; one token per step unless ``steps`` says otherwise)
-        self.decode = DecodeConfig(
-            gen_length=None if gen_length is None else int(gen_length),
-            steps=None if steps is None else int(steps),
-            block_length=None if block_length is None else int(block_length),
-            score=score,  # type: ignore[arg-type]
-            temperature=float(temperature),
-            top_p=float(top_p),
-            top_k=int(top_k),
-            threshold=None if threshold is None else float(threshold),
-            cache=cache,  # type: ignore[arg-type]
-        )
         self.likelihood = LikelihoodConfig(
             n_samples=int(mc_samples),
             draws=mc_draws,  # type: ignore[arg-type]

@@ -115,7 +115,7 @@ class RankWindow:
 
 def rank_window(
     entropy: torch.Tensor,
-    decode_step: torch.Tensor,
+    decoding_order: torch.Tensor,
     cut: torch.Tensor,
     *,
     window: int,
@@ -129,11 +129,11 @@ def rank_window(
     Returns:
         A :class:`RankWindow`, or ``None`` when no sample has two candidates.
     """
-    b = decode_step.shape[0]
-    device = decode_step.device
+    b = decoding_order.shape[0]
+    device = decoding_order.device
 
     # 1) candidates, gathered first along L in position order: idx (B, K), K = max count
-    cand = window_mask(decode_step, cut, width=window, unit=window_unit, eligible=supervise)
+    cand = window_mask(decoding_order, cut, width=window, unit=window_unit, eligible=supervise)
     count = cand.sum(1)  # (B,)
     k = int(count.max()) if b else 0
     if k < 2:
@@ -145,7 +145,7 @@ def rank_window(
     h = entropy.gather(1, idx)  # (B, K)
 
     # 3) ordered pairs (i before j) as one (B, K, K) mask
-    d = decode_step.gather(1, idx)  # (B, K)
+    d = decoding_order.gather(1, idx)  # (B, K)
     d_i, d_j = d[:, :, None], d[:, None, :]
     before = d_i < d_j
     if ties != "strict":
@@ -250,7 +250,7 @@ def _plackett_luce(h, before, margin, *, beta):
 
 def rank_loss(
     entropy: torch.Tensor,
-    decode_step: torch.Tensor,
+    decoding_order: torch.Tensor,
     cut: torch.Tensor,
     *,
     variant: str = "hinge",
@@ -285,7 +285,7 @@ def rank_loss(
     Args:
         entropy: ``(B, L)`` fp32 entropies, valid (and differentiable) at every candidate
             (``compute_objective`` computes them where the LM head ran, the supervised rows).
-        decode_step: ``(B, L)`` long, d per position, -1 where never decoded / not response.
+        decoding_order: ``(B, L)`` long, d per position, -1 where never decoded / not response.
         cut: ``(B,)`` long, the cut s per sample; -1 for samples that were not cut.
         variant: the ranking term, a name of :data:`RANK_LOSSES` (``rank_loss`` field).
         window: W, the ranking window, in ``window_unit``.
@@ -310,7 +310,7 @@ def rank_loss(
     """
     win = rank_window(
         entropy,
-        decode_step,
+        decoding_order,
         cut,
         window=window,
         supervise=supervise,

@@ -21,7 +21,6 @@ import torch
 
 CutRange = Literal["design", "inclusive"]
 WindowUnit = Literal["steps", "tokens"]
-RevealScore = Literal["confidence", "target"]
 
 
 @dataclass
@@ -92,7 +91,7 @@ def random_mask(
 
 
 def window_mask(
-    decode_step: torch.Tensor,
+    decoding_order: torch.Tensor,
     cut: torch.Tensor,
     *,
     width: int,
@@ -105,7 +104,7 @@ def window_mask(
     decode order, same-step tokens ordered by position (the boundary step may be split).
 
     Args:
-        decode_step: ``(B, L)`` long, d per position, -1 where never decoded / not response.
+        decoding_order: ``(B, L)`` long, d per position, -1 where never decoded / not response.
         cut: ``(B,)`` long, s per sample; -1 selects nothing for that sample.
         width: window size (M or W) in ``unit``.
         unit: ``steps`` (the authors' code) or ``tokens`` (the paper's Eq. 9).
@@ -115,15 +114,15 @@ def window_mask(
         ``(B, L)`` bool.
     """
     s = cut[:, None]  # (B, 1)
-    after = (decode_step >= s) & (decode_step >= 0) & (s >= 0)  # (B, L)
+    after = (decoding_order >= s) & (decoding_order >= 0) & (s >= 0)  # (B, L)
     if eligible is not None:
         after = after & eligible.bool()
     if unit == "steps":
-        return after & (decode_step < s + width)
+        return after & (decoding_order < s + width)
     # rank of each position in (d, p) order among the positions after the cut
-    length = decode_step.shape[1]
-    pos = torch.arange(length, device=decode_step.device)
-    key = torch.where(after, decode_step * length + pos, torch.iinfo(torch.long).max)
+    length = decoding_order.shape[1]
+    pos = torch.arange(length, device=decoding_order.device)
+    key = torch.where(after, decoding_order * length + pos, torch.iinfo(torch.long).max)
     order = key.argsort(dim=1)  # (B, L)
     rank = torch.empty_like(order).scatter_(1, order, pos.expand_as(order).contiguous())
     return after & (rank < width)
@@ -131,7 +130,7 @@ def window_mask(
 
 def time_delay_mask(
     input_ids: torch.Tensor,
-    decode_step: torch.Tensor,
+    decoding_order: torch.Tensor,
     *,
     response_mask: torch.Tensor,
     window: int,
@@ -154,7 +153,7 @@ def time_delay_mask(
 
     Args:
         input_ids: ``(B, L)`` clean ids, [left pad | prompt | response].
-        decode_step: ``(B, L)`` long, d at response positions, -1 at prompt, pad and
+        decoding_order: ``(B, L)`` long, d at response positions, -1 at prompt, pad and
             never-decoded positions.
         response_mask: ``(B, L)`` bool, True on response positions.
         window: M, the supervision window, in ``window_unit``.
@@ -173,9 +172,9 @@ def time_delay_mask(
         ValueError: a decode step lies outside the response.
     """
     resp = response_mask.bool()
-    decoded = decode_step >= 0  # (B, L)
+    decoded = decoding_order >= 0  # (B, L)
     if (decoded & ~resp).any():
-        raise ValueError("decode_step is >= 0 outside response_mask (prompt or pad)")
+        raise ValueError("decoding_order is >= 0 outside response_mask (prompt or pad)")
     b = input_ids.shape[0]
     device = input_ids.device
 
@@ -183,10 +182,10 @@ def time_delay_mask(
     #    one more with the inclusive range (s_max − M + 1, or the M-th largest d)
     extra = cut_extra(cut_range)
     if window_unit == "steps":
-        s_max = decode_step.max(dim=1).values  # (B,); -1 when nothing was decoded
+        s_max = decoding_order.max(dim=1).values  # (B,); -1 when nothing was decoded
         s_hi = torch.where(s_max >= 0, s_max - window + extra, torch.full_like(s_max, -1))
     else:  # tokens
-        desc = decode_step.sort(dim=1, descending=True).values  # (B, L), -1 last
+        desc = decoding_order.sort(dim=1, descending=True).values  # (B, L), -1 last
         k = window - extra  # index of the (M+1)-th (design) or M-th (inclusive) largest d
         s_hi = desc[:, k] if k < desc.shape[1] else torch.full_like(desc[:, 0], -1)
     valid = s_hi >= 0  # (B,)
@@ -198,9 +197,9 @@ def time_delay_mask(
     cut = torch.where(valid, s, torch.full_like(s, -1))
 
     # 3) reveal 0 ≤ d < s, mask every other response position, supervise the window
-    revealed = decoded & (decode_step < cut[:, None])  # (B, L); cut = -1 reveals nothing
+    revealed = decoded & (decoding_order < cut[:, None])  # (B, L); cut = -1 reveals nothing
     masked = resp & ~revealed
-    supervise = window_mask(decode_step, cut, width=window, unit=window_unit)
+    supervise = window_mask(decoding_order, cut, width=window, unit=window_unit)
     noisy = torch.where(masked, torch.full_like(input_ids, mask_token_id), input_ids)
     t = masked.sum(1) / resp.sum(1).clamp(min=1)  # (B,) fraction of the response masked
     return MaskPlan(
@@ -215,7 +214,7 @@ def time_delay_mask(
 
 def tad_mask(
     input_ids: torch.Tensor,
-    decode_step: torch.Tensor,
+    decoding_order: torch.Tensor,
     *,
     response_mask: torch.Tensor,
     delta: int,
@@ -238,7 +237,7 @@ def tad_mask(
 
     Args:
         input_ids: ``(B, L)`` clean ids, [left pad | prompt | response].
-        decode_step: ``(B, L)`` long, d at response positions, -1 elsewhere / never decoded.
+        decoding_order: ``(B, L)`` long, d at response positions, -1 elsewhere / never decoded.
         response_mask: ``(B, L)`` bool, True on response positions.
         delta: the near window in decode steps (the code's ``delta``; 8 in its LLaDA run).
         mask_token_id: id written at masked positions.
@@ -251,19 +250,19 @@ def tad_mask(
         ValueError: a decode step outside the response.
     """
     resp = response_mask.bool()
-    decoded = decode_step >= 0
+    decoded = decoding_order >= 0
     if (decoded & ~resp).any():
-        raise ValueError("decode_step is >= 0 outside response_mask (prompt or pad)")
+        raise ValueError("decoding_order is >= 0 outside response_mask (prompt or pad)")
     b = input_ids.shape[0]
-    s_max = decode_step.max(dim=1).values  # (B,); -1 when nothing was decoded
+    s_max = decoding_order.max(dim=1).values  # (B,); -1 when nothing was decoded
     valid = s_max >= 0
     u = torch.rand(b, generator=generator, device=input_ids.device)
     n_choices = (s_max + 1).clamp(min=1)
     s = torch.minimum((u * n_choices).long(), n_choices - 1)
     cut = torch.where(valid, s, torch.full_like(s, -1))
-    revealed = decoded & (decode_step < cut[:, None])
+    revealed = decoded & (decoding_order < cut[:, None])
     masked = resp & ~revealed & valid[:, None]
-    near = window_mask(decode_step, cut, width=delta, unit="steps")
+    near = window_mask(decoding_order, cut, width=delta, unit="steps")
     distant = masked & ~near
     noisy = torch.where(resp & ~revealed, torch.full_like(input_ids, mask_token_id), input_ids)
     t = (resp & ~revealed).sum(1) / resp.sum(1).clamp(min=1)
@@ -285,18 +284,16 @@ def confidence_reveal_order(
     response_mask: torch.Tensor,
     *,
     mask_token_id: int,
-    tokens_per_step: int = 1,
-    score: RevealScore = "confidence",
-    temperature: float = 0.0,
-    generator: torch.Generator | None = None,
 ) -> torch.Tensor:
     """PUMA's progressive unmasking of the ground truth: the model's own reveal order.
 
     Start from the response fully masked. At each step run one forward (no gradient) on the
-    current state, score every still-masked response position and reveal the
-    ``tokens_per_step`` best ones with their **ground-truth** tokens (never the model's
-    proposals); repeat until the response is revealed. The result is a trajectory of the
-    ground truth in the order the confidence sampler would take it, for
+    current state, score every still-masked response position by the sampler's confidence
+    max_v q(v) (LLaDA's low-confidence remasking, ``decode.score: confidence``; q = softmax
+    of the logits with [MASK] excluded) and reveal the best one with its **ground-truth**
+    token (never the model's proposal), ties to the lower position like
+    ``decoding.select_top_k``; repeat until the response is revealed. The result is a
+    trajectory of the ground truth in the order the confidence sampler would take it, for
     :func:`time_delay_mask`: the ``puma`` objective is time-delay masking on this order,
     recomputed with the current weights for every batch ("on line").
 
@@ -306,42 +303,24 @@ def confidence_reveal_order(
         input_ids: ``(B, L)`` clean ids, [left pad | prompt | ground-truth response].
         response_mask: ``(B, L)`` bool, True on response positions.
         mask_token_id: id written at hidden positions; its logit never counts in a score.
-        tokens_per_step: k, positions revealed per forward (the last step of a row may
-            reveal fewer).
-        score: ``confidence`` = max_v q(v), the sampler's confidence (LLaDA's
-            low-confidence remasking, ``decode.score: confidence``); ``target`` = q(x_p),
-            the probability of the ground-truth token. q = softmax of the logits with
-            [MASK] excluded.
-        temperature: 0 reveals the k highest scores (ties to the lower position, like
-            ``decoding.select_top_k``); > 0 draws k positions without replacement with
-            probability ∝ exp(log score / temperature) (Gumbel top-k from ``generator``).
-        generator: randomness of ``temperature > 0`` (on ``input_ids``'s device).
 
     Returns:
-        ``(B, L)`` long decode steps: step i at the positions revealed by forward i, -1
-        outside the response. Steps count forwards from 0; every row runs
-        ceil(T_b / k) steps where T_b is its response length.
+        ``(B, L)`` long decoding order: step i at the position revealed by forward i, -1
+        outside the response. Every row runs T_b steps, T_b its response length.
 
     Raises:
-        ValueError: ``tokens_per_step < 1``, an unknown score, a negative or non-finite
-            temperature, or logits of the wrong shape.
+        ValueError: logits of the wrong shape, or NaN scores.
     """
-    if tokens_per_step < 1:
-        raise ValueError(f"puma tokens_per_step must be >= 1, got {tokens_per_step}")
-    if score not in ("confidence", "target"):
-        raise ValueError(f"puma score must be 'confidence' or 'target', got {score!r}")
-    if not (0 <= temperature < float("inf")):
-        raise ValueError(f"puma temperature must be finite and >= 0, got {temperature}")
     resp = response_mask.bool()
     b, length = input_ids.shape
     device = input_ids.device
-    decode_step = torch.full((b, length), -1, dtype=torch.long, device=device)
+    decoding_order = torch.full((b, length), -1, dtype=torch.long, device=device)
     pos = torch.arange(length, device=device).expand(b, length)
     step = 0
     while True:
-        hidden = resp & (decode_step < 0)  # (B, L) still masked
+        hidden = resp & (decoding_order < 0)  # (B, L) still masked
         if not bool(hidden.any()):
-            return decode_step
+            return decoding_order
         # 1) the state before this step: ground truth where revealed, [MASK] elsewhere
         x = torch.where(hidden, torch.full_like(input_ids, mask_token_id), input_ids)
         logits = forward(x)
@@ -349,26 +328,14 @@ def confidence_reveal_order(
             raise ValueError(f"forward returned logits {tuple(logits.shape)} for {tuple(x.shape)}")
         z = logits[hidden].float()  # (N, V), the still-masked rows only (a copy)
         z[:, mask_token_id] = float("-inf")
-        logp = z.log_softmax(-1)
-        # 2) log score of every still-masked position: log max q, or log q(ground truth);
-        #    -inf elsewhere
-        if score == "confidence":
-            s_rows = logp.max(-1).values
-        else:
-            s_rows = logp.gather(-1, input_ids[hidden].unsqueeze(-1)).squeeze(-1)
-        s = torch.full((b, length), float("-inf"), dtype=s_rows.dtype, device=device)
-        s[hidden] = s_rows
-        if temperature > 0:
-            u = torch.rand(b, length, generator=generator, device=device)
-            s = s / temperature - torch.log(-torch.log(u.clamp(min=1e-20)))  # + Gumbel
+        # 2) log max q of every still-masked position; -inf elsewhere
+        s = torch.full((b, length), float("-inf"), device=device)
+        s[hidden] = z.log_softmax(-1).max(-1).values
         if bool(torch.isnan(s).any()):
             raise ValueError(f"puma step {step}: the model's logits give NaN scores")
-        # 3) the k best hidden positions of each row, ties to the lower position; a hidden
-        #    position always outranks a visible one (finite scores vs -inf)
-        s = s.clamp(min=torch.finfo(s.dtype).min)
-        keyed = s.masked_fill(~hidden, float("-inf"))
-        order = keyed.argsort(dim=1, descending=True, stable=True)  # (B, L)
-        rank = torch.empty_like(order).scatter_(1, order, pos.contiguous())
-        reveal = hidden & (rank < tokens_per_step)
-        decode_step = torch.where(reveal, step, decode_step)
+        # 3) the best hidden position of each row (argmax: the first, so ties go to the
+        #    lower position); a hidden position always outranks a visible one (finite
+        #    scores vs -inf), a row with none left reveals nothing
+        reveal = hidden & (pos == s.argmax(dim=1, keepdim=True))  # (B, L)
+        decoding_order = torch.where(reveal, step, decoding_order)
         step += 1

@@ -212,7 +212,7 @@ def compute_objective(
         ValueError: ``tad`` without a ``teacher``.
     """
     input_ids, attention_mask = batch.input_ids, batch.attention_mask
-    response_mask, decode_step = batch.response_mask, batch.decoding_order
+    response_mask, decoding_order = batch.response_mask, batch.decoding_order
     if objective == "tad":
         if teacher is None:
             raise ValueError("objective 'tad' needs teacher= (the frozen base model)")
@@ -220,7 +220,7 @@ def compute_objective(
 
     # 1) mask: random ratio t per sample, or the trajectory state at a cut s
     if objective == "puma":  # the trajectory is the model's own reveal order of the ground truth
-        decode_step = confidence_reveal_order(
+        decoding_order = confidence_reveal_order(
             lambda x: model_fn(x, attention_mask),
             input_ids,
             response_mask,
@@ -229,7 +229,7 @@ def compute_objective(
     if objective in TIME_DELAY_OBJECTIVES:
         plan = time_delay_mask(
             input_ids,
-            decode_step,
+            decoding_order,
             response_mask=response_mask,
             window=loss.td_window,
             mask_token_id=mask_token_id,
@@ -279,7 +279,7 @@ def compute_objective(
         entropy = entropy.index_put((rows, cols), h_rows)  # (B, L), valid where supervised
         out = rank_loss(
             entropy,
-            decode_step,
+            decoding_order,
             plan.cut,
             variant=loss.rank_loss,
             window=loss.rank_window,

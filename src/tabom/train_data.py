@@ -32,12 +32,29 @@ class TrainDataError(TabomError):
     """Training data that cannot be used with this config; the message names the file and field."""
 
 
-class TrajectoryDataset(torch.utils.data.Dataset):
-    """Trajectory records as tensors for training (one item per record).
+@dataclass
+class TrajectoryItem:
+    """One ``[prompt | response]`` training item, what :func:`collate_trajectories` batches.
 
-    Items are dicts with ``prompt_ids`` (P,), ``response_ids`` (T,), ``decoding_order`` (T,)
-    long tensors, ``decode_entropy`` (T,) float (NaN where unknown) or ``None``, and ``id``.
+    Attributes:
+        id: the record's id (``prompt_id#sample``), or a ground-truth item's.
+        prompt_ids: ``(P,)`` long, the ids that precede the response.
+        response_ids: ``(T,)`` long.
+        decoding_order: ``(T,)`` long, d per response position; -1 = never decoded (every
+            position of a ground-truth item).
+        decode_entropy: ``(T,)`` float, the entropy at commit time (NaN where unknown), or
+            ``None`` if not recorded.
     """
+
+    id: str
+    prompt_ids: torch.Tensor
+    response_ids: torch.Tensor
+    decoding_order: torch.Tensor
+    decode_entropy: torch.Tensor | None = None
+
+
+class TrajectoryDataset(torch.utils.data.Dataset):
+    """Trajectory records as tensors for training: one :class:`TrajectoryItem` per record."""
 
     def __init__(self, records: Sequence[TrajectoryRecord]) -> None:
         self.records = list(records)
@@ -45,19 +62,19 @@ class TrajectoryDataset(torch.utils.data.Dataset):
     def __len__(self) -> int:
         return len(self.records)
 
-    def __getitem__(self, i: int) -> dict[str, Any]:
+    def __getitem__(self, i: int) -> TrajectoryItem:
         r = self.records[i]
         entropy = None
         if r.decode_entropy is not None:
             vals = [math.nan if v is None else float(v) for v in r.decode_entropy]
             entropy = torch.tensor(vals, dtype=torch.float)
-        return {
-            "id": r.id,
-            "prompt_ids": torch.tensor(r.prompt_token_ids, dtype=torch.long),
-            "response_ids": torch.tensor(r.response_token_ids, dtype=torch.long),
-            "decoding_order": torch.tensor(r.decoding_order, dtype=torch.long),
-            "decode_entropy": entropy,
-        }
+        return TrajectoryItem(
+            id=r.id,
+            prompt_ids=torch.tensor(r.prompt_token_ids, dtype=torch.long),
+            response_ids=torch.tensor(r.response_token_ids, dtype=torch.long),
+            decoding_order=torch.tensor(r.decoding_order, dtype=torch.long),
+            decode_entropy=entropy,
+        )
 
 
 @dataclass
@@ -69,7 +86,7 @@ class TrajectoryBatch:
         attention_mask: 1 on prompt and response tokens.
         response_mask: True on response positions.
         decoding_order: d at response positions, -1 at prompt, pad and never-decoded ones
-            (what :func:`tabom.masking.time_delay_mask` takes as ``decode_step``).
+            (what :func:`tabom.masking.time_delay_mask` reads).
         decode_entropy: entropy at commit time on response positions, NaN elsewhere; ``None``
             unless every record has it.
         ids: record ids, in batch order.
@@ -94,37 +111,37 @@ class TrajectoryBatch:
         )
 
 
-def collate_trajectories(items: Sequence[dict[str, Any]], pad_token_id: int) -> TrajectoryBatch:
-    """Left-pad :class:`TrajectoryDataset` items into one batch; ``decoding_order`` pads with -1.
+def collate_trajectories(items: Sequence[TrajectoryItem], pad_token_id: int) -> TrajectoryBatch:
+    """Left-pad items into one batch; ``decoding_order`` pads with -1.
 
     Raises:
         ValueError: an empty batch.
     """
     if not items:
         raise ValueError("collate_trajectories needs at least one item")
-    lengths = [len(it["prompt_ids"]) + len(it["response_ids"]) for it in items]
+    lengths = [len(it.prompt_ids) + len(it.response_ids) for it in items]
     B, L = len(items), max(lengths)
     ids = torch.full((B, L), pad_token_id, dtype=torch.long)
     attn = torch.zeros((B, L), dtype=torch.long)
     resp = torch.zeros((B, L), dtype=torch.bool)
     order = torch.full((B, L), -1, dtype=torch.long)
-    with_entropy = all(it["decode_entropy"] is not None for it in items)
+    with_entropy = all(it.decode_entropy is not None for it in items)
     entropy = torch.full((B, L), math.nan) if with_entropy else None
     for b, (it, n) in enumerate(zip(items, lengths, strict=True)):
-        T = len(it["response_ids"])
-        ids[b, L - n :] = torch.cat([it["prompt_ids"], it["response_ids"]])
+        T = len(it.response_ids)
+        ids[b, L - n :] = torch.cat([it.prompt_ids, it.response_ids])
         attn[b, L - n :] = 1
         resp[b, L - T :] = True
-        order[b, L - T :] = it["decoding_order"]
+        order[b, L - T :] = it.decoding_order
         if entropy is not None:
-            entropy[b, L - T :] = it["decode_entropy"]
+            entropy[b, L - T :] = it.decode_entropy
     return TrajectoryBatch(
         input_ids=ids,
         attention_mask=attn,
         response_mask=resp,
         decoding_order=order,
         decode_entropy=entropy,
-        ids=[it["id"] for it in items],
+        ids=[it.id for it in items],
     )
 
 
@@ -268,7 +285,7 @@ def ground_truth_items(
     n_examples: int = 0,
     seed: int = 0,
     path: str | Path | None = None,
-) -> list[dict[str, Any]]:
+) -> list[TrajectoryItem]:
     """Ground-truth ``[prompt | answer + stop + EOS tail]`` items for ``sft``.
 
     Either ``gt_task``: ``n_examples`` instances generated from ``seed``, responses padded with
@@ -293,8 +310,8 @@ def ground_truth_items(
         path: the ``{prompt, answer}`` JSONL (when ``gt_task`` is None).
 
     Returns:
-        Items shaped like :class:`TrajectoryDataset`'s, with
-        ``decoding_order = -1`` (nothing was decoded) and no ``decode_entropy``.
+        :class:`TrajectoryItem` s with ``decoding_order = -1`` (nothing was decoded) and no
+        ``decode_entropy``.
 
     Raises:
         DataFileError: a line without a string ``prompt`` or ``answer``.
@@ -349,19 +366,16 @@ def ground_truth_items(
     return items
 
 
-def ground_truth_item(item_id: str, prompt_ids: list[int], response_ids: list[int]) -> dict:
-    """One ground-truth training item: never decoded (``decoding_order`` -1 everywhere).
-
-    The same item shape as :class:`TrajectoryDataset`'s, so :func:`collate_trajectories`
-    batches both (``tabom pretrain`` and ``tabom train --objective sft`` use it).
-    """
-    return {
-        "id": item_id,
-        "prompt_ids": torch.tensor(prompt_ids, dtype=torch.long),
-        "response_ids": torch.tensor(response_ids, dtype=torch.long),
-        "decoding_order": torch.full((len(response_ids),), -1, dtype=torch.long),
-        "decode_entropy": None,
-    }
+def ground_truth_item(item_id: str, prompt_ids: list[int], response_ids: list[int]) -> TrajectoryItem:
+    """One ground-truth training item: never decoded (``decoding_order`` -1 everywhere), so
+    :func:`collate_trajectories` batches it like a trajectory (``tabom pretrain`` and
+    ``tabom train --objective sft`` use it)."""
+    return TrajectoryItem(
+        id=item_id,
+        prompt_ids=torch.tensor(prompt_ids, dtype=torch.long),
+        response_ids=torch.tensor(response_ids, dtype=torch.long),
+        decoding_order=torch.full((len(response_ids),), -1, dtype=torch.long),
+    )
 
 
 def steps_per_epoch(n: int, global_batch: int) -> int:
@@ -416,6 +430,7 @@ __all__ = [
     "collate_trajectories",
     "TrajectoryDataset",
     "TrajectoryBatch",
+    "TrajectoryItem",
     "TrainDataError",
     "batch_indices",
     "model_positions",

@@ -1,10 +1,12 @@
-"""Trajectory records and files: JSONL read / validate / append (DESIGN §4; torch-free).
+"""Trajectory records and files: JSONL read / validate / append (DESIGN §4; torch is imported
+only when a record's decode settings are read).
 
 One record per line: a self-distilled answer with its trajectory (``decoding_order[p]`` = the
 decode step of response position p, -1 = never decoded), compatible with the reference
 trainer's ``response_token_ids`` / ``decoding_order`` / ``method`` / ``data_source`` and made
 self-describing by ``schema_version``, ``id``, the prompt ids, ``verified`` and ``gen`` (the
-generation settings, with a fingerprint of the tokenizer). Reading validates every record and
+generation settings: the whole :class:`tabom.decoding.DecodeConfig` by field name, the model
+and a fingerprint of its tokenizer). Reading validates every record and
 raises one :class:`TrajectoryFileError` naming file, line and field. Writing appends whole lines
 (one unbuffered ``write`` each) and calls ``fsync`` in :meth:`TrajectoryWriter.sync`.
 """
@@ -17,29 +19,33 @@ import math
 import os
 import warnings
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+from tabom.config import ConfigError, convert
 from tabom.errors import TabomError
 from tabom.jsonl import MAX_DEPTH, StrictJsonError, loads_strict
 
+if TYPE_CHECKING:
+    from tabom.decoding import DecodeConfig
+
 SCHEMA_VERSION = 1
 METHODS = ("confidence", "margin", "entropy", "random")
-"""The scores of DESIGN §3 (``decoding.SCORES``; repeated here so this module imports only torch)."""
+"""The scores of DESIGN §3 (``decoding.SCORES``; repeated here so that importing this module
+does not import torch)."""
 
 _GEN_TYPES: dict[str, tuple[type, ...]] = {
     "gen_length": (int,),
-    "temperature": (int, float),
-    "top_p": (int, float),
     "seed": (int,),
     "model": (str,),
     "backend": (str,),
     "shift_logits": (bool,),
     "tokenizer": (dict,),
 }
-"""Required ``gen`` keys and their JSON types (``steps``, ``block_length`` and ``threshold`` are
-checked on their own: they may be null)."""
+"""Required ``gen`` keys and their JSON types besides the decode settings (``steps`` is checked
+on its own: null in threshold mode). The decode settings are :class:`tabom.decoding.DecodeConfig`'s
+fields, read by :func:`decode_settings`."""
 
 
 class TrajectoryFileError(TabomError):
@@ -81,9 +87,10 @@ class TrajectoryRecord:
         method: the score that ordered the unmasking (confidence / margin / entropy / random).
         data_source: task spec or dataset name.
         verified: the verifier's verdict, ``None`` where the task has none.
-        gen: generation settings (steps, gen_length, block_length, temperature, top_p,
-            threshold, seed, model, backend, shift_logits, tokenizer, ...; ``cache``:
-            ``prefix`` / ``dual`` when decoded with an approximate KV cache, absent = none).
+        gen: generation settings: the decode settings, every field of
+            :class:`tabom.decoding.DecodeConfig` by name (:meth:`DecodeConfig.record`; read
+            back by :meth:`decode_config`), then seed, model, backend, shift_logits,
+            vocab_size, tokenizer and the distill run's n_samples, prompts_per_batch.
         decode_entropy: T entropies of the decoding model's proposal at each position when
             it was committed (``None`` where never committed), or ``None`` if not recorded.
         schema_version: format version (1).
@@ -105,6 +112,11 @@ class TrajectoryRecord:
     decode_entropy: list[float | None] | None = None
     schema_version: int = SCHEMA_VERSION
     line: int = field(default=0, compare=False, repr=False)
+
+    def decode_config(self) -> DecodeConfig:
+        """The :class:`~tabom.decoding.DecodeConfig` this answer was decoded with
+        (:func:`decode_settings`: a setting an older file lacks is its default)."""
+        return decode_settings(self.gen, self.method)
 
     def to_dict(self) -> dict[str, Any]:
         """The JSON object of the record, keys in file order (no ``line``)."""
@@ -180,35 +192,59 @@ def _typed(
     return value
 
 
-def gen_cache(gen: dict[str, Any]) -> str:
-    """The KV cache a record was decoded with: ``gen.cache``, absent (older files and exact
-    decodes) = ``none``."""
-    return gen.get("cache", "none")
+def decode_settings(gen: dict[str, Any], method: str | None = None) -> DecodeConfig:
+    """The :class:`~tabom.decoding.DecodeConfig` a ``gen`` records (its fields by name, the
+    other keys ignored).
+
+    A field the ``gen`` lacks takes its default: files written before the whole config was
+    recorded lack ``score``, which is then the record's ``method``, and ``cache``, absent =
+    ``none`` (exact); a field added later reads as its default. ``steps`` null (threshold
+    mode) resolves to T.
+
+    Raises:
+        ConfigError: a bad value (naming ``gen.field``) or settings that do not fit together.
+    """
+    from tabom.decoding import DecodeConfig  # torch: imported only once a file is read
+
+    names = {f.name for f in fields(DecodeConfig)}
+    values = {k: v for k, v in gen.items() if k in names}
+    if "score" not in values and method is not None:
+        values["score"] = method
+    return DecodeConfig.from_record(values, "gen")
 
 
-def _check_gen(path: Path, line: int, gen: dict[str, Any], length: int) -> int:
+def _comparable_gen(gen: dict[str, Any], method: str | None = None) -> dict[str, Any]:
+    """``gen`` with every recorded decode setting present (:func:`decode_settings`), so a file
+    written before a setting was recorded compares equal to a run with its default."""
+    return {**gen, **decode_settings(gen, method).record()}
+
+
+def _check_gen(path: Path, line: int, gen: dict[str, Any], length: int, method: str) -> int:
     """Validate ``gen``; return the bound on decode steps (``steps``, or T in threshold mode)."""
+    from tabom.decoding import DecodeConfig  # torch: imported only once a file is read
+
     for key, types in _GEN_TYPES.items():
-        value = _typed(path, line, gen, key, types, prefix="gen.")
-        if isinstance(value, float) and not math.isfinite(value):
-            raise TrajectoryFileError(path, line, f"gen.{key}", f"{value!r} is not finite")
-    if gen["temperature"] < 0:
-        raise TrajectoryFileError(path, line, "gen.temperature", f"{gen['temperature']} < 0")
-    if not 0 < gen["top_p"] <= 1:
-        raise TrajectoryFileError(path, line, "gen.top_p", f"{gen['top_p']} is outside (0, 1]")
-    threshold = gen.get("threshold")
-    if threshold is not None and (
-        isinstance(threshold, bool)
-        or not isinstance(threshold, (int, float))
-        or not math.isfinite(threshold)
-    ):
+        _typed(path, line, gen, key, types, prefix="gen.")
+    if "steps" not in gen:
+        raise TrajectoryFileError(path, line, "gen.steps", "missing (null in threshold mode)")
+    # 1) each decode setting as the config layer reads it (type, choice, range), by field
+    names = [f.name for f in fields(DecodeConfig)]
+    for key in (k for k in names if k in gen):
+        try:
+            convert(DecodeConfig, {key: gen[key]}, "gen")
+        except ConfigError as e:
+            reason = str(e).removeprefix(f"gen.{key}: ")
+            raise TrajectoryFileError(path, line, f"gen.{key}", reason) from None
+    if "score" in gen and gen["score"] != method:
         raise TrajectoryFileError(
-            path, line, "gen.threshold", f"expected a number, got {threshold!r}"
+            path, line, "gen.score", f"{gen['score']!r} but the record's method is {method!r}"
         )
-    for key in ("block_length", "threshold", "steps"):
-        if key not in gen:
-            raise TrajectoryFileError(path, line, f"gen.{key}", "missing (null when unused)")
-    if gen["gen_length"] != length:
+    # 2) together (a block length that divides T, steps a multiple of the blocks)
+    try:
+        cfg = decode_settings(gen, method)
+    except ConfigError as e:
+        raise TrajectoryFileError(path, line, "gen", str(e).removeprefix("gen: ")) from None
+    if cfg.gen_length != length:
         raise TrajectoryFileError(
             path,
             line,
@@ -221,17 +257,13 @@ def _check_gen(path: Path, line: int, gen: dict[str, Any], length: int) -> int:
         raise TrajectoryFileError(
             path, line, "gen.vocab_size", f"expected int, got {gen['vocab_size']!r}"
         )
-    if gen_cache(gen) not in ("none", "prefix", "dual"):
-        raise TrajectoryFileError(
-            path, line, "gen.cache", f"expected none, prefix or dual, got {gen['cache']!r}"
-        )
     fp = gen["tokenizer"]
     if not isinstance(fp.get("sha256"), str) or not isinstance(fp.get("size"), int):
         raise TrajectoryFileError(
             path, line, "gen.tokenizer", "expected {'size': int, 'sha256': str}"
         )
     steps = gen["steps"]
-    if gen["threshold"] is None:
+    if cfg.threshold is None:
         if not isinstance(steps, int) or isinstance(steps, bool) or steps < 1:
             raise TrajectoryFileError(
                 path, line, "gen.steps", f"expected a positive int, got {steps!r}"
@@ -311,7 +343,7 @@ def parse_record(
     # 1) the tokenizer first: ids are only meaningful under the model's vocabulary
     length = len(_typed(path, line, rec, "response_token_ids", (list,)))
     gen = _typed(path, line, rec, "gen", (dict,))
-    bound = _check_gen(path, line, gen, length)
+    bound = _check_gen(path, line, gen, length, method)
     if tokenizer is not None and gen["tokenizer"] != tokenizer:
         raise TrajectoryFileError(
             path,
@@ -524,8 +556,10 @@ def read_trajectories(
         tokenizer: the model's tokenizer (or its :func:`tokenizer_fingerprint`); every
             record's ``gen.tokenizer`` must match it.
         vocab_size: the model's vocabulary size (ids must be below it).
-        gen: when given, every record's ``gen`` must equal it (a file written with other
-            settings is refused: resume safety).
+        gen: when given, every record's ``gen`` must equal it, decode settings compared as
+            :func:`decode_settings` reads them (a file written with other settings is
+            refused: resume safety; one written before a setting was recorded holds its
+            default).
         max_length: the model's positions (prompt + response must fit).
         mask_token_id: the model's [MASK] id (never a response token).
         torn_tail: read the complete lines of a file whose last line was torn by a kill
@@ -543,6 +577,7 @@ def read_trajectories(
     fp = tokenizer if tokenizer is None or isinstance(tokenizer, dict) else None
     if fp is None and tokenizer is not None:
         fp = tokenizer_fingerprint(tokenizer)
+    want = None if gen is None else _comparable_gen(gen)
     records: list[TrajectoryRecord] = []
     seen: dict[str, int] = {}
     prompts: dict[str, tuple[str, list[int], int]] = {}  # prompt_id -> its prompt, first line
@@ -558,13 +593,13 @@ def read_trajectories(
         )
         if rec.id in seen:
             raise TrajectoryFileError(path, line, "id", f"{rec.id!r} repeats line {seen[rec.id]}")
-        if gen is not None and rec.gen != gen:
-            key = next(k for k in sorted(set(gen) | set(rec.gen)) if gen.get(k) != rec.gen.get(k))
+        if want is not None and (have := _comparable_gen(rec.gen, rec.method)) != want:
+            key = next(k for k in sorted(set(want) | set(have)) if want.get(k) != have.get(k))
             raise TrajectoryFileError(
                 path,
                 line,
                 f"gen.{key}",
-                f"written with {key}={rec.gen.get(key)!r}, this run uses {gen.get(key)!r} "
+                f"written with {key}={have.get(key)!r}, this run uses {want.get(key)!r} "
                 "(use another output file, or the settings that wrote this one)",
             )
         first = prompts.setdefault(rec.prompt_id, (rec.prompt, rec.prompt_token_ids, line))
@@ -643,6 +678,7 @@ __all__ = [
     "loads_line",
     "parse_record",
     "read_trajectories",
+    "decode_settings",
     "tokenizer_fingerprint",
     "write_trajectories",
 ]

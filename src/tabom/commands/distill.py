@@ -40,9 +40,10 @@ import torch
 import yaml
 from tqdm.auto import tqdm
 
+from tabom.batch_decode import decode_batches, response_text
 from tabom.checkpoint import check_settings
 from tabom.config import AT_LEAST_1, NON_NEGATIVE, check_ranges, save_config, to_dict
-from tabom.decoding import DecodeConfig, decode_batches, response_text
+from tabom.decoding import DecodeConfig
 from tabom.errors import TabomError
 from tabom.evaluate import pass_at_k
 from tabom.kv_cache import cache_support
@@ -280,7 +281,7 @@ def decode_group(
     out = decode_batches(dlm, rows, decode_cfg, generator=generator, batch_size=len(rows))
     seconds = time.perf_counter() - t0
     responses = out.response_ids.tolist()  # (B, T)
-    orders = out.decode_step.tolist()  # (B, T)
+    orders = out.decoding_order.tolist()  # (B, T)
     entropies = out.decode_entropy.tolist()  # type: ignore[union-attr]
     texts = [response_text(tok, ids, dlm.spec.stop_ids) for ids in responses]
     pairs = [(ex, texts[i * n + j]) for i, ex in enumerate(examples) for j in range(n)]
@@ -310,7 +311,7 @@ def decode_group(
                 )
             )
         correct.append(row_verdicts)
-    committed = int((out.decode_step >= 0).sum())
+    committed = int((out.decoding_order >= 0).sum())
     stats = GroupStats(
         group,
         [ex.id for ex in examples],
@@ -664,14 +665,8 @@ def distill(cfg: DistillConfig) -> DistillSummary | None:
                     f"with gen_length {decode_cfg.gen_length} that is more than the model's "
                     f"{positions} positions"
                 )
-    gen = {
-        "steps": None if decode_cfg.threshold is not None else decode_cfg.steps,
-        "gen_length": decode_cfg.gen_length,
-        "block_length": decode_cfg.block_length,
-        "temperature": float(decode_cfg.temperature),
-        "top_p": float(decode_cfg.top_p),
-        "top_k": decode_cfg.top_k,
-        "threshold": decode_cfg.threshold,
+    gen = {  # the whole decode group (DecodeConfig.record), then what decoded it
+        **decode_cfg.record(),
         "seed": cfg.seed,
         "n_samples": cfg.n_samples,
         "prompts_per_batch": G,
@@ -681,8 +676,6 @@ def distill(cfg: DistillConfig) -> DistillSummary | None:
         "vocab_size": dlm.vocab_size,
         "tokenizer": tokenizer_fingerprint(dlm.tokenizer),
     }
-    if decode_cfg.cache != "none":  # approximate trajectories say so (absent: exact)
-        gen["cache"] = decode_cfg.cache
     data_source = (
         cfg.task
         if cfg.prompts_file is None

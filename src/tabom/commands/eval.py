@@ -119,14 +119,15 @@ class EvalConfig:
         return dataclasses.replace(self.decode, temperature=self.sample_temperature)
 
     def budgets(self) -> dict[str, DecodeConfig]:
-        """``budget_key -> settings`` of the one-sample accuracy runs (the first: the main's)."""
+        """``label -> settings`` of the one-sample accuracy runs (the first: the main's); the
+        label is :meth:`DecodeConfig.label` (``confidence@1``: score @ tokens per step)."""
         scores = self.budget_scores or [self.decode.score]
         tps = self.budget_tokens_per_step or [self.decode.tokens_per_step]
         out = {}
         for score in scores:
             for t in tps:
                 cfg = dataclasses.replace(self.decode, score=score, tokens_per_step=t)
-                out[budget_key(cfg)] = cfg
+                out[cfg.label(self.decode)] = cfg
         return out
 
 
@@ -165,15 +166,6 @@ def load_eval_model(
     """``model`` (name or folder), with a peft LoRA ``adapter`` merged in when given."""
     dlm = load_model(model, trust_remote_code=trust_remote_code)
     return dlm if adapter is None else merge_adapter(dlm, adapter)
-
-
-def budget_key(cfg: DecodeConfig) -> str:
-    """``confidence@1`` (tokens per step) or ``confidence@t0.9`` (threshold): a budget's key."""
-    if cfg.threshold is not None:
-        return f"{cfg.score}@t{cfg.threshold:g}"
-    if cfg.steps is not None:
-        return f"{cfg.score}@s{cfg.steps}"
-    return f"{cfg.score}@{cfg.tokens_per_step}"
 
 
 def bar_label(spec: str) -> str:

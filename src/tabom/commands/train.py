@@ -259,8 +259,8 @@ def load_train_items(cfg: TrainConfig, dlm: DiffusionLM) -> tuple[Any, int]:
     """The training items of ``cfg.data`` / ``cfg.gt_task``, checked against the model and M, W.
 
     Returns:
-        ``(items, n_short)``: indexable items (:class:`tabom.train_data.TrajectoryDataset`
-        shape) and the number of trajectories too short for M.
+        ``(items, n_short)``: indexable :class:`tabom.train_data.TrajectoryItem` s
+        and the number of trajectories too short for M.
 
     Raises:
         FileNotFoundError, TrajectoryFileError, DataFileError, TrainDataError: bad data.

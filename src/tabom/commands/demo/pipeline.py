@@ -351,7 +351,7 @@ def evaluate_model(
         out["nfe"][str(tps)] = r.nfe_per_answer
         if tps == cfg.tokens_per_step[0]:
             out["new_correct"] = [c[0] for c in r.correct]
-            out["decode_steps"] = r.decode_steps
+            out["decode_steps"] = r.decoding_orders
     # accuracy by difficulty and the decode order against the task's oracle order
     levels = strata(cfg, new, splits["test"])
     if levels is not None:
