@@ -9,16 +9,11 @@ from __future__ import annotations
 import json
 import os
 import re
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from tabom.errors import TabomError
-
-
-class JsonlError(TabomError):
-    """A JSONL line that is not a JSON object; the message names file and line."""
-
+from tabom.errors import DataFileError
 
 MAX_DEPTH = 32
 """Deepest nesting of ``[`` / ``{`` a line may have (a trajectory record needs 3); deeper is
@@ -99,22 +94,15 @@ def write_jsonl(path: str | Path, rows: Iterable[dict[str, Any]]) -> Path:
     return path
 
 
-def read_jsonl(
-    path: str | Path, *, error: Callable[[Path, int, str], Exception] | None = None
-) -> list[tuple[int, dict[str, Any]]]:
+def read_jsonl(path: str | Path) -> list[tuple[int, dict[str, Any]]]:
     """``(line_number, object)`` for each non-blank line.
-
-    Args:
-        path: the file.
-        error: builds the exception for a bad line from ``(path, line, reason)``; default a
-            :class:`JsonlError` ``"FILE:LINE: reason"`` (tasks pass their ``DataFileError``).
 
     Raises:
         FileNotFoundError: no such file.
-        JsonlError: (or ``error``'s exception) a line is not a JSON object; names file and line.
+        DataFileError: a line is not a JSON object; names file, line and (for a repeated
+            key) the field.
     """
     path = Path(path)
-    make = error or (lambda p, i, why: JsonlError(f"{p}:{i}: {why}"))
     out: list[tuple[int, dict[str, Any]]] = []
     with path.open("rb") as f:
         for i, line in enumerate(f, start=1):
@@ -123,17 +111,15 @@ def read_jsonl(
             try:
                 rec = loads_strict(line)
             except StrictJsonError as e:
-                why = e.reason if e.key is None else f"field {e.key!r}: {e.reason}"
-                raise make(path, i, why) from None
+                raise DataFileError(path, i, e.key or "<line>", e.reason) from None
             if not isinstance(rec, dict):
-                raise make(path, i, "not a JSON object")
+                raise DataFileError(path, i, "<line>", "not a JSON object")
             out.append((i, rec))
     return out
 
 
 __all__ = [
     "MAX_DEPTH",
-    "JsonlError",
     "StrictJsonError",
     "loads_strict",
     "read_jsonl",

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from tabom.errors import TabomError
+from tabom.errors import DataFileError
 from tabom.jsonl import MAX_DEPTH, StrictJsonError, loads_strict
 
 SCHEMA_VERSION = 1
@@ -42,12 +42,9 @@ _GEN_TYPES: dict[str, tuple[type, ...]] = {
 checked on their own: they may be null)."""
 
 
-class TrajectoryFileError(TabomError):
-    """A trajectory file is malformed or does not fit the model; names file, 1-based line, field."""
-
-    def __init__(self, path: str | Path, line: int, field_name: str, reason: str) -> None:
-        self.path, self.line, self.field = str(path), line, field_name
-        super().__init__(f"{path}:{line}: field {field_name!r}: {reason}")
+TrajectoryFileError = DataFileError
+"""A trajectory file is malformed or does not fit the model: :class:`tabom.errors.DataFileError`
+(file, 1-based line, field) under the name this module's readers raise."""
 
 
 def tokenizer_fingerprint(tokenizer: Any) -> dict[str, Any]:

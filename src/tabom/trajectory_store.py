@@ -14,9 +14,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from tabom.errors import DataFileError
 from tabom.trajectory import (
     RECORD_PREFIX,
-    TrajectoryFileError,
     TrajectoryRecord,
     TrajectoryWriter,
     drop_torn_tail,
@@ -67,18 +67,18 @@ def read_progress(
     ``torn_tail``: ignore a last line without newline (the caller repairs it after the check).
 
     Raises:
-        TrajectoryFileError: a malformed line or a group whose prompts differ from this run's.
+        DataFileError: a malformed line or a group whose prompts differ from this run's.
     """
     out: dict[int, GroupStats] = {}
     names = [f.name for f in dataclasses.fields(GroupStats)]
     for line, obj in iter_json_lines(path, torn_tail=torn_tail):
         if not isinstance(obj, dict) or sorted(obj) != sorted(names):
-            raise TrajectoryFileError(path, line, "<line>", f"expected an object with {names}")
+            raise DataFileError(path, line, "<line>", f"expected an object with {names}")
         if not isinstance(obj["group"], int) or isinstance(obj["group"], bool):
-            raise TrajectoryFileError(path, line, "group", f"expected an int, got {obj['group']!r}")
+            raise DataFileError(path, line, "group", f"expected an int, got {obj['group']!r}")
         stats = GroupStats(**obj)
         if not 0 <= stats.group < len(groups) or stats.prompt_ids != groups[stats.group]:
-            raise TrajectoryFileError(
+            raise DataFileError(
                 path,
                 line,
                 "prompt_ids",
@@ -98,7 +98,7 @@ def consolidate(
         ``(lines, stats)``: the file's records as ``id -> line`` and the finished groups.
 
     Raises:
-        TrajectoryFileError: a bad record, a record of other settings, or an id not in the plan.
+        DataFileError: a bad record, a record of other settings, or an id not in the plan.
     """
     shards = sorted(
         p
@@ -115,7 +115,7 @@ def consolidate(
         if records_path.exists():
             for rec in read_trajectories(records_path, gen=gen, torn_tail=True):
                 if rec.id not in plan_order:
-                    raise TrajectoryFileError(
+                    raise DataFileError(
                         records_path,
                         rec.line,
                         "id",

@@ -43,7 +43,7 @@ from tqdm.auto import tqdm
 from tabom.checkpoint import check_settings
 from tabom.config import AT_LEAST_1, NON_NEGATIVE, check_ranges, save_config, to_dict
 from tabom.decoding import DecodeConfig, decode_batches, response_text
-from tabom.errors import TabomError
+from tabom.errors import DataFileError, TabomError
 from tabom.evaluate import pass_at_k
 from tabom.kv_cache import cache_support
 from tabom.models import DEFAULT_MODEL, load_model
@@ -52,10 +52,9 @@ from tabom.tasks import (
     NEW_DOMAIN,  # the shipped base model's new domain: default prompts
     make_task,
 )
-from tabom.tasks.base import DataFileError, Example, Task, read_jsonl, require_str, verify_all
+from tabom.tasks.base import Example, Task, read_jsonl, require_str, verify_all
 from tabom.train_data import model_positions
 from tabom.trajectory import (
-    TrajectoryFileError,
     TrajectoryRecord,
     TrajectoryWriter,
     loads_line,
@@ -455,7 +454,7 @@ def check_resume(
 
     Raises:
         ResumeError: names each differing setting with both values.
-        TrajectoryFileError: an unreadable sidecar.
+        DataFileError: an unreadable sidecar.
     """
     progress = _paths(output)[1]
     if not (output.is_file() and output.stat().st_size) and not progress.exists():
@@ -476,9 +475,9 @@ def _check_written_settings(cfg: DistillConfig, output: Path) -> None:
         try:
             written = yaml.safe_load(sidecar.read_text())
         except yaml.YAMLError as e:
-            raise TrajectoryFileError(sidecar, 0, "<file>", f"not valid YAML ({e})") from None
+            raise DataFileError(sidecar, 0, "<file>", f"not valid YAML ({e})") from None
         if not isinstance(written, dict):
-            raise TrajectoryFileError(sidecar, 0, "<file>", "not a mapping of settings")
+            raise DataFileError(sidecar, 0, "<file>", "not a mapping of settings")
         check_settings({k: written.get(k) for k in now}, now, str(output))
         return
     if output.is_file() and output.stat().st_size:
@@ -502,7 +501,7 @@ def distill(cfg: DistillConfig) -> DistillSummary | None:
         ``None`` on the others.
 
     Raises:
-        TrajectoryFileError: the output holds records of other settings or other prompts.
+        DataFileError: the output holds records of other settings or other prompts.
     """
     from accelerate import PartialState
 
