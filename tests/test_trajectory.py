@@ -8,17 +8,16 @@ import math
 import pytest
 import torch
 
+from tabom.jsonl import JsonlWriter, drop_torn_tail
+from tabom.jsonl import write_jsonl as write_trajectories
 from tabom.masking import time_delay_mask
 from tabom.models.tiny import build_char_tokenizer
 from tabom.train_data import TrajectoryDataset, collate_trajectories
 from tabom.trajectory import (
     TrajectoryFileError,
     TrajectoryRecord,
-    TrajectoryWriter,
-    drop_torn_tail,
     read_trajectories,
     tokenizer_fingerprint,
-    write_trajectories,
 )
 
 TOK = build_char_tokenizer()
@@ -65,7 +64,7 @@ def record(i: int = 0, **over) -> TrajectoryRecord:
 def test_round_trip_write_read(tmp_path):
     path = tmp_path / "t.jsonl"
     recs = [record(0), record(1, verified=None, decode_entropy=None, decoding_order=[3, 2, 1, -1])]
-    with TrajectoryWriter(path) as w:
+    with JsonlWriter(path) as w:
         for r in recs:
             w.write(r)
         w.sync()

@@ -1,7 +1,11 @@
-"""Generic JSONL files: whole-file atomic writes and line-numbered reads (DESIGN §4, §8).
+"""JSONL files: strict line parsing, line-numbered reads, appends and atomic writes (DESIGN §4, §8).
 
-Trajectory files add their own schema and append-only resumable writer on top
-(:mod:`tabom.trajectory`); everything else a command writes as JSONL goes through here.
+Every JSONL file tabom reads or writes goes through here: a bad line raises one
+:class:`tabom.errors.DataFileError` naming file, line and field; :class:`JsonlWriter` appends
+whole lines (one unbuffered ``write`` each, ``fsync`` on :meth:`JsonlWriter.sync`), so a kill
+leaves at worst a torn last line, which :func:`drop_torn_tail` cuts. Trajectory files add their
+schema on top (:mod:`tabom.trajectory`), the resumable store its sidecars
+(:mod:`tabom.trajectory_store`).
 """
 
 from __future__ import annotations
@@ -78,25 +82,28 @@ def loads_strict(raw: bytes | str) -> Any:
         raise StrictJsonError(f"not valid JSON ({e})") from None
 
 
-def write_jsonl(path: str | Path, rows: Iterable[dict[str, Any]]) -> Path:
-    """Write ``rows`` one JSON object a line, atomically (temporary file, fsync, rename).
+def write_jsonl(path: str | Path, rows: Iterable[Any]) -> Path:
+    """Write ``rows`` one a line to a new file, atomically (temporary file, fsync, rename).
+
+    Args:
+        path: the file.
+        rows: JSON objects, or records with a ``to_line()`` (:class:`tabom.trajectory.TrajectoryRecord`).
 
     Returns:
         ``path``.
     """
     path = Path(path)
     tmp = path.with_name(path.name + ".tmp")
-    with tmp.open("w", encoding="utf-8") as f:
+    with JsonlWriter(tmp, mode="wb") as w:
         for row in rows:
-            f.write(json.dumps(row, ensure_ascii=False) + "\n")
-        f.flush()
-        os.fsync(f.fileno())
+            w.write(row)
+        w.sync()
     os.replace(tmp, path)
     return path
 
 
 def read_jsonl(path: str | Path) -> list[tuple[int, dict[str, Any]]]:
-    """``(line_number, object)`` for each non-blank line.
+    """``(line_number, object)`` for each non-blank line (a last line may lack its newline).
 
     Raises:
         FileNotFoundError: no such file.
@@ -109,10 +116,7 @@ def read_jsonl(path: str | Path) -> list[tuple[int, dict[str, Any]]]:
         for i, line in enumerate(f, start=1):
             if not line.strip():
                 continue
-            try:
-                rec = loads_strict(line)
-            except StrictJsonError as e:
-                raise DataFileError(path, i, e.key or "<line>", e.reason) from None
+            rec = loads_line(line, path, i)
             if not isinstance(rec, dict):
                 raise DataFileError(path, i, "<line>", "not a JSON object")
             out.append((i, rec))
@@ -128,7 +132,7 @@ def drop_torn_tail(path: str | Path, prefix: bytes | None = None) -> bool:
     Args:
         path: the file.
         prefix: what the torn line must begin with (as far as it goes), e.g.
-            :data:`RECORD_PREFIX`; a tail that does not is not a torn line of ours.
+            :data:`tabom.trajectory.RECORD_PREFIX`; a tail that does not is not a torn line of ours.
 
     Returns:
         Whether anything was cut. The file then ends after its last complete line.
@@ -221,7 +225,7 @@ def iter_json_lines(path: str | Path, *, torn_tail: bool = False) -> Iterable[tu
             yield i, loads_line(raw, path, i)
 
 
-class TrajectoryWriter:
+class JsonlWriter:
     """Appends whole lines to a JSONL file: one unbuffered ``write`` per line, ``fsync`` on sync.
 
     Use as a context manager; a kill can at worst leave the last line without its newline,
@@ -248,7 +252,7 @@ class TrajectoryWriter:
     def close(self) -> None:
         self._f.close()
 
-    def __enter__(self) -> TrajectoryWriter:
+    def __enter__(self) -> JsonlWriter:
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -261,8 +265,8 @@ def _json_line(obj: dict[str, Any]) -> str:
 
 __all__ = [
     "MAX_DEPTH",
+    "JsonlWriter",
     "StrictJsonError",
-    "TrajectoryWriter",
     "drop_torn_tail",
     "iter_json_lines",
     "loads_line",

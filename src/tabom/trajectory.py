@@ -1,12 +1,12 @@
-"""Trajectory records and files: JSONL read / validate / append (DESIGN §4; torch-free).
+"""Trajectory records and files: the schema, read and validated (DESIGN §4; torch-free).
 
 One record per line: a self-distilled answer with its trajectory (``decoding_order[p]`` = the
 decode step of response position p, -1 = never decoded), compatible with the reference
 trainer's ``response_token_ids`` / ``decoding_order`` / ``method`` / ``data_source`` and made
 self-describing by ``schema_version``, ``id``, the prompt ids, ``verified`` and ``gen`` (the
 generation settings, with a fingerprint of the tokenizer). Reading validates every record and
-raises one :class:`TrajectoryFileError` naming file, line and field. Writing appends whole lines
-(one unbuffered ``write`` each) and calls ``fsync`` in :meth:`TrajectoryWriter.sync`.
+raises one :class:`TrajectoryFileError` naming file, line and field. Lines are parsed, appended
+and written atomically by :mod:`tabom.jsonl` (``JsonlWriter``, ``write_jsonl``).
 """
 
 from __future__ import annotations
@@ -14,20 +14,12 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import os
-from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from tabom.errors import DataFileError
-from tabom.jsonl import (  # noqa: F401 (the generic JSONL layer, re-exported)
-    MAX_DEPTH,
-    TrajectoryWriter,
-    drop_torn_tail,
-    iter_json_lines,
-    loads_line,
-)
+from tabom.jsonl import iter_json_lines
 
 SCHEMA_VERSION = 1
 METHODS = ("confidence", "margin", "entropy", "random")
@@ -429,7 +421,7 @@ def read_trajectories(
         max_length: the model's positions (prompt + response must fit).
         mask_token_id: the model's [MASK] id (never a response token).
         torn_tail: read the complete lines of a file whose last line was torn by a kill
-            (the caller repairs it after checking them: :func:`drop_torn_tail`).
+            (the caller repairs it after checking them: :func:`tabom.jsonl.drop_torn_tail`).
 
     Returns:
         The records in file order.
@@ -481,30 +473,13 @@ def read_trajectories(
     return records
 
 
-def write_trajectories(path: str | Path, records: Iterable[TrajectoryRecord]) -> None:
-    """Write ``records`` to a new file atomically (temporary file, fsync, rename)."""
-    path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
-    with TrajectoryWriter(tmp, mode="wb") as w:
-        for rec in records:
-            w.write(rec)
-        w.sync()
-    os.replace(tmp, path)
-
-
 __all__ = [
-    "MAX_DEPTH",
     "METHODS",
     "RECORD_PREFIX",
     "SCHEMA_VERSION",
     "TrajectoryFileError",
     "TrajectoryRecord",
-    "TrajectoryWriter",
-    "drop_torn_tail",
-    "iter_json_lines",
-    "loads_line",
     "parse_record",
     "read_trajectories",
     "tokenizer_fingerprint",
-    "write_trajectories",
 ]

@@ -15,15 +15,8 @@ from pathlib import Path
 from typing import Any
 
 from tabom.errors import DataFileError
-from tabom.trajectory import (
-    RECORD_PREFIX,
-    TrajectoryRecord,
-    TrajectoryWriter,
-    drop_torn_tail,
-    iter_json_lines,
-    read_trajectories,
-    write_trajectories,
-)
+from tabom.jsonl import JsonlWriter, drop_torn_tail, iter_json_lines, write_jsonl
+from tabom.trajectory import RECORD_PREFIX, TrajectoryRecord, read_trajectories
 
 
 @dataclass
@@ -133,11 +126,11 @@ def consolidate(
         drop_torn_tail(progress_path, PROGRESS_PREFIX)
     ordered = sorted(records.values(), key=lambda r: plan_order[r.id])
     if shards or main_ids != [r.id for r in ordered]:
-        write_trajectories(output, ordered)
+        write_jsonl(output, ordered)
     progress_path = _paths(output)[1]
     if stats:
         tmp = progress_path.with_name(progress_path.name + ".tmp")
-        with TrajectoryWriter(tmp, mode="wb") as w:
+        with JsonlWriter(tmp, mode="wb") as w:
             for g in sorted(stats):
                 w.write(dataclasses.asdict(stats[g]))
             w.sync()

@@ -45,6 +45,7 @@ from tabom.config import AT_LEAST_1, NON_NEGATIVE, check_ranges, save_config, to
 from tabom.decoding import DecodeConfig, decode_batches, response_text
 from tabom.errors import DataFileError, TabomError
 from tabom.evaluate import pass_at_k
+from tabom.jsonl import JsonlWriter, loads_line
 from tabom.kv_cache import cache_support
 from tabom.models import DEFAULT_MODEL, load_model
 from tabom.models.base import DiffusionLM
@@ -54,13 +55,7 @@ from tabom.tasks import (
 )
 from tabom.tasks.base import Example, Task, read_jsonl, require_str, verify_all
 from tabom.train_data import model_positions
-from tabom.trajectory import (
-    TrajectoryRecord,
-    TrajectoryWriter,
-    loads_line,
-    read_trajectories,
-    tokenizer_fingerprint,
-)
+from tabom.trajectory import TrajectoryRecord, read_trajectories, tokenizer_fingerprint
 from tabom.trajectory_store import (
     GroupStats,
     _fingerprint_path,
@@ -595,7 +590,7 @@ def distill(cfg: DistillConfig) -> DistillSummary | None:
         disable=not (cfg.progress and state.is_main_process),
     )
     n_ok = n_seen = 0
-    with TrajectoryWriter(records_path) as writer, TrajectoryWriter(progress_path) as progress:
+    with JsonlWriter(records_path) as writer, JsonlWriter(progress_path) as progress:
         for g in mine:
             records, stats = decode_group(
                 dlm, task, groups[g], cfg, decode_cfg, gen, g, data_source
