@@ -1,4 +1,4 @@
-"""JSONL files: strict line parsing, line-numbered reads, appends and atomic writes (DESIGN §4, §8).
+"""JSONL files: strict lines, line-numbered reads, appends, atomic writes (DESIGN §4, §8).
 
 Every JSONL file tabom reads or writes goes through here: a bad line raises one
 :class:`tabom.errors.DataFileError` naming file, line and field; :class:`JsonlWriter` appends
@@ -87,7 +87,8 @@ def write_jsonl(path: str | Path, rows: Iterable[Any]) -> Path:
 
     Args:
         path: the file.
-        rows: JSON objects, or records with a ``to_line()`` (:class:`tabom.trajectory.TrajectoryRecord`).
+        rows: JSON objects, or records with a ``to_line()``
+            (:class:`tabom.trajectory.TrajectoryRecord`).
 
     Returns:
         ``path``.

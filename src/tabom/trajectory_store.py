@@ -1,22 +1,49 @@
 """The resumable, sharded trajectory store of ``tabom distill`` (DESIGN §4, "Resume").
 
-Records are appended one whole line at a time and fsynced after each group; then one line per
-finished group goes to the sidecar ``OUTPUT.progress``. A rerun checks every complete line
-first (other settings or other prompts are refused before anything changes), then drops a torn
-last line, merges the shard files ``OUTPUT.shard-r`` of a sharded run into ``OUTPUT`` in prompt
-order (atomic rewrite) and reports which groups are finished: no record skipped or duplicated.
+A run's prompts are cut into groups; a group's records are appended one whole line at a time
+and fsynced, then one line with the group's :class:`GroupStats` goes to the sidecar
+``OUTPUT.progress`` (fsynced): a group listed there is finished. Under ``accelerate launch``
+process r appends to ``OUTPUT.shard-r`` (+ its sidecar). :meth:`TrajectoryStore.consolidate`
+(main process) checks every complete line of every file first, so a file of other settings or
+other prompts is refused before anything changes, then cuts torn last lines (a kill), merges
+the shards into ``OUTPUT`` in prompt order (atomic rewrite) and returns the finished groups: a
+resumed or sharded run skips no record and writes none twice. :func:`check_resume` refuses a
+rerun with other settings (``OUTPUT.config.yaml``) or other weights and prompt texts
+(``OUTPUT.fingerprint.json``) and reads only.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import yaml
+
+from tabom.checkpoint import check_settings
 from tabom.errors import DataFileError
-from tabom.jsonl import JsonlWriter, drop_torn_tail, iter_json_lines, write_jsonl
+from tabom.fingerprint import check_fingerprints, save_fingerprints
+from tabom.jsonl import JsonlWriter, drop_torn_tail, iter_json_lines, loads_line, write_jsonl
 from tabom.trajectory import RECORD_PREFIX, TrajectoryRecord, read_trajectories
+
+CONFIG = ".config.yaml"
+PROGRESS = ".progress"
+FINGERPRINT = ".fingerprint.json"
+SUMMARY = ".summary.json"
+"""The sidecars' suffixes: ``OUTPUT`` + suffix (:func:`sidecar`)."""
+
+
+def sidecar(output: Path, suffix: str) -> Path:
+    """``OUTPUT`` + ``suffix`` beside it (``trajectories.jsonl.progress``)."""
+    return output.with_name(output.name + suffix)
+
+
+def shard_paths(output: Path, rank: int | None = None) -> tuple[Path, Path]:
+    """(records, progress) of the output (``rank=None``) or of process ``rank``'s shard."""
+    base = output if rank is None else output.with_name(f"{output.name}.shard-{rank}")
+    return base, sidecar(base, PROGRESS)
 
 
 @dataclass
@@ -40,12 +67,6 @@ class GroupStats:
     nfe: int
     committed: int
     seconds: float
-
-
-def _paths(output: Path, rank: int | None = None) -> tuple[Path, Path]:
-    """(records, progress) of the output (``rank=None``) or of one shard."""
-    base = output if rank is None else output.with_name(f"{output.name}.shard-{rank}")
-    return base, base.with_name(base.name + ".progress")
 
 
 PROGRESS_PREFIX = b'{"group": '
@@ -82,64 +103,192 @@ def read_progress(
     return out
 
 
-def consolidate(
-    output: Path, plan_order: dict[str, int], groups: list[list[str]], gen: dict[str, Any]
-) -> tuple[dict[str, str], dict[int, GroupStats]]:
-    """Main process: repair torn tails, merge shard files into ``output`` in prompt order.
 
-    Returns:
-        ``(lines, stats)``: the file's records as ``id -> line`` and the finished groups.
+
+def check_resume(
+    output: Path,
+    settings: dict[str, Any],
+    from_record: dict[str, tuple[str, Any]],
+    fingerprint: dict[str, Any] | None = None,
+    *,
+    model: str = "",
+    prompts_source: str = "prompts",
+) -> None:
+    """Refuse to continue ``output`` with other settings than those that wrote it; reads only.
+
+    Args:
+        output: the trajectory file (nothing written yet: nothing to check).
+        settings: this run's settings that shape the file, compared with the
+            ``OUTPUT.config.yaml`` sidecar.
+        from_record: without a sidecar (an older file), ``{setting: (record field, value)}``
+            compared with the first record (``{"decode.score": ("method", "confidence")}``).
+        fingerprint: ``{"model_weights", "prompts"}`` (:mod:`tabom.fingerprint`), compared
+            with ``OUTPUT.fingerprint.json``.
+        model: the model setting, and ``prompts_source`` the prompts, as messages name them.
 
     Raises:
-        DataFileError: a bad record, a record of other settings, or an id not in the plan.
+        ResumeError: names each differing setting with both values.
+        DataFileError: an unreadable sidecar.
     """
-    shards = sorted(
-        p
-        for p in output.parent.glob(f"{output.name}.shard-*")
-        if not p.name.endswith((".progress", ".tmp"))
-    )
-    sources = [_paths(output)] + [(p, p.with_name(p.name + ".progress")) for p in shards]
-    records: dict[str, TrajectoryRecord] = {}
-    stats: dict[int, GroupStats] = {}
-    main_ids: list[str] = []
-    # 1) check every complete line of every file first: a file that is not this run's own
-    # trajectory file (or sidecar) is refused before anything in it is changed
-    for records_path, progress_path in sources:
-        if records_path.exists():
-            for rec in read_trajectories(records_path, gen=gen, torn_tail=True):
-                if rec.id not in plan_order:
-                    raise DataFileError(
-                        records_path,
-                        rec.line,
-                        "id",
-                        f"{rec.id!r} is not a sample of this run's prompts",
+    written_any = output.is_file() and output.stat().st_size
+    if not written_any and not sidecar(output, PROGRESS).exists():
+        return  # nothing written yet
+    config = sidecar(output, CONFIG)
+    if config.is_file():
+        try:
+            written = yaml.safe_load(config.read_text())
+        except yaml.YAMLError as e:
+            raise DataFileError(config, 0, "<file>", f"not valid YAML ({e})") from None
+        if not isinstance(written, dict):
+            raise DataFileError(config, 0, "<file>", "not a mapping of settings")
+        check_settings({k: written.get(k) for k in settings}, settings, str(output))
+    elif written_any:
+        with output.open("rb") as f:
+            first = f.readline()
+        rec = loads_line(first, output, 1) if first.endswith(b"\n") and first.strip() else None
+        if isinstance(rec, dict):
+            then = {k: rec.get(key, now) for k, (key, now) in from_record.items()}
+            check_settings(then, {k: now for k, (_, now) in from_record.items()}, str(output))
+    if fingerprint is not None:  # after the settings: another path is named as a setting
+        check_fingerprints(sidecar(output, FINGERPRINT), fingerprint, output, model, prompts_source)
+
+
+@dataclass
+class TrajectoryStore:
+    """One run's trajectory file, its shards and sidecars.
+
+    Attributes:
+        output: the trajectory file.
+        plan_order: every sample's record id -> its place in the file (prompt, then sample).
+        groups: each group's prompt ids, in order.
+        gen: the ``gen`` every record must carry (other settings are refused).
+    """
+
+    output: Path
+    plan_order: dict[str, int]
+    groups: list[list[str]]
+    gen: dict[str, Any]
+
+    def save_fingerprint(self, fingerprint: dict[str, Any]) -> None:
+        """Write ``OUTPUT.fingerprint.json`` (after :func:`check_resume` accepted the run)."""
+        save_fingerprints(sidecar(self.output, FINGERPRINT), fingerprint)
+
+    def read(self) -> tuple[dict[str, str], dict[int, GroupStats]]:
+        """``(lines, stats)`` of ``OUTPUT`` as the main process left it; reads only (the
+        other processes, after the main one's :meth:`consolidate`)."""
+        records, progress = shard_paths(self.output)
+        lines = (
+            {r.id: r.to_line() for r in read_trajectories(records, gen=self.gen)}
+            if records.exists()
+            else {}
+        )
+        done = read_progress(progress, self.groups) if progress.exists() else {}
+        return lines, done
+
+    def consolidate(self) -> tuple[dict[str, str], dict[int, GroupStats]]:
+        """Main process: repair torn tails, merge shard files into ``output`` in prompt order.
+
+        Returns:
+            ``(lines, stats)``: the file's records as ``id -> line`` and the finished groups.
+
+        Raises:
+            DataFileError: a bad record, a record of other settings, or an id not in the plan.
+        """
+        output, plan_order, groups, gen = self.output, self.plan_order, self.groups, self.gen
+        shards = sorted(
+            p
+            for p in output.parent.glob(f"{output.name}.shard-*")
+            if not p.name.endswith((".progress", ".tmp"))
+        )
+        sources = [shard_paths(output)] + [(p, sidecar(p, PROGRESS)) for p in shards]
+        records: dict[str, TrajectoryRecord] = {}
+        stats: dict[int, GroupStats] = {}
+        main_ids: list[str] = []
+        # 1) check every complete line of every file first: a file that is not this run's own
+        # trajectory file (or sidecar) is refused before anything in it is changed
+        for records_path, progress_path in sources:
+            if records_path.exists():
+                for rec in read_trajectories(records_path, gen=gen, torn_tail=True):
+                    if rec.id not in plan_order:
+                        raise DataFileError(
+                            records_path,
+                            rec.line,
+                            "id",
+                            f"{rec.id!r} is not a sample of this run's prompts",
+                        )
+                    records.setdefault(rec.id, rec)
+                    if records_path == output:
+                        main_ids.append(rec.id)
+            if progress_path.exists():
+                for g, s in read_progress(progress_path, groups, torn_tail=True).items():
+                    stats.setdefault(g, s)
+        # 2) only then cut the lines a kill tore (each must begin like one of ours)
+        for records_path, progress_path in sources:
+            drop_torn_tail(records_path, RECORD_PREFIX)
+            drop_torn_tail(progress_path, PROGRESS_PREFIX)
+        ordered = sorted(records.values(), key=lambda r: plan_order[r.id])
+        if shards or main_ids != [r.id for r in ordered]:
+            write_jsonl(output, ordered)
+        if stats:
+            rows = (dataclasses.asdict(stats[g]) for g in sorted(stats))
+            write_jsonl(sidecar(output, PROGRESS), rows)
+        for shard in shards:
+            shard.unlink()
+            sidecar(shard, PROGRESS).unlink(missing_ok=True)
+        return {r.id: r.to_line() for r in ordered}, stats
+
+    def writer(self, rank: int | None, lines: dict[str, str]) -> GroupWriter:
+        """The appender of one process: ``OUTPUT`` itself (``rank=None``) or its shard."""
+        return GroupWriter(*shard_paths(self.output, rank), lines, self.output)
+
+
+class GroupWriter:
+    """Appends finished groups: the records first (fsync), then the group's sidecar line
+    (fsync). A record whose id is in ``lines`` (the file already holds it) is not written
+    again. Use as a context manager."""
+
+    def __init__(self, records: Path, progress: Path, lines: dict[str, str], output: Path):
+        self.lines, self.output = lines, output
+        self._records, self._progress = JsonlWriter(records), JsonlWriter(progress)
+
+    def add(self, records: list[TrajectoryRecord], stats: GroupStats) -> None:
+        """Append a group's ``records`` (those to keep), then mark the group finished."""
+        for rec in records:
+            if rec.id in self.lines:
+                if self.lines[rec.id] != rec.to_line():
+                    warnings.warn(
+                        f"{self.output}: record {rec.id!r} decoded differently now than when it "
+                        "was written (other hardware or threads?); keeping the file's",
+                        RuntimeWarning,
+                        stacklevel=2,
                     )
-                records.setdefault(rec.id, rec)
-                if records_path == output:
-                    main_ids.append(rec.id)
-        if progress_path.exists():
-            for g, s in read_progress(progress_path, groups, torn_tail=True).items():
-                stats.setdefault(g, s)
-    # 2) only then cut the lines a kill tore (each must begin like one of ours)
-    for records_path, progress_path in sources:
-        drop_torn_tail(records_path, RECORD_PREFIX)
-        drop_torn_tail(progress_path, PROGRESS_PREFIX)
-    ordered = sorted(records.values(), key=lambda r: plan_order[r.id])
-    if shards or main_ids != [r.id for r in ordered]:
-        write_jsonl(output, ordered)
-    progress_path = _paths(output)[1]
-    if stats:
-        tmp = progress_path.with_name(progress_path.name + ".tmp")
-        with JsonlWriter(tmp, mode="wb") as w:
-            for g in sorted(stats):
-                w.write(dataclasses.asdict(stats[g]))
-            w.sync()
-        tmp.replace(progress_path)
-    for shard in shards:
-        shard.unlink()
-        shard.with_name(shard.name + ".progress").unlink(missing_ok=True)
-    return {r.id: r.to_line() for r in ordered}, stats
+                continue
+            self._records.write(rec)
+        self._records.sync()
+        self._progress.write(dataclasses.asdict(stats))
+        self._progress.sync()
+
+    def close(self) -> None:
+        self._records.close()
+        self._progress.close()
+
+    def __enter__(self) -> GroupWriter:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
 
-def _fingerprint_path(output: Path) -> Path:
-    return output.with_name(output.name + ".fingerprint.json")
+__all__ = [
+    "CONFIG",
+    "FINGERPRINT",
+    "PROGRESS",
+    "SUMMARY",
+    "GroupStats",
+    "GroupWriter",
+    "TrajectoryStore",
+    "check_resume",
+    "read_progress",
+    "shard_paths",
+    "sidecar",
+]

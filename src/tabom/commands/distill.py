@@ -1,4 +1,4 @@
-"""``tabom distill``: self-distillation, prompts -> decode -> verify -> trajectory JSONL (DESIGN §3-4).
+"""``tabom distill``: self-distillation, prompts -> decode -> verify -> trajectories (DESIGN §3-4).
 
 The model decodes ``n_samples`` answers per prompt with the chosen score and budget, every
 answer is checked by the task's verifier, and ``keep`` decides which records are written
@@ -15,14 +15,11 @@ the settings, never on the process or the resume segment that decodes its group:
 same file, and a sharded or resumed run writes the same bytes as one uninterrupted process
 (given the same floating-point hardware).
 
-Resume: records are appended one whole line at a time and fsynced after each group; then one
-line per finished group goes to the sidecar ``OUTPUT.progress`` (its prompt ids, verdicts and
-decode counts, which also feed the summary, so ``keep: verified`` loses nothing). A rerun drops
-a truncated last line (with a warning), skips the groups listed in the sidecar, re-decodes the
-others and appends only the records whose ``id`` is not in the file yet. Under ``accelerate
-launch`` process r decodes every P-th unfinished group into ``OUTPUT.shard-r`` (+ sidecar);
-the main process merges the shards into OUTPUT in prompt order. One CPU process runs the same
-code and appends to OUTPUT directly.
+Resume and shards: the store (:mod:`tabom.trajectory_store`) appends records and one sidecar
+line per finished group (``OUTPUT.progress``), fsynced; a rerun checks the settings, cuts a torn
+last line, skips the finished groups and appends only records not in the file yet. Under
+``accelerate launch`` process r decodes every P-th unfinished group into ``OUTPUT.shard-r``;
+the main process merges the shards into OUTPUT in prompt order.
 """
 
 from __future__ import annotations
@@ -31,21 +28,17 @@ import dataclasses
 import hashlib
 import json
 import time
-import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
 import torch
-import yaml
 from tqdm.auto import tqdm
 
-from tabom.checkpoint import check_settings
 from tabom.config import AT_LEAST_1, NON_NEGATIVE, check_ranges, save_config, to_dict
 from tabom.decoding import DecodeConfig, decode_batches, response_text
 from tabom.errors import DataFileError, TabomError
 from tabom.evaluate import pass_at_k
-from tabom.jsonl import JsonlWriter, loads_line
 from tabom.kv_cache import cache_support
 from tabom.models import DEFAULT_MODEL, load_model
 from tabom.models.base import DiffusionLM
@@ -55,13 +48,16 @@ from tabom.tasks import (
 )
 from tabom.tasks.base import Example, Task, read_jsonl, require_str, verify_all
 from tabom.train_data import model_positions
-from tabom.trajectory import TrajectoryRecord, read_trajectories, tokenizer_fingerprint
+from tabom.trajectory import TrajectoryRecord, tokenizer_fingerprint
 from tabom.trajectory_store import (
+    CONFIG,
+    FINGERPRINT,
+    PROGRESS,
+    SUMMARY,
     GroupStats,
-    _fingerprint_path,
-    _paths,
-    consolidate,
-    read_progress,
+    TrajectoryStore,
+    check_resume,
+    sidecar,
 )
 
 
@@ -438,54 +434,23 @@ def fingerprints(cfg: DistillConfig, examples: list[Example]) -> dict[str, Any]:
     }
 
 
-def check_resume(
+def _check_resume(
     cfg: DistillConfig, output: Path, fingerprint: dict[str, Any] | None = None
 ) -> None:
-    """Refuse to continue ``output`` with other settings than those that wrote it; reads only.
-
-    The settings come from the ``OUTPUT.config.yaml`` sidecar; without one, the score and
-    task are compared with the records' ``method`` and ``data_source``. ``fingerprint``
-    (:func:`fingerprints`) is compared with ``OUTPUT.fingerprint.json``.
-
-    Raises:
-        ResumeError: names each differing setting with both values.
-        DataFileError: an unreadable sidecar.
+    """Refuse to continue ``output`` with other settings (:data:`RESUME_SETTINGS`), weights or
+    prompt texts than those that wrote it; reads only (:func:`tabom.trajectory_store.check_resume`).
     """
-    progress = _paths(output)[1]
-    if not (output.is_file() and output.stat().st_size) and not progress.exists():
-        return  # nothing written yet
-    _check_written_settings(cfg, output)
-    if fingerprint is not None:  # after the settings: another path is named as a setting
-        from tabom.fingerprint import check_fingerprints
-
-        source = f"prompts_file {cfg.prompts_file}" if cfg.prompts_file else "prompts"
-        check_fingerprints(_fingerprint_path(output), fingerprint, output, cfg.model, source)
-
-
-def _check_written_settings(cfg: DistillConfig, output: Path) -> None:
-    """The settings half of :func:`check_resume` (the sidecar, else the first record)."""
-    now = {k: v for k, v in to_dict(cfg).items() if k in RESUME_SETTINGS}
-    sidecar = output.with_name(output.name + ".config.yaml")
-    if sidecar.is_file():
-        try:
-            written = yaml.safe_load(sidecar.read_text())
-        except yaml.YAMLError as e:
-            raise DataFileError(sidecar, 0, "<file>", f"not valid YAML ({e})") from None
-        if not isinstance(written, dict):
-            raise DataFileError(sidecar, 0, "<file>", "not a mapping of settings")
-        check_settings({k: written.get(k) for k in now}, now, str(output))
-        return
-    if output.is_file() and output.stat().st_size:
-        with output.open("rb") as f:
-            first = f.readline()
-        if first.endswith(b"\n") and first.strip():
-            rec = loads_line(first, output, 1)
-            if isinstance(rec, dict):
-                written = {"decode.score": rec.get("method", cfg.decode.score)}
-                current = {"decode.score": cfg.decode.score}
-                if cfg.prompts_file is None:
-                    written["task"], current["task"] = rec.get("data_source", cfg.task), cfg.task
-                check_settings(written, current, str(output))
+    from_record = {"decode.score": ("method", cfg.decode.score)}
+    if cfg.prompts_file is None:
+        from_record["task"] = ("data_source", cfg.task)
+    check_resume(
+        output,
+        {k: v for k, v in to_dict(cfg).items() if k in RESUME_SETTINGS},
+        from_record,
+        fingerprint,
+        model=cfg.model,
+        prompts_source=f"prompts_file {cfg.prompts_file}" if cfg.prompts_file else "prompts",
+    )
 
 
 def distill(cfg: DistillConfig) -> DistillSummary | None:
@@ -558,30 +523,22 @@ def distill(cfg: DistillConfig) -> DistillSummary | None:
     )
 
     # 2) resume: the main process merges leftovers (torn lines, shards of a killed run)
+    store = TrajectoryStore(output, plan_order, group_ids, gen)
     if state.is_main_process:
         fingerprint = fingerprints(cfg, examples)
-        check_resume(cfg, output, fingerprint)  # reads only: a refused rerun changes nothing
+        _check_resume(cfg, output, fingerprint)  # reads only: a refused rerun changes nothing
         output.parent.mkdir(parents=True, exist_ok=True)
-        lines, done = consolidate(output, plan_order, group_ids, gen)  # checks, then repairs
+        lines, done = store.consolidate()  # checks, then repairs
         records_before = len(lines)
-        save_config(cfg, output.with_name(output.name + ".config.yaml"))  # only after the check
-        from tabom.fingerprint import save_fingerprints
-
-        save_fingerprints(_fingerprint_path(output), fingerprint)
+        save_config(cfg, sidecar(output, CONFIG))  # only after the check
+        store.save_fingerprint(fingerprint)
     state.wait_for_everyone()
     if not state.is_main_process:
-        lines = (
-            {r.id: r.to_line() for r in read_trajectories(output, gen=gen)}
-            if output.exists()
-            else {}
-        )
-        progress = _paths(output)[1]
-        done = read_progress(progress, group_ids) if progress.exists() else {}
+        lines, done = store.read()
     todo = [g for g in range(len(groups)) if g not in done]
     mine = todo[rank::world]
 
     # 3) decode my groups: records first (fsync), then the group's sidecar line (fsync)
-    records_path, progress_path = _paths(output, None if world == 1 else rank)
     t_loop = time.perf_counter()
     bar = tqdm(
         total=sum(len(groups[g]) for g in mine),
@@ -590,27 +547,13 @@ def distill(cfg: DistillConfig) -> DistillSummary | None:
         disable=not (cfg.progress and state.is_main_process),
     )
     n_ok = n_seen = 0
-    with JsonlWriter(records_path) as writer, JsonlWriter(progress_path) as progress:
+    with store.writer(None if world == 1 else rank, lines) as writer:
         for g in mine:
             records, stats = decode_group(
                 dlm, task, groups[g], cfg, decode_cfg, gen, g, data_source
             )
-            for rec in records:
-                if cfg.keep == "verified" and rec.verified is not True:
-                    continue
-                if rec.id in lines:
-                    if lines[rec.id] != rec.to_line():
-                        warnings.warn(
-                            f"{output}: record {rec.id!r} decoded differently now than when it "
-                            "was written (other hardware or threads?); keeping the file's",
-                            RuntimeWarning,
-                            stacklevel=2,
-                        )
-                    continue
-                writer.write(rec)
-            writer.sync()
-            progress.write(dataclasses.asdict(stats))
-            progress.sync()
+            keep = cfg.keep == "all"
+            writer.add([r for r in records if keep or r.verified is True], stats)
             n_seen += stats.rows
             n_ok += sum(bool(v) for row in stats.correct for v in row)
             bar.update(len(groups[g]))
@@ -622,7 +565,7 @@ def distill(cfg: DistillConfig) -> DistillSummary | None:
     # 4) the main process merges the shards and reports
     if not state.is_main_process:
         return None
-    lines, done = consolidate(output, plan_order, group_ids, gen)
+    lines, done = store.consolidate()
     missing = [g for g in range(len(groups)) if g not in done]
     if missing:
         raise RuntimeError(f"{output}: groups {missing[:5]} were not decoded (a process failed?)")
@@ -640,13 +583,10 @@ def distill(cfg: DistillConfig) -> DistillSummary | None:
         output=str(output),
     )
     payload = {"summary": dataclasses.asdict(summary), "config": to_dict(cfg), "gen": gen}
-    summary_path = output.with_name(output.name + ".summary.json")
+    summary_path = sidecar(output, SUMMARY)
     summary_path.write_text(json.dumps(payload, indent=1) + "\n")
     print(summary.format())
-    sidecars = ", ".join(
-        str(output.with_name(output.name + s))
-        for s in (".config.yaml", ".progress", ".fingerprint.json")
-    )
+    sidecars = ", ".join(str(sidecar(output, s)) for s in (CONFIG, PROGRESS, FINGERPRINT))
     print(f"saved: {output} (trajectories); {summary_path}, {sidecars}")
     return summary
 
@@ -661,12 +601,10 @@ __all__ = [
     "DistillConfig",
     "DistillSummary",
     "GroupStats",
-    "consolidate",
     "decode_group",
     "derive_seed",
     "distill",
     "load_prompts",
-    "read_progress",
     "read_prompt_rows",
     "run_distill",
     "summarise",
