@@ -86,7 +86,8 @@ def make_task(spec: str) -> Task:
         if key in kwargs:
             raise TaskSpecError(f"task spec {spec!r}: field {key!r} given twice")
         try:  # the config layer's converter: the same rules as a flag or a YAML value
-            kwargs[key] = convert_value(value.strip(), hints[key], f"task spec {spec!r}: field {key!r}")
+            where = f"task spec {spec!r}: field {key!r}"
+            kwargs[key] = convert_value(value.strip(), hints[key], where)
         except ConfigError as e:
             raise TaskSpecError(str(e)) from None
     try:
