@@ -10,7 +10,7 @@ process). ``tabom inspect FILE`` summarises the result.
 
 Determinism: prompts are cut into fixed *groups* of ``prompts_per_batch`` consecutive prompts;
 a group is always decoded as one batch (its prompts x ``n_samples`` rows) with its own
-generator seeded from ``(seed, group index)``. What a sample decodes therefore depends only on
+generator seeded from ``(seed, group index)`` (:func:`tabom.seeding.derive`). What a sample decodes therefore depends only on
 the settings, never on the process or the resume segment that decodes its group: same seed,
 same file, and a sharded or resumed run writes the same bytes as one uninterrupted process
 (given the same floating-point hardware).
@@ -25,7 +25,6 @@ the main process merges the shards into OUTPUT in prompt order.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import time
 from dataclasses import dataclass, field
@@ -42,6 +41,7 @@ from tabom.evaluate import pass_at_k
 from tabom.kv_cache import cache_support
 from tabom.models import DEFAULT_MODEL, load_model
 from tabom.models.base import DiffusionLM
+from tabom.seeding import generator
 from tabom.tasks import (
     NEW_DOMAIN,  # the shipped base model's new domain: default prompts
     make_task,
@@ -146,12 +146,6 @@ class DistillConfig:
         return dataclasses.replace(self.decode.resolve(T), record_entropy=True)
 
 
-def derive_seed(seed: int, *keys: object) -> int:
-    """A 63-bit seed from ``seed`` and ``keys`` (independent streams per group, per purpose)."""
-    digest = hashlib.sha256(":".join(map(str, ("tabom-distill", seed, *keys))).encode()).digest()
-    return int.from_bytes(digest[:8], "little") & (2**63 - 1)
-
-
 # --------------------------------------------------------------------------- prompts
 
 
@@ -192,7 +186,7 @@ def load_prompts(cfg: DistillConfig, task: Task | None) -> list[Example]:
         DataFileError: a file row without the prompt field, or a repeated prompt id.
     """
     if cfg.prompts_file is None:
-        gen = torch.Generator().manual_seed(derive_seed(cfg.seed, "prompts"))
+        gen = generator(cfg.seed, "distill", "prompts")
         examples = task.generate(cfg.n_prompts, gen)  # type: ignore[union-attr,arg-type]
     elif cfg.prompt_field is None and hasattr(task, "load") and cfg.prompts_file.endswith(".jsonl"):
         examples = task.load(cfg.prompts_file)  # type: ignore[union-attr]
@@ -242,12 +236,10 @@ def decode_group(
     tok, n = dlm.tokenizer, cfg.n_samples
     encoded = [dlm.encode_prompt(ex.prompt) for ex in examples]  # chat template if any
     rows = [p for p in encoded for _ in range(n)]
-    generator = torch.Generator(device=dlm.device).manual_seed(
-        derive_seed(cfg.seed, "group", group)
-    )
+    group_gen = generator(cfg.seed, "distill", "group", group, device=dlm.device)
     t0 = time.perf_counter()
     # the whole group is one batch with its own generator (a group decodes the same alone)
-    out = decode_batches(dlm, rows, decode_cfg, generator=generator, batch_size=len(rows))
+    out = decode_batches(dlm, rows, decode_cfg, generator=group_gen, batch_size=len(rows))
     seconds = time.perf_counter() - t0
     responses = out.response_ids.tolist()  # (B, T)
     orders = out.decode_step.tolist()  # (B, T)
@@ -602,7 +594,6 @@ __all__ = [
     "DistillSummary",
     "GroupStats",
     "decode_group",
-    "derive_seed",
     "distill",
     "load_prompts",
     "read_prompt_rows",

@@ -40,6 +40,7 @@ from tabom.metrics import mean_std
 from tabom.models import load_model
 from tabom.objectives import RANK_LOSSES
 from tabom.progress import outer_bar
+from tabom.seeding import derive
 from tabom.tasks import make_task
 from tabom.trajectory import read_trajectories
 
@@ -121,7 +122,7 @@ def run_sweep(cfg: SweepConfig) -> int:
     dist = run_stage(root / "distill", distill_settings(demo, splits), distill_stage(demo, splits))
     old = make_task(demo.old_task)
     taken = {ex.id for ex in splits["old_test"]}
-    old_val = draw(old, cfg.old_val_examples, demo.split_seed + 1, taken)
+    old_val = draw(old, cfg.old_val_examples, derive(demo.split_seed, "demo-val"), taken)
     new = make_task(demo.new_task)
     records = read_trajectories(root / "distill" / "trajectories.jsonl")
 
