@@ -44,3 +44,14 @@ def test_one_error_class_for_a_bad_line_of_any_file():
         "gen.seed",
         "f.jsonl:4: field 'gen.seed': missing",
     )
+
+
+def test_a_bad_line_is_one_cli_line_and_exit_2(tmp_path, capsys):
+    """The merged error keeps the CLI contract: one line naming file, line and field, exit 2."""
+    from tabom.cli import main
+
+    bad = tmp_path / "t.jsonl"
+    bad.write_text('{"schema_version": 1, "id": "a", "id": "b"}\n')
+    assert main(["inspect", str(bad)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [f"tabom inspect: error: {bad}:1: field 'id': duplicate key in the object"]
