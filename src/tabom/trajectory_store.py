@@ -9,7 +9,7 @@ other prompts is refused before anything changes, then cuts torn last lines (a k
 the shards into ``OUTPUT`` in prompt order (atomic rewrite) and returns the finished groups: a
 resumed or sharded run skips no record and writes none twice. :func:`check_resume` refuses a
 rerun with other settings (``OUTPUT.config.yaml``) or other weights and prompt texts
-(``OUTPUT.fingerprint.json``) and reads only.
+(``OUTPUT.fingerprint.json``) and reads only. :func:`summarise` reports the finished groups.
 """
 
 from __future__ import annotations
@@ -26,6 +26,7 @@ from tabom.checkpoint import check_settings
 from tabom.errors import DataFileError
 from tabom.fingerprint import check_fingerprints, save_fingerprints
 from tabom.jsonl import JsonlWriter, drop_torn_tail, iter_json_lines, loads_line, write_jsonl
+from tabom.metrics import pass_at_k
 from tabom.trajectory import RECORD_PREFIX, TrajectoryRecord, read_trajectories
 
 CONFIG = ".config.yaml"
@@ -103,6 +104,34 @@ def read_progress(
     return out
 
 
+
+
+def summarise(
+    stats: dict[int, GroupStats], n_samples: int, ks: list[int], records: int
+) -> dict[str, Any]:
+    """Counts, verified share, pass@k and tokens per forward over all finished groups."""
+    correct = [row for g in sorted(stats) for row in stats[g].correct]
+    samples = sum(len(row) for row in correct)
+    checked = all(v is not None for row in correct for v in row)
+    verified = sum(bool(v) for row in correct for v in row) if checked else None
+    forwards = sum(s.nfe * s.rows for s in stats.values())
+    return {
+        "prompts": len(correct),
+        "samples": samples,
+        "records": records,
+        "verified": verified,
+        "verified_share": None if verified is None else verified / max(1, samples),
+        "pass_at": {
+            k: sum(pass_at_k(n_samples, sum(map(bool, row)), k) for row in correct)
+            / max(1, len(correct))
+            for k in ks
+        }
+        if checked
+        else {},
+        "nfe_per_answer": forwards / max(1, samples),
+        "tokens_per_forward": sum(s.committed for s in stats.values()) / max(1, forwards),
+        "decode_seconds": round(sum(s.seconds for s in stats.values()), 3),
+    }
 
 
 def check_resume(
@@ -291,4 +320,5 @@ __all__ = [
     "read_progress",
     "shard_paths",
     "sidecar",
+    "summarise",
 ]

@@ -36,17 +36,17 @@ from tqdm.auto import tqdm
 
 from tabom.config import AT_LEAST_1, NON_NEGATIVE, check_ranges, save_config, to_dict
 from tabom.decoding import DecodeConfig, decode_batches, response_text
-from tabom.errors import DataFileError, TabomError
-from tabom.evaluate import pass_at_k
+from tabom.errors import TabomError
 from tabom.kv_cache import cache_support
 from tabom.models import DEFAULT_MODEL, load_model
 from tabom.models.base import DiffusionLM
+from tabom.prompts import read_prompts
 from tabom.seeding import generator
 from tabom.tasks import (
     NEW_DOMAIN,  # the shipped base model's new domain: default prompts
     make_task,
 )
-from tabom.tasks.base import Example, Task, read_jsonl, require_str, verify_all
+from tabom.tasks.base import Example, Task, verify_all
 from tabom.train_data import model_positions
 from tabom.trajectory import TrajectoryRecord, tokenizer_fingerprint
 from tabom.trajectory_store import (
@@ -58,6 +58,7 @@ from tabom.trajectory_store import (
     TrajectoryStore,
     check_resume,
     sidecar,
+    summarise,
 )
 
 
@@ -149,70 +150,18 @@ class DistillConfig:
 # --------------------------------------------------------------------------- prompts
 
 
-def read_prompt_rows(path: str, split: str = "train") -> list[tuple[int, dict[str, Any]]]:
-    """``(line or row number, record)`` of a prompts file: JSONL natively, else ``datasets``.
-
-    Raises:
-        TabomError: an unknown file format, or a non-JSONL source and no ``datasets`` package.
-    """
-    p = Path(path)
-    if p.suffix == ".jsonl":
-        return read_jsonl(p)
-    kinds = {".parquet": "parquet", ".csv": "csv", ".json": "json", ".arrow": "arrow"}
-    if p.is_file() and p.suffix not in kinds:
-        raise TabomError(f"prompts_file {path}: unknown format (use .jsonl, {', '.join(kinds)})")
-    try:
-        import datasets
-    except ImportError:
-        raise TabomError(
-            f"prompts_file {path}: reading it needs the optional `datasets` package "
-            "(pip install datasets); a .jsonl file works without it"
-        ) from None
-    if p.is_dir():
-        ds = datasets.load_from_disk(str(p))
-        if isinstance(ds, datasets.DatasetDict):
-            ds = ds[split]
-    elif p.is_file():
-        ds = datasets.load_dataset(kinds[p.suffix], data_files=str(p), split="train")
-    else:
-        ds = datasets.load_dataset(path, split=split)
-    return [(i, dict(row)) for i, row in enumerate(ds, start=1)]
-
-
 def load_prompts(cfg: DistillConfig, task: Task | None) -> list[Example]:
-    """The run's prompts, in order: generated from ``seed``, or the first ``n_prompts`` of a file.
-
-    Raises:
-        DataFileError: a file row without the prompt field, or a repeated prompt id.
-    """
-    if cfg.prompts_file is None:
-        gen = generator(cfg.seed, "distill", "prompts")
-        examples = task.generate(cfg.n_prompts, gen)  # type: ignore[union-attr,arg-type]
-    elif cfg.prompt_field is None and hasattr(task, "load") and cfg.prompts_file.endswith(".jsonl"):
-        examples = task.load(cfg.prompts_file)  # type: ignore[union-attr]
-    else:
-        key = cfg.prompt_field or "prompt"
-        stem = Path(cfg.prompts_file).stem.replace("/", "_")
-        examples = []
-        for line, rec in read_prompt_rows(cfg.prompts_file, cfg.split):
-            pid = f"{stem}-{line}"
-            if cfg.id_field is not None:
-                if cfg.id_field not in rec:
-                    raise DataFileError(cfg.prompts_file, line, cfg.id_field, "missing")
-                pid = str(rec[cfg.id_field])
-            prompt = require_str(cfg.prompts_file, line, rec, key)
-            examples.append(
-                Example(id=pid, prompt=prompt, answer=str(rec.get("answer", "")), data=rec)
-            )
-    examples = examples[: cfg.n_prompts] if cfg.n_prompts else examples
-    seen: set[str] = set()
-    for i, ex in enumerate(examples):
-        if ex.id in seen:
-            raise DataFileError(
-                cfg.prompts_file or "<generated>", i + 1, "id", f"{ex.id!r} repeats"
-            )
-        seen.add(ex.id)
-    return examples
+    """The run's prompts, in order: generated from ``seed``, or the first ``n_prompts`` of a file
+    (:func:`tabom.prompts.read_prompts`)."""
+    return read_prompts(
+        task,
+        cfg.n_prompts,
+        generator(cfg.seed, "distill", "prompts") if cfg.prompts_file is None else None,
+        path=cfg.prompts_file,
+        prompt_field=cfg.prompt_field,
+        id_field=cfg.id_field,
+        split=cfg.split,
+    )
 
 
 # --------------------------------------------------------------------------- one group
@@ -367,34 +316,6 @@ class DistillSummary:
             f"now: decoded {self.decoded_now} answers ({self.answers_per_minute:.0f}/min), "
             f"kept {self.kept_now} as trajectories ({self.kept_per_minute:.0f}/min)"
         )
-
-
-def summarise(
-    stats: dict[int, GroupStats], n_samples: int, ks: list[int], records: int
-) -> dict[str, Any]:
-    """Counts, verified share, pass@k and tokens per forward over all finished groups."""
-    correct = [row for g in sorted(stats) for row in stats[g].correct]
-    samples = sum(len(row) for row in correct)
-    checked = all(v is not None for row in correct for v in row)
-    verified = sum(bool(v) for row in correct for v in row) if checked else None
-    forwards = sum(s.nfe * s.rows for s in stats.values())
-    return {
-        "prompts": len(correct),
-        "samples": samples,
-        "records": records,
-        "verified": verified,
-        "verified_share": None if verified is None else verified / max(1, samples),
-        "pass_at": {
-            k: sum(pass_at_k(n_samples, sum(map(bool, row)), k) for row in correct)
-            / max(1, len(correct))
-            for k in ks
-        }
-        if checked
-        else {},
-        "nfe_per_answer": forwards / max(1, samples),
-        "tokens_per_forward": sum(s.committed for s in stats.values()) / max(1, forwards),
-        "decode_seconds": round(sum(s.seconds for s in stats.values()), 3),
-    }
 
 
 RESUME_SETTINGS = (
@@ -592,11 +513,8 @@ def run_distill(cfg: DistillConfig) -> int:
 __all__ = [
     "DistillConfig",
     "DistillSummary",
-    "GroupStats",
     "decode_group",
     "distill",
     "load_prompts",
-    "read_prompt_rows",
     "run_distill",
-    "summarise",
 ]
