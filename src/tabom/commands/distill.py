@@ -460,13 +460,13 @@ def distill(cfg: DistillConfig) -> DistillSummary | None:
         disable=not (cfg.progress and state.is_main_process),
     )
     n_ok = n_seen = 0
+    keep_all = cfg.keep == "all"
     with store.writer(None if world == 1 else rank, lines) as writer:
         for g in mine:
             records, stats = decode_group(
                 dlm, task, groups[g], cfg, decode_cfg, gen, g, data_source
             )
-            keep = cfg.keep == "all"
-            writer.add([r for r in records if keep or r.verified is True], stats)
+            writer.add([r for r in records if keep_all or r.verified is True], stats)
             n_seen += stats.rows
             n_ok += sum(bool(v) for row in stats.correct for v in row)
             bar.update(len(groups[g]))
