@@ -8,8 +8,7 @@ import math
 import pytest
 import torch
 
-from tabom.jsonl import JsonlWriter, drop_torn_tail
-from tabom.jsonl import write_jsonl as write_trajectories
+from tabom.jsonl import JsonlWriter, drop_torn_tail, write_jsonl
 from tabom.masking import time_delay_mask
 from tabom.models.tiny import build_char_tokenizer
 from tabom.train_data import TrajectoryDataset, collate_trajectories
@@ -84,7 +83,7 @@ def test_round_trip_write_read(tmp_path):
     for key in ("response_token_ids", "decoding_order", "method", "data_source"):
         assert key in first
     # rewriting what was read gives the same bytes
-    write_trajectories(tmp_path / "u.jsonl", back)
+    write_jsonl(tmp_path / "u.jsonl", back)
     assert (tmp_path / "u.jsonl").read_bytes() == path.read_bytes()
 
 
@@ -135,7 +134,7 @@ def test_a_different_tokenizer_is_refused_before_its_ids_are_checked(tmp_path):
     other = build_char_tokenizer()
     other.add_tokens(["<x>"])
     path = tmp_path / "t.jsonl"
-    write_trajectories(path, [record(0, gen=gen(tokenizer=tokenizer_fingerprint(other)))])
+    write_jsonl(path, [record(0, gen=gen(tokenizer=tokenizer_fingerprint(other)))])
     with pytest.raises(TrajectoryFileError, match=r":1: field 'gen.tokenizer': tokenizer differs"):
         read_trajectories(path, tokenizer=TOK)
     assert tokenizer_fingerprint(build_char_tokenizer()) == FP  # stable across builds
@@ -144,9 +143,9 @@ def test_a_different_tokenizer_is_refused_before_its_ids_are_checked(tmp_path):
 def test_threshold_mode_bounds_steps_by_the_response_length(tmp_path):
     path = tmp_path / "t.jsonl"
     g = gen(steps=None, threshold=0.9)
-    write_trajectories(path, [record(0, gen=g, decoding_order=[0, 0, 3, 1])])
+    write_jsonl(path, [record(0, gen=g, decoding_order=[0, 0, 3, 1])])
     assert read_trajectories(path)[0].gen["threshold"] == 0.9
-    write_trajectories(path, [record(0, gen=g, decoding_order=[0, 0, 4, 1])])
+    write_jsonl(path, [record(0, gen=g, decoding_order=[0, 0, 4, 1])])
     with pytest.raises(TrajectoryFileError, match="'decoding_order': item 2 is 4, outside"):
         read_trajectories(path)
 
