@@ -26,7 +26,7 @@ def flag(name: str) -> str:
     return "--" + RENAMED.get(name, name)
 
 
-WRITER = "tabom.trajectory.TrajectoryWriter"  # the class whose ``write`` a full disk fails
+WRITER = "tabom.jsonl.JsonlWriter"  # the class whose ``write`` a full disk fails
 TASK = "addition:min_digits=4,max_digits=4,width=4"  # responses of 6 tokens
 
 

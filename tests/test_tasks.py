@@ -11,6 +11,7 @@ import random
 import re
 from fractions import Fraction
 from pathlib import Path
+from typing import Literal
 
 import pytest
 import torch
@@ -25,6 +26,7 @@ from tabom.tasks import (
     GSM8KTask,
     SudokuTask,
     Task,
+    TaskSpecError,
     addition,
     countdown,
     gsm8k,
@@ -534,7 +536,7 @@ def test_make_task():
         ("addition:digits=3", "unknown field 'digits'"),
         ("addition:gen_length=3", "unknown field 'gen_length'"),
         ("addition:min_digits", "field=value"),
-        ("addition:min_digits=three", "'min_digits' needs an integer"),
+        ("addition:min_digits=three", "field 'min_digits': expected an integer, got 'three'"),
         ("addition:min_digits=1,min_digits=2", "given twice"),
         ("countdown:n_operands=1", "n_operands"),
     ],
@@ -556,7 +558,8 @@ def test_load_examples():
 
 
 def test_spec_values_take_their_fields_resolved_type(monkeypatch):
-    """``tasks._value`` reads the resolved annotation, so a float field becomes a float."""
+    """Spec values go through the config layer's converter with the resolved annotation, so a
+    float field becomes a float, and a choice or an optional field reads as a flag would."""
     import dataclasses
 
     import tabom.tasks as tasks_mod
@@ -567,12 +570,18 @@ def test_spec_values_take_their_fields_resolved_type(monkeypatch):
         n: int | None = None
         flag: bool = False
         label: str = "x"
+        split: Literal["train", "test"] = "train"
 
     monkeypatch.setitem(tasks_mod.TASKS, "fake", Fake)
-    t = tasks_mod.make_task("fake:rate=0.25,n=3,flag=true,label=7")
-    assert (t.rate, t.n, t.flag, t.label) == (0.25, 3, True, "7")
+    t = tasks_mod.make_task("fake:rate=0.25,n=3,flag=true,label=7,split=test")
+    assert (t.rate, t.n, t.flag, t.label, t.split) == (0.25, 3, True, "7", "test")
     assert isinstance(t.rate, float) and isinstance(t.label, str)
-    with pytest.raises(ValueError, match="field 'rate' needs a number"):
+    assert tasks_mod.make_task("fake:n=none").n is None
+    with pytest.raises(TaskSpecError, match="'fake:rate=abc': field 'rate': expected a number"):
         tasks_mod.make_task("fake:rate=abc")
-    with pytest.raises(ValueError, match="field 'n' needs an integer"):
+    with pytest.raises(TaskSpecError, match="field 'rate': 'inf' is not a finite number"):
+        tasks_mod.make_task("fake:rate=inf")
+    with pytest.raises(TaskSpecError, match="field 'n': expected an integer"):
         tasks_mod.make_task("fake:n=1.5")
+    with pytest.raises(TaskSpecError, match="field 'split': 'dev' is not one of 'train', 'test'"):
+        tasks_mod.make_task("fake:split=dev")

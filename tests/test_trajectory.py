@@ -12,17 +12,15 @@ import pytest
 import torch
 
 from tabom.decoding import NOT_RECORDED, DecodeConfig
+from tabom.jsonl import JsonlWriter, drop_torn_tail, write_jsonl
 from tabom.masking import time_delay_mask
 from tabom.models.tiny import build_char_tokenizer
 from tabom.train_data import TrajectoryDataset, collate_trajectories
 from tabom.trajectory import (
     TrajectoryFileError,
     TrajectoryRecord,
-    TrajectoryWriter,
-    drop_torn_tail,
     read_trajectories,
     tokenizer_fingerprint,
-    write_trajectories,
 )
 
 TOK = build_char_tokenizer()
@@ -69,7 +67,7 @@ def record(i: int = 0, **over) -> TrajectoryRecord:
 def test_round_trip_write_read(tmp_path):
     path = tmp_path / "t.jsonl"
     recs = [record(0), record(1, verified=None, decode_entropy=None, decoding_order=[3, 2, 1, -1])]
-    with TrajectoryWriter(path) as w:
+    with JsonlWriter(path) as w:
         for r in recs:
             w.write(r)
         w.sync()
@@ -89,7 +87,7 @@ def test_round_trip_write_read(tmp_path):
     for key in ("response_token_ids", "decoding_order", "method", "data_source"):
         assert key in first
     # rewriting what was read gives the same bytes
-    write_trajectories(tmp_path / "u.jsonl", back)
+    write_jsonl(tmp_path / "u.jsonl", back)
     assert (tmp_path / "u.jsonl").read_bytes() == path.read_bytes()
 
 
@@ -140,7 +138,7 @@ def test_a_different_tokenizer_is_refused_before_its_ids_are_checked(tmp_path):
     other = build_char_tokenizer()
     other.add_tokens(["<x>"])
     path = tmp_path / "t.jsonl"
-    write_trajectories(path, [record(0, gen=gen(tokenizer=tokenizer_fingerprint(other)))])
+    write_jsonl(path, [record(0, gen=gen(tokenizer=tokenizer_fingerprint(other)))])
     with pytest.raises(TrajectoryFileError, match=r":1: field 'gen.tokenizer': tokenizer differs"):
         read_trajectories(path, tokenizer=TOK)
     assert tokenizer_fingerprint(build_char_tokenizer()) == FP  # stable across builds
@@ -149,9 +147,9 @@ def test_a_different_tokenizer_is_refused_before_its_ids_are_checked(tmp_path):
 def test_threshold_mode_bounds_steps_by_the_response_length(tmp_path):
     path = tmp_path / "t.jsonl"
     g = gen(steps=None, threshold=0.9)
-    write_trajectories(path, [record(0, gen=g, decoding_order=[0, 0, 3, 1])])
+    write_jsonl(path, [record(0, gen=g, decoding_order=[0, 0, 3, 1])])
     assert read_trajectories(path)[0].gen["threshold"] == 0.9
-    write_trajectories(path, [record(0, gen=g, decoding_order=[0, 0, 4, 1])])
+    write_jsonl(path, [record(0, gen=g, decoding_order=[0, 0, 4, 1])])
     with pytest.raises(TrajectoryFileError, match="'decoding_order': item 2 is 4, outside"):
         read_trajectories(path)
 
@@ -239,7 +237,7 @@ def test_gen_records_every_decode_field_and_reads_back_the_same_config(tmp_path)
     # a record of these settings reads back as them, with the file's types
     r = record(0, gen=gen(**rec | {"gen_length": 4, "block_length": 2, "steps": 4}),
                method="margin")  # fmt: skip
-    write_trajectories(tmp_path / "t.jsonl", [r])
+    write_jsonl(tmp_path / "t.jsonl", [r])
     (back,) = read_trajectories(tmp_path / "t.jsonl", tokenizer=TOK)
     assert back.decode_config() == dataclasses.replace(cfg, gen_length=4, block_length=2,
                                                        steps=4, tokens_per_step=1)  # fmt: skip

@@ -17,6 +17,7 @@ from tabom.decoding import DecodeConfig
 from tabom.errors import TabomError
 from tabom.metrics import kendall_tau_b, pass_at_k
 from tabom.models.base import DiffusionLM
+from tabom.seeding import offset
 from tabom.tasks.base import Example, Task, verify_all
 
 
@@ -140,7 +141,7 @@ def make_eval_sets(specs: list[str], n: int, seed: int) -> dict[str, tuple[Task,
     training data of ``seed``)."""
     from tabom.tasks import make_task
 
-    gen = torch.Generator().manual_seed(seed + 10_000)
+    gen = torch.Generator().manual_seed(offset(seed, 10_000))  # tabom.seeding: pinned
     out: dict[str, tuple[Task, list[Example]]] = {}
     for spec in specs:
         task = make_task(spec)

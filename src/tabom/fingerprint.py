@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from tabom.checkpoint import ResumeError
-from tabom.trajectory import TrajectoryFileError
+from tabom.errors import DataFileError
 
 FULL_HASH_BYTES = 32 << 20
 """Files up to 32 MiB are hashed in full."""
@@ -101,7 +101,7 @@ def check_fingerprints(
 
     Raises:
         ResumeError: the weights differ, or a prompt shared by both runs has another text.
-        TrajectoryFileError: an unreadable fingerprint file.
+        DataFileError: an unreadable fingerprint file.
     """
     if not path.is_file():
         return  # written before fingerprints were recorded: the settings alone are checked
@@ -109,7 +109,7 @@ def check_fingerprints(
         written = json.loads(path.read_text(encoding="utf-8"))
         old_weights, old_prompts = written["model_weights"], dict(written["prompts"])
     except (ValueError, KeyError, TypeError) as e:
-        raise TrajectoryFileError(path, 0, "<file>", f"not a fingerprint file ({e!r})") from None
+        raise DataFileError(path, 0, "<file>", f"not a fingerprint file ({e!r})") from None
     if old_weights and now["model_weights"] and old_weights != now["model_weights"]:
         raise ResumeError(
             f"resume: model: the weights in {model} are not those {output} was decoded "

@@ -1,7 +1,11 @@
-"""Generic JSONL files: whole-file atomic writes and line-numbered reads (DESIGN §4, §8).
+"""JSONL files: strict lines, line-numbered reads, appends, atomic writes (DESIGN §4, §8).
 
-Trajectory files add their own schema and append-only resumable writer on top
-(:mod:`tabom.trajectory`); everything else a command writes as JSONL goes through here.
+Every JSONL file tabom reads or writes goes through here: a bad line raises one
+:class:`tabom.errors.DataFileError` naming file, line and field; :class:`JsonlWriter` appends
+whole lines (one unbuffered ``write`` each, ``fsync`` on :meth:`JsonlWriter.sync`), so a kill
+leaves at worst a torn last line, which :func:`drop_torn_tail` cuts. Trajectory files add their
+schema on top (:mod:`tabom.trajectory`), the resumable store its sidecars
+(:mod:`tabom.trajectory_store`).
 """
 
 from __future__ import annotations
@@ -9,16 +13,12 @@ from __future__ import annotations
 import json
 import os
 import re
-from collections.abc import Callable, Iterable
+import warnings
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from tabom.errors import TabomError
-
-
-class JsonlError(TabomError):
-    """A JSONL line that is not a JSON object; the message names file and line."""
-
+from tabom.errors import DataFileError
 
 MAX_DEPTH = 32
 """Deepest nesting of ``[`` / ``{`` a line may have (a trajectory record needs 3); deeper is
@@ -82,59 +82,195 @@ def loads_strict(raw: bytes | str) -> Any:
         raise StrictJsonError(f"not valid JSON ({e})") from None
 
 
-def write_jsonl(path: str | Path, rows: Iterable[dict[str, Any]]) -> Path:
-    """Write ``rows`` one JSON object a line, atomically (temporary file, fsync, rename).
+def write_jsonl(path: str | Path, rows: Iterable[Any]) -> Path:
+    """Write ``rows`` one a line to a new file, atomically (temporary file, fsync, rename).
+
+    Args:
+        path: the file.
+        rows: JSON objects, or records with a ``to_line()``
+            (:class:`tabom.trajectory.TrajectoryRecord`).
 
     Returns:
         ``path``.
     """
     path = Path(path)
     tmp = path.with_name(path.name + ".tmp")
-    with tmp.open("w", encoding="utf-8") as f:
+    with JsonlWriter(tmp, mode="wb") as w:
         for row in rows:
-            f.write(json.dumps(row, ensure_ascii=False) + "\n")
-        f.flush()
-        os.fsync(f.fileno())
+            w.write(row)
+        w.sync()
     os.replace(tmp, path)
     return path
 
 
-def read_jsonl(
-    path: str | Path, *, error: Callable[[Path, int, str], Exception] | None = None
-) -> list[tuple[int, dict[str, Any]]]:
-    """``(line_number, object)`` for each non-blank line.
-
-    Args:
-        path: the file.
-        error: builds the exception for a bad line from ``(path, line, reason)``; default a
-            :class:`JsonlError` ``"FILE:LINE: reason"`` (tasks pass their ``DataFileError``).
+def read_jsonl(path: str | Path) -> list[tuple[int, dict[str, Any]]]:
+    """``(line_number, object)`` for each non-blank line (a last line may lack its newline).
 
     Raises:
         FileNotFoundError: no such file.
-        JsonlError: (or ``error``'s exception) a line is not a JSON object; names file and line.
+        DataFileError: a line is not a JSON object; names file, line and (for a repeated
+            key) the field.
     """
     path = Path(path)
-    make = error or (lambda p, i, why: JsonlError(f"{p}:{i}: {why}"))
     out: list[tuple[int, dict[str, Any]]] = []
     with path.open("rb") as f:
         for i, line in enumerate(f, start=1):
             if not line.strip():
                 continue
-            try:
-                rec = loads_strict(line)
-            except StrictJsonError as e:
-                why = e.reason if e.key is None else f"field {e.key!r}: {e.reason}"
-                raise make(path, i, why) from None
+            rec = loads_line(line, path, i)
             if not isinstance(rec, dict):
-                raise make(path, i, "not a JSON object")
+                raise DataFileError(path, i, "<line>", "not a JSON object")
             out.append((i, rec))
     return out
 
 
+def drop_torn_tail(path: str | Path, prefix: bytes | None = None) -> bool:
+    """Cut a last line that has no newline (a write interrupted by a kill), with a warning.
+
+    Call it only on a file whose complete lines were checked (``read_trajectories(...,
+    torn_tail=True)``): it never decides on its own that a file is safe to cut.
+
+    Args:
+        path: the file.
+        prefix: what the torn line must begin with (as far as it goes), e.g.
+            :data:`tabom.trajectory.RECORD_PREFIX`; a tail that does not is not a torn line of ours.
+
+    Returns:
+        Whether anything was cut. The file then ends after its last complete line.
+
+    Raises:
+        DataFileError: the tail does not begin like ``prefix`` (nothing is cut).
+    """
+    path = Path(path)
+    if not path.exists() or path.stat().st_size == 0:
+        return False
+    chunk = 1 << 20
+    with path.open("rb+") as f:
+        size = f.seek(0, os.SEEK_END)
+        f.seek(size - 1)
+        if f.read(1) == b"\n":
+            return False
+        keep = pos = size
+        while pos > 0 and keep == size:  # scan back for the last newline
+            pos = max(0, pos - chunk)
+            f.seek(pos)
+            last = f.read(min(chunk, size - pos)).rfind(b"\n")
+            keep = pos + last + 1 if last >= 0 else (0 if pos == 0 else size)
+        f.seek(0)
+        line = 1 + sum(f.read(min(chunk, keep - i)).count(b"\n") for i in range(0, keep, chunk))
+        if prefix is not None:
+            f.seek(keep)
+            head = f.read(min(len(prefix), size - keep))
+            if not prefix.startswith(head):
+                raise DataFileError(
+                    path,
+                    line,
+                    "<line>",
+                    f"last line has no newline and does not begin like a line of this file "
+                    f"({prefix.decode()}...); not touching it",
+                )
+        f.truncate(keep)
+        f.flush()
+        os.fsync(f.fileno())
+    warnings.warn(
+        f"{path}:{line}: dropped a truncated last line ({size - keep} bytes, an interrupted "
+        "write); it will be written again",
+        RuntimeWarning,
+        stacklevel=2,
+    )
+    return True
+
+
+def loads_line(raw: bytes | str, path: str | Path, line: int) -> Any:
+    """One line of strict JSON (:func:`loads_strict`: no bare NaN / Infinity, no
+    repeated key, bounded nesting).
+
+    Raises:
+        DataFileError: names file, line and (for a repeated key) the field.
+    """
+    try:
+        return loads_strict(raw)
+    except StrictJsonError as e:
+        raise DataFileError(path, line, e.key or "<line>", e.reason) from None
+
+
+def iter_json_lines(path: str | Path, *, torn_tail: bool = False) -> Iterable[tuple[int, Any]]:
+    """``(line, object)`` for each non-blank line of a JSONL file (strict: :func:`loads_line`).
+
+    Args:
+        path: the file.
+        torn_tail: stop quietly at a last line without newline (a caller that checks the
+            complete lines before repairing the file: :func:`drop_torn_tail`).
+
+    Raises:
+        DataFileError: a line is not valid JSON, or the last line has no newline
+            (truncated: see :func:`drop_torn_tail`) and ``torn_tail`` is false.
+    """
+    path = Path(path)
+    if path.is_dir():
+        raise DataFileError(path, 0, "<file>", "is a folder, not a JSONL file")
+    with path.open("rb") as f:
+        for i, raw in enumerate(f, start=1):
+            if not raw.endswith(b"\n"):
+                if torn_tail:
+                    return
+                raise DataFileError(
+                    path,
+                    i,
+                    "<line>",
+                    "truncated last line (an interrupted write); rerun the "
+                    "command that wrote the file to finish it",
+                )
+            if not raw.strip():
+                continue
+            yield i, loads_line(raw, path, i)
+
+
+class JsonlWriter:
+    """Appends whole lines to a JSONL file: one unbuffered ``write`` per line, ``fsync`` on sync.
+
+    Use as a context manager; a kill can at worst leave the last line without its newline,
+    which :func:`drop_torn_tail` removes.
+    """
+
+    def __init__(self, path: str | Path, *, mode: str = "ab") -> None:
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._f = open(self.path, mode, buffering=0)  # noqa: SIM115 (closed in close())
+
+    def write(self, item: Any) -> None:
+        """Append one record (or any JSON object) as one line."""
+        text = item.to_line() if hasattr(item, "to_line") else _json_line(item)
+        data = memoryview(text.encode("utf-8"))
+        while data:
+            written = self._f.write(data)
+            data = data[written:]
+
+    def sync(self) -> None:
+        """Flush to disk (``fsync``)."""
+        os.fsync(self._f.fileno())
+
+    def close(self) -> None:
+        self._f.close()
+
+    def __enter__(self) -> JsonlWriter:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def _json_line(obj: dict[str, Any]) -> str:
+    return json.dumps(obj, ensure_ascii=False, allow_nan=False) + "\n"
+
+
 __all__ = [
     "MAX_DEPTH",
-    "JsonlError",
+    "JsonlWriter",
     "StrictJsonError",
+    "drop_torn_tail",
+    "iter_json_lines",
+    "loads_line",
     "loads_strict",
     "read_jsonl",
     "write_jsonl",

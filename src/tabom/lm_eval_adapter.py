@@ -40,6 +40,7 @@ from tabom.decoding import DecodeConfig
 from tabom.likelihood import LikelihoodConfig, NelboEstimate, estimate_nelbo
 from tabom.likelihood_sets import greedy_matches, rolling_windows
 from tabom.models import load_model
+from tabom.seeding import generator
 
 
 def cut_at_stops(text: str, until: list[str]) -> str:
@@ -146,7 +147,7 @@ class TabomLM(LM):
             One continuation per request, in request order.
         """
         dlm = self.dlm
-        gen = torch.Generator(device=dlm.device).manual_seed(self.seed + self._rank)
+        gen = generator(self.seed, "lm-eval", self._rank, device=dlm.device)
         groups: dict[int, list[int]] = {}
         for i, req in enumerate(requests):
             groups.setdefault(int(req.args[1].get("max_gen_toks", 256)), []).append(i)
@@ -172,7 +173,7 @@ class TabomLM(LM):
 
     def _nelbo(self, pairs: list[tuple[list[int], list[int]]]) -> NelboEstimate:
         """The NELBO of each ``(context ids, continuation ids)`` pair (seeded per rank)."""
-        gen = torch.Generator().manual_seed(self.seed + self._rank)
+        gen = generator(self.seed, "lm-eval", self._rank)
         return estimate_nelbo(
             self.dlm,
             pairs,

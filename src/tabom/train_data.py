@@ -23,6 +23,7 @@ import torch
 
 from tabom.errors import TabomError
 from tabom.masking import cut_extra
+from tabom.seeding import offset
 from tabom.tasks import make_task
 from tabom.tasks.base import read_jsonl, require_str
 from tabom.trajectory import TrajectoryRecord, read_trajectories
@@ -419,7 +420,7 @@ def batch_indices(
     G = batch_size * grad_accum * num_processes
     spe = steps_per_epoch(n, G)
     epoch, t = divmod(step, spe)
-    order = torch.randperm(n, generator=torch.Generator().manual_seed(seed + epoch))
+    order = torch.randperm(n, generator=torch.Generator().manual_seed(offset(seed, epoch)))
     order = order.repeat(math.ceil(spe * G / n))[: spe * G]  # wrap around to spe·G items
     start = t * G + (micro * num_processes + process) * batch_size
     return epoch, order[start : start + batch_size].tolist()

@@ -1,4 +1,4 @@
-"""Trajectory records and files: JSONL read / validate / append (DESIGN §4; torch is imported
+"""Trajectory records and files: the schema, read and validated (DESIGN §4; torch is imported
 only when a record's decode settings are read).
 
 One record per line: a self-distilled answer with its trajectory (``decoding_order[p]`` = the
@@ -6,9 +6,9 @@ decode step of response position p, -1 = never decoded), compatible with the ref
 trainer's ``response_token_ids`` / ``decoding_order`` / ``method`` / ``data_source`` and made
 self-describing by ``schema_version``, ``id``, the prompt ids, ``verified`` and ``gen`` (the
 generation settings: the whole :class:`tabom.decoding.DecodeConfig` by field name, the model
-and a fingerprint of its tokenizer). Reading validates every record and
-raises one :class:`TrajectoryFileError` naming file, line and field. Writing appends whole lines
-(one unbuffered ``write`` each) and calls ``fsync`` in :meth:`TrajectoryWriter.sync`.
+and a fingerprint of its tokenizer). Reading validates every record and raises one
+:class:`TrajectoryFileError` naming file, line and field. Lines are parsed, appended and
+written atomically by :mod:`tabom.jsonl` (``JsonlWriter``, ``write_jsonl``).
 """
 
 from __future__ import annotations
@@ -16,16 +16,13 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import os
-import warnings
-from collections.abc import Iterable
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from tabom.config import ConfigError, convert
-from tabom.errors import TabomError
-from tabom.jsonl import MAX_DEPTH, StrictJsonError, loads_strict
+from tabom.errors import DataFileError
+from tabom.jsonl import iter_json_lines
 
 if TYPE_CHECKING:
     from tabom.decoding import DecodeConfig
@@ -48,12 +45,9 @@ on its own: null in threshold mode). The decode settings are :class:`tabom.decod
 fields, read by :func:`decode_settings`."""
 
 
-class TrajectoryFileError(TabomError):
-    """A trajectory file is malformed or does not fit the model; names file, 1-based line, field."""
-
-    def __init__(self, path: str | Path, line: int, field_name: str, reason: str) -> None:
-        self.path, self.line, self.field = str(path), line, field_name
-        super().__init__(f"{path}:{line}: field {field_name!r}: {reason}")
+TrajectoryFileError = DataFileError
+"""A trajectory file is malformed or does not fit the model: :class:`tabom.errors.DataFileError`
+(file, 1-based line, field) under the name this module's readers raise."""
 
 
 def tokenizer_fingerprint(tokenizer: Any) -> dict[str, Any]:
@@ -437,108 +431,6 @@ RECORD_PREFIX = b'{"schema_version": '
 """How every line :class:`TrajectoryRecord` writes begins (what a torn last line must start with)."""
 
 
-def drop_torn_tail(path: str | Path, prefix: bytes | None = None) -> bool:
-    """Cut a last line that has no newline (a write interrupted by a kill), with a warning.
-
-    Call it only on a file whose complete lines were checked (``read_trajectories(...,
-    torn_tail=True)``): it never decides on its own that a file is safe to cut.
-
-    Args:
-        path: the file.
-        prefix: what the torn line must begin with (as far as it goes), e.g.
-            :data:`RECORD_PREFIX`; a tail that does not is not a torn line of ours.
-
-    Returns:
-        Whether anything was cut. The file then ends after its last complete line.
-
-    Raises:
-        TrajectoryFileError: the tail does not begin like ``prefix`` (nothing is cut).
-    """
-    path = Path(path)
-    if not path.exists() or path.stat().st_size == 0:
-        return False
-    chunk = 1 << 20
-    with path.open("rb+") as f:
-        size = f.seek(0, os.SEEK_END)
-        f.seek(size - 1)
-        if f.read(1) == b"\n":
-            return False
-        keep = pos = size
-        while pos > 0 and keep == size:  # scan back for the last newline
-            pos = max(0, pos - chunk)
-            f.seek(pos)
-            last = f.read(min(chunk, size - pos)).rfind(b"\n")
-            keep = pos + last + 1 if last >= 0 else (0 if pos == 0 else size)
-        f.seek(0)
-        line = 1 + sum(f.read(min(chunk, keep - i)).count(b"\n") for i in range(0, keep, chunk))
-        if prefix is not None:
-            f.seek(keep)
-            head = f.read(min(len(prefix), size - keep))
-            if not prefix.startswith(head):
-                raise TrajectoryFileError(
-                    path,
-                    line,
-                    "<line>",
-                    f"last line has no newline and does not begin like a line of this file "
-                    f"({prefix.decode()}...); not touching it",
-                )
-        f.truncate(keep)
-        f.flush()
-        os.fsync(f.fileno())
-    warnings.warn(
-        f"{path}:{line}: dropped a truncated last line ({size - keep} bytes, an interrupted "
-        "write); it will be written again",
-        RuntimeWarning,
-        stacklevel=2,
-    )
-    return True
-
-
-def loads_line(raw: bytes | str, path: str | Path, line: int) -> Any:
-    """One line of strict JSON (:func:`tabom.jsonl.loads_strict`: no bare NaN / Infinity, no
-    repeated key, bounded nesting).
-
-    Raises:
-        TrajectoryFileError: names file, line and (for a repeated key) the field.
-    """
-    try:
-        return loads_strict(raw)
-    except StrictJsonError as e:
-        raise TrajectoryFileError(path, line, e.key or "<line>", e.reason) from None
-
-
-def iter_json_lines(path: str | Path, *, torn_tail: bool = False) -> Iterable[tuple[int, Any]]:
-    """``(line, object)`` for each non-blank line of a JSONL file (strict: :func:`loads_line`).
-
-    Args:
-        path: the file.
-        torn_tail: stop quietly at a last line without newline (a caller that checks the
-            complete lines before repairing the file: :func:`drop_torn_tail`).
-
-    Raises:
-        TrajectoryFileError: a line is not valid JSON, or the last line has no newline
-            (truncated: see :func:`drop_torn_tail`) and ``torn_tail`` is false.
-    """
-    path = Path(path)
-    if path.is_dir():
-        raise TrajectoryFileError(path, 0, "<file>", "is a folder, not a JSONL file")
-    with path.open("rb") as f:
-        for i, raw in enumerate(f, start=1):
-            if not raw.endswith(b"\n"):
-                if torn_tail:
-                    return
-                raise TrajectoryFileError(
-                    path,
-                    i,
-                    "<line>",
-                    "truncated last line (an interrupted write); rerun the "
-                    "command that wrote the file to finish it",
-                )
-            if not raw.strip():
-                continue
-            yield i, loads_line(raw, path, i)
-
-
 def read_trajectories(
     path: str | Path,
     *,
@@ -563,7 +455,7 @@ def read_trajectories(
         max_length: the model's positions (prompt + response must fit).
         mask_token_id: the model's [MASK] id (never a response token).
         torn_tail: read the complete lines of a file whose last line was torn by a kill
-            (the caller repairs it after checking them: :func:`drop_torn_tail`).
+            (the caller repairs it after checking them: :func:`tabom.jsonl.drop_torn_tail`).
 
     Returns:
         The records in file order.
@@ -616,69 +508,14 @@ def read_trajectories(
     return records
 
 
-def write_trajectories(path: str | Path, records: Iterable[TrajectoryRecord]) -> None:
-    """Write ``records`` to a new file atomically (temporary file, fsync, rename)."""
-    path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
-    with TrajectoryWriter(tmp, mode="wb") as w:
-        for rec in records:
-            w.write(rec)
-        w.sync()
-    os.replace(tmp, path)
-
-
-class TrajectoryWriter:
-    """Appends whole lines to a JSONL file: one unbuffered ``write`` per line, ``fsync`` on sync.
-
-    Use as a context manager; a kill can at worst leave the last line without its newline,
-    which :func:`drop_torn_tail` removes.
-    """
-
-    def __init__(self, path: str | Path, *, mode: str = "ab") -> None:
-        self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._f = open(self.path, mode, buffering=0)  # noqa: SIM115 (closed in close())
-
-    def write(self, item: TrajectoryRecord | dict[str, Any]) -> None:
-        """Append one record (or any JSON object) as one line."""
-        text = item.to_line() if isinstance(item, TrajectoryRecord) else _json_line(item)
-        data = memoryview(text.encode("utf-8"))
-        while data:
-            written = self._f.write(data)
-            data = data[written:]
-
-    def sync(self) -> None:
-        """Flush to disk (``fsync``)."""
-        os.fsync(self._f.fileno())
-
-    def close(self) -> None:
-        self._f.close()
-
-    def __enter__(self) -> TrajectoryWriter:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-
-def _json_line(obj: dict[str, Any]) -> str:
-    return json.dumps(obj, ensure_ascii=False, allow_nan=False) + "\n"
-
-
 __all__ = [
-    "MAX_DEPTH",
     "METHODS",
     "RECORD_PREFIX",
     "SCHEMA_VERSION",
     "TrajectoryFileError",
     "TrajectoryRecord",
-    "TrajectoryWriter",
-    "drop_torn_tail",
-    "iter_json_lines",
-    "loads_line",
     "parse_record",
     "read_trajectories",
     "decode_settings",
     "tokenizer_fingerprint",
-    "write_trajectories",
 ]

@@ -1,4 +1,4 @@
-"""``tabom distill``: self-distillation, prompts -> decode -> verify -> trajectory JSONL (DESIGN §3-4).
+"""``tabom distill``: self-distillation, prompts -> decode -> verify -> trajectories (DESIGN §3-4).
 
 The model decodes ``n_samples`` answers per prompt with the chosen score and budget, every
 answer is checked by the task's verifier, and ``keep`` decides which records are written
@@ -10,62 +10,56 @@ process). ``tabom inspect FILE`` summarises the result.
 
 Determinism: prompts are cut into fixed *groups* of ``prompts_per_batch`` consecutive prompts;
 a group is always decoded as one batch (its prompts x ``n_samples`` rows) with its own
-generator seeded from ``(seed, group index)``. What a sample decodes therefore depends only on
+generator seeded from ``(seed, group index)`` (:func:`tabom.seeding.derive`). What a sample decodes therefore depends only on
 the settings, never on the process or the resume segment that decodes its group: same seed,
 same file, and a sharded or resumed run writes the same bytes as one uninterrupted process
 (given the same floating-point hardware).
 
-Resume: records are appended one whole line at a time and fsynced after each group; then one
-line per finished group goes to the sidecar ``OUTPUT.progress`` (its prompt ids, verdicts and
-decode counts, which also feed the summary, so ``keep: verified`` loses nothing). A rerun drops
-a truncated last line (with a warning), skips the groups listed in the sidecar, re-decodes the
-others and appends only the records whose ``id`` is not in the file yet. Under ``accelerate
-launch`` process r decodes every P-th unfinished group into ``OUTPUT.shard-r`` (+ sidecar);
-the main process merges the shards into OUTPUT in prompt order. One CPU process runs the same
-code and appends to OUTPUT directly.
+Resume and shards: the store (:mod:`tabom.trajectory_store`) appends records and one sidecar
+line per finished group (``OUTPUT.progress``), fsynced; a rerun checks the settings, cuts a torn
+last line, skips the finished groups and appends only records not in the file yet. Under
+``accelerate launch`` process r decodes every P-th unfinished group into ``OUTPUT.shard-r``;
+the main process merges the shards into OUTPUT in prompt order.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import time
-import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
 import torch
-import yaml
 from tqdm.auto import tqdm
 
 from tabom.batch_decode import decode_batches, response_text
-from tabom.checkpoint import check_settings
 from tabom.config import AT_LEAST_1, NON_NEGATIVE, check_ranges, save_config, to_dict
 from tabom.decoding import DecodeConfig
 from tabom.errors import TabomError
-from tabom.evaluate import pass_at_k
 from tabom.kv_cache import cache_support
 from tabom.models import DEFAULT_MODEL, load_model
 from tabom.models.base import DiffusionLM
+from tabom.prompts import read_prompts
+from tabom.seeding import generator
 from tabom.tasks import (
     NEW_DOMAIN,  # the shipped base model's new domain: default prompts
     make_task,
 )
-from tabom.tasks.base import DataFileError, Example, Task, read_jsonl, require_str, verify_all
+from tabom.tasks.base import Example, Task, verify_all
 from tabom.train_data import model_positions
-from tabom.trajectory import (
-    RECORD_PREFIX,
-    TrajectoryFileError,
-    TrajectoryRecord,
-    TrajectoryWriter,
-    drop_torn_tail,
-    iter_json_lines,
-    loads_line,
-    read_trajectories,
-    tokenizer_fingerprint,
-    write_trajectories,
+from tabom.trajectory import TrajectoryRecord, tokenizer_fingerprint
+from tabom.trajectory_store import (
+    CONFIG,
+    FINGERPRINT,
+    PROGRESS,
+    SUMMARY,
+    GroupStats,
+    TrajectoryStore,
+    check_resume,
+    sidecar,
+    summarise,
 )
 
 
@@ -154,105 +148,24 @@ class DistillConfig:
         return dataclasses.replace(self.decode.resolve(T), record_entropy=True)
 
 
-def derive_seed(seed: int, *keys: object) -> int:
-    """A 63-bit seed from ``seed`` and ``keys`` (independent streams per group, per purpose)."""
-    digest = hashlib.sha256(":".join(map(str, ("tabom-distill", seed, *keys))).encode()).digest()
-    return int.from_bytes(digest[:8], "little") & (2**63 - 1)
-
-
 # --------------------------------------------------------------------------- prompts
 
 
-def read_prompt_rows(path: str, split: str = "train") -> list[tuple[int, dict[str, Any]]]:
-    """``(line or row number, record)`` of a prompts file: JSONL natively, else ``datasets``.
-
-    Raises:
-        TabomError: an unknown file format, or a non-JSONL source and no ``datasets`` package.
-    """
-    p = Path(path)
-    if p.suffix == ".jsonl":
-        return read_jsonl(p)
-    kinds = {".parquet": "parquet", ".csv": "csv", ".json": "json", ".arrow": "arrow"}
-    if p.is_file() and p.suffix not in kinds:
-        raise TabomError(f"prompts_file {path}: unknown format (use .jsonl, {', '.join(kinds)})")
-    try:
-        import datasets
-    except ImportError:
-        raise TabomError(
-            f"prompts_file {path}: reading it needs the optional `datasets` package "
-            "(pip install datasets); a .jsonl file works without it"
-        ) from None
-    if p.is_dir():
-        ds = datasets.load_from_disk(str(p))
-        if isinstance(ds, datasets.DatasetDict):
-            ds = ds[split]
-    elif p.is_file():
-        ds = datasets.load_dataset(kinds[p.suffix], data_files=str(p), split="train")
-    else:
-        ds = datasets.load_dataset(path, split=split)
-    return [(i, dict(row)) for i, row in enumerate(ds, start=1)]
-
-
 def load_prompts(cfg: DistillConfig, task: Task | None) -> list[Example]:
-    """The run's prompts, in order: generated from ``seed``, or the first ``n_prompts`` of a file.
-
-    Raises:
-        DataFileError: a file row without the prompt field, or a repeated prompt id.
-    """
-    if cfg.prompts_file is None:
-        gen = torch.Generator().manual_seed(derive_seed(cfg.seed, "prompts"))
-        examples = task.generate(cfg.n_prompts, gen)  # type: ignore[union-attr,arg-type]
-    elif cfg.prompt_field is None and hasattr(task, "load") and cfg.prompts_file.endswith(".jsonl"):
-        examples = task.load(cfg.prompts_file)  # type: ignore[union-attr]
-    else:
-        key = cfg.prompt_field or "prompt"
-        stem = Path(cfg.prompts_file).stem.replace("/", "_")
-        examples = []
-        for line, rec in read_prompt_rows(cfg.prompts_file, cfg.split):
-            pid = f"{stem}-{line}"
-            if cfg.id_field is not None:
-                if cfg.id_field not in rec:
-                    raise DataFileError(cfg.prompts_file, line, cfg.id_field, "missing")
-                pid = str(rec[cfg.id_field])
-            prompt = require_str(cfg.prompts_file, line, rec, key)
-            examples.append(
-                Example(id=pid, prompt=prompt, answer=str(rec.get("answer", "")), data=rec)
-            )
-    examples = examples[: cfg.n_prompts] if cfg.n_prompts else examples
-    seen: set[str] = set()
-    for i, ex in enumerate(examples):
-        if ex.id in seen:
-            raise DataFileError(
-                cfg.prompts_file or "<generated>", i + 1, "id", f"{ex.id!r} repeats"
-            )
-        seen.add(ex.id)
-    return examples
+    """The run's prompts, in order: generated from ``seed``, or the first ``n_prompts`` of a file
+    (:func:`tabom.prompts.read_prompts`)."""
+    return read_prompts(
+        task,
+        cfg.n_prompts,
+        generator(cfg.seed, "distill", "prompts") if cfg.prompts_file is None else None,
+        path=cfg.prompts_file,
+        prompt_field=cfg.prompt_field,
+        id_field=cfg.id_field,
+        split=cfg.split,
+    )
 
 
 # --------------------------------------------------------------------------- one group
-
-
-@dataclass
-class GroupStats:
-    """One sidecar line: a finished group's verdicts and decode counts.
-
-    Attributes:
-        group: group index (prompts ``[group * prompts_per_batch, ...)``).
-        prompt_ids: the group's prompt ids, in order.
-        correct: ``[prompt][sample]`` verdicts (``None`` without a verifier).
-        rows: answers decoded (prompts x n_samples).
-        nfe: forwards of the batch (each serves every row).
-        committed: response tokens committed over all rows.
-        seconds: decode wall time of the group.
-    """
-
-    group: int
-    prompt_ids: list[str]
-    correct: list[list[bool | None]]
-    rows: int
-    nfe: int
-    committed: int
-    seconds: float
 
 
 def decode_group(
@@ -273,12 +186,10 @@ def decode_group(
     tok, n = dlm.tokenizer, cfg.n_samples
     encoded = [dlm.encode_prompt(ex.prompt) for ex in examples]  # chat template if any
     rows = [p for p in encoded for _ in range(n)]
-    generator = torch.Generator(device=dlm.device).manual_seed(
-        derive_seed(cfg.seed, "group", group)
-    )
+    group_gen = generator(cfg.seed, "distill", "group", group, device=dlm.device)
     t0 = time.perf_counter()
     # the whole group is one batch with its own generator (a group decodes the same alone)
-    out = decode_batches(dlm, rows, decode_cfg, generator=generator, batch_size=len(rows))
+    out = decode_batches(dlm, rows, decode_cfg, generator=group_gen, batch_size=len(rows))
     seconds = time.perf_counter() - t0
     responses = out.response_ids.tolist()  # (B, T)
     orders = out.decoding_order.tolist()  # (B, T)
@@ -349,108 +260,6 @@ def _verify(task: Task, ex: Example, text: str) -> bool:
         ) from e
 
 
-# --------------------------------------------------------------------------- files and resume
-
-
-def _paths(output: Path, rank: int | None = None) -> tuple[Path, Path]:
-    """(records, progress) of the output (``rank=None``) or of one shard."""
-    base = output if rank is None else output.with_name(f"{output.name}.shard-{rank}")
-    return base, base.with_name(base.name + ".progress")
-
-
-PROGRESS_PREFIX = b'{"group": '
-"""How every sidecar line begins (``GroupStats`` as JSON)."""
-
-
-def read_progress(
-    path: Path, groups: list[list[str]], *, torn_tail: bool = False
-) -> dict[int, GroupStats]:
-    """The sidecar's finished groups, checked against this run's groups of prompt ids.
-
-    ``torn_tail``: ignore a last line without newline (the caller repairs it after the check).
-
-    Raises:
-        TrajectoryFileError: a malformed line or a group whose prompts differ from this run's.
-    """
-    out: dict[int, GroupStats] = {}
-    names = [f.name for f in dataclasses.fields(GroupStats)]
-    for line, obj in iter_json_lines(path, torn_tail=torn_tail):
-        if not isinstance(obj, dict) or sorted(obj) != sorted(names):
-            raise TrajectoryFileError(path, line, "<line>", f"expected an object with {names}")
-        if not isinstance(obj["group"], int) or isinstance(obj["group"], bool):
-            raise TrajectoryFileError(path, line, "group", f"expected an int, got {obj['group']!r}")
-        stats = GroupStats(**obj)
-        if not 0 <= stats.group < len(groups) or stats.prompt_ids != groups[stats.group]:
-            raise TrajectoryFileError(
-                path,
-                line,
-                "prompt_ids",
-                f"group {stats.group} does not match this run's prompts "
-                "(another command wrote this file: use another output, or the same settings)",
-            )
-        out.setdefault(stats.group, stats)
-    return out
-
-
-def consolidate(
-    output: Path, plan_order: dict[str, int], groups: list[list[str]], gen: dict[str, Any]
-) -> tuple[dict[str, str], dict[int, GroupStats]]:
-    """Main process: repair torn tails, merge shard files into ``output`` in prompt order.
-
-    Returns:
-        ``(lines, stats)``: the file's records as ``id -> line`` and the finished groups.
-
-    Raises:
-        TrajectoryFileError: a bad record, a record of other settings, or an id not in the plan.
-    """
-    shards = sorted(
-        p
-        for p in output.parent.glob(f"{output.name}.shard-*")
-        if not p.name.endswith((".progress", ".tmp"))
-    )
-    sources = [_paths(output)] + [(p, p.with_name(p.name + ".progress")) for p in shards]
-    records: dict[str, TrajectoryRecord] = {}
-    stats: dict[int, GroupStats] = {}
-    main_ids: list[str] = []
-    # 1) check every complete line of every file first: a file that is not this run's own
-    # trajectory file (or sidecar) is refused before anything in it is changed
-    for records_path, progress_path in sources:
-        if records_path.exists():
-            for rec in read_trajectories(records_path, gen=gen, torn_tail=True):
-                if rec.id not in plan_order:
-                    raise TrajectoryFileError(
-                        records_path,
-                        rec.line,
-                        "id",
-                        f"{rec.id!r} is not a sample of this run's prompts",
-                    )
-                records.setdefault(rec.id, rec)
-                if records_path == output:
-                    main_ids.append(rec.id)
-        if progress_path.exists():
-            for g, s in read_progress(progress_path, groups, torn_tail=True).items():
-                stats.setdefault(g, s)
-    # 2) only then cut the lines a kill tore (each must begin like one of ours)
-    for records_path, progress_path in sources:
-        drop_torn_tail(records_path, RECORD_PREFIX)
-        drop_torn_tail(progress_path, PROGRESS_PREFIX)
-    ordered = sorted(records.values(), key=lambda r: plan_order[r.id])
-    if shards or main_ids != [r.id for r in ordered]:
-        write_trajectories(output, ordered)
-    progress_path = _paths(output)[1]
-    if stats:
-        tmp = progress_path.with_name(progress_path.name + ".tmp")
-        with TrajectoryWriter(tmp, mode="wb") as w:
-            for g in sorted(stats):
-                w.write(dataclasses.asdict(stats[g]))
-            w.sync()
-        tmp.replace(progress_path)
-    for shard in shards:
-        shard.unlink()
-        shard.with_name(shard.name + ".progress").unlink(missing_ok=True)
-    return {r.id: r.to_line() for r in ordered}, stats
-
-
 # --------------------------------------------------------------------------- the command
 
 
@@ -510,34 +319,6 @@ class DistillSummary:
         )
 
 
-def summarise(
-    stats: dict[int, GroupStats], n_samples: int, ks: list[int], records: int
-) -> dict[str, Any]:
-    """Counts, verified share, pass@k and tokens per forward over all finished groups."""
-    correct = [row for g in sorted(stats) for row in stats[g].correct]
-    samples = sum(len(row) for row in correct)
-    checked = all(v is not None for row in correct for v in row)
-    verified = sum(bool(v) for row in correct for v in row) if checked else None
-    forwards = sum(s.nfe * s.rows for s in stats.values())
-    return {
-        "prompts": len(correct),
-        "samples": samples,
-        "records": records,
-        "verified": verified,
-        "verified_share": None if verified is None else verified / max(1, samples),
-        "pass_at": {
-            k: sum(pass_at_k(n_samples, sum(map(bool, row)), k) for row in correct)
-            / max(1, len(correct))
-            for k in ks
-        }
-        if checked
-        else {},
-        "nfe_per_answer": forwards / max(1, samples),
-        "tokens_per_forward": sum(s.committed for s in stats.values()) / max(1, forwards),
-        "decode_seconds": round(sum(s.seconds for s in stats.values()), 3),
-    }
-
-
 RESUME_SETTINGS = (
     "model",
     "task",
@@ -567,58 +348,23 @@ def fingerprints(cfg: DistillConfig, examples: list[Example]) -> dict[str, Any]:
     }
 
 
-def _fingerprint_path(output: Path) -> Path:
-    return output.with_name(output.name + ".fingerprint.json")
-
-
-def check_resume(
+def _check_resume(
     cfg: DistillConfig, output: Path, fingerprint: dict[str, Any] | None = None
 ) -> None:
-    """Refuse to continue ``output`` with other settings than those that wrote it; reads only.
-
-    The settings come from the ``OUTPUT.config.yaml`` sidecar; without one, the score and
-    task are compared with the records' ``method`` and ``data_source``. ``fingerprint``
-    (:func:`fingerprints`) is compared with ``OUTPUT.fingerprint.json``.
-
-    Raises:
-        ResumeError: names each differing setting with both values.
-        TrajectoryFileError: an unreadable sidecar.
+    """Refuse to continue ``output`` with other settings (:data:`RESUME_SETTINGS`), weights or
+    prompt texts than those that wrote it; reads only (:func:`tabom.trajectory_store.check_resume`).
     """
-    progress = _paths(output)[1]
-    if not (output.is_file() and output.stat().st_size) and not progress.exists():
-        return  # nothing written yet
-    _check_written_settings(cfg, output)
-    if fingerprint is not None:  # after the settings: another path is named as a setting
-        from tabom.fingerprint import check_fingerprints
-
-        source = f"prompts_file {cfg.prompts_file}" if cfg.prompts_file else "prompts"
-        check_fingerprints(_fingerprint_path(output), fingerprint, output, cfg.model, source)
-
-
-def _check_written_settings(cfg: DistillConfig, output: Path) -> None:
-    """The settings half of :func:`check_resume` (the sidecar, else the first record)."""
-    now = {k: v for k, v in to_dict(cfg).items() if k in RESUME_SETTINGS}
-    sidecar = output.with_name(output.name + ".config.yaml")
-    if sidecar.is_file():
-        try:
-            written = yaml.safe_load(sidecar.read_text())
-        except yaml.YAMLError as e:
-            raise TrajectoryFileError(sidecar, 0, "<file>", f"not valid YAML ({e})") from None
-        if not isinstance(written, dict):
-            raise TrajectoryFileError(sidecar, 0, "<file>", "not a mapping of settings")
-        check_settings({k: written.get(k) for k in now}, now, str(output))
-        return
-    if output.is_file() and output.stat().st_size:
-        with output.open("rb") as f:
-            first = f.readline()
-        if first.endswith(b"\n") and first.strip():
-            rec = loads_line(first, output, 1)
-            if isinstance(rec, dict):
-                written = {"decode.score": rec.get("method", cfg.decode.score)}
-                current = {"decode.score": cfg.decode.score}
-                if cfg.prompts_file is None:
-                    written["task"], current["task"] = rec.get("data_source", cfg.task), cfg.task
-                check_settings(written, current, str(output))
+    from_record = {"decode.score": ("method", cfg.decode.score)}
+    if cfg.prompts_file is None:
+        from_record["task"] = ("data_source", cfg.task)
+    check_resume(
+        output,
+        {k: v for k, v in to_dict(cfg).items() if k in RESUME_SETTINGS},
+        from_record,
+        fingerprint,
+        model=cfg.model,
+        prompts_source=f"prompts_file {cfg.prompts_file}" if cfg.prompts_file else "prompts",
+    )
 
 
 def distill(cfg: DistillConfig) -> DistillSummary | None:
@@ -629,7 +375,7 @@ def distill(cfg: DistillConfig) -> DistillSummary | None:
         ``None`` on the others.
 
     Raises:
-        TrajectoryFileError: the output holds records of other settings or other prompts.
+        DataFileError: the output holds records of other settings or other prompts.
     """
     from accelerate import PartialState
 
@@ -683,30 +429,22 @@ def distill(cfg: DistillConfig) -> DistillSummary | None:
     )
 
     # 2) resume: the main process merges leftovers (torn lines, shards of a killed run)
+    store = TrajectoryStore(output, plan_order, group_ids, gen)
     if state.is_main_process:
         fingerprint = fingerprints(cfg, examples)
-        check_resume(cfg, output, fingerprint)  # reads only: a refused rerun changes nothing
+        _check_resume(cfg, output, fingerprint)  # reads only: a refused rerun changes nothing
         output.parent.mkdir(parents=True, exist_ok=True)
-        lines, done = consolidate(output, plan_order, group_ids, gen)  # checks, then repairs
+        lines, done = store.consolidate()  # checks, then repairs
         records_before = len(lines)
-        save_config(cfg, output.with_name(output.name + ".config.yaml"))  # only after the check
-        from tabom.fingerprint import save_fingerprints
-
-        save_fingerprints(_fingerprint_path(output), fingerprint)
+        save_config(cfg, sidecar(output, CONFIG))  # only after the check
+        store.save_fingerprint(fingerprint)
     state.wait_for_everyone()
     if not state.is_main_process:
-        lines = (
-            {r.id: r.to_line() for r in read_trajectories(output, gen=gen)}
-            if output.exists()
-            else {}
-        )
-        progress = _paths(output)[1]
-        done = read_progress(progress, group_ids) if progress.exists() else {}
+        lines, done = store.read()
     todo = [g for g in range(len(groups)) if g not in done]
     mine = todo[rank::world]
 
     # 3) decode my groups: records first (fsync), then the group's sidecar line (fsync)
-    records_path, progress_path = _paths(output, None if world == 1 else rank)
     t_loop = time.perf_counter()
     bar = tqdm(
         total=sum(len(groups[g]) for g in mine),
@@ -715,27 +453,13 @@ def distill(cfg: DistillConfig) -> DistillSummary | None:
         disable=not (cfg.progress and state.is_main_process),
     )
     n_ok = n_seen = 0
-    with TrajectoryWriter(records_path) as writer, TrajectoryWriter(progress_path) as progress:
+    keep_all = cfg.keep == "all"
+    with store.writer(None if world == 1 else rank, lines) as writer:
         for g in mine:
             records, stats = decode_group(
                 dlm, task, groups[g], cfg, decode_cfg, gen, g, data_source
             )
-            for rec in records:
-                if cfg.keep == "verified" and rec.verified is not True:
-                    continue
-                if rec.id in lines:
-                    if lines[rec.id] != rec.to_line():
-                        warnings.warn(
-                            f"{output}: record {rec.id!r} decoded differently now than when it "
-                            "was written (other hardware or threads?); keeping the file's",
-                            RuntimeWarning,
-                            stacklevel=2,
-                        )
-                    continue
-                writer.write(rec)
-            writer.sync()
-            progress.write(dataclasses.asdict(stats))
-            progress.sync()
+            writer.add([r for r in records if keep_all or r.verified is True], stats)
             n_seen += stats.rows
             n_ok += sum(bool(v) for row in stats.correct for v in row)
             bar.update(len(groups[g]))
@@ -747,7 +471,7 @@ def distill(cfg: DistillConfig) -> DistillSummary | None:
     # 4) the main process merges the shards and reports
     if not state.is_main_process:
         return None
-    lines, done = consolidate(output, plan_order, group_ids, gen)
+    lines, done = store.consolidate()
     missing = [g for g in range(len(groups)) if g not in done]
     if missing:
         raise RuntimeError(f"{output}: groups {missing[:5]} were not decoded (a process failed?)")
@@ -765,13 +489,10 @@ def distill(cfg: DistillConfig) -> DistillSummary | None:
         output=str(output),
     )
     payload = {"summary": dataclasses.asdict(summary), "config": to_dict(cfg), "gen": gen}
-    summary_path = output.with_name(output.name + ".summary.json")
+    summary_path = sidecar(output, SUMMARY)
     summary_path.write_text(json.dumps(payload, indent=1) + "\n")
     print(summary.format())
-    sidecars = ", ".join(
-        str(output.with_name(output.name + s))
-        for s in (".config.yaml", ".progress", ".fingerprint.json")
-    )
+    sidecars = ", ".join(str(sidecar(output, s)) for s in (CONFIG, PROGRESS, FINGERPRINT))
     print(f"saved: {output} (trajectories); {summary_path}, {sidecars}")
     return summary
 
@@ -785,14 +506,8 @@ def run_distill(cfg: DistillConfig) -> int:
 __all__ = [
     "DistillConfig",
     "DistillSummary",
-    "GroupStats",
-    "consolidate",
     "decode_group",
-    "derive_seed",
     "distill",
     "load_prompts",
-    "read_progress",
-    "read_prompt_rows",
     "run_distill",
-    "summarise",
 ]

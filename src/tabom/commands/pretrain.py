@@ -43,6 +43,7 @@ from tabom.models import TinyModelConfig, build_tiny, save_model
 from tabom.models.base import DiffusionLM
 from tabom.objectives import LossConfig, compute_objective
 from tabom.schedule import lr_factor
+from tabom.seeding import offset
 from tabom.tasks import make_task
 from tabom.tasks.base import Example, Task
 from tabom.train_data import collate_trajectories, ground_truth_item
@@ -181,9 +182,9 @@ def pretrain(cfg: PretrainConfig) -> Path:
     tasks = [make_task(s) for s in cfg.tasks]
     weights = torch.tensor(cfg.task_weights or [1.0] * len(tasks), dtype=torch.float)
     # each process its own data and masking draws (process 0: seed and seed + 1)
-    rank_seed = cfg.seed + accelerator.process_index * RANK_SEED_STRIDE
+    rank_seed = offset(cfg.seed, accelerator.process_index * RANK_SEED_STRIDE)  # tabom.seeding
     data_gen = torch.Generator().manual_seed(rank_seed)
-    mask_gen = torch.Generator(device=accelerator.device).manual_seed(rank_seed + 1)
+    mask_gen = torch.Generator(device=accelerator.device).manual_seed(offset(rank_seed, 1))
     eval_sets = make_eval_sets(cfg.eval_tasks or cfg.tasks, cfg.eval_examples, cfg.seed)
 
     optimizer = torch.optim.AdamW(

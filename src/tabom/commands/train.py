@@ -21,7 +21,6 @@ Run: ``tabom train --config configs/tiny_tabom.yaml --data runs/distill/trajecto
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import time
@@ -77,6 +76,7 @@ from tabom.objectives import (
     compute_objective,
 )
 from tabom.schedule import lr_factor
+from tabom.seeding import derive
 from tabom.train_data import (
     TrainDataError,
     TrajectoryDataset,
@@ -331,8 +331,7 @@ def micro_seed(seed: int, step: int, slot: int) -> int:
     the same masks as 1 process × 2 micro-batches (:func:`tabom.train_data.batch_indices`
     gives both the same items).
     """
-    key = f"tabom-train:{seed}:{step}:{slot}".encode()
-    return int.from_bytes(hashlib.sha256(key).digest()[:8], "little") & (2**63 - 1)
+    return derive(seed, "train", step, slot)
 
 
 def _load_dtype(cfg: TrainConfig) -> str | torch.dtype:

@@ -157,6 +157,20 @@ def make_bidirectional(model: Any) -> Any:
     return model
 
 
+def unwrap_model(model: Any) -> Any:
+    """The module under ``accelerator.prepare``'s wrappers (DDP, FSDP1, DeepSpeed), by
+    accelerate's own rule (:func:`accelerate.utils.extract_model_from_parallel`).
+
+    An unwrapped model is returned as is without importing accelerate (nor, through it,
+    deepspeed): decoding calls this at every forward.
+    """
+    if not hasattr(model, "module"):  # every wrapper holds its model as ``.module``
+        return model
+    from accelerate.utils import extract_model_from_parallel
+
+    return extract_model_from_parallel(model)
+
+
 def enable_gradient_checkpointing(model: Any) -> None:
     """Recompute each decoder layer's activations in backward instead of storing them.
 
@@ -167,9 +181,7 @@ def enable_gradient_checkpointing(model: Any) -> None:
     Raises:
         ValueError: the model does not support gradient checkpointing (names its class).
     """
-    inner = model
-    while hasattr(inner, "module"):  # DDP / FSDP wrappers
-        inner = inner.module
+    inner = unwrap_model(model)
     base = inner.get_base_model() if hasattr(inner, "get_base_model") else inner
     if not getattr(base, "supports_gradient_checkpointing", False):
         raise ValueError(
@@ -245,9 +257,7 @@ class DiffusionLM:
 
     def _mask_dtype(self) -> torch.dtype | None:
         """Boolean 4-D masks for SDPA-style attention; additive float ones for eager attention."""
-        model = self.model
-        while hasattr(model, "module"):  # DDP / FSDP wrappers (accelerate.prepare)
-            model = model.module
+        model = unwrap_model(self.model)
         impl = getattr(getattr(model, "config", None), "_attn_implementation", None)
         if impl != "eager":
             return None
@@ -290,9 +300,7 @@ class DiffusionLM:
 
     def _network(self) -> Any:
         """The Hugging Face model under DDP / FSDP (``.module``) and peft wrappers."""
-        model = self.model
-        while hasattr(model, "module"):
-            model = model.module
+        model = unwrap_model(self.model)
         if hasattr(model, "get_base_model"):  # peft
             model = model.get_base_model()
         return model

@@ -14,7 +14,7 @@ from typing import Any
 
 import torch
 
-from tabom.models.base import BackendSpec, DiffusionLM
+from tabom.models.base import BackendSpec, DiffusionLM, unwrap_model
 
 
 class HeadForward(torch.nn.Module):
@@ -92,9 +92,7 @@ class PreparedLM(DiffusionLM):
         return self.device_ if self.device_ is not None else torch.device("cpu")
 
     def _network(self) -> Any:
-        model = self.model
-        while hasattr(model, "module"):  # DDP / FSDP1 / DeepSpeed wrappers
-            model = model.module
+        model = unwrap_model(self.model)  # the HeadForward under DDP / FSDP1 / DeepSpeed
         return DiffusionLM(model=model.model, tokenizer=None, spec=self.spec)._network()
 
     def __call__(

@@ -7,19 +7,18 @@ A task is named by a spec string, ``name`` or ``name:field=value,field=value``::
     make_task("gsm8k:path=../shared/data/gsm8k/test.jsonl")
     make_task("mbpp:path=mbpp.jsonl,split=test,workers=2")  # code: run in a sandbox
 
-Values are parsed as their field's type (int, float, bool; an error names the field
-otherwise); the rest stay strings.
+Values are parsed as their field's type by the config layer's converter
+(:func:`tabom.config.convert_value`: int, float, bool, choices, ``none`` for an optional field);
+an error names the spec and the field.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import math
-import re
-import types
 from pathlib import Path
-from typing import Any, Union, get_args, get_origin, get_type_hints
+from typing import Any, get_type_hints
 
+from tabom.config import ConfigError, convert_value
 from tabom.errors import TabomError
 from tabom.tasks.addition import AdditionTask
 from tabom.tasks.base import DataFileError, Example, Task, read_jsonl, require_str
@@ -51,40 +50,6 @@ NEW_DOMAIN = "addition:min_digits=4,max_digits=4,width=4"
 
 class TaskSpecError(TabomError):
     """A task spec that names no task, an unknown field or a bad value; names the spec."""
-
-
-def _value(spec: str, name: str, tp: Any, text: str) -> Any:
-    """``text`` as the field's resolved type ``tp``: int, float, bool or str (else an error).
-
-    The type comes from :func:`typing.get_type_hints`, never from the annotation's text.
-    """
-    text = text.strip()
-    args = [a for a in get_args(tp) if a is not type(None)]
-    if get_origin(tp) in (Union, types.UnionType) and len(args) == 1:
-        tp = args[0]  # ``int | None``: the int
-    if tp is bool:
-        if text.lower() not in ("true", "false", "1", "0"):
-            raise TaskSpecError(
-                f"task spec {spec!r}: field {name!r} needs true/false, got {text!r}"
-            )
-        return text.lower() in ("true", "1")
-    if tp is int:
-        if not re.fullmatch(r"[+-]?[0-9]+", text):
-            raise TaskSpecError(
-                f"task spec {spec!r}: field {name!r} needs an integer, got {text!r}"
-            )
-        return int(text)
-    if tp is float:
-        try:
-            value = float(text)
-        except ValueError:
-            raise TaskSpecError(
-                f"task spec {spec!r}: field {name!r} needs a number, got {text!r}"
-            ) from None
-        if not math.isfinite(value):
-            raise TaskSpecError(f"task spec {spec!r}: field {name!r} must be finite, got {text!r}")
-        return value
-    return text
 
 
 def make_task(spec: str) -> Task:
@@ -120,7 +85,11 @@ def make_task(spec: str) -> Task:
             )
         if key in kwargs:
             raise TaskSpecError(f"task spec {spec!r}: field {key!r} given twice")
-        kwargs[key] = _value(spec, key, hints[key], value)
+        try:  # the config layer's converter: the same rules as a flag or a YAML value
+            where = f"task spec {spec!r}: field {key!r}"
+            kwargs[key] = convert_value(value.strip(), hints[key], where)
+        except ConfigError as e:
+            raise TaskSpecError(str(e)) from None
     try:
         return cls(**kwargs)
     except TabomError:

@@ -14,16 +14,8 @@ from typing import Any, Protocol, runtime_checkable
 
 import torch
 
-from tabom import jsonl
-from tabom.errors import TabomError
-
-
-class DataFileError(TabomError):
-    """A data file is malformed; the message names the file, the 1-based line and the field."""
-
-    def __init__(self, path: str | Path, line: int, field_name: str, reason: str) -> None:
-        self.path, self.line, self.field = str(path), line, field_name
-        super().__init__(f"{path}:{line}: field {field_name!r}: {reason}")
+from tabom.errors import DataFileError
+from tabom.jsonl import read_jsonl  # noqa: F401 (the tasks import it from here)
 
 
 @dataclass(frozen=True)
@@ -76,16 +68,6 @@ def verify_all(task: Task, pairs: Sequence[tuple[Example, str]]) -> list[bool]:
     if many is not None:
         return [bool(v) for v in many(pairs)]
     return [bool(task.verify(ex, text)) for ex, text in pairs]
-
-
-def read_jsonl(path: str | Path) -> list[tuple[int, dict[str, Any]]]:
-    """Read a JSONL file into ``(line_number, record)`` pairs, skipping blank lines.
-
-    Raises:
-        FileNotFoundError: the file does not exist.
-        DataFileError: a line is not a JSON object.
-    """
-    return jsonl.read_jsonl(path, error=lambda p, i, why: DataFileError(p, i, "<line>", why))
 
 
 def require_str(path: str | Path, line: int, rec: dict[str, Any], key: str) -> str:

@@ -58,6 +58,7 @@ from tabom.metrics import mean_std, trajectory_alignment
 from tabom.models import load_model
 from tabom.objectives import GROUND_TRUTH_OBJECTIVES
 from tabom.progress import outer_bar
+from tabom.seeding import derive
 from tabom.tasks import make_task
 from tabom.tasks.base import Example, Task
 from tabom.tasks.sudoku import real_puzzles
@@ -137,7 +138,8 @@ def make_splits(cfg: DemoConfig) -> dict[str, list[Example]]:
     pool = heldout_examples(cfg)
     if pool is None:
         test = draw(new, cfg.test_examples, cfg.split_seed, taken)
-        val = draw(new, cfg.val_examples, cfg.split_seed + 1, taken | {ex.id for ex in test})
+        val_seed = derive(cfg.split_seed, "demo-val")
+        val = draw(new, cfg.val_examples, val_seed, taken | {ex.id for ex in test})
     else:
         prompts = {ex.prompt for ex in distill}
         pool = [ex for ex in pool if ex.prompt not in prompts]
@@ -238,7 +240,7 @@ def distill_stage(cfg: DemoConfig, splits: dict[str, list[Example]]) -> Callable
                 n_prompts=None,
                 n_samples=cfg.align_samples,
                 ks=[1],
-                seed=cfg.distill_seed + 1,
+                seed=derive(cfg.distill_seed, "demo-align"),
             )
         )
         return {

@@ -35,12 +35,14 @@ from tabom.commands.demo.pipeline import (
 from tabom.config import AT_LEAST_1, NON_NEGATIVE, POSITIVE, check_ranges, in_range
 from tabom.decoding import DecodeConfig
 from tabom.evaluate import evaluate_task
+from tabom.jsonl import write_jsonl
 from tabom.metrics import mean_std
 from tabom.models import load_model
 from tabom.objectives import RANK_LOSSES
 from tabom.progress import outer_bar
+from tabom.seeding import derive
 from tabom.tasks import make_task
-from tabom.trajectory import read_trajectories, write_trajectories
+from tabom.trajectory import read_trajectories
 
 
 @dataclass
@@ -118,7 +120,7 @@ def run_sweep(cfg: SweepConfig) -> int:
     dist = run_stage(root / "distill", distill_settings(demo, splits), distill_stage(demo, splits))
     old = make_task(demo.old_task)
     taken = {ex.id for ex in splits["old_test"]}
-    old_val = draw(old, cfg.old_val_examples, demo.split_seed + 1, taken)
+    old_val = draw(old, cfg.old_val_examples, derive(demo.split_seed, "demo-val"), taken)
     new = make_task(demo.new_task)
     records = read_trajectories(root / "distill" / "trajectories.jsonl")
 
@@ -131,7 +133,7 @@ def run_sweep(cfg: SweepConfig) -> int:
         n = max(1, int(len(records) * frac))
         data = out / f"data-{frac}"
         data.mkdir(exist_ok=True)
-        write_trajectories(data / "trajectories.jsonl", records[:n])
+        write_jsonl(data / "trajectories.jsonl", records[:n])
         data_sets[frac] = (data, n)
     jobs = [(i, o, p, s) for i, (o, p) in enumerate(points) for s in cfg.seeds]
     results: dict[int, list[dict[str, float]]] = {}
