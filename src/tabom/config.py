@@ -360,11 +360,12 @@ def parse_overrides(cls: type, argv: list[str]) -> dict[str, Any]:
     return tree
 
 
-def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+def merge_trees(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    """``over`` on ``base``, nested mappings merged key by key (``over`` wins)."""
     out = dict(base)
     for k, v in over.items():
         if isinstance(v, dict) and isinstance(out.get(k), dict):
-            out[k] = _merge(out[k], v)
+            out[k] = merge_trees(out[k], v)
         else:
             out[k] = v
     return out
@@ -389,10 +390,41 @@ def read_yaml(path: Path) -> Any:
         raise ConfigError(f"{path}: {at}not valid YAML: {problem}") from None
 
 
+def with_presets(cls: type, given: dict[str, Any]) -> dict[str, Any]:
+    """``given`` (what the user set) over the presets it selects, in ``cls`` and its groups.
+
+    A config class may define ``presets(given) -> dict``: values that go under the user's (the
+    demo's testbed files, :mod:`tabom.commands.demo.config`). The order is dataclass defaults <
+    presets < the user's YAML file < flags: a value the user set wins even when it equals the
+    default.
+    """
+    hook = getattr(cls, "presets", None)
+    out = merge_trees(hook(given), given) if hook is not None else dict(given)
+    hints = get_type_hints(cls)
+    for f in dataclasses.fields(cls):  # type: ignore[arg-type]
+        sub = out.get(f.name, {})
+        if dataclasses.is_dataclass(hints[f.name]) and isinstance(sub, dict):
+            sub = with_presets(hints[f.name], sub)
+            if sub:
+                out[f.name] = sub
+    return out
+
+
+def build_config(cls: type[C], values: dict[str, Any] | None = None, where: str = "") -> C:
+    """``cls`` from a mapping of what the user set (nested groups as mappings), over its
+    presets (:func:`with_presets`) and defaults; every value checked against its annotation.
+
+    Raises:
+        ConfigError: unknown field, wrong type, out of range or invalid combination.
+    """
+    return _build(cls, with_presets(cls, values or {}), where)
+
+
 def load_config(
     cls: type[C], config_file: str | Path | None = None, argv: list[str] | None = None
 ) -> C:
-    """Build ``cls`` from its defaults, a YAML file and ``--field value`` overrides (in that order).
+    """Build ``cls`` from its defaults, its presets, a YAML file and ``--field value``
+    overrides (in that order; :func:`build_config`).
 
     Raises:
         ConfigError: unknown field, wrong type or invalid combination; names the flag or file.
@@ -416,8 +448,8 @@ def load_config(
             _build(cls, overrides, "", construct=False)
         except ConfigError as e:
             raise ConfigError(f"--{e}") from None
-        tree = _merge(tree, overrides)
-    return _build(cls, tree, "")
+        tree = merge_trees(tree, overrides)
+    return build_config(cls, tree)
 
 
 def to_dict(cfg: Any) -> dict[str, Any]:
@@ -439,13 +471,16 @@ __all__ = [
     "UNIT",
     "ConfigError",
     "all_flags",
+    "build_config",
     "Range",
     "check_ranges",
     "in_range",
     "load_config",
+    "merge_trees",
     "parse_overrides",
     "read_yaml",
     "save_config",
     "to_dict",
     "unknown_flag",
+    "with_presets",
 ]
