@@ -33,9 +33,9 @@ from tabom.config_fields import (
     C,
     ConfigError,
     Range,
-    _build,
     build_config,
     check_ranges,
+    check_values,
     in_range,
     merge_trees,
     save_config,
@@ -170,14 +170,14 @@ def load_config(
         if not isinstance(loaded, dict):
             raise ConfigError(f"{path}: expected a mapping of config fields at the top level")
         try:  # keys and types of the file alone, so errors name it; no __post_init__ yet
-            _build(cls, loaded, "", construct=False)
+            check_values(cls, loaded)
         except ConfigError as e:
             raise ConfigError(f"{path}: {e}") from None
         tree = loaded
     if argv:
         overrides = parse_overrides(cls, argv)
         try:  # the flags' values alone, so errors name the flag (``--lr``)
-            _build(cls, overrides, "", construct=False)
+            check_values(cls, overrides)
         except ConfigError as e:
             raise ConfigError(f"--{e}") from None
         tree = merge_trees(tree, overrides)
@@ -197,6 +197,7 @@ __all__ = [
     "build_config",
     "Range",
     "check_ranges",
+    "check_values",
     "in_range",
     "load_config",
     "merge_trees",

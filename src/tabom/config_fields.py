@@ -238,6 +238,17 @@ def _build(cls: type[C], values: dict[str, Any], where: str, construct: bool = T
         raise ConfigError(_name_the_flag(str(e), where, names, cls.__name__)) from None
 
 
+def check_values(cls: type, values: dict[str, Any]) -> None:
+    """The names, types and ranges of a partial tree (a YAML file that a flag completes)
+    against ``cls`` and its groups, without building it: ``__post_init__``'s cross-field checks
+    wait for the merged tree.
+
+    Raises:
+        ConfigError: the first unknown field, wrong type or value out of range.
+    """
+    _build(cls, values, "", construct=False)
+
+
 def _name_the_flag(message: str, where: str, names: set[str], cls_name: str) -> str:
     """A group's own error (``td_window must be >= 1``) with its full flag (``--loss.td_window``).
 
@@ -332,6 +343,7 @@ __all__ = [
     "Range",
     "build_config",
     "check_ranges",
+    "check_values",
     "in_range",
     "merge_trees",
     "save_config",

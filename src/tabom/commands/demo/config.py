@@ -64,10 +64,11 @@ def read_preset(name: str) -> dict[str, Any]:
     Raises:
         ConfigError: the file is not a mapping of fields (names the file).
     """
-    path = PRESETS.joinpath(*f"{name}.yaml".split("/"))
-    if not path.is_file():
+    preset = PRESETS.joinpath(*f"{name}.yaml".split("/"))
+    if not preset.is_file():
         return {}
-    values = read_yaml(path) or {}  # type: ignore[arg-type]
+    with resources.as_file(preset) as path:
+        values = read_yaml(path) or {}
     if not isinstance(values, dict):
         raise ConfigError(f"{path}: expected a mapping of DemoConfig fields")
     return values
