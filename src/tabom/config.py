@@ -35,7 +35,7 @@ from tabom.config_fields import (
     Range,
     build_config,
     check_ranges,
-    check_values,
+    convert,
     in_range,
     merge_trees,
     save_config,
@@ -170,14 +170,14 @@ def load_config(
         if not isinstance(loaded, dict):
             raise ConfigError(f"{path}: expected a mapping of config fields at the top level")
         try:  # keys and types of the file alone, so errors name it; no __post_init__ yet
-            check_values(cls, loaded)
+            convert(cls, loaded)
         except ConfigError as e:
             raise ConfigError(f"{path}: {e}") from None
         tree = loaded
     if argv:
         overrides = parse_overrides(cls, argv)
         try:  # the flags' values alone, so errors name the flag (``--lr``)
-            check_values(cls, overrides)
+            convert(cls, overrides)
         except ConfigError as e:
             raise ConfigError(f"--{e}") from None
         tree = merge_trees(tree, overrides)
@@ -197,7 +197,7 @@ __all__ = [
     "build_config",
     "Range",
     "check_ranges",
-    "check_values",
+    "convert",
     "in_range",
     "load_config",
     "merge_trees",

@@ -238,15 +238,15 @@ def _build(cls: type[C], values: dict[str, Any], where: str, construct: bool = T
         raise ConfigError(_name_the_flag(str(e), where, names, cls.__name__)) from None
 
 
-def check_values(cls: type, values: dict[str, Any]) -> None:
-    """The names, types and ranges of a partial tree (a YAML file that a flag completes)
-    against ``cls`` and its groups, without building it: ``__post_init__``'s cross-field checks
-    wait for the merged tree.
+def convert(cls: type, values: dict[str, Any], where: str = "") -> dict[str, Any]:
+    """``values`` (some fields of the config class ``cls``) checked and converted, not built:
+    types, choices and declared ranges, as flags and YAML are (``"0.9"`` -> 0.9, ``"none"`` ->
+    None for an optional field).
 
     Raises:
-        ConfigError: the first unknown field, wrong type or value out of range.
+        ConfigError: an unknown key or a bad value, naming ``where.key``.
     """
-    _build(cls, values, "", construct=False)
+    return _build(cls, values, where, construct=False)
 
 
 def _name_the_flag(message: str, where: str, names: set[str], cls_name: str) -> str:
@@ -343,7 +343,7 @@ __all__ = [
     "Range",
     "build_config",
     "check_ranges",
-    "check_values",
+    "convert",
     "in_range",
     "merge_trees",
     "save_config",
