@@ -102,6 +102,11 @@ stage, in the demo and in ``tabom sweep``."""
 class DemoConfig:
     """Config of ``tabom demo``. Defaults: the embedded default run (≈ 10 min on 2 CPU cores).
 
+    ``testbed``, ``protocol`` and ``quick`` choose presets (:meth:`presets`), applied where the
+    config is built from YAML and flags; in Python, ``build_config(DemoConfig, {"testbed":
+    "sudoku", ...})`` (:func:`tabom.config.build_config`) does the same, while ``DemoConfig(...)``
+    takes its fields as given.
+
     Attributes:
         output_dir: stage folders, ``report.md`` and the plots.
         quick: a smoke run (small sets, 2 seeds, under 2 minutes): the preset
