@@ -11,6 +11,7 @@ set; :mod:`tabom.config` (which re-exports this module) reads them from YAML and
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import math
 import types
@@ -102,17 +103,34 @@ def _check_range(value: Any, metadata: Any, where: str) -> None:
             raise ConfigError(f"{at}: {v!r} is out of range; it must be {rng.describe()}")
 
 
+@functools.cache
+def _hints(cls: type) -> dict[str, Any]:
+    return get_type_hints(cls)
+
+
 def check_ranges(cfg: Any) -> None:
-    """Refuse a field of ``cfg`` outside its declared :class:`Range` (for ``__post_init__``).
+    """Refuse a field of ``cfg`` outside its declared :class:`Range` or ``Literal`` choices, a
+    non-finite float or a non-integer for an ``int`` (for ``__post_init__``).
 
     Flags and YAML are checked by :func:`load_config` before ``cfg`` is built (naming the flag);
     this is the same check for a config built in Python, naming the field.
 
     Raises:
-        ConfigError: the first field out of range, with what it accepts.
+        ConfigError: the first such field, with what it accepts.
     """
+    hints = _hints(type(cfg))  # once per class: annotations are strings
     for f in dataclasses.fields(cfg):
-        _check_range(getattr(cfg, f.name), f.metadata, f.name)
+        value, tp = getattr(cfg, f.name), hints[f.name]
+        if any(get_origin(a) is Literal for a in (tp, *get_args(tp))):
+            _convert(value, tp, f.name)  # a choice (or another member of the union)
+        elif int in (tp, *get_args(tp)) and float not in get_args(tp) and isinstance(
+            value, (bool, float)
+        ):
+            raise ConfigError(f"{f.name}: expected an integer, got {value!r}")
+        for v in value if isinstance(value, (list, tuple)) else [value]:
+            if isinstance(v, float) and not math.isfinite(v):
+                raise ConfigError(f"{f.name}: {value!r} is not a finite number")
+        _check_range(value, f.metadata, f.name)
 
 
 def split_list(text: str) -> list[str]:
