@@ -319,7 +319,7 @@ def with_presets(cls: type, given: dict[str, Any]) -> dict[str, Any]:
     """
     hook = getattr(cls, "presets", None)
     out = merge_trees(hook(given), given) if hook is not None else dict(given)
-    hints = get_type_hints(cls)
+    hints = _hints(cls)
     for f in dataclasses.fields(cls):  # type: ignore[arg-type]
         sub = out.get(f.name, {})
         if dataclasses.is_dataclass(hints[f.name]) and isinstance(sub, dict):
