@@ -37,8 +37,10 @@ def test_every_arm_gets_the_same_tuning_budget():
     assert DemoConfig().arm_points("tabom") == [{}]
     with pytest.raises(ValueError, match="same number of points"):
         DemoConfig(tune_lr=[5e-4, 1e-3], tune_rank_weight=[1.0])
-    with pytest.raises(ValueError, match="finite and > 0"):
+    with pytest.raises(ValueError, match=r"tune_lr\[0\]: 0.0 is out of range; it must be > 0"):
         DemoConfig(tune_lr=[0.0])
+    with pytest.raises(ValueError, match="tune_rank_weight: .*inf.* is not a finite number"):
+        DemoConfig(tune_rank_weight=[float("inf")])
 
 
 def test_presets_fill_only_fields_left_at_default():

@@ -20,6 +20,7 @@ from tabom.config import (
     NON_NEGATIVE,
     POSITIVE,
     ConfigError,
+    check_ranges,
     merge_trees,
     read_yaml,
 )
@@ -202,12 +203,13 @@ class DemoConfig:
     stratum: str | None = "carry_chain"
     hard_min: int = 3
     oracle_min_rank: int = 0
-    tune_lr: list[float] = field(default_factory=list)
-    tune_rank_weight: list[float] = field(default_factory=list)
+    tune_lr: list[float] = field(default_factory=list, metadata=POSITIVE)
+    tune_rank_weight: list[float] = field(default_factory=list, metadata=POSITIVE)
     eval_order: Literal["forward", "reverse"] = "forward"
     likelihood: LikelihoodConfig = field(default_factory=lambda: LikelihoodConfig(n_samples=16))
 
     def __post_init__(self) -> None:
+        check_ranges(self)  # a config built in Python; flags and YAML are checked before
         for arm in self.objectives:
             parse_arm(arm)
         if len(set(self.objectives)) != len(self.objectives):
@@ -227,9 +229,6 @@ class DemoConfig:
                 f"tune_lr {self.tune_lr} / tune_rank_weight {self.tune_rank_weight}: every arm "
                 "gets the same tuning budget, give both grids the same number of points"
             )
-        bad = [v for v in [*self.tune_lr, *self.tune_rank_weight] if not 0 < v < float("inf")]
-        if bad:
-            raise ValueError(f"tune_lr / tune_rank_weight: {bad} must be finite and > 0")
 
     @classmethod
     def presets(cls, given: dict[str, Any]) -> dict[str, Any]:
