@@ -76,8 +76,12 @@ def test_every_testbed_and_protocol_has_a_shipped_preset_that_is_a_valid_config(
     files = sorted(p.relative_to(ROOT / "src/tabom/commands/demo/presets")
                    for p in (ROOT / "src/tabom/commands/demo/presets").rglob("*.yaml"))  # fmt: skip
     assert len(files) >= len(names) + 1
-    for rel in files:  # each is a `tabom demo --config` file: known fields, types, ranges
-        load_config(DemoConfig, ROOT / "src/tabom/commands/demo/presets" / rel)
+    for rel in files:  # each is a `tabom demo --config` file that selects its own preset
+        values = read_preset(rel.with_suffix("").as_posix())
+        chosen = {k: values[k] for k in ("testbed", "protocol", "quick") if k in values}
+        assert chosen, rel
+        as_file = load_config(DemoConfig, ROOT / "src/tabom/commands/demo/presets" / rel)
+        assert as_file == build_config(DemoConfig, chosen), rel
     assert read_preset("protocols/full")["objectives"] == ALL_ARMS  # every arm, once
     assert read_preset("testbeds/nope") == {}
 

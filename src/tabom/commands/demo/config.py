@@ -56,7 +56,9 @@ PRESETS = resources.files(__package__).joinpath("presets")
 """The demo's presets, shipped in the package (``configs/demo`` in a clone points here): one
 YAML file of :class:`DemoConfig` fields per testbed (``testbeds/NAME.yaml``), per protocol
 (``protocols/NAME.yaml``), per testbed under a protocol (``TESTBED-PROTOCOL.yaml``, when the
-pair needs its own values) and ``quick.yaml``; each is also a valid ``tabom demo --config``."""
+pair needs its own values) and ``quick.yaml``. Each file names its own choice, so as a
+``--config`` file it is that preset (``--config configs/demo/testbeds/sudoku.yaml`` is
+``--testbed sudoku``)."""
 
 
 def read_preset(name: str) -> dict[str, Any]:
