@@ -225,6 +225,8 @@ def _convert(value: Any, tp: Any, where: str, construct: bool = True) -> Any:
     return value
 
 
+convert_value = _convert  # the public name: task specs parse with it (tabom.tasks.make_task)
+
 def _build(cls: type[C], values: dict[str, Any], where: str, construct: bool = True) -> Any:
     """``cls(**values)`` with every value checked against its annotation.
 
@@ -362,6 +364,7 @@ __all__ = [
     "build_config",
     "check_ranges",
     "convert",
+    "convert_value",
     "in_range",
     "merge_trees",
     "save_config",
