@@ -22,8 +22,9 @@ from pathlib import Path
 import torch
 
 from tabom.batch_decode import decode_batches, response_text
-from tabom.commands.demo.config import TESTBEDS, DemoConfig
+from tabom.commands.demo.config import DemoConfig
 from tabom.commands.demo.pipeline import make_splits
+from tabom.config import build_config
 from tabom.decoding import DecodeConfig
 from tabom.models import load_model
 from tabom.tasks import make_task
@@ -43,7 +44,7 @@ def timed(dlm, encoded, cfg, batch_size):
 
 
 def testbed_rows(testbed: str, n_examples: int | None, batch_size: int) -> list[str]:
-    cfg = DemoConfig(**TESTBEDS[testbed])
+    cfg = build_config(DemoConfig, {"testbed": testbed})
     splits = make_splits(cfg)
     test = splits["test"][:n_examples] if n_examples else splits["test"]
     task = make_task(cfg.new_task)

@@ -81,3 +81,43 @@ def test_python_dash_m_tabom_is_the_cli():
         [sys.executable, "-m", "tabom", "--version"], capture_output=True, text=True, timeout=120
     )
     assert done.returncode == 0 and done.stdout.startswith("tabom ")
+
+
+def test_the_settings_reference_in_docs_is_the_generated_one():
+    """docs/settings.md lists the settings once, from the same source as ``--help`` (after
+    changing a config field: ``python -m tabom.cli --refresh-help`` rewrites both)."""
+    from pathlib import Path
+
+    from tabom.cli_help import cached_settings, settings_markdown
+
+    docs = Path(__file__).resolve().parents[1] / "docs" / "settings.md"
+    commands = cached_settings()
+    assert docs.read_text(encoding="utf-8") == settings_markdown(commands), (
+        "run: python -m tabom.cli --refresh-help"
+    )
+    text = docs.read_text(encoding="utf-8")
+    for name in commands:
+        assert f"## tabom {name}\n" in text
+    assert "| `--loss.loss_chunk` | `0` | >= 0 |" in text  # the field the README's list lost
+    assert "| `--decode.cache` | `'none'` | one of none, prefix, dual |" in text
+
+
+def test_field_docs_read_the_attributes_section():
+    from tabom.cli_help import field_docs
+
+    class Config:
+        """A config.
+
+        Attributes:
+            alpha: the first
+                line and its continuation.
+            beta: ``b``: a colon inside.
+
+        Raises:
+            ValueError: never.
+        """
+
+    assert field_docs(Config) == {
+        "alpha": "the first line and its continuation.",
+        "beta": "``b``: a colon inside.",
+    }

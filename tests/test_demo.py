@@ -7,7 +7,7 @@ import json
 import pytest
 
 from tabom.cli import main
-from tabom.commands.demo.config import QUICK, DemoConfig
+from tabom.commands.demo.config import DemoConfig, read_preset
 from tabom.commands.demo.pipeline import (
     distill_settings,
     draw,
@@ -16,6 +16,7 @@ from tabom.commands.demo.pipeline import (
     train_settings,
 )
 from tabom.commands.demo.report import compare
+from tabom.config import build_config
 from tabom.metrics import mean_std
 from tabom.objectives import LossConfig
 
@@ -36,10 +37,10 @@ def test_run_stage_skips_a_finished_stage_and_reruns_a_changed_one(tmp_path):
 
 
 def test_quick_fills_only_fields_left_at_default():
-    cfg = DemoConfig(quick=True, seeds=[5]).resolved()
-    assert cfg.seeds == [5] and cfg.distill_prompts == QUICK["distill_prompts"]
-    assert cfg.output_dir == QUICK["output_dir"]
-    assert DemoConfig().resolved() == DemoConfig()
+    cfg = build_config(DemoConfig, {"quick": True, "seeds": [5]})
+    assert cfg.seeds == [5] and cfg.distill_prompts == read_preset("quick")["distill_prompts"]
+    assert cfg.output_dir == "runs/demo-quick"
+    assert build_config(DemoConfig, {}) == DemoConfig()
 
 
 def test_splits_are_disjoint_from_the_distillation_prompts():

@@ -12,6 +12,7 @@ import pytest
 from tabom.cli import main
 from tabom.commands.demo import pipeline
 from tabom.commands.demo.config import ALL_ARMS, DemoConfig, parse_arm
+from tabom.config import build_config
 from tabom.evaluate import tau_to_order
 from tabom.metrics import diff_ci, t_quantile_975
 from tabom.objectives import OBJECTIVES, RANK_LOSSES
@@ -36,23 +37,25 @@ def test_every_arm_gets_the_same_tuning_budget():
     assert DemoConfig().arm_points("tabom") == [{}]
     with pytest.raises(ValueError, match="same number of points"):
         DemoConfig(tune_lr=[5e-4, 1e-3], tune_rank_weight=[1.0])
-    with pytest.raises(ValueError, match="finite and > 0"):
+    with pytest.raises(ValueError, match=r"tune_lr\[0\]: 0.0 is out of range; it must be > 0"):
         DemoConfig(tune_lr=[0.0])
+    with pytest.raises(ValueError, match="tune_rank_weight: .*inf.* is not a finite number"):
+        DemoConfig(tune_rank_weight=[float("inf")])
 
 
 def test_presets_fill_only_fields_left_at_default():
-    assert DemoConfig().resolved() == DemoConfig()  # the no-flag demo is unchanged
-    full = DemoConfig(protocol="full", seeds=[7, 8, 9, 10, 11]).resolved()
+    assert build_config(DemoConfig, {}) == DemoConfig()  # the no-flag demo is unchanged
+    full = build_config(DemoConfig, {"protocol": "full", "seeds": [7, 8, 9, 10, 11]})
     assert full.seeds == [7, 8, 9, 10, 11] and full.objectives == ALL_ARMS
     assert full.output_dir == "runs/demo-full" and full.loss.td_cut_range == "inclusive"
     assert len(full.arm_points("td")) == len(full.arm_points("tabom")) == 2
-    sud = DemoConfig(testbed="sudoku", protocol="full").resolved()
+    sud = build_config(DemoConfig, {"testbed": "sudoku", "protocol": "full"})
     assert sud.model == "tiny-sudoku" and sud.heldout == "sudoku-real"
     assert sud.stratum == "n_rounds" and sud.oracle_min_rank == 1
     assert sud.arm_points("td") == sud.arm_points("tabom") == [{}]
     assert sud.output_dir == "runs/demo-sudoku-full"
-    assert DemoConfig(testbed="sudoku", output_dir="x").resolved().output_dir == "x"
-    la = DemoConfig(testbed="longadd", protocol="full").resolved()
+    assert build_config(DemoConfig, {"testbed": "sudoku", "output_dir": "x"}).output_dir == "x"
+    la = build_config(DemoConfig, {"testbed": "longadd", "protocol": "full"})
     assert la.model == "tiny-longadd" and la.new_task == "longadd:digits=48"
     assert la.loss.td_window == la.loss.rank_window == la.loss.tad_delta == 16
     assert la.loss.td_cut_range == "inclusive" and la.output_dir == "runs/demo-longadd-full"
@@ -60,7 +63,7 @@ def test_presets_fill_only_fields_left_at_default():
 
 
 def test_sudoku_held_out_sets_are_real_puzzles_disjoint_from_distillation():
-    cfg = DemoConfig(testbed="sudoku", distill_prompts=200, old_examples=10).resolved()
+    cfg = build_config(DemoConfig, {"testbed": "sudoku", "distill_prompts": 200, "old_examples": 10})
     s = pipeline.make_splits(cfg)
     assert len(s["val"]) == cfg.val_examples and len(s["test"]) == cfg.test_examples
     assert all(ex.id.startswith("sudoku-sudoku_4x4_") for ex in s["val"] + s["test"])
@@ -69,7 +72,9 @@ def test_sudoku_held_out_sets_are_real_puzzles_disjoint_from_distillation():
     assert not {ex.id for ex in s["val"]} & {ex.id for ex in s["test"]}
     with pytest.raises(ValueError, match="need 400"):
         pipeline.make_splits(
-            DemoConfig(testbed="sudoku", test_examples=300, val_examples=100).resolved()
+            build_config(
+                DemoConfig, {"testbed": "sudoku", "test_examples": 300, "val_examples": 100}
+            )
         )
 
 

@@ -13,7 +13,7 @@ from typing import Union, get_args, get_origin, get_type_hints
 
 import pytest
 
-from tabom import cli
+from tabom import cli, cli_help
 from tabom.cli import main
 from test_faults_files import TASK, flag, one_line_error
 
@@ -186,9 +186,9 @@ def test_window_advice_is_always_a_value_the_flag_accepts(model_dir, traj, tmp_p
 def test_the_generated_help_matches_the_config_classes():
     """``tabom COMMAND --help`` prints the generated text; it must be what the classes say
     (after changing a field: ``python -m tabom.cli --refresh-help``)."""
-    cached = cli._cached_help()
-    assert cached, f"{cli.HELP_CACHE} is missing or of another version"
-    assert cached == cli.live_help(), "run: python -m tabom.cli --refresh-help"
+    cached = cli_help.cached_settings()
+    assert cached, f"{cli_help.HELP_CACHE} is missing or of another version"
+    assert cached == cli.live_settings(), "run: python -m tabom.cli --refresh-help"
 
 
 def test_command_help_imports_no_torch():

@@ -10,68 +10,16 @@ from __future__ import annotations
 
 import argparse
 import difflib
-import json
 import os
-import re
-import shutil
 import sys
-import textwrap
 from collections.abc import Callable
-from dataclasses import MISSING, fields, is_dataclass
 from pathlib import Path
-from typing import Any, get_type_hints
+from typing import Any
 
 from tabom import __version__
+from tabom.cli_help import cached_settings, help_text, render_help, settings, write_cache
 from tabom.config import ConfigError, load_config, unknown_flag
 from tabom.errors import TabomError
-
-
-def _field_help(cls: type, prefix: str = "", defaults: Any = None) -> list[str]:
-    """One line per config field, from the class docstring's Attributes section.
-
-    ``defaults``: the enclosing field's default group (the demo's ``loss`` is not
-    ``LossConfig()``), whose values are shown instead of the class defaults.
-    """
-    doc = cls.__doc__ or ""
-    described: dict[str, str] = {}
-    if "Attributes:" in doc:
-        current = None
-        for line in doc.split("Attributes:", 1)[1].splitlines():
-            stripped = line.strip()
-            if not stripped:
-                continue
-            name, sep, rest = stripped.partition(":")
-            if (
-                sep
-                and name.isidentifier()
-                and line.startswith(" " * 8)
-                and not line.startswith(" " * 12)
-            ):
-                current = name
-                described[name] = rest.strip()
-            elif current:
-                described[current] += " " + stripped
-    lines = []
-    hints = get_type_hints(cls)
-    for f in fields(cls):
-        tp = hints[f.name]
-        if defaults is not None:
-            default = getattr(defaults, f.name)
-        elif f.default is not MISSING:
-            default = f.default
-        elif f.default_factory is not MISSING:
-            default = f.default_factory()
-        else:
-            default = None
-        if is_dataclass(tp):
-            lines.extend(_field_help(tp, prefix=f"{prefix}{f.name}.", defaults=default))
-            continue
-        rng = f.metadata.get("range")
-        accepts = f"; {rng.describe()}" if rng is not None else ""
-        lines.append(
-            f"  --{prefix}{f.name} (default {default!r}{accepts}): {described.get(f.name, '')}"
-        )
-    return lines
 
 
 def _commands() -> dict[str, tuple[str, Callable[[], tuple[type, Callable[[Any], Any]]]]]:
@@ -152,58 +100,17 @@ def _commands() -> dict[str, tuple[str, Callable[[], tuple[type, Callable[[Any],
     }
 
 
-HELP_CACHE = Path(__file__).with_name("cli_help.json")
-"""``tabom COMMAND --help`` texts, generated from the config classes by
-``python -m tabom.cli --refresh-help`` (a test fails when they differ from the live ones):
-importing a command means importing torch, several seconds on a busy CPU, for a page of text."""
+DOCS = Path(__file__).resolve().parents[2] / "docs" / "settings.md"
+"""The settings reference that ``--refresh-help`` writes too, in a clone (docs/ is not installed)."""
 
 
-def command_help(name: str, summary: str, cfg_cls: type) -> str:
-    """The ``--help`` text of one command, from its config class (docstring and fields)."""
-    head = f"usage: tabom {name} [--config FILE.yaml] [--field value ...]\n\n{summary}\n"
-    return "\n".join([head, "fields:", *_field_help(cfg_cls)])
-
-
-def _cached_help() -> dict[str, str]:
-    """The generated help texts of this version, or nothing (then the live text is built)."""
-    try:
-        data = json.loads(HELP_CACHE.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return {}
-    return data.get("help", {}) if data.get("version") == __version__ else {}
-
-
-def live_help() -> dict[str, str]:
-    """Every command's ``--help`` text, built by importing each command (what the cache holds)."""
+def live_settings() -> dict[str, dict[str, Any]]:
+    """Every command's summary and settings, built by importing each command (the cache's
+    content, :func:`tabom.cli_help.settings`)."""
     return {
-        name: command_help(name, summary, loader()[0])
+        name: {"summary": summary, "settings": settings(loader()[0])}
         for name, (summary, loader) in _commands().items()
     }
-
-
-def refresh_help() -> Path:
-    """Regenerate :data:`HELP_CACHE` from the config classes."""
-    payload = {"version": __version__, "help": live_help()}
-    HELP_CACHE.write_text(json.dumps(payload, indent=1, ensure_ascii=False) + "\n", "utf-8")
-    return HELP_CACHE
-
-
-def render_help(text: str, width: int | None = None) -> str:
-    """Help text for a terminal: reStructuredText markup shown plainly (````x```` -> ``x``,
-    ``:func:`x``` -> ``x``) and each field's line wrapped to ``width`` (default: the
-    terminal's) under a hanging indent."""
-    width = width or shutil.get_terminal_size((100, 24)).columns
-    text = re.sub(r":[a-z]+:`~?([^`]+)`", r"\1", text)
-    text = re.sub(r"``([^`]+)``", r"\1", text)
-    out = []
-    for line in text.splitlines():
-        indent = "      " if line.startswith("  --") else ""
-        out.append(
-            textwrap.fill(line, width=max(40, width - 1), subsequent_indent=indent)
-            if line.strip()
-            else line
-        )
-    return "\n".join(out)
 
 
 IO_ERRORS = ("SafetensorError",)
@@ -251,12 +158,11 @@ INPUT_FILES = {
 def precheck(name: str, rest: list[str]) -> str | None:
     """The first problem with ``rest`` found without importing torch, as an error line.
 
-    Flags are checked against the generated help of ``name`` (:data:`HELP_CACHE`; skipped when
-    it is missing or stale), with the closest spellings; :data:`INPUT_FILES` and ``--config``
+    Flags are checked against the generated settings of ``name`` (``cli_help.json``; skipped
+    when it is missing or stale), with the closest spellings; :data:`INPUT_FILES` and ``--config``
     must exist. ``None``: nothing found (the full check still runs after the import).
     """
-    cached = _cached_help().get(name)
-    known = re.findall(r"^  --(\S+) \(default", cached or "", flags=re.M)
+    known = [s["flag"] for s in cached_settings().get(name, {}).get("settings", [])]
     given: dict[str, str | None] = {}
     for i, arg in enumerate(rest):
         if not arg.startswith("--"):
@@ -318,7 +224,8 @@ def _main(argv: list[str]) -> int:
     for name, (summary, _) in commands.items():
         sub.add_parser(name, help=summary, add_help=False)
     if argv == ["--refresh-help"]:  # maintainers: after changing a config field
-        print(f"wrote {refresh_help()}")
+        for path in write_cache(live_settings(), DOCS if DOCS.parent.is_dir() else None):
+            print(f"wrote {path}")
         return 0
     if argv and argv[0] == "--version":
         print(f"tabom {__version__}")
@@ -337,8 +244,9 @@ def _main(argv: list[str]) -> int:
         return 2
     summary, loader = commands[name]
     if "-h" in rest or "--help" in rest:
-        cached = _cached_help().get(name)  # no torch import: well under a second
-        _print(render_help(cached or command_help(name, summary, loader()[0])))
+        entry = cached_settings().get(name)  # no torch import: well under a second
+        entry = entry or {"summary": summary, "settings": settings(loader()[0])}
+        _print(render_help(help_text(name, entry)))
         return 0
     if rest and not rest[0].startswith("-") and name == "inspect":
         rest = ["--path", *rest]  # a positional first argument is the config's ``path``

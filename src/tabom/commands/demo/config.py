@@ -2,19 +2,28 @@
 
 The decode settings of self-distillation and the loss settings of every training run are the
 components' own groups (``--decode.*``, ``--loss.*``) and enter the stage keys whole. A
-testbed (``--testbed addition | sudoku | longadd``) and a protocol (``--protocol single | full``) are
-presets: each sets the fields still at their defaults (:data:`TESTBEDS`, :data:`PROTOCOLS`).
+testbed (``--testbed addition | sudoku | longadd``), a protocol (``--protocol single | full``)
+and ``--quick`` choose presets, YAML files of fields (:data:`PRESETS`, ``configs/demo``) under
+what the user sets in a ``--config`` file or by flags (:meth:`DemoConfig.presets`).
 An *arm* is an objective name, or ``tabom-VARIANT`` for ``tabom`` with ``loss.rank_loss``
 VARIANT (:func:`parse_arm`).
 """
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from importlib import resources
+from typing import Any, Literal, get_args, get_type_hints
 
-from tabom.config import AT_LEAST_1, NON_NEGATIVE, POSITIVE
+from tabom.config import (
+    AT_LEAST_1,
+    NON_NEGATIVE,
+    POSITIVE,
+    ConfigError,
+    check_ranges,
+    merge_trees,
+    read_yaml,
+)
 from tabom.decoding import DecodeConfig
 from tabom.likelihood import LikelihoodConfig
 from tabom.models import DEFAULT_MODEL
@@ -43,102 +52,43 @@ COVERED = "-covered"
 """Suffix of a ground-truth arm (``sft``, ``puma``, ``papl``) trained on the ground truth of
 only the prompts that the verified trajectories cover (the trajectory arms' prompts): the
 same-data control that separates the objective from the coverage (issue 19)."""
-LONGADD_MODEL = "tiny-longadd"
-"""The ``longadd`` testbed's base, shipped: ``tabom pretrain --config
-configs/tiny_longadd_pretrain.yaml`` (stopped by its rule at step 600, docs/benchmarks.md)."""
-TESTBEDS: dict[str, dict[str, Any]] = {
-    "addition": {},  # the defaults
-    "sudoku": {
-        "model": "tiny-sudoku",
-        "new_task": "sudoku:n_blanks=10,max_blanks=12",
-        "old_task": "sudoku:n_blanks=4,max_blanks=8",
-        "heldout": "sudoku-real",
-        "distill_prompts": 500,
-        "distill_samples": 4,
-        "test_examples": 224,
-        "val_examples": 100,
-        "pass_examples": 100,
-        "old_examples": 300,
-        "stratum": "n_rounds",
-        "hard_min": 3,
-        "oracle_min_rank": 1,
-    },
-    "longadd": {
-        "model": LONGADD_MODEL,
-        "new_task": "longadd:digits=48",
-        "old_task": "longadd:digits=48,max_nines=0",
-        "distill_prompts": 300,
-        "distill_samples": 4,
-        "test_examples": 200,
-        "val_examples": 100,
-        "pass_examples": 50,
-        "old_examples": 100,
-        "n_samples": 4,
-        "ks": [1, 4],
-        "tokens_per_step": [1],
-        "align_samples": 1,
-        "stratum": "nines",
-        "hard_min": 6,
-        "loss": LossConfig(td_window=16, rank_window=16, td_cut_range="inclusive", tad_delta=16),
-    },
-}
-"""Per testbed, the fields it sets when still at their defaults. ``sudoku``: base
-``tiny-sudoku`` (old domain 4-8 blanks), distillation on generated 10-12-blank puzzles, the
-new-domain validation and test sets from the shipped real files with 10-12 blanks
-(``heldout: sudoku-real``, :func:`tabom.tasks.sudoku.real_puzzles`), split by propagation
-rounds; the hard stratum is ``stratum >= hard_min``. ``longadd`` (issue 19): base
-:data:`LONGADD_MODEL` (old domain: 48-digit sums without a carry-propagating column), new domain
-unrestricted 48-digit sums (49-token answers, one token per step), M = W = δ = 16 decode
-steps, split by the number of carry-propagating columns (``nines``)."""
-PROTOCOLS: dict[str, dict[str, Any]] = {
-    "single": {},
-    "full": {
-        "objectives": ALL_ARMS,
-        "seeds": [0, 1, 2, 3, 4],
-        "tune_lr": [5e-4, 1e-3],
-        "tune_rank_weight": [0.3, 1.0],
-        "tokens_per_step": [1, 2],
-        "n_samples": 8,
-        "ks": [1, 8],
-        "align_samples": 4,
-        "loss": LossConfig(td_window=3, rank_window=3, td_cut_range="inclusive", tad_delta=3),
-    },
-}
-"""``--protocol full``: every arm, 5 seeds, two tuning points per arm chosen on validation,
-the inclusive cut range (DESIGN §5's range never supervises the last decode step, which on
-these short trajectories is the hardest token: docs/results.md)."""
-TESTBED_PROTOCOL: dict[tuple[str, str], dict[str, Any]] = {
-    ("sudoku", "full"): {
-        "tune_lr": [],
-        "tune_rank_weight": [],
-        "tokens_per_step": [1],
-        "pass_examples": 50,
-        "n_samples": 4,
-        "ks": [1, 4],
-        "old_examples": 100,
-        "align_samples": 2,
-    },
-    ("longadd", "full"): {"tune_lr": [], "tune_rank_weight": []},
-}
-"""Overrides of one testbed under one protocol, applied first. Sudoku under ``full``: one
-tuning point per arm (the defaults: lr 5e-4, λ 1) and smaller evaluation sets, so that every
-arm's 5 seeds fit the 2-core CPU budget (each Sudoku run costs ~4x an addition run, ``puma``
-~20x: one reveal forward per response position per batch). Long addition under ``full``: one tuning point per arm as
-well (each run there costs ~8x an addition run: 148-token sequences, M = 16)."""
-QUICK: dict[str, Any] = {
-    "output_dir": "runs/demo-quick",
-    "distill_prompts": 200,
-    "seeds": [0, 1],
-    "test_examples": 100,
-    "val_examples": 50,
-    "old_examples": 100,
-    "pass_examples": 40,
-    "n_samples": 8,
-    "ks": [1, 8],
-    "align_samples": 4,
-}
-"""What ``--quick`` sets, for every field still at its default (``output_dir``: ``-quick``
-appended to the testbed's / protocol's folder)."""
+PRESETS = resources.files(__package__).joinpath("presets")
+"""The demo's presets, shipped in the package (``configs/demo`` in a clone points here): one
+YAML file of :class:`DemoConfig` fields per testbed (``testbeds/NAME.yaml``), per protocol
+(``protocols/NAME.yaml``), per testbed under a protocol (``TESTBED-PROTOCOL.yaml``, when the
+pair needs its own values) and ``quick.yaml``. Each file names its own choice, so as a
+``--config`` file it is that preset (``--config configs/demo/testbeds/sudoku.yaml`` is
+``--testbed sudoku``)."""
+
+
+def read_preset(name: str) -> dict[str, Any]:
+    """The values of one preset file (``testbeds/sudoku``, ``quick``); ``{}`` when there is none.
+
+    Raises:
+        ConfigError: the file is not a mapping of fields (names the file).
+    """
+    preset = PRESETS.joinpath(*f"{name}.yaml".split("/"))
+    if not preset.is_file():
+        return {}
+    with resources.as_file(preset) as path:
+        values = read_yaml(path) or {}
+    if not isinstance(values, dict):
+        raise ConfigError(f"{path}: expected a mapping of DemoConfig fields")
+    return values
+
+
+def _chosen(given: dict[str, Any], name: str) -> Any:
+    """The preset a choosing field names, as the user gave it (YAML or flag), or its default;
+    a value that is not one of its choices gives the default here (the field's own check
+    refuses it, naming the flag)."""
+    default = getattr(DemoConfig, name)
+    value = given.get(name, default)
+    if isinstance(default, bool):
+        return value in (True, "true", "True", "1", "yes", 1)
+    choices = get_args(get_type_hints(DemoConfig)[name])
+    return value if value in choices else default
+
+
 WARMUP_STEPS = 5
 """Linear warmup steps of every training run."""
 MIN_LR_RATIO = 0.1
@@ -155,10 +105,15 @@ stage, in the demo and in ``tabom sweep``."""
 class DemoConfig:
     """Config of ``tabom demo``. Defaults: the embedded default run (≈ 10 min on 2 CPU cores).
 
+    ``testbed``, ``protocol`` and ``quick`` choose presets (:meth:`presets`), applied where the
+    config is built from YAML and flags; in Python, ``build_config(DemoConfig, {"testbed":
+    "sudoku", ...})`` (:func:`tabom.config.build_config`) does the same, while ``DemoConfig(...)``
+    takes its fields as given.
+
     Attributes:
         output_dir: stage folders, ``report.md`` and the plots.
-        quick: a smoke run (small sets, 2 seeds, under 2 minutes): every field below still at
-            its default takes the value in :data:`QUICK` (``output_dir`` runs/demo-quick).
+        quick: a smoke run (small sets, 2 seeds, under 2 minutes): the preset
+            ``configs/demo/quick.yaml`` for every field not set (``output_dir`` runs/demo-quick).
         model: the base model (shipped name or folder).
         new_task: the new domain (distillation prompts, test and validation sets).
         old_task: the old domain (forgetting).
@@ -194,10 +149,11 @@ class DemoConfig:
         num_threads: torch CPU threads (1 is fastest for the tiny model on a busy 2-core CPU).
         progress: progress bars.
         testbed: ``addition`` (the embedded default), ``sudoku`` or ``longadd`` (49-token
-            answers, issue 19): the preset of :data:`TESTBEDS` for the fields still at their
-            defaults.
-        protocol: ``single`` (one setting, the seeds above) or ``full`` (:data:`PROTOCOLS`:
-            every arm, 5 seeds, the tuning grids, chosen on the validation split).
+            answers, issue 19): the preset ``configs/demo/testbeds/TESTBED.yaml`` for every
+            field not set.
+        protocol: ``single`` (one setting, the seeds above) or ``full``
+            (``configs/demo/protocols/full.yaml``: every arm, 5 seeds, the tuning grids, chosen
+            on the validation split).
         heldout: where the new-domain validation and test problems come from: ``None`` =
             generated by ``new_task``; ``sudoku-real`` = the shipped real Sudoku files.
         stratum: the ``difficulty`` key the new-domain test accuracy is split by (addition:
@@ -249,12 +205,13 @@ class DemoConfig:
     stratum: str | None = "carry_chain"
     hard_min: int = 3
     oracle_min_rank: int = 0
-    tune_lr: list[float] = field(default_factory=list)
-    tune_rank_weight: list[float] = field(default_factory=list)
+    tune_lr: list[float] = field(default_factory=list, metadata=POSITIVE)
+    tune_rank_weight: list[float] = field(default_factory=list, metadata=POSITIVE)
     eval_order: Literal["forward", "reverse"] = "forward"
     likelihood: LikelihoodConfig = field(default_factory=lambda: LikelihoodConfig(n_samples=16))
 
     def __post_init__(self) -> None:
+        check_ranges(self)  # a config built in Python; flags and YAML are checked before
         for arm in self.objectives:
             parse_arm(arm)
         if len(set(self.objectives)) != len(self.objectives):
@@ -274,34 +231,26 @@ class DemoConfig:
                 f"tune_lr {self.tune_lr} / tune_rank_weight {self.tune_rank_weight}: every arm "
                 "gets the same tuning budget, give both grids the same number of points"
             )
-        bad = [v for v in [*self.tune_lr, *self.tune_rank_weight] if not 0 < v < float("inf")]
-        if bad:
-            raise ValueError(f"tune_lr / tune_rank_weight: {bad} must be finite and > 0")
 
-    def resolved(self) -> DemoConfig:
-        """The testbed's, the protocol's and (with ``quick``) :data:`QUICK`'s values for every
-        field still at its default; ``output_dir`` runs/demo[-sudoku][-full][-quick]."""
-        defaults = DemoConfig()
-        changes: dict[str, Any] = {}
-        presets = [
-            TESTBED_PROTOCOL.get((self.testbed, self.protocol), {}),
-            TESTBEDS[self.testbed],
-            PROTOCOLS[self.protocol],
-        ]
-        presets.append(QUICK if self.quick else {})
-        for preset in presets:
-            for k, v in preset.items():
-                if (
-                    k != "output_dir"
-                    and k not in changes
-                    and getattr(self, k) == getattr(defaults, k)
-                ):
-                    changes[k] = v
-        if self.output_dir == defaults.output_dir:
-            suffix = "" if self.testbed == "addition" else f"-{self.testbed}"
-            suffix += "" if self.protocol == "single" else f"-{self.protocol}"
-            changes["output_dir"] = f"runs/demo{suffix}{'-quick' if self.quick else ''}"
-        return dataclasses.replace(self, **changes)
+    @classmethod
+    def presets(cls, given: dict[str, Any]) -> dict[str, Any]:
+        """The preset values under what the user set (``given``, as in the YAML / flags):
+        ``quick.yaml`` (with ``quick``) < the protocol's < the testbed's < the pair's files;
+        ``output_dir`` runs/demo[-TESTBED][-PROTOCOL][-quick] unless given.
+
+        The config layer calls it (:func:`tabom.config.build_config`): a value the user set
+        wins even when it equals the default; a ``DemoConfig(...)`` built directly takes its
+        fields as given (no preset).
+        """
+        testbed, protocol = _chosen(given, "testbed"), _chosen(given, "protocol")
+        quick = _chosen(given, "quick")
+        tree: dict[str, Any] = read_preset("quick") if quick else {}
+        for name in (f"protocols/{protocol}", f"testbeds/{testbed}", f"{testbed}-{protocol}"):
+            tree = merge_trees(tree, read_preset(name))
+        suffix = "" if testbed == "addition" else f"-{testbed}"
+        suffix += "" if protocol == "single" else f"-{protocol}"
+        tree["output_dir"] = f"runs/demo{suffix}{'-quick' if quick else ''}"
+        return tree
 
     def arm_points(self, arm: str) -> list[dict[str, Any]]:
         """The tuning points of one arm: ``[{"rank_weight": λ} ...]`` for ranking arms,
@@ -344,16 +293,13 @@ __all__ = [
     "MIN_LR_RATIO",
     "ALL_ARMS",
     "COVERED",
-    "LONGADD_MODEL",
     "MODELS",
-    "PROTOCOLS",
-    "QUICK",
-    "TESTBEDS",
-    "TESTBED_PROTOCOL",
+    "PRESETS",
     "TRAIN_SETTINGS",
     "WARMUP_STEPS",
     "WEIGHT_DECAY",
     "DemoConfig",
     "is_covered",
     "parse_arm",
+    "read_preset",
 ]

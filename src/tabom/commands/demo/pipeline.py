@@ -473,8 +473,10 @@ def train_arms(
 
 
 def run_demo(cfg: DemoConfig) -> int:
-    """Run (or resume) every stage and write ``report.md``; returns the exit code."""
-    cfg = cfg.resolved()
+    """Run (or resume) every stage and write ``report.md``; returns the exit code.
+
+    ``cfg`` runs as given: the testbed's / protocol's presets are applied where it is built
+    from YAML and flags (:func:`tabom.config.build_config`)."""
     t_start = time.perf_counter()
     torch.set_num_threads(cfg.num_threads)
     root = Path(cfg.output_dir)

@@ -109,7 +109,7 @@ def sweep_points(cfg: SweepConfig) -> list[tuple[str, dict[str, Any]]]:
 
 def run_sweep(cfg: SweepConfig) -> int:
     """Train and validate every point; write ``sweep.md`` and ``sweep.json``."""
-    demo = cfg.demo.resolved()
+    demo = cfg.demo
     torch.set_num_threads(demo.num_threads)
     root = Path(demo.output_dir)
     out = Path(cfg.output_dir or root / "sweep")
