@@ -142,11 +142,7 @@ def _int_list(
     path: Path, line: int, rec: dict[str, Any], key: str, low: int, high: int | None
 ) -> list[int]:
     """``rec[key]`` as a list of ints in ``[low, high)`` (``high=None``: no upper bound)."""
-    if key not in rec:
-        raise DataFileError(path, line, key, "missing")
-    value = rec[key]
-    if not isinstance(value, list):
-        raise DataFileError(path, line, key, f"expected a list, got {type(value).__name__}")
+    value = _typed(path, line, rec, key, (list,))
     for i, v in enumerate(value):
         if not isinstance(v, int) or isinstance(v, bool):
             raise DataFileError(path, line, key, f"item {i} is {v!r}, not an integer")
@@ -240,12 +236,8 @@ def _check_gen(path: Path, line: int, gen: dict[str, Any], length: int, method: 
             "gen.gen_length",
             f"{gen['gen_length']} but the response has {length} tokens",
         )
-    if "vocab_size" in gen and (
-        not isinstance(gen["vocab_size"], int) or isinstance(gen["vocab_size"], bool)
-    ):
-        raise DataFileError(
-            path, line, "gen.vocab_size", f"expected int, got {gen['vocab_size']!r}"
-        )
+    if "vocab_size" in gen:
+        _typed(path, line, gen, "vocab_size", (int,), prefix="gen.")
     fp = gen["tokenizer"]
     if not isinstance(fp.get("sha256"), str) or not isinstance(fp.get("size"), int):
         raise DataFileError(
@@ -348,22 +340,17 @@ def parse_record(
     response = _int_list(path, line, rec, "response_token_ids", 0, vocab_size)
     if not response:
         raise DataFileError(path, line, "response_token_ids", "empty")
-    if mask_token_id is not None and mask_token_id in response:
-        raise DataFileError(
-            path,
-            line,
-            "response_token_ids",
-            f"item {response.index(mask_token_id)} is the model's [MASK] id {mask_token_id} "
-            "(a committed token is never the mask)",
-        )
-    if mask_token_id is not None and mask_token_id in prompt_ids:
-        raise DataFileError(
-            path,
-            line,
-            "prompt_token_ids",
-            f"item {prompt_ids.index(mask_token_id)} is the model's [MASK] id {mask_token_id} "
-            "(a prompt is given, never masked)",
-        )
+    for key, ids, why in (
+        ("response_token_ids", response, "a committed token is never the mask"),
+        ("prompt_token_ids", prompt_ids, "a prompt is given, never masked"),
+    ):
+        if mask_token_id is not None and mask_token_id in ids:
+            raise DataFileError(
+                path,
+                line,
+                key,
+                f"item {ids.index(mask_token_id)} is the model's [MASK] id {mask_token_id} ({why})",
+            )
     if max_length is not None and len(prompt_ids) + len(response) > max_length:
         raise DataFileError(
             path,
@@ -461,9 +448,8 @@ def read_trajectories(
             duplicate ``id`` and a truncated last line).
     """
     path = Path(path)
-    fp = tokenizer if tokenizer is None or isinstance(tokenizer, dict) else None
-    if fp is None and tokenizer is not None:
-        fp = tokenizer_fingerprint(tokenizer)
+    if tokenizer is not None and not isinstance(tokenizer, dict):
+        tokenizer = tokenizer_fingerprint(tokenizer)
     want = None if gen is None else _comparable_gen(gen)
     records: list[TrajectoryRecord] = []
     seen: dict[str, int] = {}
@@ -473,7 +459,7 @@ def read_trajectories(
             obj,
             path=path,
             line=line,
-            tokenizer=fp,
+            tokenizer=tokenizer,
             vocab_size=vocab_size,
             max_length=max_length,
             mask_token_id=mask_token_id,
