@@ -240,15 +240,11 @@ def _check_gen(path: Path, line: int, gen: dict[str, Any], length: int, method: 
         _typed(path, line, gen, "vocab_size", (int,), prefix="gen.")
     fp = gen["tokenizer"]
     if not isinstance(fp.get("sha256"), str) or not isinstance(fp.get("size"), int):
-        raise DataFileError(
-            path, line, "gen.tokenizer", "expected {'size': int, 'sha256': str}"
-        )
+        raise DataFileError(path, line, "gen.tokenizer", "expected {'size': int, 'sha256': str}")
     steps = gen["steps"]
     if cfg.threshold is None:
         if not isinstance(steps, int) or isinstance(steps, bool) or steps < 1:
-            raise DataFileError(
-                path, line, "gen.steps", f"expected a positive int, got {steps!r}"
-            )
+            raise DataFileError(path, line, "gen.steps", f"expected a positive int, got {steps!r}")
         return steps
     if steps is not None:
         raise DataFileError(path, line, "gen.steps", "must be null in threshold mode")
@@ -317,9 +313,7 @@ def parse_record(
         raise DataFileError(path, line, "verified", "missing (null when unverified)")
     verified = rec["verified"]
     if verified is not None and not isinstance(verified, bool):
-        raise DataFileError(
-            path, line, "verified", f"expected true/false/null, got {verified!r}"
-        )
+        raise DataFileError(path, line, "verified", f"expected true/false/null, got {verified!r}")
 
     # 1) the tokenizer first: ids are only meaningful under the model's vocabulary
     length = len(_typed(path, line, rec, "response_token_ids", (list,)))
