@@ -132,7 +132,7 @@ class DistillConfig:
             raise ValueError("decode.gen_length: set it when there is no task to take it from")
         if not self.ks:
             raise ValueError("ks: give at least one k of pass@k (e.g. 1)")
-        if any(not 1 <= k <= self.n_samples for k in self.ks):
+        if any(k > self.n_samples for k in self.ks):  # k >= 1: the field's range
             raise ValueError(f"ks {self.ks}: every k must be in [1, n_samples={self.n_samples}]")
         if self.n_samples > 1 and self.decode.temperature == 0:
             raise ValueError(
