@@ -62,10 +62,9 @@ def test_eval_threshold_and_top_k_reach_the_decoder(tmp_path, model_dir, capsys)
 
 def test_every_commands_tabom_error_is_one_line_and_exit_2(tmp_path, capsys):
     """``cli.main`` maps a :class:`tabom.errors.TabomError` to exit 2, whatever the command."""
-    from tabom.errors import TabomError
-    from tabom.trajectory import TrajectoryFileError
+    from tabom.errors import DataFileError, TabomError
 
-    assert issubclass(TrajectoryFileError, TabomError) and issubclass(TabomError, ValueError)
+    assert issubclass(DataFileError, TabomError) and issubclass(TabomError, ValueError)
     bad = tmp_path / "bad.jsonl"
     bad.write_text("{not json}\n")
     assert main(["inspect", str(bad)]) == 2

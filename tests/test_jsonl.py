@@ -7,7 +7,6 @@ import pytest
 from tabom.errors import DataFileError, TabomError
 from tabom.jsonl import read_jsonl, write_jsonl
 from tabom.tasks.base import DataFileError as TaskDataFileError
-from tabom.trajectory import TrajectoryFileError
 
 
 def test_write_then_read_round_trips_and_leaves_no_temporary(tmp_path):
@@ -35,7 +34,7 @@ def test_a_bad_line_names_file_line_and_field(tmp_path):
 
 def test_one_error_class_for_a_bad_line_of_any_file():
     # task data, trajectories and plain JSONL raise the same file:line:field error
-    assert TaskDataFileError is DataFileError is TrajectoryFileError
+    assert TaskDataFileError is DataFileError
     assert issubclass(DataFileError, TabomError) and issubclass(TabomError, ValueError)
     err = DataFileError("f.jsonl", 4, "gen.seed", "missing")
     assert (err.path, err.line, err.field, str(err)) == (

@@ -19,9 +19,10 @@ import torch
 
 from tabom.commands.distill import DistillConfig, distill
 from tabom.decoding import DecodeConfig, decode, pad_prompts
+from tabom.errors import DataFileError
 from tabom.models import TinyModelConfig, build_tiny, save_model
 from tabom.models.base import DiffusionLM
-from tabom.trajectory import TrajectoryFileError, read_trajectories
+from tabom.trajectory import read_trajectories
 
 SMALL = TinyModelConfig(hidden_size=32, num_layers=2, num_heads=2, intermediate_size=64)
 PROMPTS = [[5, 6, 7, 8, 9, 10], [11, 12], [13, 14, 15]]
@@ -179,5 +180,5 @@ def test_distill_records_the_cache_and_old_files_read_as_none(tmp_path):
     rec = json.loads(lines[0])
     rec["gen"]["cache"] = "full"
     bad.write_text(json.dumps(rec) + "\n")
-    with pytest.raises(TrajectoryFileError, match="gen.cache"):
+    with pytest.raises(DataFileError, match="gen.cache"):
         read_trajectories(bad)

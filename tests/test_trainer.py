@@ -20,6 +20,7 @@ from tabom.commands import train as trainer_mod
 from tabom.commands.distill import DistillConfig, distill
 from tabom.commands.train import TrainConfig, latest_checkpoint, load_train_items, train
 from tabom.config import ConfigError, load_config
+from tabom.errors import DataFileError
 from tabom.models import TinyModelConfig, build_tiny, load_model
 from tabom.objectives import GROUND_TRUTH_OBJECTIVES, RANK_LOSSES, LossConfig, compute_objective
 from tabom.train_data import (
@@ -30,7 +31,6 @@ from tabom.train_data import (
     load_trajectories,
     steps_per_epoch,
 )
-from tabom.trajectory import TrajectoryFileError
 
 SMALL = TinyModelConfig(hidden_size=32, num_layers=1, num_heads=4, intermediate_size=64)
 TASK = "addition:min_digits=4,max_digits=4,width=4"  # responses of 6 tokens: 6 decode steps
@@ -434,7 +434,7 @@ def test_a_trajectory_file_of_another_tokenizer_is_refused(
         r["gen"]["tokenizer"]["sha256"] = "0" * 64
     other = tmp_path / "other.jsonl"
     other.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    with pytest.raises(TrajectoryFileError, match=r"other.jsonl:1: field 'gen.tokenizer'"):
+    with pytest.raises(DataFileError, match=r"other.jsonl:1: field 'gen.tokenizer'"):
         train(config(model_dir, str(other), tmp_path / "run"))
     assert main(["train", "--model", model_dir, "--data", str(other), "--loss.td_window", "3"]) == 2
     assert "tokenizer differs from the model's" in capsys.readouterr().err

@@ -12,12 +12,12 @@ import pytest
 import torch
 
 from tabom.decoding import NOT_RECORDED, DecodeConfig
+from tabom.errors import DataFileError
 from tabom.jsonl import JsonlWriter, drop_torn_tail, write_jsonl
 from tabom.masking import time_delay_mask
 from tabom.models.tiny import build_char_tokenizer
 from tabom.train_data import TrajectoryDataset, collate_trajectories
 from tabom.trajectory import (
-    TrajectoryFileError,
     TrajectoryRecord,
     read_trajectories,
     tokenizer_fingerprint,
@@ -127,7 +127,7 @@ def test_each_bad_field_names_file_line_and_field(tmp_path, key, value, field, r
     good = record(0).to_dict()
     bad = _mutate(record(1).to_dict(), key, value)
     path.write_text(json.dumps(good) + "\n" + json.dumps(bad) + "\n")
-    with pytest.raises(TrajectoryFileError) as err:
+    with pytest.raises(DataFileError) as err:
         read_trajectories(path, tokenizer=TOK)
     assert str(err.value).startswith(f"{path}:2: field {field!r}: ")
     assert reason in str(err.value)
@@ -139,7 +139,7 @@ def test_a_different_tokenizer_is_refused_before_its_ids_are_checked(tmp_path):
     other.add_tokens(["<x>"])
     path = tmp_path / "t.jsonl"
     write_jsonl(path, [record(0, gen=gen(tokenizer=tokenizer_fingerprint(other)))])
-    with pytest.raises(TrajectoryFileError, match=r":1: field 'gen.tokenizer': tokenizer differs"):
+    with pytest.raises(DataFileError, match=r":1: field 'gen.tokenizer': tokenizer differs"):
         read_trajectories(path, tokenizer=TOK)
     assert tokenizer_fingerprint(build_char_tokenizer()) == FP  # stable across builds
 
@@ -150,7 +150,7 @@ def test_threshold_mode_bounds_steps_by_the_response_length(tmp_path):
     write_jsonl(path, [record(0, gen=g, decoding_order=[0, 0, 3, 1])])
     assert read_trajectories(path)[0].gen["threshold"] == 0.9
     write_jsonl(path, [record(0, gen=g, decoding_order=[0, 0, 4, 1])])
-    with pytest.raises(TrajectoryFileError, match="'decoding_order': item 2 is 4, outside"):
+    with pytest.raises(DataFileError, match="'decoding_order': item 2 is 4, outside"):
         read_trajectories(path)
 
 
@@ -159,17 +159,17 @@ def test_file_level_errors(tmp_path):
     line = record(0).to_line()
     path.write_text(line + line)
     with pytest.raises(
-        TrajectoryFileError, match=r":2: field 'id': 'addition-1\+2#0' repeats line 1"
+        DataFileError, match=r":2: field 'id': 'addition-1\+2#0' repeats line 1"
     ):
         read_trajectories(path)
     path.write_text(line + "{not json\n")
-    with pytest.raises(TrajectoryFileError, match=r":2: field '<line>': not valid JSON"):
+    with pytest.raises(DataFileError, match=r":2: field '<line>': not valid JSON"):
         read_trajectories(path)
     path.write_text(line + line[:30])
-    with pytest.raises(TrajectoryFileError, match=r":2: field '<line>': truncated last line"):
+    with pytest.raises(DataFileError, match=r":2: field '<line>': truncated last line"):
         read_trajectories(path)
     path.write_text(line)
-    with pytest.raises(TrajectoryFileError, match=r":1: field 'gen.seed': written with seed=0"):
+    with pytest.raises(DataFileError, match=r":1: field 'gen.seed': written with seed=0"):
         read_trajectories(path, gen=gen(seed=1))
 
 
@@ -257,7 +257,7 @@ def test_a_bad_decode_setting_in_gen_names_its_field(tmp_path, key, value, field
     bad = _mutate(record(0).to_dict(), key, value)
     path = tmp_path / "bad.jsonl"
     path.write_text(json.dumps(bad) + "\n")
-    with pytest.raises(TrajectoryFileError) as err:
+    with pytest.raises(DataFileError) as err:
         read_trajectories(path)
     assert err.value.field == field and reason in str(err.value), str(err.value)
 
@@ -277,6 +277,6 @@ def test_files_written_before_the_whole_config_was_recorded_read_back():
     # ... and other settings do not, naming the one that differs
     for change, key in [({"cache": "dual"}, "gen.cache"), ({"score": "margin"}, "gen.score"),
                         ({"top_k": 4}, "gen.top_k")]:  # fmt: skip
-        with pytest.raises(TrajectoryFileError, match=key) as err:
+        with pytest.raises(DataFileError, match=key) as err:
             read_trajectories(OLD / "fixed.jsonl", gen={**run, **change})
         assert err.value.line == 1

@@ -40,9 +40,10 @@ class ResumeError(TabomError):
     """Output written with other settings than this run's; names each setting, both values."""
 
 
-def _sha256(path: Path) -> str:
+def file_sha256(path: str | Path) -> str:
+    """The sha256 of a file's bytes (a checkpoint's files, the data a run was trained on)."""
     h = hashlib.sha256()
-    with path.open("rb") as f:
+    with Path(path).open("rb") as f:
         for chunk in iter(lambda: f.read(1 << 22), b""):
             h.update(chunk)
     return h.hexdigest()
@@ -51,7 +52,7 @@ def _sha256(path: Path) -> str:
 def manifest(folder: Path) -> dict[str, dict[str, Any]]:
     """``relative path -> {"size", "sha256"}`` of every file under ``folder`` but the state file."""
     return {
-        str(p.relative_to(folder)): {"size": p.stat().st_size, "sha256": _sha256(p)}
+        str(p.relative_to(folder)): {"size": p.stat().st_size, "sha256": file_sha256(p)}
         for p in sorted(folder.rglob("*"))
         if p.is_file() and p.name != STATE_FILE
     }
@@ -94,7 +95,7 @@ def damage(ckpt: Path) -> str | None:
             return f"{name} is missing"
         if path.stat().st_size != want["size"]:
             return f"{name} has {path.stat().st_size} bytes, {want['size']} were written"
-        if _sha256(path) != want["sha256"]:
+        if file_sha256(path) != want["sha256"]:
             return f"{name} is damaged (its sha256 differs from the one written)"
     return None
 
@@ -192,11 +193,6 @@ def _flat(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
         else:
             out[f"{prefix}{k}"] = v
     return out
-
-
-def file_sha256(path: str | Path) -> str:
-    """The sha256 of a file's bytes (the data a run was trained on)."""
-    return _sha256(Path(path))
 
 
 def truncate_log(path: Path, step: int) -> None:

@@ -26,7 +26,7 @@ refused before parsing, so a hostile line never reaches Python's recursion limit
 
 
 class StrictJsonError(ValueError):
-    """Why one line is not strict JSON; ``key`` is the repeated key, if that is the reason."""
+    """Why a line is not strict JSON (raised inside ``json.loads``); ``key``: a repeated key."""
 
     def __init__(self, reason: str, key: str | None = None) -> None:
         self.reason, self.key = reason, key
@@ -62,24 +62,6 @@ def _depth(raw: bytes) -> int:
             if top > MAX_DEPTH:
                 break
     return top
-
-
-def loads_strict(raw: bytes | str) -> Any:
-    """One line of strict JSON: no bare ``NaN`` / ``Infinity``, no repeated key, nesting at
-    most :data:`MAX_DEPTH` (what Python's ``json`` accepts beyond RFC 8259 is refused).
-
-    Raises:
-        StrictJsonError: why the line is not strict JSON.
-    """
-    data = raw.encode("utf-8") if isinstance(raw, str) else raw
-    if _depth(data) > MAX_DEPTH:
-        raise StrictJsonError(f"nested deeper than {MAX_DEPTH} levels of [ and {{")
-    try:
-        return json.loads(data, object_pairs_hook=_unique_keys, parse_constant=_bare_constant)
-    except StrictJsonError:
-        raise
-    except (json.JSONDecodeError, UnicodeDecodeError, ValueError, RecursionError) as e:
-        raise StrictJsonError(f"not valid JSON ({e})") from None
 
 
 def write_jsonl(path: str | Path, rows: Iterable[Any]) -> Path:
@@ -182,16 +164,22 @@ def drop_torn_tail(path: str | Path, prefix: bytes | None = None) -> bool:
 
 
 def loads_line(raw: bytes | str, path: str | Path, line: int) -> Any:
-    """One line of strict JSON (:func:`loads_strict`: no bare NaN / Infinity, no
-    repeated key, bounded nesting).
+    """One line of strict JSON: no bare ``NaN`` / ``Infinity``, no repeated key, nesting at
+    most :data:`MAX_DEPTH` (what Python's ``json`` accepts beyond RFC 8259 is refused).
 
     Raises:
         DataFileError: names file, line and (for a repeated key) the field.
     """
+    data = raw.encode("utf-8") if isinstance(raw, str) else raw
+    if _depth(data) > MAX_DEPTH:
+        reason = f"nested deeper than {MAX_DEPTH} levels of [ and {{"
+        raise DataFileError(path, line, "<line>", reason)
     try:
-        return loads_strict(raw)
+        return json.loads(data, object_pairs_hook=_unique_keys, parse_constant=_bare_constant)
     except StrictJsonError as e:
         raise DataFileError(path, line, e.key or "<line>", e.reason) from None
+    except (json.JSONDecodeError, UnicodeDecodeError, ValueError, RecursionError) as e:
+        raise DataFileError(path, line, "<line>", f"not valid JSON ({e})") from None
 
 
 def iter_json_lines(path: str | Path, *, torn_tail: bool = False) -> Iterable[tuple[int, Any]]:
@@ -271,7 +259,6 @@ __all__ = [
     "drop_torn_tail",
     "iter_json_lines",
     "loads_line",
-    "loads_strict",
     "read_jsonl",
     "write_jsonl",
 ]

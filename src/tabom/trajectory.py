@@ -7,7 +7,7 @@ trainer's ``response_token_ids`` / ``decoding_order`` / ``method`` / ``data_sour
 self-describing by ``schema_version``, ``id``, the prompt ids, ``verified`` and ``gen`` (the
 generation settings: the whole :class:`tabom.decoding.DecodeConfig` by field name, the model
 and a fingerprint of its tokenizer). Reading validates every record and raises one
-:class:`TrajectoryFileError` naming file, line and field. Lines are parsed, appended and
+:class:`DataFileError` naming file, line and field. Lines are parsed, appended and
 written atomically by :mod:`tabom.jsonl` (``JsonlWriter``, ``write_jsonl``).
 """
 
@@ -43,11 +43,6 @@ _GEN_TYPES: dict[str, tuple[type, ...]] = {
 """Required ``gen`` keys and their JSON types besides the decode settings (``steps`` is checked
 on its own: null in threshold mode). The decode settings are :class:`tabom.decoding.DecodeConfig`'s
 fields, read by :func:`decode_settings`."""
-
-
-TrajectoryFileError = DataFileError
-"""A trajectory file is malformed or does not fit the model: :class:`tabom.errors.DataFileError`
-(file, 1-based line, field) under the name this module's readers raise."""
 
 
 def tokenizer_fingerprint(tokenizer: Any) -> dict[str, Any]:
@@ -147,17 +142,13 @@ def _int_list(
     path: Path, line: int, rec: dict[str, Any], key: str, low: int, high: int | None
 ) -> list[int]:
     """``rec[key]`` as a list of ints in ``[low, high)`` (``high=None``: no upper bound)."""
-    if key not in rec:
-        raise TrajectoryFileError(path, line, key, "missing")
-    value = rec[key]
-    if not isinstance(value, list):
-        raise TrajectoryFileError(path, line, key, f"expected a list, got {type(value).__name__}")
+    value = _typed(path, line, rec, key, (list,))
     for i, v in enumerate(value):
         if not isinstance(v, int) or isinstance(v, bool):
-            raise TrajectoryFileError(path, line, key, f"item {i} is {v!r}, not an integer")
+            raise DataFileError(path, line, key, f"item {i} is {v!r}, not an integer")
         if v < low or (high is not None and v >= high):
             bound = f"[{low}, {high})" if high is not None else f">= {low}"
-            raise TrajectoryFileError(path, line, key, f"item {i} is {v}, outside {bound}")
+            raise DataFileError(path, line, key, f"item {i} is {v}, outside {bound}")
     return value
 
 
@@ -171,16 +162,16 @@ def _typed(
 ) -> Any:
     """``rec[key]`` if present and of one of ``types`` (bools are not ints here)."""
     if key not in rec:
-        raise TrajectoryFileError(path, line, prefix + key, "missing")
+        raise DataFileError(path, line, prefix + key, "missing")
     value = rec[key]
     if (isinstance(value, bool) and bool not in types) or not isinstance(value, types):
         names = " or ".join(t.__name__ for t in types)
-        raise TrajectoryFileError(path, line, prefix + key, f"expected {names}, got {value!r}")
+        raise DataFileError(path, line, prefix + key, f"expected {names}, got {value!r}")
     if isinstance(value, str):
         try:
             value.encode("utf-8")
         except UnicodeEncodeError as e:  # JSON's "\ud800": not text any tool can print or draw
-            raise TrajectoryFileError(
+            raise DataFileError(
                 path, line, prefix + key, f"character {e.start} is a lone surrogate, not text"
             ) from None
     return value
@@ -220,7 +211,7 @@ def _check_gen(path: Path, line: int, gen: dict[str, Any], length: int, method: 
     for key, types in _GEN_TYPES.items():
         _typed(path, line, gen, key, types, prefix="gen.")
     if "steps" not in gen:
-        raise TrajectoryFileError(path, line, "gen.steps", "missing (null in threshold mode)")
+        raise DataFileError(path, line, "gen.steps", "missing (null in threshold mode)")
     # 1) each decode setting as the config layer reads it (type, choice, range), by field
     names = [f.name for f in fields(DecodeConfig)]
     for key in (k for k in names if k in gen):
@@ -228,43 +219,35 @@ def _check_gen(path: Path, line: int, gen: dict[str, Any], length: int, method: 
             convert(DecodeConfig, {key: gen[key]}, "gen")
         except ConfigError as e:
             reason = str(e).removeprefix(f"gen.{key}: ")
-            raise TrajectoryFileError(path, line, f"gen.{key}", reason) from None
+            raise DataFileError(path, line, f"gen.{key}", reason) from None
     if "score" in gen and gen["score"] != method:
-        raise TrajectoryFileError(
+        raise DataFileError(
             path, line, "gen.score", f"{gen['score']!r} but the record's method is {method!r}"
         )
     # 2) together (a block length that divides T, steps a multiple of the blocks)
     try:
         cfg = decode_settings(gen, method)
     except ConfigError as e:
-        raise TrajectoryFileError(path, line, "gen", str(e).removeprefix("gen: ")) from None
+        raise DataFileError(path, line, "gen", str(e).removeprefix("gen: ")) from None
     if cfg.gen_length != length:
-        raise TrajectoryFileError(
+        raise DataFileError(
             path,
             line,
             "gen.gen_length",
             f"{gen['gen_length']} but the response has {length} tokens",
         )
-    if "vocab_size" in gen and (
-        not isinstance(gen["vocab_size"], int) or isinstance(gen["vocab_size"], bool)
-    ):
-        raise TrajectoryFileError(
-            path, line, "gen.vocab_size", f"expected int, got {gen['vocab_size']!r}"
-        )
+    if "vocab_size" in gen:
+        _typed(path, line, gen, "vocab_size", (int,), prefix="gen.")
     fp = gen["tokenizer"]
     if not isinstance(fp.get("sha256"), str) or not isinstance(fp.get("size"), int):
-        raise TrajectoryFileError(
-            path, line, "gen.tokenizer", "expected {'size': int, 'sha256': str}"
-        )
+        raise DataFileError(path, line, "gen.tokenizer", "expected {'size': int, 'sha256': str}")
     steps = gen["steps"]
     if cfg.threshold is None:
         if not isinstance(steps, int) or isinstance(steps, bool) or steps < 1:
-            raise TrajectoryFileError(
-                path, line, "gen.steps", f"expected a positive int, got {steps!r}"
-            )
+            raise DataFileError(path, line, "gen.steps", f"expected a positive int, got {steps!r}")
         return steps
     if steps is not None:
-        raise TrajectoryFileError(path, line, "gen.steps", "must be null in threshold mode")
+        raise DataFileError(path, line, "gen.steps", "must be null in threshold mode")
     return length  # every threshold step commits at least one token per row
 
 
@@ -295,25 +278,25 @@ def parse_record(
         The record (with ``line`` set).
 
     Raises:
-        TrajectoryFileError: the first problem found, naming the field.
+        DataFileError: the first problem found, naming the field.
     """
     path = Path(path)
     if not isinstance(rec, dict):
-        raise TrajectoryFileError(path, line, "<line>", "not a JSON object")
+        raise DataFileError(path, line, "<line>", "not a JSON object")
     version = rec.get("schema_version")
     if version != SCHEMA_VERSION or isinstance(version, bool):
-        raise TrajectoryFileError(
+        raise DataFileError(
             path, line, "schema_version", f"unknown schema version {version!r} (this reader: 1)"
         )
     rid = _typed(path, line, rec, "id", (str,))
     if not rid:
-        raise TrajectoryFileError(path, line, "id", "empty")
+        raise DataFileError(path, line, "id", "empty")
     prompt_id = _typed(path, line, rec, "prompt_id", (str,))
     sample = _typed(path, line, rec, "sample", (int,))
     if sample < 0:
-        raise TrajectoryFileError(path, line, "sample", f"{sample} is negative")
+        raise DataFileError(path, line, "sample", f"{sample} is negative")
     if rid != f"{prompt_id}#{sample}":
-        raise TrajectoryFileError(
+        raise DataFileError(
             path,
             line,
             "id",
@@ -324,22 +307,20 @@ def parse_record(
     text = _typed(path, line, rec, "response_text", (str,))
     method = _typed(path, line, rec, "method", (str,))
     if method not in METHODS:
-        raise TrajectoryFileError(path, line, "method", f"{method!r} is not one of {METHODS}")
+        raise DataFileError(path, line, "method", f"{method!r} is not one of {METHODS}")
     source = _typed(path, line, rec, "data_source", (str,))
     if "verified" not in rec:
-        raise TrajectoryFileError(path, line, "verified", "missing (null when unverified)")
+        raise DataFileError(path, line, "verified", "missing (null when unverified)")
     verified = rec["verified"]
     if verified is not None and not isinstance(verified, bool):
-        raise TrajectoryFileError(
-            path, line, "verified", f"expected true/false/null, got {verified!r}"
-        )
+        raise DataFileError(path, line, "verified", f"expected true/false/null, got {verified!r}")
 
     # 1) the tokenizer first: ids are only meaningful under the model's vocabulary
     length = len(_typed(path, line, rec, "response_token_ids", (list,)))
     gen = _typed(path, line, rec, "gen", (dict,))
     bound = _check_gen(path, line, gen, length, method)
     if tokenizer is not None and gen["tokenizer"] != tokenizer:
-        raise TrajectoryFileError(
+        raise DataFileError(
             path,
             line,
             "gen.tokenizer",
@@ -352,25 +333,20 @@ def parse_record(
     prompt_ids = _int_list(path, line, rec, "prompt_token_ids", 0, vocab_size)
     response = _int_list(path, line, rec, "response_token_ids", 0, vocab_size)
     if not response:
-        raise TrajectoryFileError(path, line, "response_token_ids", "empty")
-    if mask_token_id is not None and mask_token_id in response:
-        raise TrajectoryFileError(
-            path,
-            line,
-            "response_token_ids",
-            f"item {response.index(mask_token_id)} is the model's [MASK] id {mask_token_id} "
-            "(a committed token is never the mask)",
-        )
-    if mask_token_id is not None and mask_token_id in prompt_ids:
-        raise TrajectoryFileError(
-            path,
-            line,
-            "prompt_token_ids",
-            f"item {prompt_ids.index(mask_token_id)} is the model's [MASK] id {mask_token_id} "
-            "(a prompt is given, never masked)",
-        )
+        raise DataFileError(path, line, "response_token_ids", "empty")
+    for key, ids, why in (
+        ("response_token_ids", response, "a committed token is never the mask"),
+        ("prompt_token_ids", prompt_ids, "a prompt is given, never masked"),
+    ):
+        if mask_token_id is not None and mask_token_id in ids:
+            raise DataFileError(
+                path,
+                line,
+                key,
+                f"item {ids.index(mask_token_id)} is the model's [MASK] id {mask_token_id} ({why})",
+            )
     if max_length is not None and len(prompt_ids) + len(response) > max_length:
-        raise TrajectoryFileError(
+        raise DataFileError(
             path,
             line,
             "prompt_token_ids",
@@ -379,31 +355,31 @@ def parse_record(
         )
     order = _int_list(path, line, rec, "decoding_order", -1, bound)
     if len(order) != len(response):
-        raise TrajectoryFileError(
+        raise DataFileError(
             path,
             line,
             "decoding_order",
             f"length {len(order)} differs from response_token_ids ({len(response)})",
         )
     if all(d < 0 for d in order):
-        raise TrajectoryFileError(
+        raise DataFileError(
             path, line, "decoding_order", "every position is -1: nothing was decoded"
         )
     entropy = rec.get("decode_entropy")
     if entropy is not None:
         if not isinstance(entropy, list) or len(entropy) != len(response):
-            raise TrajectoryFileError(
+            raise DataFileError(
                 path, line, "decode_entropy", f"expected a list of {len(response)} numbers or nulls"
             )
         for i, v in enumerate(entropy):
             if v is not None and (
                 isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v)
             ):
-                raise TrajectoryFileError(
+                raise DataFileError(
                     path, line, "decode_entropy", f"item {i} is {v!r}, not a finite number"
                 )
             if v is not None and v < 0:
-                raise TrajectoryFileError(
+                raise DataFileError(
                     path, line, "decode_entropy", f"item {i} is {v}: an entropy is >= 0"
                 )
     return TrajectoryRecord(
@@ -462,13 +438,12 @@ def read_trajectories(
 
     Raises:
         FileNotFoundError: no such file.
-        TrajectoryFileError: the first bad line, naming file, line and field (also a
+        DataFileError: the first bad line, naming file, line and field (also a
             duplicate ``id`` and a truncated last line).
     """
     path = Path(path)
-    fp = tokenizer if tokenizer is None or isinstance(tokenizer, dict) else None
-    if fp is None and tokenizer is not None:
-        fp = tokenizer_fingerprint(tokenizer)
+    if tokenizer is not None and not isinstance(tokenizer, dict):
+        tokenizer = tokenizer_fingerprint(tokenizer)
     want = None if gen is None else _comparable_gen(gen)
     records: list[TrajectoryRecord] = []
     seen: dict[str, int] = {}
@@ -478,16 +453,16 @@ def read_trajectories(
             obj,
             path=path,
             line=line,
-            tokenizer=fp,
+            tokenizer=tokenizer,
             vocab_size=vocab_size,
             max_length=max_length,
             mask_token_id=mask_token_id,
         )
         if rec.id in seen:
-            raise TrajectoryFileError(path, line, "id", f"{rec.id!r} repeats line {seen[rec.id]}")
+            raise DataFileError(path, line, "id", f"{rec.id!r} repeats line {seen[rec.id]}")
         if want is not None and (have := _comparable_gen(rec.gen, rec.method)) != want:
             key = next(k for k in sorted(set(want) | set(have)) if want.get(k) != have.get(k))
-            raise TrajectoryFileError(
+            raise DataFileError(
                 path,
                 line,
                 f"gen.{key}",
@@ -496,7 +471,7 @@ def read_trajectories(
             )
         first = prompts.setdefault(rec.prompt_id, (rec.prompt, rec.prompt_token_ids, line))
         if first[:2] != (rec.prompt, rec.prompt_token_ids):
-            raise TrajectoryFileError(
+            raise DataFileError(
                 path,
                 line,
                 "prompt",
@@ -512,7 +487,6 @@ __all__ = [
     "METHODS",
     "RECORD_PREFIX",
     "SCHEMA_VERSION",
-    "TrajectoryFileError",
     "TrajectoryRecord",
     "parse_record",
     "read_trajectories",

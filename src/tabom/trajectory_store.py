@@ -24,7 +24,7 @@ import yaml
 
 from tabom.checkpoint import check_settings
 from tabom.errors import DataFileError
-from tabom.fingerprint import check_fingerprints, save_fingerprints
+from tabom.fingerprint import check_fingerprints
 from tabom.jsonl import JsonlWriter, drop_torn_tail, iter_json_lines, loads_line, write_jsonl
 from tabom.metrics import pass_at_k
 from tabom.trajectory import RECORD_PREFIX, TrajectoryRecord, read_trajectories
@@ -102,8 +102,6 @@ def read_progress(
             )
         out.setdefault(stats.group, stats)
     return out
-
-
 
 
 def summarise(
@@ -197,10 +195,6 @@ class TrajectoryStore:
     plan_order: dict[str, int]
     groups: list[list[str]]
     gen: dict[str, Any]
-
-    def save_fingerprint(self, fingerprint: dict[str, Any]) -> None:
-        """Write ``OUTPUT.fingerprint.json`` (after :func:`check_resume` accepted the run)."""
-        save_fingerprints(sidecar(self.output, FINGERPRINT), fingerprint)
 
     def read(self) -> tuple[dict[str, str], dict[int, GroupStats]]:
         """``(lines, stats)`` of ``OUTPUT`` as the main process left it; reads only (the

@@ -38,6 +38,7 @@ from tabom.batch_decode import decode_batches, response_text
 from tabom.config import AT_LEAST_1, NON_NEGATIVE, check_ranges, save_config, to_dict
 from tabom.decoding import DecodeConfig
 from tabom.errors import TabomError
+from tabom.fingerprint import model_fingerprint, prompt_hashes, save_fingerprints
 from tabom.kv_cache import cache_support
 from tabom.models import DEFAULT_MODEL, load_model
 from tabom.models.base import DiffusionLM
@@ -131,7 +132,7 @@ class DistillConfig:
             raise ValueError("decode.gen_length: set it when there is no task to take it from")
         if not self.ks:
             raise ValueError("ks: give at least one k of pass@k (e.g. 1)")
-        if any(not 1 <= k <= self.n_samples for k in self.ks):
+        if any(k > self.n_samples for k in self.ks):  # k >= 1: the field's range
             raise ValueError(f"ks {self.ks}: every k must be in [1, n_samples={self.n_samples}]")
         if self.n_samples > 1 and self.decode.temperature == 0:
             raise ValueError(
@@ -152,8 +153,7 @@ class DistillConfig:
 
 
 def load_prompts(cfg: DistillConfig, task: Task | None) -> list[Example]:
-    """The run's prompts, in order: generated from ``seed``, or the first ``n_prompts`` of a file
-    (:func:`tabom.prompts.read_prompts`)."""
+    """The run's prompts (:func:`tabom.prompts.read_prompts` with ``cfg``'s settings)."""
     return read_prompts(
         task,
         cfg.n_prompts,
@@ -197,40 +197,33 @@ def decode_group(
     texts = [response_text(tok, ids, dlm.spec.stop_ids) for ids in responses]
     pairs = [(ex, texts[i * n + j]) for i, ex in enumerate(examples) for j in range(n)]
     verdicts = [None] * len(pairs) if task is None else _verify_group(task, pairs)
-    records, correct = [], []
-    for i, ex in enumerate(examples):
-        row_verdicts: list[bool | None] = []
-        for j in range(n):
-            r = i * n + j
-            text, verified = texts[r], verdicts[r]
-            row_verdicts.append(verified)
-            records.append(
-                TrajectoryRecord(
-                    id=f"{ex.id}#{j}",
-                    prompt_id=ex.id,
-                    sample=j,
-                    prompt=ex.prompt,
-                    prompt_token_ids=encoded[i],
-                    response_token_ids=responses[r],
-                    decoding_order=orders[r],
-                    response_text=text,
-                    method=cfg.decode.score,
-                    data_source=data_source,
-                    verified=verified,
-                    gen=gen,
-                    decode_entropy=entropies[r],
-                )
-            )
-        correct.append(row_verdicts)
-    committed = int((out.decoding_order >= 0).sum())
+    records = [
+        TrajectoryRecord(
+            id=f"{ex.id}#{j}",
+            prompt_id=ex.id,
+            sample=j,
+            prompt=ex.prompt,
+            prompt_token_ids=encoded[i],
+            response_token_ids=responses[i * n + j],
+            decoding_order=orders[i * n + j],
+            response_text=texts[i * n + j],
+            method=cfg.decode.score,
+            data_source=data_source,
+            verified=verdicts[i * n + j],
+            gen=gen,
+            decode_entropy=entropies[i * n + j],
+        )
+        for i, ex in enumerate(examples)
+        for j in range(n)
+    ]
     stats = GroupStats(
-        group,
-        [ex.id for ex in examples],
-        correct,
-        len(responses),
-        out.nfe,
-        committed,
-        round(seconds, 4),
+        group=group,
+        prompt_ids=[ex.id for ex in examples],
+        correct=[verdicts[i * n : (i + 1) * n] for i in range(len(examples))],
+        rows=len(responses),
+        nfe=out.nfe,
+        committed=int((out.decoding_order >= 0).sum()),
+        seconds=round(seconds, 4),
     )
     return records, stats
 
@@ -319,52 +312,11 @@ class DistillSummary:
         )
 
 
-RESUME_SETTINGS = (
-    "model",
-    "task",
-    "prompts_file",
-    "prompt_field",
-    "id_field",
-    "split",
-    "n_samples",
-    "keep",
-    "decode",
-    "seed",
-    "prompts_per_batch",
-)
+RESUME_SETTINGS = ("model", "task", "prompts_file", "prompt_field", "id_field", "split",
+                   "n_samples", "keep", "decode", "seed", "prompts_per_batch")  # fmt: skip
 """Every setting that shapes the output file (the whole decode group: score, budget,
 sampling): a rerun onto an existing file must match them (``n_prompts`` may grow; the ``gen``
 of each record and the sidecar's groups check the rest)."""
-
-
-def fingerprints(cfg: DistillConfig, examples: list[Example]) -> dict[str, Any]:
-    """What a setting's value does not show: the model's weights (:mod:`tabom.fingerprint`;
-    ``None`` for a hub id) and each prompt's text, for ``OUTPUT.fingerprint.json``."""
-    from tabom.fingerprint import model_fingerprint, prompt_hashes
-
-    return {
-        "model_weights": model_fingerprint(cfg.model),
-        "prompts": prompt_hashes((ex.id, ex.prompt) for ex in examples),
-    }
-
-
-def _check_resume(
-    cfg: DistillConfig, output: Path, fingerprint: dict[str, Any] | None = None
-) -> None:
-    """Refuse to continue ``output`` with other settings (:data:`RESUME_SETTINGS`), weights or
-    prompt texts than those that wrote it; reads only (:func:`tabom.trajectory_store.check_resume`).
-    """
-    from_record = {"decode.score": ("method", cfg.decode.score)}
-    if cfg.prompts_file is None:
-        from_record["task"] = ("data_source", cfg.task)
-    check_resume(
-        output,
-        {k: v for k, v in to_dict(cfg).items() if k in RESUME_SETTINGS},
-        from_record,
-        fingerprint,
-        model=cfg.model,
-        prompts_source=f"prompts_file {cfg.prompts_file}" if cfg.prompts_file else "prompts",
-    )
 
 
 def distill(cfg: DistillConfig) -> DistillSummary | None:
@@ -422,22 +374,34 @@ def distill(cfg: DistillConfig) -> DistillSummary | None:
         "vocab_size": dlm.vocab_size,
         "tokenizer": tokenizer_fingerprint(dlm.tokenizer),
     }
-    data_source = (
-        cfg.task
-        if cfg.prompts_file is None
-        else f"{cfg.task or 'none'}@{Path(cfg.prompts_file).name}"
-    )
+    data_source = cfg.task
+    if cfg.prompts_file is not None:
+        data_source = f"{cfg.task or 'none'}@{Path(cfg.prompts_file).name}"
 
     # 2) resume: the main process merges leftovers (torn lines, shards of a killed run)
     store = TrajectoryStore(output, plan_order, group_ids, gen)
     if state.is_main_process:
-        fingerprint = fingerprints(cfg, examples)
-        _check_resume(cfg, output, fingerprint)  # reads only: a refused rerun changes nothing
+        # what a setting's value does not show: the weights (None for a hub id), prompt texts
+        fingerprint = {
+            "model_weights": model_fingerprint(cfg.model),
+            "prompts": prompt_hashes((ex.id, ex.prompt) for ex in examples),
+        }
+        from_record = {"decode.score": ("method", cfg.decode.score)}  # a file without sidecar
+        if cfg.prompts_file is None:
+            from_record["task"] = ("data_source", cfg.task)
+        check_resume(  # reads only: a refused rerun changes nothing
+            output,
+            {k: v for k, v in to_dict(cfg).items() if k in RESUME_SETTINGS},
+            from_record,
+            fingerprint,
+            model=cfg.model,
+            prompts_source=f"prompts_file {cfg.prompts_file}" if cfg.prompts_file else "prompts",
+        )
         output.parent.mkdir(parents=True, exist_ok=True)
         lines, done = store.consolidate()  # checks, then repairs
         records_before = len(lines)
         save_config(cfg, sidecar(output, CONFIG))  # only after the check
-        store.save_fingerprint(fingerprint)
+        save_fingerprints(sidecar(output, FINGERPRINT), fingerprint)
     state.wait_for_everyone()
     if not state.is_main_process:
         lines, done = store.read()
