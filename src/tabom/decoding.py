@@ -41,8 +41,6 @@ def steps_for(gen_length: int, tokens_per_step: int, block_length: int | None = 
         ValueError: ``tokens_per_step`` < 1, or a ``block_length`` that does not divide
             ``gen_length`` (or exceeds it).
     """
-    if gen_length <= 0:
-        raise ValueError(f"gen_length must be positive, got {gen_length}")
     if tokens_per_step < 1:
         raise ValueError(f"tokens_per_step must be >= 1, got {tokens_per_step}")
     n_blocks = 1
