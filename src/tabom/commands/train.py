@@ -316,11 +316,7 @@ def micro_seed(seed: int, step: int, slot: int) -> int:
 
 
 def _load_dtype(cfg: TrainConfig) -> str | torch.dtype:
-    """``load_model``'s dtype: fp32 master weights for full fine-tuning, else ``cfg.dtype``.
-
-    With LoRA, ``auto`` is ``load_model``'s default for a model loaded on the CPU (fp32); a
-    half-precision frozen base must be asked for (``dtype: bfloat16``).
-    """
+    """``load_model``'s dtype: fp32 master weights for full fine-tuning, else ``cfg.dtype``."""
     return cfg.dtype if cfg.lora_rank else torch.float32
 
 
