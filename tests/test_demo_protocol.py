@@ -14,8 +14,9 @@ from tabom.commands.demo import pipeline
 from tabom.commands.demo.config import ALL_ARMS, DemoConfig, parse_arm
 from tabom.config import build_config
 from tabom.evaluate import tau_to_order
+from tabom.losses import RANK_LOSSES
 from tabom.metrics import diff_ci, t_quantile_975
-from tabom.objectives import OBJECTIVES, RANK_LOSSES
+from tabom.objectives import OBJECTIVES
 
 
 def test_arms_are_objectives_or_ranking_variants():

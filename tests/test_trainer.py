@@ -21,8 +21,9 @@ from tabom.commands.distill import DistillConfig, distill
 from tabom.commands.train import TrainConfig, latest_checkpoint, load_train_items, train
 from tabom.config import ConfigError, load_config
 from tabom.errors import DataFileError
+from tabom.losses import RANK_LOSSES
 from tabom.models import TinyModelConfig, build_tiny, load_model
-from tabom.objectives import GROUND_TRUTH_OBJECTIVES, RANK_LOSSES, LossConfig, compute_objective
+from tabom.objectives import GROUND_TRUTH_OBJECTIVES, LossConfig, compute_objective
 from tabom.train_data import (
     TrainDataError,
     batch_indices,

@@ -113,16 +113,9 @@ def decode_batches(
     outputs = []
     for rows in tqdm(batches, desc=desc, disable=not progress, leave=False):
         ids, mask = pad_prompts([list(encoded[i]) for i in rows], pad)
-        outputs.append(
-            decode(
-                dlm,
-                ids.to(dlm.device),
-                mask.to(dlm.device),
-                cfg,
-                mask_token_id=dlm.mask_token_id,
-                generator=generator,
-            )
-        )
+        ids, mask = ids.to(dlm.device), mask.to(dlm.device)
+        part = decode(dlm, ids, mask, cfg, mask_token_id=dlm.mask_token_id, generator=generator)
+        outputs.append(part)
     if len(outputs) == 1:
         return outputs[0]
     out = concat_outputs(outputs, pad)
@@ -170,13 +163,7 @@ def decode_texts(
     """
     encoded = [dlm.encode_prompt(p) for p in prompts]  # the chat template, if the backend has one
     out = decode_batches(
-        dlm,
-        encoded,
-        cfg,
-        generator=generator,
-        batch_size=batch_size,
-        progress=progress,
-        desc=desc,
+        dlm, encoded, cfg, generator=generator, batch_size=batch_size, progress=progress, desc=desc
     )
     texts = [response_text(dlm.tokenizer, r, dlm.spec.stop_ids) for r in out.response_ids.tolist()]
     return texts, out

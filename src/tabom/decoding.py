@@ -27,7 +27,6 @@ from tabom.head import HeadModel, as_head_model
 ScoreName = Literal["confidence", "margin", "entropy", "random"]
 SCORES: tuple[str, ...] = get_args(ScoreName)
 CacheMode = Literal["none", "prefix", "dual"]
-CACHE_MODES: tuple[str, ...] = get_args(CacheMode)
 
 
 def steps_for(gen_length: int, tokens_per_step: int, block_length: int | None = None) -> int:
@@ -42,8 +41,6 @@ def steps_for(gen_length: int, tokens_per_step: int, block_length: int | None = 
         ValueError: ``tokens_per_step`` < 1, or a ``block_length`` that does not divide
             ``gen_length`` (or exceeds it).
     """
-    if gen_length <= 0:
-        raise ValueError(f"gen_length must be positive, got {gen_length}")
     if tokens_per_step < 1:
         raise ValueError(f"tokens_per_step must be >= 1, got {tokens_per_step}")
     n_blocks = 1
@@ -155,21 +152,18 @@ class DecodeConfig:
         Raises:
             ValueError: no response length (``gen_length`` unset).
         """
-        cfg = self.resolve()
-        out = {f.name: getattr(cfg, f.name) for f in dataclasses.fields(cfg)}
-        if cfg.threshold is not None:
+        out = {k: v for k, v in dataclasses.asdict(self.resolve()).items() if k not in NOT_RECORDED}
+        if self.threshold is not None:
             out["steps"] = None
-        return {k: v for k, v in out.items() if k not in NOT_RECORDED}
+        return out
 
     @classmethod
     def from_record(cls, values: Mapping[str, Any], where: str = "") -> DecodeConfig:
         """The settings of ``{field: value}`` (a trajectory's ``gen``, lm-eval model args).
 
-        Each value goes through the config layer (:func:`tabom.config.convert`: type, choice
-        and range from the field's declaration, so ``"0.9"`` reads as a float and ``"none"``
-        as unset); a field the mapping lacks keeps its default, so a field added later reads
-        from older files as its default (a new field's default is what the sampler did
-        before it existed).
+        Each value is read as a flag is (:func:`tabom.config.convert`: ``"0.9"`` is a float,
+        ``"none"`` unset); a missing field keeps its default, so older files read a field added
+        later as its default (what the sampler did before it existed).
 
         Args:
             values: field names to values; every key must be a field.
@@ -182,9 +176,9 @@ class DecodeConfig:
         kwargs = convert(cls, dict(values), where)
         try:
             return cls(**kwargs)
-        except ValueError as e:
-            if isinstance(e, ConfigError):
-                raise
+        except ConfigError:
+            raise
+        except ValueError as e:  # a rule across fields (__post_init__)
             raise ConfigError(f"{where}: {e}" if where else str(e)) from None
 
     def label(self, base: DecodeConfig | None = None) -> str:
@@ -202,7 +196,7 @@ class DecodeConfig:
         label = f"{self.score}@{budget}"
         if base is None:
             return label
-        skip = {"score", "threshold", "steps", "tokens_per_step", "gen_length", *NOT_RECORDED}
+        skip = {"score", "threshold", "steps", "gen_length", *NOT_RECORDED}
         for f in dataclasses.fields(self):
             value = getattr(self, f.name)
             if f.name not in skip and value != getattr(base, f.name):
@@ -577,19 +571,16 @@ def decode(
                 noise_rows=(b_idx * Lb + j_idx, B * Lb),  # the same draws as a whole-block proposal
             )  # (N,), (N, V)
             # q(token) and sum q log q once per step, shared by the score, threshold and record
-            confidence = neg_entropy = None
-            if cfg.score == "confidence" or not fixed:
-                confidence = q.gather(-1, tokens_c.unsqueeze(-1)).squeeze(-1)  # (N,)
+            confidence = q.gather(-1, tokens_c.unsqueeze(-1)).squeeze(-1)  # (N,)
+            neg_entropy = None
             if cfg.score == "entropy" or entropy is not None:
                 neg_entropy = torch.special.xlogy(q, q).sum(dim=-1)  # (N,), 0 log 0 = 0
-            if cfg.score == "confidence":
-                scores_c = confidence
-            elif cfg.score == "entropy":
-                scores_c = neg_entropy
-            elif cfg.score == "random":  # drawn for the whole block: the stream does not depend on N
+            if cfg.score == "random":  # drawn for the whole block: the stream does not depend on N
                 scores_c = torch.rand((B, Lb), generator=generator, device=device)[b_idx, j_idx]
+            elif cfg.score == "margin":
+                scores_c = score_proposals(q, tokens_c, "margin")  # (N,)
             else:
-                scores_c = score_proposals(q, tokens_c, cfg.score, generator=generator)  # (N,)
+                scores_c = confidence if cfg.score == "confidence" else neg_entropy
         # NaN is checked once at the end (no host sync per step); the first step is kept
         bad = torch.isnan(scores_c).any() & (nan_step < 0)
         nan_step = torch.where(bad, step, nan_step)

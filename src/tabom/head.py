@@ -288,14 +288,8 @@ def _module_chunks(
 
     ce, h = [], []
     for i in range(0, h_rows.shape[0], chunk):
-        c, e = checkpoint(
-            _head_ce,
-            head,
-            h_rows[i : i + chunk],
-            targets[i : i + chunk],
-            entropy,
-            use_reentrant=False,
-        )
+        rows = slice(i, i + chunk)
+        c, e = checkpoint(_head_ce, head, h_rows[rows], targets[rows], entropy, use_reentrant=False)
         ce.append(c)
         h.append(e)
     return torch.cat(ce), torch.cat(h)

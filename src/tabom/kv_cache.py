@@ -53,12 +53,6 @@ def cache_support(model: Any) -> str | None:
     return None
 
 
-def _cache_keyword(network: Any) -> str:
-    """The forward's name for the cache: ``cache`` (transformers >= 5.2x) or ``past_key_values``."""
-    params = inspect.signature(network.forward).parameters
-    return "cache" if "cache" in params else "past_key_values"
-
-
 def _layer_kv(cache: Any) -> list[tuple[torch.Tensor, torch.Tensor]]:
     """``[(keys, values)]`` per layer of a ``DynamicCache``, each ``(B, heads, L, head_dim)``."""
     if hasattr(cache, "layers"):
@@ -85,14 +79,14 @@ class BlockCache:
         reason = cache_support(model)
         if reason is not None:
             raise TabomError(f"--decode.cache {mode}: {reason}")
-        if mode not in ("prefix", "dual"):
-            raise ValueError(f"decode.cache must be prefix or dual here, got {mode!r}")
         self.dlm: DiffusionLM = model
         self.mode = mode
         self.every_step = every_step
         self.block = torch.full((batch,), -1, dtype=torch.long)  # host: where each cache was made
         self.kv: list[tuple[torch.Tensor, torch.Tensor]] | None = None  # per layer (B, h, L, d)
-        self.keyword = _cache_keyword(model._network())
+        # the forward's name for the cache: ``cache`` (transformers >= 5.2x) or ``past_key_values``
+        params = inspect.signature(model._network().forward).parameters
+        self.keyword = "cache" if "cache" in params else "past_key_values"
         self.full_forwards = 0  # rows that ran the whole sequence (refreshes)
         self.cached_forwards = 0  # rows that ran through the cache
 

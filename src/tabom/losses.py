@@ -95,72 +95,6 @@ class RankOutput:
     n_samples: int
 
 
-@dataclass
-class RankWindow:
-    """The ranking window of a batch, gathered to K slots per sample.
-
-    Attributes:
-        h: ``(B, K)`` fp32 entropies at the candidates (with gradient), 0 in empty slots.
-        slot: ``(B, K)`` bool, real candidates (the first ``count[b]`` slots).
-        before: ``(B, K, K)`` bool, ``before[b, i, j]``: candidate i is ranked before j
-            (d_i < d_j, plus same-step pairs ordered by ``ties``); False on empty slots.
-        idx: ``(B, K)`` long, the sequence position of each slot (position order).
-    """
-
-    h: torch.Tensor
-    slot: torch.Tensor
-    before: torch.Tensor
-    idx: torch.Tensor
-
-
-def rank_window(
-    entropy: torch.Tensor,
-    decoding_order: torch.Tensor,
-    cut: torch.Tensor,
-    *,
-    window: int,
-    supervise: torch.Tensor | None = None,
-    ties: RankTies = "strict",
-    decode_entropy: torch.Tensor | None = None,
-    window_unit: WindowUnit = "steps",
-) -> RankWindow | None:
-    """Candidates, their entropies and the ordered-pair mask (steps 1-3 of :func:`rank_loss`).
-
-    Returns:
-        A :class:`RankWindow`, or ``None`` when no sample has two candidates.
-    """
-    b = decoding_order.shape[0]
-    device = decoding_order.device
-
-    # 1) candidates, gathered first along L in position order: idx (B, K), K = max count
-    cand = window_mask(decoding_order, cut, width=window, unit=window_unit, eligible=supervise)
-    count = cand.sum(1)  # (B,)
-    k = int(count.max()) if b else 0
-    if k < 2:
-        return None
-    idx = (~cand).to(torch.uint8).argsort(dim=1, stable=True)[:, :k]  # (B, K)
-    slot = torch.arange(k, device=device) < count[:, None]  # (B, K) real candidates
-
-    # 2) entropies at the candidates: (B, L) -> (B, K)
-    h = entropy.gather(1, idx)  # (B, K)
-
-    # 3) ordered pairs (i before j) as one (B, K, K) mask
-    d = decoding_order.gather(1, idx)  # (B, K)
-    d_i, d_j = d[:, :, None], d[:, None, :]
-    before = d_i < d_j
-    if ties != "strict":
-        same = d_i == d_j
-        p_i, p_j = idx[:, :, None], idx[:, None, :]
-        if ties == "reference":
-            before = before | (same & (p_i < p_j))
-        else:  # decode-entropy: the recorded entropy (train checks the file has it)
-            e = decode_entropy.gather(1, idx).float()  # type: ignore[union-attr]  # (B, K)
-            e_i, e_j = e[:, :, None], e[:, None, :]
-            before = before | (same & ((e_i < e_j) | ((e_i == e_j) & (p_i < p_j))))
-    pairs = before & slot[:, :, None] & slot[:, None, :]  # (B, K, K)
-    return RankWindow(h=h, slot=slot, before=pairs, idx=idx)
-
-
 def auto_margin(h: torch.Tensor, slot: torch.Tensor, fraction: float) -> torch.Tensor:
     """``rank_margin: auto``: m_b = fraction × the detached mean window entropy of sample b.
 
@@ -308,28 +242,45 @@ def rank_loss(
         A :class:`RankOutput`; ``n_pairs`` counts ordered pairs for every variant; 0 (with
         a graph to ``entropy``) when no sample has a pair.
     """
-    win = rank_window(
-        entropy,
-        decoding_order,
-        cut,
-        window=window,
-        supervise=supervise,
-        ties=ties,
-        decode_entropy=decode_entropy,
-        window_unit=window_unit,
-    )
-    if win is None:  # no pair anywhere: 0, still attached (every rank joins backward)
+    b = decoding_order.shape[0]
+    device = decoding_order.device
+
+    # 1) candidates, gathered first along L in position order: idx (B, K), K = max count
+    cand = window_mask(decoding_order, cut, width=window, unit=window_unit, eligible=supervise)
+    count = cand.sum(1)  # (B,)
+    k = int(count.max()) if b else 0
+    if k < 2:  # no pair anywhere: 0, still attached (every rank joins backward)
         return RankOutput(loss=entropy[:, :0].float().sum(), n_pairs=0, n_samples=0)
-    m = auto_margin(win.h, win.slot, margin_fraction)[:, None, None] if margin == "auto" else margin
+    idx = (~cand).to(torch.uint8).argsort(dim=1, stable=True)[:, :k]  # (B, K)
+    slot = torch.arange(k, device=device) < count[:, None]  # (B, K) real candidates
+
+    # 2) entropies at the candidates: (B, L) -> (B, K)
+    h = entropy.gather(1, idx)  # (B, K)
+
+    # 3) ordered pairs (i before j) as one (B, K, K) mask
+    d = decoding_order.gather(1, idx)  # (B, K)
+    d_i, d_j = d[:, :, None], d[:, None, :]
+    before = d_i < d_j
+    if ties != "strict":
+        same = d_i == d_j
+        p_i, p_j = idx[:, :, None], idx[:, None, :]
+        if ties == "reference":
+            before = before | (same & (p_i < p_j))
+        else:  # decode-entropy: the recorded entropy (train checks the file has it)
+            e = decode_entropy.gather(1, idx).float()  # type: ignore[union-attr]  # (B, K)
+            e_i, e_j = e[:, :, None], e[:, None, :]
+            before = before | (same & ((e_i < e_j) | ((e_i == e_j) & (p_i < p_j))))
+    before = before & slot[:, :, None] & slot[:, None, :]  # (B, K, K)
+    m = auto_margin(h, slot, margin_fraction)[:, None, None] if margin == "auto" else margin
 
     # 4) the term, mean over each sample's pairs (or listwise terms), mean over samples
-    terms, counted = RANK_LOSSES[variant](win.h, win.before, m, **knobs)
+    terms, counted = RANK_LOSSES[variant](h, before, m, **knobs)
     dims = tuple(range(1, terms.dim()))
     n = counted.sum(dims)  # (B,)
     per_sample = terms.sum(dims) / n.clamp(min=1)
     has = n > 0
     loss = (per_sample * has).sum() / has.sum().clamp(min=1)
-    n_pairs = win.before.sum((1, 2))
+    n_pairs = before.sum((1, 2))
     return RankOutput(loss=loss, n_pairs=int(n_pairs.sum()), n_samples=int(has.sum()))
 
 

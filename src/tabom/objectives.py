@@ -123,13 +123,6 @@ class LossConfig:
             raise ValueError(f"rank_loss must be one of {names}, got {self.rank_loss!r}")
 
 
-RANK_LOSSES = _losses.RANK_LOSSES
-"""The ranking variants (``--loss.rank_loss NAME``): :data:`tabom.losses.RANK_LOSSES`, the one
-list. :func:`compute_objective` runs :func:`tabom.losses.rank_loss` with the variant's term;
-each knob NAME of the term (a keyword-only parameter, :func:`term_knobs`) comes
-from the field ``rank_NAME`` here (:func:`rank_knobs`), whose range is declared in its metadata."""
-
-
 def term_knobs(variant: str) -> tuple[str, ...]:
     """The knobs of a ranking variant: its term's keyword-only parameters."""
     params = inspect.signature(_losses.RANK_LOSSES[variant]).parameters.values()

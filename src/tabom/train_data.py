@@ -180,7 +180,7 @@ def load_trajectories(
 
     Raises:
         FileNotFoundError: no such file.
-        TrajectoryFileError: a malformed record or another tokenizer (names file, line, field).
+        DataFileError: a malformed record or another tokenizer (names file, line, field).
         TrainDataError: no record (an empty file, or none verified with ``verified_only``).
     """
     path = Path(path)

@@ -50,13 +50,8 @@ from tabom.config import (
     save_config,
     to_dict,
 )
-from tabom.engine import (
-    describe,
-    full_state_dict,
-    make_accelerator,
-    without_zero3_init,
-)
-from tabom.engine import is_sharded as _is_sharded
+from tabom.engine import describe, full_state_dict, make_accelerator, without_zero3_init
+from tabom.engine import is_sharded as _is_sharded  # tests replace it
 from tabom.errors import TabomError
 from tabom.evaluate import greedy_accuracy, make_eval_sets
 from tabom.models import (
@@ -69,12 +64,7 @@ from tabom.models import (
 from tabom.models.base import DiffusionLM
 from tabom.models.lora import with_lora
 from tabom.models.prepared import HeadForward, PreparedLM
-from tabom.objectives import (
-    GROUND_TRUTH_OBJECTIVES,
-    LossConfig,
-    Objective,
-    compute_objective,
-)
+from tabom.objectives import GROUND_TRUTH_OBJECTIVES, LossConfig, Objective, compute_objective
 from tabom.schedule import lr_factor
 from tabom.seeding import derive
 from tabom.train_data import (
@@ -89,17 +79,8 @@ from tabom.train_data import (
     steps_per_epoch,
 )
 
-LOG_KEYS = (
-    "ce",
-    "rank",
-    "kl",
-    "total",
-    "n_supervised",
-    "n_pairs",
-    "n_rank_samples",
-    "n_uncut",
-    "samples",
-)
+LOG_KEYS = ("ce", "rank", "kl", "total", "n_supervised", "n_pairs", "n_rank_samples", "n_uncut")
+LOG_KEYS += ("samples",)
 CADENCE = ("output_dir", "save_every", "log_every", "eval_every", "progress", "resume")
 CADENCE += ("num_threads", "report_to")
 """Settings that do not shape the trained model: a resume may change them (every other one
@@ -263,7 +244,7 @@ def load_train_items(cfg: TrainConfig, dlm: DiffusionLM) -> tuple[Any, int]:
         and the number of trajectories too short for M.
 
     Raises:
-        FileNotFoundError, TrajectoryFileError, DataFileError, TrainDataError: bad data.
+        FileNotFoundError, DataFileError, DataFileError, TrainDataError: bad data.
     """
     if cfg.objective in GROUND_TRUTH_OBJECTIVES:
         items = ground_truth_items(
@@ -335,11 +316,7 @@ def micro_seed(seed: int, step: int, slot: int) -> int:
 
 
 def _load_dtype(cfg: TrainConfig) -> str | torch.dtype:
-    """``load_model``'s dtype: fp32 master weights for full fine-tuning, else ``cfg.dtype``.
-
-    With LoRA, ``auto`` is ``load_model``'s default for a model loaded on the CPU (fp32); a
-    half-precision frozen base must be asked for (``dtype: bfloat16``).
-    """
+    """``load_model``'s dtype: fp32 master weights for full fine-tuning, else ``cfg.dtype``."""
     return cfg.dtype if cfg.lora_rank else torch.float32
 
 
@@ -379,20 +356,10 @@ def _rebuild(cfg: TrainConfig, state: dict[str, torch.Tensor]) -> Any:
     """
     dlm = load_model(cfg.model, backend=cfg.backend, dtype=_load_dtype(cfg))
     model = _with_lora(dlm.model, cfg, dlm.spec.lora_targets) if cfg.lora_rank else dlm.model
-    model.load_state_dict({k: v.to(p.dtype) for (k, v), p in _aligned(state, model)})  # strict
-    return model
-
-
-def _aligned(state: dict[str, torch.Tensor], model: Any) -> list[tuple[tuple[str, Any], Any]]:
-    """``((name, tensor), model tensor of that name)`` pairs, so the state takes the model's
-    dtype (ZeRO-3 may hand back its training dtype); unknown names fail in ``load_state_dict``."""
+    # the model's dtypes (ZeRO-3 may hand back its training dtype); unknown names fail (strict)
     own = model.state_dict()
-    return [((k, v), own.get(k, v)) for k, v in state.items()]
-
-
-def _unprefixed(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """The network's own names: :class:`HeadForward` holds it as ``model``."""
-    return {k.removeprefix("model."): v for k, v in state.items()}
+    model.load_state_dict({k: v.to(own.get(k, v).dtype) for k, v in state.items()})
+    return model
 
 
 def _param_groups(model: Any, weight_decay: float) -> list[dict[str, Any]]:
@@ -435,7 +402,7 @@ def train(cfg: TrainConfig) -> Path:
     Raises:
         ConfigError: checkpoints exist without ``resume``, a checkpoint of other data, or
             the package of ``report_to`` is missing.
-        TrajectoryFileError, DataFileError, TrainDataError, FileNotFoundError: bad data,
+        DataFileError, DataFileError, TrainDataError, FileNotFoundError: bad data,
             raised before any training step.
     """
     from accelerate.utils import set_seed
@@ -653,7 +620,8 @@ def train(cfg: TrainConfig) -> Path:
     # DeepSpeed the modules hold shards, so the main process rebuilds a whole copy from it
     # (outside ZeRO-3's partitioned init, which would wait for the other processes)
     accelerator.wait_for_everyone()
-    state = _unprefixed(full_state_dict(accelerator, model))
+    state = full_state_dict(accelerator, model)
+    state = {k.removeprefix("model."): v for k, v in state.items()}  # HeadForward's .model
     if accelerator.is_main_process:
         final = accelerator.unwrap_model(model).model
         if _is_sharded(accelerator):  # its modules hold shards: a whole copy from the state
@@ -705,12 +673,3 @@ def run_train(cfg: TrainConfig) -> int:
     train(cfg)
     return 0
 
-
-__all__ = [
-    "TrainConfig",
-    "latest_checkpoint",
-    "load_train_items",
-    "micro_seed",
-    "run_train",
-    "train",
-]

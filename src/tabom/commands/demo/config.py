@@ -26,8 +26,9 @@ from tabom.config import (
 )
 from tabom.decoding import DecodeConfig
 from tabom.likelihood import LikelihoodConfig
+from tabom.losses import RANK_LOSSES
 from tabom.models import DEFAULT_MODEL
-from tabom.objectives import GROUND_TRUTH_OBJECTIVES, OBJECTIVES, RANK_LOSSES, LossConfig
+from tabom.objectives import GROUND_TRUTH_OBJECTIVES, OBJECTIVES, LossConfig
 from tabom.tasks import NEW_DOMAIN, OLD_DOMAIN
 
 MODELS = ("base", "sft", "traj-sft", "td", "tabom")

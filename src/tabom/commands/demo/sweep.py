@@ -36,9 +36,9 @@ from tabom.config import AT_LEAST_1, NON_NEGATIVE, POSITIVE, check_ranges, in_ra
 from tabom.decoding import DecodeConfig
 from tabom.evaluate import evaluate_task
 from tabom.jsonl import write_jsonl
+from tabom.losses import RANK_LOSSES
 from tabom.metrics import mean_std
 from tabom.models import load_model
-from tabom.objectives import RANK_LOSSES
 from tabom.progress import outer_bar
 from tabom.seeding import derive
 from tabom.tasks import make_task
