@@ -166,7 +166,7 @@ def table(rows: dict[str, Any], cfg: DemoConfig) -> str:
     head += [f"pass@{k} (T=1)" for k in cfg.ks]
     head += ["old acc", "forgetting", "correct→wrong", "wrong→correct"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    for name in [m for m in ["base", *cfg.objectives] if m in rows]:
+    for name in model_names(rows, cfg):
         r = rows[name]
         cells = [f"**{name}**" if name == "tabom" else name, str(len(r["old"]))]
         cells += [_fmt(r[f"new@{t}"]) for t in tps]
@@ -182,7 +182,7 @@ def alignment_table(rows: dict[str, Any], cfg: DemoConfig) -> str:
     head = ["model", "NFE (1 tok/step)", "τ all states", "τ all-masked", "TDS", "val acc"]
     head += [f"hard acc ({cfg.stratum} ≥ {cfg.hard_min})", "τ decode→oracle", "τ decode→base"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    for name in [m for m in ["base", *cfg.objectives] if m in rows]:
+    for name in model_names(rows, cfg):
         r = rows[name]
         cells = [name, _fmt(r[f"nfe@{cfg.tokens_per_step[0]}"], 1)]
         cells += [_fmt(r[k]) for k in ("tau", "tau0")]
@@ -194,13 +194,12 @@ def alignment_table(rows: dict[str, Any], cfg: DemoConfig) -> str:
 
 def strata_table(rows: dict[str, Any], cfg: DemoConfig, sizes: dict[str, int]) -> str:
     """New-domain greedy test accuracy per difficulty stratum (mean ± std over seeds)."""
-    names = [m for m in ["base", *cfg.objectives] if m in rows]
     levels = list(sizes)
     if not levels:
         return "(no difficulty strata for this task)"
     head = ["model", *(f"{cfg.stratum} = {lv} (n = {sizes[lv]})" for lv in levels)]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    for name in names:
+    for name in model_names(rows, cfg):
         cells = [name, *(_fmt(rows[name].get(f"stratum={lv}", [])) for lv in levels)]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
@@ -435,18 +434,9 @@ def write_report(
         for stage, (seconds, cached) in timings.items()
     ]
     timing_rows.append(f"| report + plots | {time.perf_counter() - t_report:.0f} s |")
-    cmd = (
-        "tabom demo"
-        + "".join(
-            f" --{k} {v}"
-            for k, v, d in (
-                ("testbed", cfg.testbed, "addition"),
-                ("protocol", cfg.protocol, "single"),
-            )
-            if v != d
-        )
-        + (" --quick" if cfg.quick else "")
-    )
+    cmd = "tabom demo" + (f" --testbed {cfg.testbed}" if cfg.testbed != "addition" else "")
+    cmd += f" --protocol {cfg.protocol}" if cfg.protocol != "single" else ""
+    cmd += " --quick" if cfg.quick else ""
     sizes = results["base"][0].get("stratum_sizes", {})
     lines = [
         "# tabom demo report",
