@@ -121,6 +121,43 @@ def draw_distinct(
     return list(out.values())
 
 
+class FileTask:
+    """A task sampled from its data file (``name:path=FILE``): gsm8k, math and the code tasks.
+
+    The dataclass that mixes it in has the fields ``path``, ``name`` and ``_examples`` (the
+    file, read once) and a ``load(path)`` method.
+    """
+
+    path: str | None
+    name: str
+    _examples: list[Example] | None
+
+    def load(self, path: str | Path) -> list[Example]:
+        raise NotImplementedError
+
+    def generate(self, n: int, generator: torch.Generator) -> list[Example]:
+        """``n`` distinct examples of the file at ``path``, sampled with ``generator``.
+
+        Args:
+            n: number of examples (at most the file's size).
+            generator: the only source of randomness (same state, same list).
+
+        Returns:
+            The sampled examples, in sampled order.
+
+        Raises:
+            ValueError: no ``path`` was given, or ``n`` is negative or exceeds the file's size.
+        """
+        if self.path is None:
+            raise ValueError(f"{self.name}: generate needs a data file ({self.name}:path=FILE)")
+        if self._examples is None:
+            self._examples = self.load(self.path)
+        if not 0 <= n <= len(self._examples):
+            raise ValueError(f"{self.name}: n must be in [0, {len(self._examples)}], got {n}")
+        order = torch.randperm(len(self._examples), generator=generator)[:n].tolist()
+        return [self._examples[i] for i in order]
+
+
 def randint(low: int, high: int, generator: torch.Generator) -> int:
     """One integer drawn uniformly from ``[low, high]`` (both inclusive) with ``generator``."""
     return int(torch.randint(low, high + 1, (1,), generator=generator).item())
