@@ -23,15 +23,7 @@ import yaml
 
 from tabom import __version__
 from tabom.cli_help import cached_settings, help_text, render_help, settings, write_cache
-from tabom.config import (
-    NONE_WORDS,
-    C,
-    ConfigError,
-    build_config,
-    convert,
-    merge_trees,
-    read_yaml,
-)
+from tabom.config import NONE_WORDS, C, ConfigError, build_config, convert, merge_trees, read_yaml
 from tabom.errors import TabomError
 
 COMMANDS = {
@@ -106,10 +98,6 @@ IO_ERRORS = ("SafetensorError",)
 (a full disk while writing safetensors), reported like an ``OSError``."""
 
 
-def _io_failure(e: BaseException) -> bool:
-    return type(e).__name__ in IO_ERRORS and "Io" in str(e)
-
-
 def _one_line(e: BaseException) -> str:
     """An exception as one line: an OS error as ``FILE: reason``, not ``[Errno 2] ...``."""
     if isinstance(e, OSError) and e.strerror and e.filename:
@@ -128,7 +116,7 @@ def run_command(name: str, runner: Callable[[Any], Any], cfg: Any) -> int:
         print(f"tabom {name}: error: {_one_line(e)}", file=sys.stderr)
         return 2
     except Exception as e:
-        if not _io_failure(e):
+        if type(e).__name__ not in IO_ERRORS or "Io" not in str(e):
             raise
         print(f"tabom {name}: error: writing failed: {_one_line(e)}", file=sys.stderr)
         return 2

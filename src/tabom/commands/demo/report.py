@@ -18,7 +18,7 @@ from typing import Any
 
 import torch
 
-from tabom.commands.demo.capability import capability_section, capability_summary
+from tabom.commands.demo.capability import capability_section, capability_summary, fmt, fmt_ci
 from tabom.commands.demo.config import (
     MIN_LR_RATIO,
     WARMUP_STEPS,
@@ -61,15 +61,6 @@ def flips_against_base(results: dict[str, list[dict[str, Any]]]) -> dict[str, li
         name: [asdict(forgetting(base, r["old_correct"])) for r in runs]
         for name, runs in results.items()
     }
-
-
-def _fmt(values: list[float], digits: int = 3, sign: bool = False) -> str:
-    """``mean ± std`` of per-seed values; a single run shows its value alone."""
-    m, s = mean_std(values)
-    if m != m:
-        return "–"
-    f = f"{{:{'+' if sign else ''}.{digits}f}}"
-    return f.format(m) + (f" ± {s:.{digits}f}" if len(values) > 1 else "")
 
 
 VERDICT_RULE = (
@@ -169,10 +160,10 @@ def table(rows: dict[str, Any], cfg: DemoConfig) -> str:
     for name in model_names(rows, cfg):
         r = rows[name]
         cells = [f"**{name}**" if name == "tabom" else name, str(len(r["old"]))]
-        cells += [_fmt(r[f"new@{t}"]) for t in tps]
-        cells += [_fmt(r[f"pass@{k}"]) for k in cfg.ks]
-        cells += [_fmt(r["old"]), _fmt(r["forgetting"], sign=True)]
-        cells += [_fmt(r["c2w"], 1), _fmt(r["w2c"], 1)]
+        cells += [fmt(r[f"new@{t}"]) for t in tps]
+        cells += [fmt(r[f"pass@{k}"]) for k in cfg.ks]
+        cells += [fmt(r["old"]), fmt(r["forgetting"], sign=True)]
+        cells += [fmt(r["c2w"], 1), fmt(r["w2c"], 1)]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -184,10 +175,10 @@ def alignment_table(rows: dict[str, Any], cfg: DemoConfig) -> str:
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for name in model_names(rows, cfg):
         r = rows[name]
-        cells = [name, _fmt(r[f"nfe@{cfg.tokens_per_step[0]}"], 1)]
-        cells += [_fmt(r[k]) for k in ("tau", "tau0")]
-        cells += [_fmt(r["tds"], 4), _fmt(r["val"])]
-        cells += [_fmt(r["hard"]), _fmt(r["tau_oracle"]), _fmt(r["tau_base"])]
+        cells = [name, fmt(r[f"nfe@{cfg.tokens_per_step[0]}"], 1)]
+        cells += [fmt(r[k]) for k in ("tau", "tau0")]
+        cells += [fmt(r["tds"], 4), fmt(r["val"])]
+        cells += [fmt(r["hard"]), fmt(r["tau_oracle"]), fmt(r["tau_base"])]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -200,7 +191,7 @@ def strata_table(rows: dict[str, Any], cfg: DemoConfig, sizes: dict[str, int]) -
     head = ["model", *(f"{cfg.stratum} = {lv} (n = {sizes[lv]})" for lv in levels)]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for name in model_names(rows, cfg):
-        cells = [name, *(_fmt(rows[name].get(f"stratum={lv}", [])) for lv in levels)]
+        cells = [name, *(fmt(rows[name].get(f"stratum={lv}", [])) for lv in levels)]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -212,13 +203,6 @@ CLAIMS = (
     ("hard-stratum acc", "hard", True),
 )
 """The protocol's claims: (label, metric key, higher is better)."""
-
-
-def _ci(diff: tuple[float, float, float]) -> str:
-    d, lo, hi = diff
-    if d != d:
-        return "–"
-    return f"{d:+.3f} [{lo:+.3f}, {hi:+.3f}]" if lo == lo else f"{d:+.3f}"
 
 
 def protocol_section(
@@ -264,7 +248,7 @@ def protocol_section(
         ]
         for arm in [a for a in arms if a != ref]:
             cells = [arm] + [
-                _ci(diff_ci(rows[arm][key[metric]], rows[ref][key[metric]]))
+                fmt_ci(diff_ci(rows[arm][key[metric]], rows[ref][key[metric]]))
                 for _, metric, _ in CLAIMS
             ]
             out.append("| " + " | ".join(cells) + " |")
@@ -283,19 +267,19 @@ def testbed_verdict(rows: dict[str, Any], cfg: DemoConfig, key: dict[str, str]) 
     best, (d, lo, hi) = max(scored, key=lambda x: x[1][0])
     ref = ""
     if "traj-sft" in rows:
-        vs = _ci(diff_ci(rows[best][m], rows["traj-sft"][m]))
+        vs = fmt_ci(diff_ci(rows[best][m], rows["traj-sft"][m]))
         ref = f"; against traj-sft, {best} is {vs} ({compare(rows[best][m], rows['traj-sft'][m])[1]})"
     head = f"**Verdict ({cfg.testbed}):** the ranking term on new-domain accuracy (against td, "
     head += "the same masking without it): "
     if len(scored) == 1:  # one ranking arm: its own result, no "best of" wording
         word = compare(rows[best][m], rows["td"][m])[1]
-        return head + f"{best} is {_ci((d, lo, hi))} ({word}){ref}."
+        return head + f"{best} is {fmt_ci((d, lo, hi))} ({word}){ref}."
     words = {a: compare(rows[a][m], rows["td"][m])[1] for a, _ in scored}
     groups = {w: [a for a in words if words[a] == w] for w in ("better", "worse")}
     said = "; ".join(f"{w} for {', '.join(g)}" for w, g in groups.items() if g)
     return (
         head + f"{said or 'no clear difference for any arm'}; the arm with the highest mean, "
-        f"{best}, is {_ci((d, lo, hi))}{ref}."
+        f"{best}, is {fmt_ci((d, lo, hi))}{ref}."
     )
 
 
@@ -310,7 +294,7 @@ def verdicts(rows: dict[str, Any], cfg: DemoConfig) -> list[str]:
 
     def versus(metric: str, other: str, higher: bool = True, digits: int = 3) -> str:
         diff, word = compare(t[metric], rows[other][metric], higher)
-        return f"vs {other} {_fmt(rows[other][metric], digits)}: {diff:+.{digits}f} ({word})"
+        return f"vs {other} {fmt(rows[other][metric], digits)}: {diff:+.{digits}f} ({word})"
 
     others = [o for o in ("sft", "traj-sft", "td", "base") if o in rows]
     claim = {"better": "holds", "worse": "does not hold", "no clear difference": "is not shown"}
@@ -326,19 +310,19 @@ def verdicts(rows: dict[str, Any], cfg: DemoConfig) -> list[str]:
     held, acc = against(f"new@{t1}")
     out.append(
         f"1. **Higher new-domain accuracy than SFT: {held}.** TABOM's greedy "
-        f"accuracy ({t1} token(s) per step) is {_fmt(t[f'new@{t1}'])}; {acc}."
+        f"accuracy ({t1} token(s) per step) is {fmt(t[f'new@{t1}'])}; {acc}."
     )
     held, pk = against(f"pass@{k}")
     out.append(
         f"2. **Wider knowledge boundary (pass@{k}) than SFT: {held}.** "
-        f"TABOM's pass@{k} at temperature 1 is {_fmt(t[f'pass@{k}'])}; {pk}."
+        f"TABOM's pass@{k} at temperature 1 is {fmt(t[f'pass@{k}'])}; {pk}."
     )
     held, fg = against("forgetting", higher=False, with_base=False)
     out.append(
         f"3. **Less forgetting than SFT: {held}.** TABOM's old-domain "
-        f"accuracy is {_fmt(t['old'])} against the base model's "
-        f"{_fmt(rows['base']['old'])}: forgetting {_fmt(t['forgetting'], sign=True)} "
-        f"with {_fmt(t['c2w'], 1)} correct→wrong and {_fmt(t['w2c'], 1)} "
+        f"accuracy is {fmt(t['old'])} against the base model's "
+        f"{fmt(rows['base']['old'])}: forgetting {fmt(t['forgetting'], sign=True)} "
+        f"with {fmt(t['c2w'], 1)} correct→wrong and {fmt(t['w2c'], 1)} "
         f"wrong→correct items of {cfg.old_examples}; {fg}."
     )
     if "traj-sft" in rows:
@@ -346,8 +330,8 @@ def verdicts(rows: dict[str, Any], cfg: DemoConfig) -> list[str]:
         beat = "beats" if word == "better" else "does not beat"
         out.append(
             f"\n**TABOM {beat} traj-sft** on new-domain greedy accuracy here: "
-            f"{_fmt(t[f'new@{t1}'])} against "
-            f"{_fmt(rows['traj-sft'][f'new@{t1}'])} ({diff:+.3f}, {word}). "
+            f"{fmt(t[f'new@{t1}'])} against "
+            f"{fmt(rows['traj-sft'][f'new@{t1}'])} ({diff:+.3f}, {word}). "
             "What a validation sweep found: docs/results.md."
         )
     out.append(f"\n{VERDICT_RULE} ({len(cfg.seeds)} seeds).")
