@@ -127,9 +127,6 @@ class _SandboxedTask(FileTask):
         assert self._sandbox is not None
         return self._sandbox
 
-    def load(self, path: str | Path) -> list[Example]:  # pragma: no cover - each task's own
-        raise NotImplementedError
-
     def program(self, example: Example, response: str) -> str:
         """The program that decides ``response``: candidate + the example's tests."""
         d = example.data

@@ -360,22 +360,17 @@ def write_report(
 
     # 1) plots
     new, old = describe_task(cfg.new_task), describe_task(cfg.old_task)
+    bars = {  # panel title: (metric, y label)
+        f"new domain: greedy acc ({t1} tok/step)": (f"new@{t1}", "greedy accuracy"),
+        f"new domain: pass@{k} (T=1)": (f"pass@{k}", f"pass@{k}"),
+        "old domain: greedy acc": ("old", "greedy accuracy"),
+    }
     plot_metric_bars(
-        {
-            f"new domain: greedy acc ({t1} tok/step)": {
-                n: mean_std(rows[n][f"new@{t1}"]) for n in names
-            },
-            f"new domain: pass@{k} (T=1)": {n: mean_std(rows[n][f"pass@{k}"]) for n in names},
-            "old domain: greedy acc": {n: mean_std(rows[n]["old"]) for n in names},
-        },
+        {p: {n: mean_std(rows[n][metric]) for n in names} for p, (metric, _) in bars.items()},
         root / "accuracy.png",
         title=f"{cfg.model} post-trained on {new} (old domain: {old}); "
         f"mean ± std over {len(cfg.seeds)} seeds",
-        ylabels={
-            f"new domain: greedy acc ({t1} tok/step)": "greedy accuracy",
-            f"new domain: pass@{k} (T=1)": f"pass@{k}",
-            "old domain: greedy acc": "greedy accuracy",
-        },
+        ylabels={p: label for p, (_, label) in bars.items()},
         sharey=True,  # three accuracies: one scale
     )
     plot_budgets(
