@@ -84,9 +84,7 @@ MAX_RESPONSE_CHARS = 4096
 """Responses longer than this are wrong without being parsed (keeps verifiers cheap on garbage)."""
 
 
-def draw_distinct(
-    n: int, draw: Callable[[], Example | None], *, what: str, max_tries: int | None = None
-) -> list[Example]:
+def draw_distinct(n: int, draw: Callable[[], Example | None], *, what: str) -> list[Example]:
     """Call ``draw`` until it has produced ``n`` examples with distinct ids.
 
     Args:
@@ -94,18 +92,17 @@ def draw_distinct(
         draw: draws one candidate from the caller's ``torch.Generator``; ``None`` = rejected
             (e.g. an unsolvable instance). A repeated id is dropped, the first one kept.
         what: the task, for error messages.
-        max_tries: calls to ``draw`` before giving up (default ``100 * n + 1000``).
 
     Returns:
         ``n`` examples, in the order drawn.
 
     Raises:
-        ValueError: ``n < 0``, or ``max_tries`` draws gave fewer than ``n`` distinct examples
-            (the instance space is too small for ``n``).
+        ValueError: ``n < 0``, or ``100 n + 1000`` draws gave fewer than ``n`` distinct
+            examples (the instance space is too small for ``n``).
     """
     if n < 0:
         raise ValueError(f"{what}: n must be >= 0, got {n}")
-    max_tries = 100 * n + 1000 if max_tries is None else max_tries
+    max_tries = 100 * n + 1000
     out: dict[str, Example] = {}
     for _ in range(max_tries):
         if len(out) == n:

@@ -48,13 +48,12 @@ def capability_metrics(
     likelihood: LikelihoodConfig,
     *,
     seed: int,
-    batch_size: int = 256,
     known: dict[tuple[str, str], list[bool]] | None = None,
 ) -> dict[str, Any]:
     """NELBO of the reference responses and per-item correctness under each decoding order.
 
     ``known``: ``{(domain, strategy): per-item correctness}`` already decoded with the same
-    settings, seed and batch size (the demo's confidence-order runs), not decoded again.
+    settings, seed and batch size 256 (the demo's confidence-order runs), not decoded again.
 
     Returns:
         ``{"nelbo": {domain: {"per_token", "se", "tokens", "per_item"}}, "correct":
@@ -75,7 +74,7 @@ def capability_metrics(
         for name, cfg in STRATEGIES.items():
             correct = (known or {}).get((domain, name))
             if correct is None:
-                r = evaluate_task(dlm, task, examples, cfg, seed=seed, batch_size=batch_size)
+                r = evaluate_task(dlm, task, examples, cfg, seed=seed, batch_size=256)
                 correct = [c[0] for c in r.correct]
             out["correct"][domain][name] = correct
             out["accuracy"][domain][name] = sum(correct) / max(1, len(correct))
