@@ -234,16 +234,15 @@ def _build(cls: type[C], values: dict[str, Any], where: str, construct: bool = T
     groups) and the converted mapping is returned: ``cls`` is not instantiated, so a partial
     tree (a YAML file that a flag completes) is not refused by ``__post_init__``.
     """
-    hints = get_type_hints(cls)
-    names = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+    hints = _hints(cls)
     meta = {f.name: f.metadata for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
     values = _onto_group_defaults(cls, values)
     kwargs = {}
     for key, value in values.items():
-        if key not in names:
+        if key not in meta:
             raise ConfigError(
                 f"{where}: unknown field {key!r} for {cls.__name__} "
-                f"(known: {', '.join(sorted(names))})"
+                f"(known: {', '.join(sorted(meta))})"
             )
         at = f"{where}.{key}" if where else key
         kwargs[key] = convert_value(value, hints[key], at, construct)
@@ -255,7 +254,7 @@ def _build(cls: type[C], values: dict[str, Any], where: str, construct: bool = T
     except (TypeError, ValueError) as e:
         if isinstance(e, ConfigError):
             raise
-        raise ConfigError(_name_the_flag(str(e), where, names, cls.__name__)) from None
+        raise ConfigError(_name_the_flag(str(e), where, set(meta), cls.__name__)) from None
 
 
 def convert(cls: type, values: dict[str, Any], where: str = "") -> dict[str, Any]:
