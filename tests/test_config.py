@@ -7,7 +7,8 @@ from typing import Literal
 
 import pytest
 
-from tabom.config import ConfigError, load_config
+from tabom.cli import load_config
+from tabom.config import ConfigError
 
 
 @dataclass

@@ -9,10 +9,10 @@ from pathlib import Path
 
 import pytest
 
-from tabom.cli import main
+from tabom.cli import load_config, main
 from tabom.commands.demo import pipeline, sweep
 from tabom.commands.demo.config import ALL_ARMS, PRESETS, DemoConfig, read_preset
-from tabom.config import build_config, load_config
+from tabom.config import build_config
 
 ROOT = Path(__file__).resolve().parents[1]
 

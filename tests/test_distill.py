@@ -13,10 +13,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from tabom.cli import main
+from tabom.cli import load_config, main
 from tabom.commands import distill as distill_mod
 from tabom.commands.distill import DistillConfig, distill
-from tabom.config import ConfigError, load_config
+from tabom.config import ConfigError
 from tabom.decoding import DecodeConfig
 from tabom.errors import TabomError
 from tabom.jsonl import JsonlWriter

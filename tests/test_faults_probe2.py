@@ -14,8 +14,7 @@ import pytest
 from safetensors.torch import load_file
 
 import tabom
-from tabom.cli import main
-from tabom.config import load_config
+from tabom.cli import load_config, main
 from tabom.models import load_model
 from test_faults_files import (
     TASK,

@@ -234,8 +234,9 @@ def test_compute_objective_nelbo_and_errors():
 def test_loss_settings_are_refused_by_the_config_naming_the_flag():
     """Each rule once, in the config layer (issue 20): a range in field metadata, the variant
     name in ``LossConfig``, ``nelbo_weight`` against the objective in ``TrainConfig``."""
+    from tabom.cli import load_config
     from tabom.commands.train import TrainConfig
-    from tabom.config import ConfigError, load_config
+    from tabom.config import ConfigError
 
     with pytest.raises(ValueError, match="rank_loss must be one of hinge"):
         LossConfig(rank_loss="nope")

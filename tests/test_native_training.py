@@ -220,7 +220,7 @@ def test_export_command_refuses_a_model_without_hub_layout(tmp_path, capsys):
 
 @pytest.mark.parametrize("recipe", ["llada_math", "llada_code", "dream_math", "dream_code"])
 def test_the_7_8b_recipes_use_the_native_backends_with_gradient_checkpointing(recipe):
-    from tabom.config import load_config
+    from tabom.cli import load_config
 
     path = Path(__file__).resolve().parents[1] / "configs" / f"{recipe}.yaml"
     cfg = load_config(TrainConfig, str(path), [])

@@ -12,8 +12,9 @@ import torch
 
 from naive import masked_ce, papl_loop, rank_loss_loop
 from tabom import losses
+from tabom.cli import load_config
 from tabom.commands.train import load_train_items
-from tabom.config import ConfigError, load_config
+from tabom.config import ConfigError
 from tabom.masking import confidence_reveal_order, random_mask, time_delay_mask
 from tabom.objectives import OBJECTIVES, LossConfig, compute_objective
 from test_losses import MASK, FakeModel, as_batch, trajectories

@@ -16,8 +16,9 @@ import pytest
 import torch
 
 from naive import rank_loss_loop
+from tabom.cli import load_config
 from tabom.commands.train import TrainConfig
-from tabom.config import ConfigError, load_config
+from tabom.config import ConfigError
 from tabom.losses import RANK_LOSSES, auto_margin, rank_loss, token_entropy
 from tabom.masking import time_delay_mask
 from tabom.objectives import LossConfig, term_knobs

@@ -15,11 +15,11 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from tabom.cli import main, run_command
+from tabom.cli import load_config, main, run_command
 from tabom.commands import train as trainer_mod
 from tabom.commands.distill import DistillConfig, distill
 from tabom.commands.train import TrainConfig, latest_checkpoint, load_train_items, train
-from tabom.config import ConfigError, load_config
+from tabom.config import ConfigError
 from tabom.errors import DataFileError
 from tabom.losses import RANK_LOSSES
 from tabom.models import TinyModelConfig, build_tiny, load_model

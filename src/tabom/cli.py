@@ -9,95 +9,75 @@ dataclass (dots for nested groups: ``--decode.threshold``, ``--loss.td_window``)
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import difflib
+import importlib
 import os
 import sys
+import types
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, Union, get_args, get_origin, get_type_hints
+
+import yaml
 
 from tabom import __version__
 from tabom.cli_help import cached_settings, help_text, render_help, settings, write_cache
-from tabom.config import ConfigError, load_config, unknown_flag
+from tabom.config import NONE_WORDS, C, ConfigError, build_config, convert, merge_trees, read_yaml
 from tabom.errors import TabomError
+
+COMMANDS = {
+    "pretrain": (
+        "train a tiny DLM from scratch on built-in tasks (the old domain)",
+        "pretrain:PretrainConfig:run_pretrain",
+    ),
+    "eval": ("accuracy and pass@k under diffusion decoding on tasks", "eval:EvalConfig:run_eval"),
+    "likelihood": (
+        "NELBO per token and perplexity bound of reference answers or a text file",
+        "likelihood:LikelihoodRunConfig:run_likelihood",
+    ),
+    "distill": (
+        "decode prompts with the model itself and write verified trajectories",
+        "distill:DistillConfig:run_distill",
+    ),
+    "inspect": (
+        "summarise a trajectory file and draw one trajectory (tabom inspect FILE)",
+        "inspect:InspectConfig:run_inspect",
+    ),
+    "train": (
+        "post-train on trajectories or ground truth: sft, traj-sft, td, tabom, puma, papl",
+        "train:TrainConfig:run_train",
+    ),
+    "export": (
+        "write a trained LLaDA / Dream model back in its hub layout and names",
+        "export:ExportConfig:run",
+    ),
+    "demo": (
+        "the whole pipeline on the shipped base model: distill, train 4 objectives, "
+        "evaluate, report.md (--quick: a smoke run)",
+        "demo.pipeline:DemoConfig:run_demo",
+    ),
+    "sweep": (
+        "a small validation-only sweep of TABOM's settings around the demo",
+        "demo.sweep:SweepConfig:run_sweep",
+    ),
+}
+"""name -> (summary, ``module:ConfigClass:runner`` under ``tabom.commands``)."""
 
 
 def _commands() -> dict[str, tuple[str, Callable[[], tuple[type, Callable[[Any], Any]]]]]:
-    """name -> (summary, lazy loader of (config class, runner)); runners live in tabom.commands."""
+    """name -> (summary, lazy loader of (config class, runner)): a command imports torch."""
 
-    def pretrain():
-        from tabom.commands.pretrain import PretrainConfig, run_pretrain
+    def loader(where: str) -> Callable[[], tuple[type, Callable[[Any], Any]]]:
+        module, cfg_cls, runner = where.split(":")
 
-        return PretrainConfig, run_pretrain
+        def load() -> tuple[type, Callable[[Any], Any]]:
+            found = importlib.import_module(f"tabom.commands.{module}")
+            return getattr(found, cfg_cls), getattr(found, runner)
 
-    def evaluate():
-        from tabom.commands.eval import EvalConfig, run_eval
+        return load
 
-        return EvalConfig, run_eval
-
-    def likelihood():
-        from tabom.commands.likelihood import LikelihoodRunConfig, run_likelihood
-
-        return LikelihoodRunConfig, run_likelihood
-
-    def distill():
-        from tabom.commands.distill import DistillConfig, run_distill
-
-        return DistillConfig, run_distill
-
-    def inspect():
-        from tabom.commands.inspect import InspectConfig, run_inspect
-
-        return InspectConfig, run_inspect
-
-    def train():
-        from tabom.commands.train import TrainConfig, run_train
-
-        return TrainConfig, run_train
-
-    def export():
-        from tabom.commands.export import ExportConfig, run
-
-        return ExportConfig, run
-
-    def demo():
-        from tabom.commands.demo.config import DemoConfig
-        from tabom.commands.demo.pipeline import run_demo
-
-        return DemoConfig, run_demo
-
-    def sweep():
-        from tabom.commands.demo.sweep import SweepConfig, run_sweep
-
-        return SweepConfig, run_sweep
-
-    return {
-        "pretrain": ("train a tiny DLM from scratch on built-in tasks (the old domain)", pretrain),
-        "eval": ("accuracy and pass@k under diffusion decoding on tasks", evaluate),
-        "likelihood": (
-            "NELBO per token and perplexity bound of reference answers or a text file",
-            likelihood,
-        ),
-        "distill": (
-            "decode prompts with the model itself and write verified trajectories",
-            distill,
-        ),
-        "inspect": (
-            "summarise a trajectory file and draw one trajectory (tabom inspect FILE)",
-            inspect,
-        ),
-        "train": (
-            "post-train on trajectories or ground truth: sft, traj-sft, td, tabom, puma, papl",
-            train,
-        ),
-        "export": ("write a trained LLaDA / Dream model back in its hub layout and names", export),
-        "demo": (
-            "the whole pipeline on the shipped base model: distill, train 4 objectives, "
-            "evaluate, report.md (--quick: a smoke run)",
-            demo,
-        ),
-        "sweep": ("a small validation-only sweep of TABOM's settings around the demo", sweep),
-    }
+    return {name: (summary, loader(where)) for name, (summary, where) in COMMANDS.items()}
 
 
 DOCS = Path(__file__).resolve().parents[2] / "docs" / "settings.md"
@@ -118,10 +98,6 @@ IO_ERRORS = ("SafetensorError",)
 (a full disk while writing safetensors), reported like an ``OSError``."""
 
 
-def _io_failure(e: BaseException) -> bool:
-    return type(e).__name__ in IO_ERRORS and "Io" in str(e)
-
-
 def _one_line(e: BaseException) -> str:
     """An exception as one line: an OS error as ``FILE: reason``, not ``[Errno 2] ...``."""
     if isinstance(e, OSError) and e.strerror and e.filename:
@@ -140,7 +116,7 @@ def run_command(name: str, runner: Callable[[Any], Any], cfg: Any) -> int:
         print(f"tabom {name}: error: {_one_line(e)}", file=sys.stderr)
         return 2
     except Exception as e:
-        if not _io_failure(e):
+        if type(e).__name__ not in IO_ERRORS or "Io" not in str(e):
             raise
         print(f"tabom {name}: error: writing failed: {_one_line(e)}", file=sys.stderr)
         return 2
@@ -154,6 +130,125 @@ INPUT_FILES = {
 }
 """Flags that name an existing local file or folder, checked before torch is imported."""
 
+
+def _set_dotted(tree: dict[str, Any], dotted: str, value: Any) -> None:
+    node = tree
+    *parents, leaf = dotted.split(".")
+    for p in parents:
+        node = node.setdefault(p, {})
+        if not isinstance(node, dict):
+            raise ConfigError(f"--{dotted}: {p!r} is not a group of fields")
+    node[leaf] = value
+
+
+def _check_flag(cls: type, dotted: str) -> tuple[Any, bool]:
+    """``(annotation, optional)`` of ``dotted`` in ``cls``, or a ConfigError naming the flag."""
+    tp: Any = cls
+    optional = False
+    for part in dotted.split("."):
+        if not dataclasses.is_dataclass(tp):
+            raise ConfigError(f"--{dotted}: {part!r} is not a field (its parent is not a group)")
+        hints = get_type_hints(tp)
+        if part not in hints:
+            raise ConfigError(unknown_flag(dotted, sorted(all_flags(cls))))
+        tp = hints[part]
+        args = [a for a in get_args(tp) if a is not type(None)]
+        optional = get_origin(tp) in (Union, types.UnionType) and type(None) in get_args(tp)
+        if get_origin(tp) in (Union, types.UnionType) and len(args) == 1:
+            tp = args[0]
+    return tp, optional
+
+
+def all_flags(cls: type, prefix: str = "") -> list[str]:
+    """Every dotted field name of ``cls`` (``lr``, ``loss.td_window``), groups expanded."""
+    out = []
+    hints = get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        tp = hints[f.name]
+        if dataclasses.is_dataclass(tp):
+            out += all_flags(tp, f"{prefix}{f.name}.")
+        else:
+            out.append(prefix + f.name)
+    return out
+
+
+def unknown_flag(dotted: str, known: list[str]) -> str:
+    """``--lrr: unknown flag; did you mean --lr?`` (the closest known spellings, or a hint)."""
+    close = difflib.get_close_matches(dotted, known, n=3, cutoff=0.6)
+    if not close:  # a group's field given without its group: --td_window for --loss.td_window
+        close = [k for k in known if k.rsplit(".", 1)[-1] == dotted.rsplit(".", 1)[-1]]
+    if close:
+        return f"--{dotted}: unknown flag; did you mean {' or '.join('--' + c for c in close)}?"
+    return f"--{dotted}: unknown flag (--help lists the {len(known)} flags)"
+
+
+def parse_overrides(cls: type, argv: list[str]) -> dict[str, Any]:
+    """``['--a.b', '1', '--c=x', '--flag']`` -> nested dict, validated against ``cls``'s fields."""
+    tree: dict[str, Any] = {}
+    i = 0
+    while i < len(argv):
+        arg = argv[i]
+        if not arg.startswith("--"):
+            raise ConfigError(f"unexpected argument {arg!r}: overrides look like --field value")
+        key, eq, raw = arg[2:].partition("=")
+        key = key.replace("-", "_")
+        tp, optional = _check_flag(cls, key)
+        if not eq:
+            nxt = argv[i + 1] if i + 1 < len(argv) else None
+            if tp is bool and (nxt is None or nxt.startswith("--")):
+                raw, i = "true", i + 1
+            elif nxt is None:
+                raise ConfigError(f"--{key}: missing value")
+            else:
+                raw, i = nxt, i + 2
+        else:
+            i += 1
+        value: Any = raw
+        if optional and raw.strip().lower() in NONE_WORDS:
+            value = None
+        elif get_origin(tp) is Literal and raw in get_args(tp):
+            value = raw  # a choice like "no" stays a string, not YAML's false
+        elif tp is not str:
+            try:
+                value = yaml.safe_load(raw)
+            except yaml.YAMLError:
+                value = raw
+            if value is None and raw.strip().lower() not in ("null", "none", "~"):
+                value = raw
+        _set_dotted(tree, key, value)
+    return tree
+
+
+def load_config(
+    cls: type[C], config_file: str | Path | None = None, argv: list[str] | None = None
+) -> C:
+    """Build ``cls`` from its defaults, its presets, a YAML file and ``--field value``
+    overrides (in that order; :func:`build_config`).
+
+    Raises:
+        ConfigError: unknown field, wrong type or invalid combination; names the flag or file.
+    """
+    tree: dict[str, Any] = {}
+    if config_file is not None:
+        path = Path(config_file)
+        if not path.is_file():
+            raise ConfigError(f"--config: no such file {path}")
+        loaded = read_yaml(path) or {}
+        if not isinstance(loaded, dict):
+            raise ConfigError(f"{path}: expected a mapping of config fields at the top level")
+        try:  # keys and types of the file alone, so errors name it; no __post_init__ yet
+            convert(cls, loaded)
+        except ConfigError as e:
+            raise ConfigError(f"{path}: {e}") from None
+        tree = loaded
+    if argv:
+        overrides = parse_overrides(cls, argv)
+        try:  # the flags' values alone, so errors name the flag (``--lr``)
+            convert(cls, overrides)
+        except ConfigError as e:
+            raise ConfigError(f"--{e}") from None
+        tree = merge_trees(tree, overrides)
+    return build_config(cls, tree)
 
 def precheck(name: str, rest: list[str]) -> str | None:
     """The first problem with ``rest`` found without importing torch, as an error line.

@@ -117,7 +117,7 @@ def draw_masks(
     form: Form = "llada",
     draws: Draws = "plain",
     t_min: float = 0.0,
-) -> tuple[torch.Tensor, torch.Tensor]:
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Mask sets and weights of K Monte-Carlo samples per continuation.
 
     Args:
@@ -143,32 +143,32 @@ def draw_masks(
     inside = torch.arange(Lmax)[None, None, :] < lengths[:, None, None]  # (R, 1, Lmax)
     if draws == "orders":  # form llada (LikelihoodConfig's rule)
         return _draw_orders(lengths, K, Lmax, generator)
-    if form == "llada" and draws == "antithetic":
-        # complementary pairs: one permutation, M1 = its first l positions, M2 = its last
-        # L + 1 - l (sizes uniform in 1..L, each a uniform subset of its size), so the pair
-        # masks every position once and one position twice
-        u = torch.rand((R, K // 2), generator=generator, dtype=torch.float64)
-        keys = torch.rand((R, K // 2, Lmax), generator=generator, dtype=torch.float64)
-        rank = keys.masked_fill(~inside, 2.0).argsort(-1).argsort(-1)  # (R, K/2, Lmax)
-        size = torch.minimum((u * L).floor() + 1, L)  # (R, K/2) in 1..L
-        first, second = rank < size[..., None], rank >= (size - 1)[..., None]
-        masked = torch.cat([first, second], dim=1)  # (R, K, Lmax)
-        size = torch.cat([size, L + 1 - size], dim=1)  # (R, K)
-        weight = torch.where(L > 0, L / size.clamp(min=1), torch.zeros_like(size))
-        return masked & inside, masked & inside, weight
-    u = _uniforms((R, K), draws, generator)  # (R, K)
-    keys = torch.rand((R, K, Lmax), generator=generator, dtype=torch.float64)
     if form == "llada":
-        size = torch.minimum((u * L).floor() + 1, L)  # (R, K) in 1..L
-        keys = keys.masked_fill(~inside, 2.0)  # past L: ranked last
-        rank = keys.argsort(-1).argsort(-1)  # (R, K, Lmax): a uniform permutation
-        masked = rank < size[..., None]
+        # antithetic: complementary pairs from one permutation, M1 = its first l positions,
+        # M2 = its last L + 1 - l (sizes uniform in 1..L, each a uniform subset of its size),
+        # so the pair masks every position once and one position twice
+        pairs = draws == "antithetic"
+        k = K // 2 if pairs else K
+        if pairs:
+            u = torch.rand((R, k), generator=generator, dtype=torch.float64)
+        else:
+            u = _uniforms((R, K), draws, generator)  # (R, K)
+        keys = torch.rand((R, k, Lmax), generator=generator, dtype=torch.float64)
+        rank = keys.masked_fill(~inside, 2.0).argsort(-1).argsort(-1)  # past L: ranked last
+        size = torch.minimum((u * L).floor() + 1, L)  # (R, k) in 1..L
+        masked = rank < size[..., None]  # (R, k, Lmax): a uniform subset of each size
+        if pairs:
+            masked = torch.cat([masked, rank >= (size - 1)[..., None]], dim=1)  # (R, K, Lmax)
+            size = torch.cat([size, L + 1 - size], dim=1)  # (R, K)
         weight = torch.where(L > 0, L / size.clamp(min=1), torch.zeros_like(size))
     else:  # mdlm
+        u = _uniforms((R, K), draws, generator)  # (R, K)
+        keys = torch.rand((R, K, Lmax), generator=generator, dtype=torch.float64)
         t = t_min + (1.0 - t_min) * u  # (R, K)
-        masked = (keys < t[..., None]) & inside
+        masked = keys < t[..., None]
         weight = torch.where(L > 0, 1.0 / t, torch.zeros_like(t))
-    return masked & inside, masked & inside, weight
+    masked = masked & inside
+    return masked, masked, weight
 
 
 def _draw_orders(

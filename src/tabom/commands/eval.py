@@ -26,7 +26,6 @@ from tabom.errors import TabomError
 from tabom.evaluate import TaskResult, budget_for, evaluate_task
 from tabom.metrics import Alignment, Forgetting, forgetting, trajectory_alignment
 from tabom.models import DEFAULT_MODEL, load_model
-from tabom.models.base import DiffusionLM
 from tabom.models.lora import merge_adapter
 from tabom.tasks import NEW_DOMAIN, OLD_DOMAIN, make_task
 from tabom.tasks.base import Example, Task
@@ -102,12 +101,8 @@ class EvalConfig:
                 "n_samples > 1 with temperature 0 (sample_temperature, else decode.temperature) "
                 "decodes the same answer n times"
             )
-        if self.budget_tokens_per_step is not None and (
-            not self.budget_tokens_per_step or any(t < 1 for t in self.budget_tokens_per_step)
-        ):
-            raise ValueError(
-                f"budget_tokens_per_step must be >= 1 each, got {self.budget_tokens_per_step}"
-            )
+        if self.budget_tokens_per_step == []:  # each >= 1: its field's range
+            raise ValueError("budget_tokens_per_step: give at least one budget (or none)")
         if self.budget_scores is not None and not self.budget_scores:
             raise ValueError("budget_scores: give at least one unmasking order (or none)")
 
@@ -158,14 +153,6 @@ def load_eval_set(spec: str, n: int | None, seed: int) -> tuple[Task, list[Examp
         keep = torch.randperm(len(examples), generator=gen)[:n].sort().values.tolist()
         examples = [examples[i] for i in keep]
     return task, examples
-
-
-def load_eval_model(
-    model: str, adapter: str | None = None, *, trust_remote_code: bool = False
-) -> DiffusionLM:
-    """``model`` (name or folder), with a peft LoRA ``adapter`` merged in when given."""
-    dlm = load_model(model, trust_remote_code=trust_remote_code)
-    return dlm if adapter is None else merge_adapter(dlm, adapter)
 
 
 def bar_label(spec: str) -> str:
@@ -230,7 +217,9 @@ def run_eval(cfg: EvalConfig) -> int:
         for bcfg in (cfg.main_decode, *budgets_cfg.values()):
             budget_for(task, bcfg)  # a gen_length or block length that does not fit the task
     trust = cfg.trust_remote_code
-    dlm = load_eval_model(cfg.model, cfg.adapter, trust_remote_code=trust)
+    dlm = load_model(cfg.model, trust_remote_code=trust)
+    if cfg.adapter is not None:
+        dlm = merge_adapter(dlm, cfg.adapter)
     base = load_model(cfg.baseline, trust_remote_code=trust) if cfg.baseline else None
     records = None
     if cfg.trajectories:  # read and checked before any decoding
@@ -240,13 +229,13 @@ def run_eval(cfg: EvalConfig) -> int:
             cfg.trajectories, tokenizer=dlm.tokenizer, vocab_size=dlm.vocab_size
         )
     key0 = next(iter(budgets_cfg))
+    t_main = cfg.main_decode.temperature
     results: dict[str, TaskResult] = {}
     budgets: dict[str, dict[str, float]] = {}
     forgot: dict[str, Forgetting] = {}
     for spec, (task, examples) in sets.items():
         kwargs = {"seed": cfg.seed, "batch_size": cfg.batch_size, "progress": True}
         label = bar_label(spec)
-        t_main = cfg.main_decode.temperature
         results[spec] = evaluate_task(
             dlm,
             task,
@@ -274,8 +263,7 @@ def run_eval(cfg: EvalConfig) -> int:
     alignment: Alignment | None = None
     if records is not None:
         alignment = trajectory_alignment(dlm, records, batch_size=cfg.batch_size)
-    main_t = cfg.main_decode.temperature
-    print(f"main run: {cfg.n_samples} answer(s) per problem, {sampling(main_t)}")
+    print(f"main run: {cfg.n_samples} answer(s) per problem, {sampling(t_main)}")
     print(format_table(results))
     print()
     print(
@@ -294,7 +282,7 @@ def run_eval(cfg: EvalConfig) -> int:
     if cfg.output:
         payload = {
             "config": asdict(cfg),
-            "results": {k: dict(asdict(r).items()) for k, r in results.items()},
+            "results": {k: asdict(r) for k, r in results.items()},
             "budgets": budgets,
             "forgetting": {k: asdict(f) for k, f in forgot.items()},
             "alignment": None if alignment is None else asdict(alignment),

@@ -40,7 +40,6 @@ from tabom.config import (
 )
 from tabom.evaluate import greedy_accuracy, make_eval_sets
 from tabom.models import TinyModelConfig, build_tiny, save_model
-from tabom.models.base import DiffusionLM
 from tabom.objectives import LossConfig, compute_objective
 from tabom.schedule import lr_factor
 from tabom.seeding import offset
@@ -124,11 +123,6 @@ class PretrainConfig:
         check_ranges(self)
 
 
-def stop_rule_met(accuracy: dict[str, float], specs: list[str], stop_at: list[float]) -> bool:
-    """Whether every eval task's greedy accuracy reaches its ``stop_at`` minimum."""
-    return all(accuracy[spec] >= need for spec, need in zip(specs, stop_at, strict=True))
-
-
 def encode_example(tokenizer, task: Task, ex: Example, eos_id: int) -> tuple[list[int], list[int]]:
     """Prompt ids and response ids (answer + EOS tail up to ``task.gen_length``).
 
@@ -207,9 +201,6 @@ def pretrain(cfg: PretrainConfig) -> Path:
         if ckpt is not None:
             print(f"pretrain: resuming {out} from {ckpt.name}")
 
-    def unwrapped(d: DiffusionLM) -> DiffusionLM:
-        return dataclasses.replace(d, model=accelerator.unwrap_model(d.model))
-
     log = (out / "log.jsonl").open("a") if main else None
 
     # 2) the loop: sample, mask, loss, step, log, eval, save
@@ -243,10 +234,10 @@ def pretrain(cfg: PretrainConfig) -> Path:
             if main:
                 accs = ", ".join(f"{k} {v:.3f}" for k, v in record["eval"].items())
                 bar.write(f"step {done}: loss {record['loss']:.4f}; greedy accuracy {accs}")
-            if cfg.stop_at is not None and stop_rule_met(
-                record["eval"], list(eval_sets), cfg.stop_at
+            if cfg.stop_at is not None and all(  # every eval task at its minimum: stop here
+                acc >= need for acc, need in zip(record["eval"].values(), cfg.stop_at, strict=True)
             ):
-                record["stopped"] = "stop_at"  # the rule is met: the final model is this one
+                record["stopped"] = "stop_at"
         record["elapsed_s"] = round(time.perf_counter() - t0, 2)
         if log is not None:
             log.write(json.dumps(record) + "\n")
@@ -265,7 +256,7 @@ def pretrain(cfg: PretrainConfig) -> Path:
     final = out / "model"
     accelerator.wait_for_everyone()
     if main:
-        save_model(unwrapped(dlm), final)
+        save_model(dataclasses.replace(dlm, model=accelerator.unwrap_model(dlm.model)), final)
         print(f"pretrain: model -> {final}")
     return final
 

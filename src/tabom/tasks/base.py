@@ -84,9 +84,7 @@ MAX_RESPONSE_CHARS = 4096
 """Responses longer than this are wrong without being parsed (keeps verifiers cheap on garbage)."""
 
 
-def draw_distinct(
-    n: int, draw: Callable[[], Example | None], *, what: str, max_tries: int | None = None
-) -> list[Example]:
+def draw_distinct(n: int, draw: Callable[[], Example | None], *, what: str) -> list[Example]:
     """Call ``draw`` until it has produced ``n`` examples with distinct ids.
 
     Args:
@@ -94,18 +92,17 @@ def draw_distinct(
         draw: draws one candidate from the caller's ``torch.Generator``; ``None`` = rejected
             (e.g. an unsolvable instance). A repeated id is dropped, the first one kept.
         what: the task, for error messages.
-        max_tries: calls to ``draw`` before giving up (default ``100 * n + 1000``).
 
     Returns:
         ``n`` examples, in the order drawn.
 
     Raises:
-        ValueError: ``n < 0``, or ``max_tries`` draws gave fewer than ``n`` distinct examples
-            (the instance space is too small for ``n``).
+        ValueError: ``n < 0``, or ``100 n + 1000`` draws gave fewer than ``n`` distinct
+            examples (the instance space is too small for ``n``).
     """
     if n < 0:
         raise ValueError(f"{what}: n must be >= 0, got {n}")
-    max_tries = 100 * n + 1000 if max_tries is None else max_tries
+    max_tries = 100 * n + 1000
     out: dict[str, Example] = {}
     for _ in range(max_tries):
         if len(out) == n:
@@ -119,6 +116,43 @@ def draw_distinct(
             "(the instance space is too small; widen the task's settings or ask for fewer)"
         )
     return list(out.values())
+
+
+class FileTask:
+    """A task sampled from its data file (``name:path=FILE``): gsm8k, math and the code tasks.
+
+    The dataclass that mixes it in has the fields ``path``, ``name`` and ``_examples`` (the
+    file, read once) and a ``load(path)`` method.
+    """
+
+    path: str | None
+    name: str
+    _examples: list[Example] | None
+
+    def load(self, path: str | Path) -> list[Example]:  # pragma: no cover - each task's own
+        raise NotImplementedError
+
+    def generate(self, n: int, generator: torch.Generator) -> list[Example]:
+        """``n`` distinct examples of the file at ``path``, sampled with ``generator``.
+
+        Args:
+            n: number of examples (at most the file's size).
+            generator: the only source of randomness (same state, same list).
+
+        Returns:
+            The sampled examples, in sampled order.
+
+        Raises:
+            ValueError: no ``path`` was given, or ``n`` is negative or exceeds the file's size.
+        """
+        if self.path is None:
+            raise ValueError(f"{self.name}: generate needs a data file ({self.name}:path=FILE)")
+        if self._examples is None:
+            self._examples = self.load(self.path)
+        if not 0 <= n <= len(self._examples):
+            raise ValueError(f"{self.name}: n must be in [0, {len(self._examples)}], got {n}")
+        order = torch.randperm(len(self._examples), generator=generator)[:n].tolist()
+        return [self._examples[i] for i in order]
 
 
 def randint(low: int, high: int, generator: torch.Generator) -> int:

@@ -25,11 +25,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from tabom.config import AT_LEAST_1, NON_NEGATIVE, POSITIVE, check_ranges
 from tabom.sandbox import Sandbox, SandboxLimits, Verdict
-from tabom.tasks.base import DataFileError, Example, read_jsonl, require_str
+from tabom.tasks.base import DataFileError, Example, FileTask, read_jsonl, require_str
 
 HUMANEVAL_PROMPT = (
     "Write a solution to the following problem and make sure that it passes the tests:\n"
@@ -88,7 +86,7 @@ def build_program(
 
 
 @dataclass
-class _SandboxedTask:
+class _SandboxedTask(FileTask):
     """Fields and verification shared by the code tasks.
 
     Attributes:
@@ -129,9 +127,6 @@ class _SandboxedTask:
         assert self._sandbox is not None
         return self._sandbox
 
-    def load(self, path: str | Path) -> list[Example]:  # pragma: no cover - each task's own
-        raise NotImplementedError
-
     def program(self, example: Example, response: str) -> str:
         """The program that decides ``response``: candidate + the example's tests."""
         d = example.data
@@ -142,21 +137,6 @@ class _SandboxedTask:
             entry_point=d.get("entry_point"),
             setup=d.get("setup", ""),
         )
-
-    def generate(self, n: int, generator: torch.Generator) -> list[Example]:
-        """``n`` distinct examples of the file at ``path``, sampled with ``generator``.
-
-        Raises:
-            ValueError: no ``path``, or ``n`` outside ``[0, file size]``.
-        """
-        if self.path is None:
-            raise ValueError(f"{self.name}: generate needs a data file ({self.name}:path=FILE)")
-        if self._examples is None:
-            self._examples = self.load(self.path)
-        if not 0 <= n <= len(self._examples):
-            raise ValueError(f"{self.name}: n must be in [0, {len(self._examples)}], got {n}")
-        order = torch.randperm(len(self._examples), generator=generator)[:n].tolist()
-        return [self._examples[i] for i in order]
 
     def verdicts(self, pairs: Sequence[tuple[Example, str]]) -> list[Verdict]:
         """The sandbox's verdict (status and reason) on each ``(example, response)``."""

@@ -13,12 +13,11 @@ from dataclasses import dataclass, field
 from fractions import Fraction
 from pathlib import Path
 
-import torch
-
 from tabom.tasks.base import (
     MAX_RESPONSE_CHARS,
     DataFileError,
     Example,
+    FileTask,
     read_jsonl,
     require_str,
 )
@@ -61,7 +60,7 @@ def parse(response: str) -> Fraction | None:
 
 
 @dataclass
-class GSM8KTask:
+class GSM8KTask(FileTask):
     """GSM8K from its JSONL files (``question``, ``answer``).
 
     Attributes:
@@ -113,28 +112,6 @@ class GSM8KTask:
                 )
             )
         return out
-
-    def generate(self, n: int, generator: torch.Generator) -> list[Example]:
-        """``n`` distinct examples of the file at ``path``, sampled with ``generator``.
-
-        Args:
-            n: number of examples (at most the file's size).
-            generator: the only source of randomness (same state, same list).
-
-        Returns:
-            The sampled examples, in sampled order.
-
-        Raises:
-            ValueError: no ``path`` was given, or ``n`` is negative or exceeds the file's size.
-        """
-        if self.path is None:
-            raise ValueError("gsm8k: generate needs a data file (gsm8k:path=/x/test.jsonl)")
-        if self._examples is None:
-            self._examples = self.load(self.path)
-        if not 0 <= n <= len(self._examples):
-            raise ValueError(f"gsm8k: n must be in [0, {len(self._examples)}], got {n}")
-        order = torch.randperm(len(self._examples), generator=generator)[:n].tolist()
-        return [self._examples[i] for i in order]
 
     def verify(self, example: Example, response: str) -> bool:
         """Whether the response's final answer equals the reference numerically (never raises)."""

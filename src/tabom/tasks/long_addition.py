@@ -23,15 +23,11 @@ from tabom.tasks.addition import parse
 from tabom.tasks.base import Example, draw_distinct
 
 
-def column_sums(a: str, b: str) -> list[int]:
-    """Digit sums of the columns of ``a + b``, most significant first (equal-length strings)."""
-    return [int(x) + int(y) for x, y in zip(a, b, strict=True)]
-
-
 def nine_runs(a: str, b: str) -> tuple[int, int]:
-    """``(count, longest run)`` of the columns of ``a + b`` whose digits sum to 9."""
+    """``(count, longest run)`` of the columns of ``a + b`` (equal-length digit strings) whose
+    digits sum to 9."""
     count = run = best = 0
-    for s in column_sums(a, b):
+    for s in (int(x) + int(y) for x, y in zip(a, b, strict=True)):
         run = run + 1 if s == 9 else 0
         count += s == 9
         best = max(best, run)

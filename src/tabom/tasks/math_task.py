@@ -36,11 +36,9 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import torch
-
 from tabom.config import AT_LEAST_1, NON_NEGATIVE, POSITIVE, check_ranges
 from tabom.errors import TabomError
-from tabom.tasks.base import DataFileError, Example, read_jsonl, require_str
+from tabom.tasks.base import DataFileError, Example, FileTask, read_jsonl, require_str
 
 PROMPT_SUFFIX = "\nPlease reason step by step, and put your final answer within \\boxed{}."
 """Appended to every problem: the usual instruct prompt of the math-tuned chat models."""
@@ -248,7 +246,7 @@ class MathVerifier:
 
 
 @dataclass
-class MathTask:
+class MathTask(FileTask):
     """MATH-style problems from JSONL (``problem`` + ``answer``, or ``solution`` with ``\\boxed{}``).
 
     Attributes:
@@ -318,21 +316,6 @@ class MathTask:
                 )
             )
         return out
-
-    def generate(self, n: int, generator: torch.Generator) -> list[Example]:
-        """``n`` distinct examples of the file at ``path``, sampled with ``generator``.
-
-        Raises:
-            ValueError: no ``path``, or ``n`` outside ``[0, file size]``.
-        """
-        if self.path is None:
-            raise ValueError("math: generate needs a data file (math:path=/x/test.jsonl)")
-        if self._examples is None:
-            self._examples = self.load(self.path)
-        if not 0 <= n <= len(self._examples):
-            raise ValueError(f"math: n must be in [0, {len(self._examples)}], got {n}")
-        order = torch.randperm(len(self._examples), generator=generator)[:n].tolist()
-        return [self._examples[i] for i in order]
 
     def verify(self, example: Example, response: str) -> bool:
         """Whether the response's last ``\\boxed{}`` is equivalent to the reference."""

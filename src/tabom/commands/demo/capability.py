@@ -48,13 +48,12 @@ def capability_metrics(
     likelihood: LikelihoodConfig,
     *,
     seed: int,
-    batch_size: int = 256,
     known: dict[tuple[str, str], list[bool]] | None = None,
 ) -> dict[str, Any]:
     """NELBO of the reference responses and per-item correctness under each decoding order.
 
     ``known``: ``{(domain, strategy): per-item correctness}`` already decoded with the same
-    settings, seed and batch size (the demo's confidence-order runs), not decoded again.
+    settings, seed and batch size 256 (the demo's confidence-order runs), not decoded again.
 
     Returns:
         ``{"nelbo": {domain: {"per_token", "se", "tokens", "per_item"}}, "correct":
@@ -75,7 +74,7 @@ def capability_metrics(
         for name, cfg in STRATEGIES.items():
             correct = (known or {}).get((domain, name))
             if correct is None:
-                r = evaluate_task(dlm, task, examples, cfg, seed=seed, batch_size=batch_size)
+                r = evaluate_task(dlm, task, examples, cfg, seed=seed, batch_size=256)
                 correct = [c[0] for c in r.correct]
             out["correct"][domain][name] = correct
             out["accuracy"][domain][name] = sum(correct) / max(1, len(correct))
@@ -132,7 +131,8 @@ def verdict(changes: dict[str, Any]) -> str:
     return word
 
 
-def _ci(c: tuple[float, float, float], digits: int = 3) -> str:
+def fmt_ci(c: tuple[float, float, float], digits: int = 3) -> str:
+    """A difference with its interval, ``+0.120 [+0.020, +0.220]`` (``–``: none)."""
     d, lo, hi = c
     if d != d:
         return "–"
@@ -141,11 +141,12 @@ def _ci(c: tuple[float, float, float], digits: int = 3) -> str:
     return f"{d:+.{digits}f} [{lo:+.{digits}f}, {hi:+.{digits}f}]"
 
 
-def _fmt(values: list[float], digits: int = 3) -> str:
+def fmt(values: list[float], digits: int = 3, sign: bool = False) -> str:
+    """``mean ± std`` of per-seed values; a single run shows its value alone (``–``: none)."""
     m, s = mean_std(values)
     if m != m:
         return "–"
-    return f"{m:.{digits}f}" + (f" ± {s:.{digits}f}" if len(values) > 1 else "")
+    return f"{m:{'+' if sign else ''}.{digits}f}" + (f" ± {s:.{digits}f}" if len(values) > 1 else "")
 
 
 def capability_section(
@@ -168,9 +169,9 @@ def capability_section(
     for name in names:
         caps = [r["capability"] for r in results[name]]
         cells = [name, str(len(caps))]
-        cells += [_fmt([c["nelbo"][d]["per_token"] for c in caps], 4) for d in ("new", "old")]
+        cells += [fmt([c["nelbo"][d]["per_token"] for c in caps], 4) for d in ("new", "old")]
         for d in ("new", "old"):
-            cells += [_fmt([c["accuracy"][d][n] for c in caps]) for n in STRATEGIES]
+            cells += [fmt([c["accuracy"][d][n] for c in caps]) for n in STRATEGIES]
         lines.append("| " + " | ".join(cells) + " |")
     arms = [n for n in names if n != "base"]
     if not arms:
@@ -188,8 +189,8 @@ def capability_section(
     ]
     for arm in arms:
         ch = arm_changes(results, arm)
-        cells = [arm, _ci(ch["nelbo_new"], 4), _ci(ch["nelbo_old"], 4)]
-        cells += [_ci(ch[f"acc_new_{n}"]) for n in STRATEGIES] + [verdict(ch)]
+        cells = [arm, fmt_ci(ch["nelbo_new"], 4), fmt_ci(ch["nelbo_old"], 4)]
+        cells += [fmt_ci(ch[f"acc_new_{n}"]) for n in STRATEGIES] + [verdict(ch)]
         lines.append("| " + " | ".join(cells) + " |")
     return lines
 
@@ -212,6 +213,8 @@ __all__ = [
     "capability_metrics",
     "capability_section",
     "capability_summary",
+    "fmt",
+    "fmt_ci",
     "paired_ci",
     "verdict",
 ]

@@ -109,15 +109,6 @@ def draw(task: Task, n: int, seed: int, exclude: set[str]) -> list[Example]:
     return kept
 
 
-def heldout_examples(cfg: DemoConfig) -> list[Example] | None:
-    """The new-domain validation + test pool of ``cfg.heldout`` (``None``: generated)."""
-    if cfg.heldout is None:
-        return None
-    if cfg.heldout == "sudoku-real":
-        return real_puzzles()
-    raise ValueError(f"heldout: unknown set {cfg.heldout!r} (known: sudoku-real)")
-
-
 def make_splits(cfg: DemoConfig) -> dict[str, list[Example]]:
     """Distillation prompts and held-out sets; no held-out id or prompt is a distillation prompt.
 
@@ -135,14 +126,13 @@ def make_splits(cfg: DemoConfig) -> dict[str, list[Example]]:
     new, old = make_task(cfg.new_task), make_task(cfg.old_task)
     distill = load_prompts(distill_config(cfg, "unused"), new)
     taken = {ex.id for ex in distill}
-    pool = heldout_examples(cfg)
-    if pool is None:
+    if cfg.heldout is None:
         test = draw(new, cfg.test_examples, cfg.split_seed, taken)
         val_seed = derive(cfg.split_seed, "demo-val")
         val = draw(new, cfg.val_examples, val_seed, taken | {ex.id for ex in test})
     else:
         prompts = {ex.prompt for ex in distill}
-        pool = [ex for ex in pool if ex.prompt not in prompts]
+        pool = [ex for ex in real_puzzles() if ex.prompt not in prompts]  # heldout sudoku-real
         order = torch.randperm(len(pool), generator=torch.Generator().manual_seed(cfg.split_seed))
         pool = [pool[i] for i in order.tolist()]
         need = cfg.val_examples + cfg.test_examples
@@ -396,10 +386,9 @@ def evaluate_model(
 
 def validate_model(cfg: DemoConfig, model: str, splits: dict[str, list[Example]]) -> float:
     """Greedy new-domain validation accuracy (the only number a tuning choice may use)."""
-    dlm = load_model(model)
-    kw: dict[str, Any] = {"batch_size": 256, "seed": cfg.split_seed}
     new = make_task(cfg.new_task)
-    return evaluate_task(dlm, new, splits["val"], DecodeConfig(), **kw).accuracy
+    kw: dict[str, Any] = {"batch_size": 256, "seed": cfg.split_seed}
+    return evaluate_task(load_model(model), new, splits["val"], DecodeConfig(), **kw).accuracy
 
 
 def point_config(demo: DemoConfig, point: dict[str, Any]) -> DemoConfig:
@@ -556,7 +545,6 @@ __all__ = [
     "distill_stage",
     "draw",
     "evaluate_model",
-    "heldout_examples",
     "make_splits",
     "point_config",
     "point_name",

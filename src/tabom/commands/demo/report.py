@@ -18,7 +18,7 @@ from typing import Any
 
 import torch
 
-from tabom.commands.demo.capability import capability_section, capability_summary
+from tabom.commands.demo.capability import capability_section, capability_summary, fmt, fmt_ci
 from tabom.commands.demo.config import (
     MIN_LR_RATIO,
     WARMUP_STEPS,
@@ -61,15 +61,6 @@ def flips_against_base(results: dict[str, list[dict[str, Any]]]) -> dict[str, li
         name: [asdict(forgetting(base, r["old_correct"])) for r in runs]
         for name, runs in results.items()
     }
-
-
-def _fmt(values: list[float], digits: int = 3, sign: bool = False) -> str:
-    """``mean ± std`` of per-seed values; a single run shows its value alone."""
-    m, s = mean_std(values)
-    if m != m:
-        return "–"
-    f = f"{{:{'+' if sign else ''}.{digits}f}}"
-    return f.format(m) + (f" ± {s:.{digits}f}" if len(values) > 1 else "")
 
 
 VERDICT_RULE = (
@@ -166,13 +157,13 @@ def table(rows: dict[str, Any], cfg: DemoConfig) -> str:
     head += [f"pass@{k} (T=1)" for k in cfg.ks]
     head += ["old acc", "forgetting", "correct→wrong", "wrong→correct"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    for name in [m for m in ["base", *cfg.objectives] if m in rows]:
+    for name in model_names(rows, cfg):
         r = rows[name]
         cells = [f"**{name}**" if name == "tabom" else name, str(len(r["old"]))]
-        cells += [_fmt(r[f"new@{t}"]) for t in tps]
-        cells += [_fmt(r[f"pass@{k}"]) for k in cfg.ks]
-        cells += [_fmt(r["old"]), _fmt(r["forgetting"], sign=True)]
-        cells += [_fmt(r["c2w"], 1), _fmt(r["w2c"], 1)]
+        cells += [fmt(r[f"new@{t}"]) for t in tps]
+        cells += [fmt(r[f"pass@{k}"]) for k in cfg.ks]
+        cells += [fmt(r["old"]), fmt(r["forgetting"], sign=True)]
+        cells += [fmt(r["c2w"], 1), fmt(r["w2c"], 1)]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -182,26 +173,25 @@ def alignment_table(rows: dict[str, Any], cfg: DemoConfig) -> str:
     head = ["model", "NFE (1 tok/step)", "τ all states", "τ all-masked", "TDS", "val acc"]
     head += [f"hard acc ({cfg.stratum} ≥ {cfg.hard_min})", "τ decode→oracle", "τ decode→base"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    for name in [m for m in ["base", *cfg.objectives] if m in rows]:
+    for name in model_names(rows, cfg):
         r = rows[name]
-        cells = [name, _fmt(r[f"nfe@{cfg.tokens_per_step[0]}"], 1)]
-        cells += [_fmt(r[k]) for k in ("tau", "tau0")]
-        cells += [_fmt(r["tds"], 4), _fmt(r["val"])]
-        cells += [_fmt(r["hard"]), _fmt(r["tau_oracle"]), _fmt(r["tau_base"])]
+        cells = [name, fmt(r[f"nfe@{cfg.tokens_per_step[0]}"], 1)]
+        cells += [fmt(r[k]) for k in ("tau", "tau0")]
+        cells += [fmt(r["tds"], 4), fmt(r["val"])]
+        cells += [fmt(r["hard"]), fmt(r["tau_oracle"]), fmt(r["tau_base"])]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
 def strata_table(rows: dict[str, Any], cfg: DemoConfig, sizes: dict[str, int]) -> str:
     """New-domain greedy test accuracy per difficulty stratum (mean ± std over seeds)."""
-    names = [m for m in ["base", *cfg.objectives] if m in rows]
     levels = list(sizes)
     if not levels:
         return "(no difficulty strata for this task)"
     head = ["model", *(f"{cfg.stratum} = {lv} (n = {sizes[lv]})" for lv in levels)]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    for name in names:
-        cells = [name, *(_fmt(rows[name].get(f"stratum={lv}", [])) for lv in levels)]
+    for name in model_names(rows, cfg):
+        cells = [name, *(fmt(rows[name].get(f"stratum={lv}", [])) for lv in levels)]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -213,13 +203,6 @@ CLAIMS = (
     ("hard-stratum acc", "hard", True),
 )
 """The protocol's claims: (label, metric key, higher is better)."""
-
-
-def _ci(diff: tuple[float, float, float]) -> str:
-    d, lo, hi = diff
-    if d != d:
-        return "–"
-    return f"{d:+.3f} [{lo:+.3f}, {hi:+.3f}]" if lo == lo else f"{d:+.3f}"
 
 
 def protocol_section(
@@ -265,7 +248,7 @@ def protocol_section(
         ]
         for arm in [a for a in arms if a != ref]:
             cells = [arm] + [
-                _ci(diff_ci(rows[arm][key[metric]], rows[ref][key[metric]]))
+                fmt_ci(diff_ci(rows[arm][key[metric]], rows[ref][key[metric]]))
                 for _, metric, _ in CLAIMS
             ]
             out.append("| " + " | ".join(cells) + " |")
@@ -284,19 +267,19 @@ def testbed_verdict(rows: dict[str, Any], cfg: DemoConfig, key: dict[str, str]) 
     best, (d, lo, hi) = max(scored, key=lambda x: x[1][0])
     ref = ""
     if "traj-sft" in rows:
-        vs = _ci(diff_ci(rows[best][m], rows["traj-sft"][m]))
+        vs = fmt_ci(diff_ci(rows[best][m], rows["traj-sft"][m]))
         ref = f"; against traj-sft, {best} is {vs} ({compare(rows[best][m], rows['traj-sft'][m])[1]})"
     head = f"**Verdict ({cfg.testbed}):** the ranking term on new-domain accuracy (against td, "
     head += "the same masking without it): "
     if len(scored) == 1:  # one ranking arm: its own result, no "best of" wording
         word = compare(rows[best][m], rows["td"][m])[1]
-        return head + f"{best} is {_ci((d, lo, hi))} ({word}){ref}."
+        return head + f"{best} is {fmt_ci((d, lo, hi))} ({word}){ref}."
     words = {a: compare(rows[a][m], rows["td"][m])[1] for a, _ in scored}
     groups = {w: [a for a in words if words[a] == w] for w in ("better", "worse")}
     said = "; ".join(f"{w} for {', '.join(g)}" for w, g in groups.items() if g)
     return (
         head + f"{said or 'no clear difference for any arm'}; the arm with the highest mean, "
-        f"{best}, is {_ci((d, lo, hi))}{ref}."
+        f"{best}, is {fmt_ci((d, lo, hi))}{ref}."
     )
 
 
@@ -311,7 +294,7 @@ def verdicts(rows: dict[str, Any], cfg: DemoConfig) -> list[str]:
 
     def versus(metric: str, other: str, higher: bool = True, digits: int = 3) -> str:
         diff, word = compare(t[metric], rows[other][metric], higher)
-        return f"vs {other} {_fmt(rows[other][metric], digits)}: {diff:+.{digits}f} ({word})"
+        return f"vs {other} {fmt(rows[other][metric], digits)}: {diff:+.{digits}f} ({word})"
 
     others = [o for o in ("sft", "traj-sft", "td", "base") if o in rows]
     claim = {"better": "holds", "worse": "does not hold", "no clear difference": "is not shown"}
@@ -327,19 +310,19 @@ def verdicts(rows: dict[str, Any], cfg: DemoConfig) -> list[str]:
     held, acc = against(f"new@{t1}")
     out.append(
         f"1. **Higher new-domain accuracy than SFT: {held}.** TABOM's greedy "
-        f"accuracy ({t1} token(s) per step) is {_fmt(t[f'new@{t1}'])}; {acc}."
+        f"accuracy ({t1} token(s) per step) is {fmt(t[f'new@{t1}'])}; {acc}."
     )
     held, pk = against(f"pass@{k}")
     out.append(
         f"2. **Wider knowledge boundary (pass@{k}) than SFT: {held}.** "
-        f"TABOM's pass@{k} at temperature 1 is {_fmt(t[f'pass@{k}'])}; {pk}."
+        f"TABOM's pass@{k} at temperature 1 is {fmt(t[f'pass@{k}'])}; {pk}."
     )
     held, fg = against("forgetting", higher=False, with_base=False)
     out.append(
         f"3. **Less forgetting than SFT: {held}.** TABOM's old-domain "
-        f"accuracy is {_fmt(t['old'])} against the base model's "
-        f"{_fmt(rows['base']['old'])}: forgetting {_fmt(t['forgetting'], sign=True)} "
-        f"with {_fmt(t['c2w'], 1)} correct→wrong and {_fmt(t['w2c'], 1)} "
+        f"accuracy is {fmt(t['old'])} against the base model's "
+        f"{fmt(rows['base']['old'])}: forgetting {fmt(t['forgetting'], sign=True)} "
+        f"with {fmt(t['c2w'], 1)} correct→wrong and {fmt(t['w2c'], 1)} "
         f"wrong→correct items of {cfg.old_examples}; {fg}."
     )
     if "traj-sft" in rows:
@@ -347,8 +330,8 @@ def verdicts(rows: dict[str, Any], cfg: DemoConfig) -> list[str]:
         beat = "beats" if word == "better" else "does not beat"
         out.append(
             f"\n**TABOM {beat} traj-sft** on new-domain greedy accuracy here: "
-            f"{_fmt(t[f'new@{t1}'])} against "
-            f"{_fmt(rows['traj-sft'][f'new@{t1}'])} ({diff:+.3f}, {word}). "
+            f"{fmt(t[f'new@{t1}'])} against "
+            f"{fmt(rows['traj-sft'][f'new@{t1}'])} ({diff:+.3f}, {word}). "
             "What a validation sweep found: docs/results.md."
         )
     out.append(f"\n{VERDICT_RULE} ({len(cfg.seeds)} seeds).")
@@ -377,22 +360,17 @@ def write_report(
 
     # 1) plots
     new, old = describe_task(cfg.new_task), describe_task(cfg.old_task)
+    bars = {  # panel title: (metric, y label)
+        f"new domain: greedy acc ({t1} tok/step)": (f"new@{t1}", "greedy accuracy"),
+        f"new domain: pass@{k} (T=1)": (f"pass@{k}", f"pass@{k}"),
+        "old domain: greedy acc": ("old", "greedy accuracy"),
+    }
     plot_metric_bars(
-        {
-            f"new domain: greedy acc ({t1} tok/step)": {
-                n: mean_std(rows[n][f"new@{t1}"]) for n in names
-            },
-            f"new domain: pass@{k} (T=1)": {n: mean_std(rows[n][f"pass@{k}"]) for n in names},
-            "old domain: greedy acc": {n: mean_std(rows[n]["old"]) for n in names},
-        },
+        {p: {n: mean_std(rows[n][metric]) for n in names} for p, (metric, _) in bars.items()},
         root / "accuracy.png",
         title=f"{cfg.model} post-trained on {new} (old domain: {old}); "
         f"mean ± std over {len(cfg.seeds)} seeds",
-        ylabels={
-            f"new domain: greedy acc ({t1} tok/step)": "greedy accuracy",
-            f"new domain: pass@{k} (T=1)": f"pass@{k}",
-            "old domain: greedy acc": "greedy accuracy",
-        },
+        ylabels={p: label for p, (_, label) in bars.items()},
         sharey=True,  # three accuracies: one scale
     )
     plot_budgets(
@@ -435,18 +413,9 @@ def write_report(
         for stage, (seconds, cached) in timings.items()
     ]
     timing_rows.append(f"| report + plots | {time.perf_counter() - t_report:.0f} s |")
-    cmd = (
-        "tabom demo"
-        + "".join(
-            f" --{k} {v}"
-            for k, v, d in (
-                ("testbed", cfg.testbed, "addition"),
-                ("protocol", cfg.protocol, "single"),
-            )
-            if v != d
-        )
-        + (" --quick" if cfg.quick else "")
-    )
+    cmd = "tabom demo" + (f" --testbed {cfg.testbed}" if cfg.testbed != "addition" else "")
+    cmd += f" --protocol {cfg.protocol}" if cfg.protocol != "single" else ""
+    cmd += " --quick" if cfg.quick else ""
     sizes = results["base"][0].get("stratum_sizes", {})
     lines = [
         "# tabom demo report",

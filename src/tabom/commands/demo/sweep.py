@@ -142,7 +142,7 @@ def run_sweep(cfg: SweepConfig) -> int:
         frac = p.get("data_fraction", 1.0)
         data, n_items = data_sets[frac]
         steps = point_cfg.epochs * math.ceil(n_items / point_cfg.batch_size)
-        name = "-".join([o, *(f"{k}{v}" for k, v in p.items())]) or o
+        name = "-".join([o, *(f"{k}{v}" for k, v in p.items())])
         tset = train_settings(point_cfg, o, s, steps, dist["key"], data_fraction=frac)
         folder = out / name / f"seed{s}"
 
