@@ -7,16 +7,22 @@ stop rule use ``seed + 10_000``). Greedy accuracy (temperature 0, one token per 
 49 answer digits and one EOS) under three unmasking orders: confidence, random and left to
 right (blocks of one token); pass@1 / pass@k from k samples at temperature 1 in confidence order
 (unbiased estimator); and the new domain's greedy accuracy split by the number of
-carry-propagating columns.
+carry-propagating columns. Each accuracy comes with its 95% Wilson interval and the order
+comparisons (confidence − random, confidence − left to right) with a 95% interval over the
+paired per-problem differences (the same problems under each order).
 
 Run: ``python benchmarks/base_model_longadd.py`` (``--model runs/tiny_longadd_pretrain/model``
-for another checkpoint).
+for another checkpoint; ``--domains new --passk-n 64`` for the new domain only, pass@k on its
+first 64 problems; ``--json out.json`` keeps the numbers).
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import math
 import platform
+import statistics
 import time
 from collections import defaultdict
 
@@ -36,70 +42,129 @@ ORDERS = {
 }
 
 
+def wilson(k: int, n: int) -> tuple[float, float]:
+    """95% Wilson score interval of a binomial proportion k / n."""
+    if n == 0:
+        return math.nan, math.nan
+    z, p = 1.96, k / n
+    mid = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    return mid - half, mid + half
+
+
+def paired_diff(a: list[bool], b: list[bool]) -> tuple[float, float, float]:
+    """Mean of the per-problem differences a − b with a 95% normal interval."""
+    d = [float(x) - float(y) for x, y in zip(a, b, strict=True)]
+    m = statistics.fmean(d)
+    half = 1.96 * statistics.stdev(d) / math.sqrt(len(d)) if len(d) > 1 else math.nan
+    return m, m - half, m + half
+
+
+def fmt_acc(correct: list[bool]) -> str:
+    lo, hi = wilson(sum(correct), len(correct))
+    return f"{sum(correct) / len(correct):.3f} [{lo:.2f}, {hi:.2f}]"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="tiny-longadd")
-    parser.add_argument("--n", type=int, default=200, help="problems per domain")
+    parser.add_argument("--n", type=int, default=200, help="problems per domain (greedy orders)")
     parser.add_argument("--samples", type=int, default=8)
+    parser.add_argument(
+        "--passk-n", type=int, default=None, help="problems for pass@k (default --n; 0 = skip)"
+    )
+    parser.add_argument("--temperature", type=float, default=1.0, help="of the pass@k samples")
+    parser.add_argument("--domains", default="old,new", help="comma-separated: old, new")
+    parser.add_argument(
+        "--orders", default=",".join(ORDERS), help=f"comma-separated, from {', '.join(ORDERS)}"
+    )
     parser.add_argument("--seed", type=int, default=1234)
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--json", default=None, help="write the results to this file")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     t_all, c_all = time.perf_counter(), time.process_time()
     dlm = load_model(args.model)
+    specs = {"old": OLD, "new": NEW}
     domains = {
-        name: (make_task(spec), make_task(spec).generate(args.n, torch.Generator().manual_seed(args.seed)))
-        for name, spec in (("old", OLD), ("new", NEW))
+        name: (
+            make_task(specs[name]),
+            make_task(specs[name]).generate(args.n, torch.Generator().manual_seed(args.seed)),
+        )
+        for name in args.domains.split(",")
     }
+    k = args.samples
+    passk_n = args.n if args.passk_n is None else min(args.passk_n, args.n)
+    temp = args.temperature
     print(
         f"model: {args.model}; {args.n} problems per domain (seed {args.seed}): old `{OLD}`, "
-        f"new `{NEW}`; {platform.machine()} CPU, {args.threads} thread(s); "
-        f"torch {torch.__version__}\n"
+        f"new `{NEW}`; pass@k on the first {passk_n} at T = {temp:g}; {platform.machine()} "
+        f"CPU, {args.threads} thread(s); torch {torch.__version__}\n"
     )
-    k = args.samples
     print(
-        "| domain | greedy: confidence | random | left to right | pass@1 (T=1) | "
-        f"pass@{k} (T=1) | wall s |"
+        "| domain | greedy: confidence | random | left to right | conf − random | "
+        f"conf − left to right | pass@1 (T={temp:g}) | pass@{k} (T={temp:g}) | wall s |"
     )
-    print("|---|---:|---:|---:|---:|---:|---:|")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
+    results: dict = {"model": args.model, "n": args.n, "passk_n": passk_n, "seed": args.seed}
     greedy_new = None
     for name, (t, exs) in domains.items():
         t0 = time.perf_counter()
-        acc = {}
-        for order, budget in ORDERS.items():
+        correct = {}
+        for order in args.orders.split(","):
+            budget = ORDERS[order]
             res = evaluate_task(dlm, t, exs, budget, seed=args.seed)
-            acc[order] = res.accuracy
+            correct[order] = [c[0] for c in res.correct]
             if name == "new" and order == "confidence":
                 greedy_new = res
-        sampled = evaluate_task(
-            dlm,
-            t,
-            exs,
-            DecodeConfig(score="confidence", temperature=1.0),
-            n_samples=k,
-            ks=(1, k),
-            seed=args.seed,
-        )
+        pass_at = {1: math.nan, k: math.nan}
+        if passk_n:
+            sampled = evaluate_task(
+                dlm,
+                t,
+                exs[:passk_n],
+                DecodeConfig(score="confidence", temperature=temp),
+                n_samples=k,
+                ks=(1, k),
+                seed=args.seed,
+            )
+            pass_at = sampled.pass_at
         wall = time.perf_counter() - t0
+        diffs = {
+            o: paired_diff(correct["confidence"], correct[o])
+            for o in ("random", "left-to-right")
+            if o in correct and "confidence" in correct
+        }
+        ds = {o: f"{m:+.3f} [{lo:+.2f}, {hi:+.2f}]" for o, (m, lo, hi) in diffs.items()}
+        acc = {o: fmt_acc(correct[o]) if o in correct else "–" for o in ORDERS}
         print(
-            f"| {name} | {acc['confidence']:.3f} | {acc['random']:.3f} | "
-            f"{acc['left-to-right']:.3f} | {sampled.pass_at[1]:.3f} | {sampled.pass_at[k]:.3f} | "
-            f"{wall:.1f} |",
+            f"| {name} | {acc['confidence']} | {acc['random']} | {acc['left-to-right']} | "
+            f"{ds.get('random', '–')} | {ds.get('left-to-right', '–')} | "
+            f"{pass_at[1]:.3f} | {pass_at[k]:.3f} | {wall:.1f} |",
             flush=True,
         )
-    task, exs = domains["new"]
-    by_nines: dict[int, list[bool]] = defaultdict(list)
-    for ex, c in zip(exs, greedy_new.correct, strict=True):
-        by_nines[min(task.difficulty(ex)["nines"], 8)].append(c[0])
-    print("\n| new domain, carry-propagating columns | problems | greedy acc (confidence) |")
-    print("|---:|---:|---:|")
-    for n in sorted(by_nines):
-        v = by_nines[n]
-        print(f"| {n if n < 8 else '8+'} | {len(v)} | {sum(v) / len(v):.3f} |")
-    print(
-        f"\ntotal: {time.perf_counter() - t_all:.0f} s wall, "
-        f"{time.process_time() - c_all:.0f} s CPU"
-    )
+        results[name] = {
+            "accuracy": {o: sum(c) / len(c) for o, c in correct.items()},
+            "diff": diffs,
+            "pass_at": {str(kk): v for kk, v in pass_at.items()},
+            "wall_s": wall,
+        }
+    if greedy_new is not None:  # confidence order was run on the new domain
+        task, exs = domains["new"]
+        by_nines: dict[int, list[bool]] = defaultdict(list)
+        for ex, c in zip(exs, greedy_new.correct, strict=True):
+            by_nines[min(task.difficulty(ex)["nines"], 8)].append(c[0])
+        print("\n| new domain, carry-propagating columns | problems | greedy acc (confidence) |")
+        print("|---:|---:|---:|")
+        for n in sorted(by_nines):
+            v = by_nines[n]
+            print(f"| {n if n < 8 else '8+'} | {len(v)} | {sum(v) / len(v):.3f} |")
+    wall, cpu = time.perf_counter() - t_all, time.process_time() - c_all
+    print(f"\ntotal: {wall:.0f} s wall, {cpu:.0f} s CPU")
+    if args.json:
+        results.update(total_wall_s=wall, total_cpu_s=cpu)
+        with open(args.json, "w") as f:
+            json.dump(results, f, indent=1)
 
 
 if __name__ == "__main__":
