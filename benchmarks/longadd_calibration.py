@@ -19,7 +19,8 @@ import argparse
 
 import torch
 
-from tabom.decoding import DecodeConfig, decode_texts
+from tabom.batch_decode import decode_texts
+from tabom.decoding import DecodeConfig
 from tabom.evaluate import budget_for, tau_to_order
 from tabom.models import load_model
 from tabom.tasks import make_task
@@ -63,7 +64,7 @@ def main() -> None:
             )
         cfg = budget_for(task, DecodeConfig(score="confidence"))
         _, out = decode_texts(dlm, [e.prompt for e in exs], cfg)
-        steps = out.decode_step.tolist()
+        steps = out.decoding_order.tolist()
         taus = tau_to_order(steps, [list(range(len(r))) for r in steps], min_rank=0)
         print(
             f"| {name} | τ-b(confidence decode order, left to right) | {len(taus)} | "
