@@ -1,0 +1,72 @@
+"""The demo's main numbers from the evaluations that have finished (``eval/*/stage.json``), for a
+run stopped before its report (issue 19 round 2): per arm, mean ± std over the seeds evaluated;
+per pair of arms, the difference of means with a Welch 95% interval over seeds.
+
+    python benchmarks/demo_stage_table.py runs/demo-longadd
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import statistics as st
+import sys
+from pathlib import Path
+
+from scipy import stats
+
+ARMS = ["base", "traj-sft", "td", "tabom", "tad"]
+KEYS = ["new", "hard", "pass@4", "old", "random order", "left to right", "NELBO/token", "τ"]
+PAIRS = [("tabom", "td"), ("td", "traj-sft"), ("tad", "td"), ("tabom", "traj-sft")]
+
+
+def row(result: dict) -> dict[str, float]:
+    cap = result["capability"]
+    return {
+        "new": result["new"]["1"],
+        "hard": result["hard"],
+        "pass@4": result["pass_at"]["4"],
+        "old": result["old"],
+        "random order": cap["accuracy"]["new"]["random"],
+        "left to right": cap["accuracy"]["new"]["left-to-right"],
+        "NELBO/token": cap["nelbo"]["new"]["per_token"],
+        "τ": result["alignment"]["tau"],
+    }
+
+
+def mean_std(v: list[float]) -> str:
+    return f"{st.mean(v):.3f}" + (f" ± {st.stdev(v):.3f}" if len(v) > 1 else "")
+
+
+def welch(a: list[float], b: list[float]) -> str:
+    d = st.mean(a) - st.mean(b)
+    va, vb = st.variance(a) / len(a), st.variance(b) / len(b)
+    se = math.sqrt(va + vb)
+    if se == 0:
+        return f"{d:+.3f}"
+    df = (va + vb) ** 2 / (va**2 / (len(a) - 1) + vb**2 / (len(b) - 1))
+    t = stats.t.ppf(0.975, df)
+    return f"{d:+.3f} [{d - t * se:+.3f}, {d + t * se:+.3f}]"
+
+
+def main(run: Path) -> None:
+    rows: dict[str, list[dict[str, float]]] = {}
+    for path in sorted((run / "eval").glob("*/stage.json")):
+        arm = path.parent.name.rsplit("-seed", 1)[0]
+        rows.setdefault(arm, []).append(row(json.loads(path.read_text())["result"]))
+    print("| arm | seeds | " + " | ".join(KEYS) + " |")
+    print("|---|---|" + "---|" * len(KEYS))
+    for arm in [a for a in ARMS if a in rows]:
+        cells = [mean_std([r[k] for r in rows[arm]]) for k in KEYS]
+        print(f"| {arm} | {len(rows[arm])} | " + " | ".join(cells) + " |")
+    print()
+    print("| difference [Welch 95%, over seeds] | " + " | ".join(KEYS[:6]) + " |")
+    print("|---|" + "---|" * 6)
+    for a, b in PAIRS:
+        if len(rows.get(a, [])) > 1 and len(rows.get(b, [])) > 1:
+            cells = [welch([r[k] for r in rows[a]], [r[k] for r in rows[b]]) for k in KEYS[:6]]
+            print(f"| {a} − {b} | " + " | ".join(cells) + " |")
+
+
+if __name__ == "__main__":
+    main(Path(sys.argv[1]))
