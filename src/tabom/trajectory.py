@@ -204,30 +204,42 @@ def _comparable_gen(gen: dict[str, Any], method: str | None = None) -> dict[str,
     return {**gen, **decode_settings(gen, method).record()}
 
 
+_CHECKED_GENS: dict[tuple[str, int, str], int] = {}
+"""Valid ``(gen, T, method)`` -> their bound: the records of a file share one ``gen``, which is
+validated once, not once per record (bounded; only valid ones are kept)."""
+
+
 def _check_gen(path: Path, line: int, gen: dict[str, Any], length: int, method: str) -> int:
     """Validate ``gen``; return the bound on decode steps (``steps``, or T in threshold mode)."""
+    key = (json.dumps(gen, sort_keys=True), length, method)
+    if key not in _CHECKED_GENS:
+        bound = _check_new_gen(path, line, gen, length, method)
+        if len(_CHECKED_GENS) >= 256:
+            _CHECKED_GENS.clear()
+        _CHECKED_GENS[key] = bound
+    return _CHECKED_GENS[key]
+
+
+def _check_new_gen(path: Path, line: int, gen: dict[str, Any], length: int, method: str) -> int:
     from tabom.decoding import DecodeConfig  # torch: imported only once a file is read
 
     for key, types in _GEN_TYPES.items():
         _typed(path, line, gen, key, types, prefix="gen.")
     if "steps" not in gen:
         raise DataFileError(path, line, "gen.steps", "missing (null in threshold mode)")
-    # 1) each decode setting as the config layer reads it (type, choice, range), by field
-    names = [f.name for f in fields(DecodeConfig)]
-    for key in (k for k in names if k in gen):
-        try:
-            convert(DecodeConfig, {key: gen[key]}, "gen")
-        except ConfigError as e:
-            reason = str(e).removeprefix(f"gen.{key}: ")
-            raise DataFileError(path, line, f"gen.{key}", reason) from None
     if "score" in gen and gen["score"] != method:
         raise DataFileError(
             path, line, "gen.score", f"{gen['score']!r} but the record's method is {method!r}"
         )
-    # 2) together (a block length that divides T, steps a multiple of the blocks)
-    try:
+    try:  # the settings read by the config layer (type, choice, range, and together)
         cfg = decode_settings(gen, method)
     except ConfigError as e:
+        for name in (f.name for f in fields(DecodeConfig) if f.name in gen):
+            try:  # name the first bad field, as the config layer words it
+                convert(DecodeConfig, {name: gen[name]}, "gen")
+            except ConfigError as bad:
+                reason = str(bad).removeprefix(f"gen.{name}: ")
+                raise DataFileError(path, line, f"gen.{name}", reason) from None
         raise DataFileError(path, line, "gen", str(e).removeprefix("gen: ")) from None
     if cfg.gen_length != length:
         raise DataFileError(
