@@ -193,6 +193,33 @@ def test_deepspeed_equals_one_process(model_dir, traj, one_process, tmp_path, fr
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("engine", ["ddp", "zero3"])
+def test_tad_under_an_engine_equals_one_process(model_dir, traj, tmp_path, free_port, engine):
+    """``tad``: the prepared student's one forward (its head at the near and distant pairs
+    inside it) and a frozen, unprepared teacher on every process give one process's losses
+    (the KL included) and final weights."""
+    if engine.startswith("zero") and not _has_deepspeed():
+        pytest.skip("deepspeed is not installed")
+    args = _args(model_dir, traj, 0)
+    args[args.index("tabom")] = "tad"
+    args += ["--loss.tad_delta", "2"]
+    one = [sys.executable, "-m", "tabom.cli", "train", *args]
+    ref = _run(one, tmp_path / "one", "--grad_accum", "2")
+    assert "train: engine one process" in ref.stdout
+    run = _run(_launch(engine, free_port), tmp_path / "two", *args, "--grad_accum", "1")
+    assert f"train: engine {ENGINES[engine][1]}" in run.stdout, run.stdout[-2000:]
+    log_one, log_two = _log(tmp_path / "one"), _log(tmp_path / "two")
+    assert [r["step"] for r in log_two] == [1, 2, 3]
+    for key in ("total", "ce", "kl"):
+        a, b = [r[key] for r in log_one], [r[key] for r in log_two]
+        assert max(abs(x - y) for x, y in zip(a, b, strict=True)) <= TOL, (key, a, b)
+    assert abs(log_two[0]["kl"]) < 1e-6 and log_two[-1]["kl"] > 0  # student = teacher at first
+    final_one = load_file(str(tmp_path / "one" / "model" / "model.safetensors"))
+    final_two = load_file(str(tmp_path / "two" / "model" / "model.safetensors"))
+    _close(final_one, final_two)
+
+
+@pytest.mark.slow
 @pytest.mark.parametrize("engine", ["fsdp2", "zero3"])
 def test_resume_from_a_sharded_checkpoint(model_dir, traj, tmp_path, free_port, engine):
     """Stopped after step 2 of 3 (its step-3 checkpoint and model removed), the run resumes

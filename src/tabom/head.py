@@ -336,6 +336,23 @@ def row_terms(
     return ce, h, log_c
 
 
+def pair_logits(
+    model: HeadModel | Callable,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor | None,
+    rows: torch.Tensor,
+    positions: torch.Tensor,
+) -> torch.Tensor:
+    """``(N, V)`` aligned logits at ``(rows[i], positions[i])`` from one forward: through
+    ``model.pair_logits`` when it has one (a prepared model applies its head inside its
+    forward), else the head of :func:`as_head_model` at those rows only."""
+    own = getattr(model, "pair_logits", None)
+    if own is not None:
+        return own(input_ids, attention_mask, rows, positions)
+    m = as_head_model(model)
+    return logits_at(m, m.hidden_states(input_ids, attention_mask), rows, positions)
+
+
 def loss_terms(
     model: HeadModel | Callable,
     input_ids: torch.Tensor,

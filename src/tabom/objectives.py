@@ -29,10 +29,11 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
 
 import torch
+import torch.nn.functional as F
 
 from tabom import losses as _losses
 from tabom.config import AT_LEAST_1, NON_NEGATIVE, POSITIVE, UNIT, check_ranges
-from tabom.head import HeadModel, as_head_model, ce_entropy_at, loss_terms
+from tabom.head import HeadModel, loss_terms, pair_logits
 from tabom.losses import RankTies, planner_weights, rank_loss, tad_loss, teacher_kl
 from tabom.masking import (
     CutRange,
@@ -86,7 +87,8 @@ class LossConfig:
             each chunk's logits in backward (at most about three ``loss_chunk x V`` buffers
             at once: bounded memory at large vocabularies and many supervised tokens; the
             same values up to float rounding); 0 = all rows at once (the full-logits path's
-            numbers bit for bit).
+            numbers bit for bit). Not used by ``tad``, whose KL needs the full distribution
+            at every distant row.
         papl_tau: τ, the temperature of ``papl``'s softmax planner over the masked positions.
         papl_mix: the planner's share of ``papl``'s CE weight (0 = plain random-mask CE).
         tad_delta: ``tad``'s near window in decode steps: masked tokens decoded within this
@@ -305,8 +307,10 @@ def _tad(
     mask_token_id: int,
     generator: torch.Generator | None,
 ) -> LossOutput:
-    """``tad``: :func:`tabom.masking.tad_mask`, one student forward, the head at the near and
-    distant rows only, one no-grad teacher forward with its head at the distant rows only."""
+    """``tad``: :func:`tabom.masking.tad_mask`, one student forward with its head at the near
+    and distant rows only (:func:`tabom.head.pair_logits`; ``loss_chunk`` does not apply: the
+    KL needs the full distribution at every distant row), one no-grad teacher forward with its
+    head at the distant rows only."""
     plan = tad_mask(
         batch.input_ids,
         batch.decoding_order,
@@ -315,19 +319,21 @@ def _tad(
         mask_token_id=mask_token_id,
         generator=generator,
     )
-    model, teacher = as_head_model(model_fn), as_head_model(teacher_fn)
     attention_mask = batch.attention_mask
-    hidden = model.hidden_states(plan.input_ids, attention_mask)  # (B, L, H)
     rows, cols = plan.supervise.bool().nonzero(as_tuple=True)  # near
-    ce_rows, _ = ce_entropy_at(
-        model, hidden, rows, cols, batch.input_ids[rows, cols], chunk=loss.loss_chunk,
-        entropy=False,
-    )
     d_rows, d_cols = plan.distant.nonzero(as_tuple=True)  # distant
-    student = model.apply_head(model.gather_hidden(hidden, d_rows, d_cols))  # (Nd, V)
+    n_near = rows.numel()
+    # one student forward, its head at the near and distant rows together (a prepared model:
+    # inside its forward, so DDP / FSDP / ZeRO-3 see one forward per backward)
+    logits = pair_logits(
+        model_fn, plan.input_ids, attention_mask, torch.cat([rows, d_rows]), torch.cat([cols, d_cols])
+    )
+    ce_rows = F.cross_entropy(
+        logits[:n_near].float(), batch.input_ids[rows, cols], reduction="none"
+    )
+    student = logits[n_near:]  # (Nd, V)
     with torch.no_grad():
-        t_hidden = teacher.hidden_states(plan.input_ids, attention_mask)
-        target = teacher.apply_head(teacher.gather_hidden(t_hidden, d_rows, d_cols))
+        target = pair_logits(teacher_fn, plan.input_ids, attention_mask, d_rows, d_cols)
     kl_rows = teacher_kl(student, target, tau=loss.tad_tau)
     total, ce, kl = tad_loss(
         ce_rows, kl_rows, ce_weight=loss.tad_ce_weight, kl_weight=loss.tad_kl_weight
@@ -335,7 +341,7 @@ def _tad(
     return LossOutput(
         total=total,
         ce=ce,
-        rank=torch.zeros((), device=hidden.device),
+        rank=torch.zeros((), device=logits.device),
         n_supervised=int(plan.supervise.sum()),
         n_pairs=0,
         n_rank_samples=0,

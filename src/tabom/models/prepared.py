@@ -116,6 +116,16 @@ class PreparedLM(DiffusionLM):
     def linear_head(self) -> None:
         return None
 
+    def pair_logits(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None,
+        rows: torch.Tensor,
+        positions: torch.Tensor,
+    ) -> torch.Tensor:
+        """``(N, V)`` aligned logits at the pairs, the head applied inside the forward."""
+        return self.model(input_ids, attention_mask, rows, positions)
+
     def loss_terms(
         self,
         input_ids: torch.Tensor,
