@@ -143,7 +143,13 @@ def main() -> None:
             f"{pass_at[1]:.3f} | {pass_at[k]:.3f} | {wall:.1f} |",
             flush=True,
         )
+        if passk_n and "confidence" in correct:  # the target: pass@k / greedy on the same problems
+            first = correct["confidence"][:passk_n]
+            g = sum(first) / len(first)
+            ratio = pass_at[k] / g if g else math.inf
+            print(f"| {name}: greedy on the pass@k problems {g:.3f}; pass@{k} / greedy {ratio:.2f} |")
         results[name] = {
+            "correct": correct,
             "accuracy": {o: sum(c) / len(c) for o, c in correct.items()},
             "diff": diffs,
             "pass_at": {str(kk): v for kk, v in pass_at.items()},
