@@ -84,6 +84,24 @@ def test_stage_keys_follow_what_the_stages_depend_on():
     assert distill_settings(hot, splits) != key
 
 
+def test_the_distill_key_follows_the_base_weights_at_the_same_name(tmp_path):
+    """Weights replaced under the same name or folder (a new shipped ``tiny-longadd``) give
+    another distill key, so a rerun in an old run folder does not reuse the old base's stages."""
+    import shutil
+
+    from tabom.models import SHIPPED
+
+    folder = tmp_path / "base"
+    shutil.copytree(SHIPPED["tiny-base"], folder)
+    cfg = DemoConfig(model=str(folder), distill_prompts=50, test_examples=20, val_examples=10,
+                     pass_examples=5)
+    splits = make_splits(cfg)
+    key = distill_settings(cfg, splits)
+    assert distill_settings(cfg, splits) == key  # stable
+    shutil.copy(SHIPPED["tiny-sudoku"] / "model.safetensors", folder / "model.safetensors")
+    assert distill_settings(cfg, splits) != key
+
+
 def test_sweep_points_override_demo_fields():
     from tabom.commands.demo.pipeline import point_config
     from tabom.commands.demo.sweep import SweepConfig, sweep_points

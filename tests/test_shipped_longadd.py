@@ -1,5 +1,6 @@
-"""The shipped long-addition base model ``tiny-longadd`` (issue 19) loads by name and solves
-its old domain much more often than its new one (the regime its recipe's stop rule targets)."""
+"""The shipped long-addition base models (issue 19: ``tiny-longadd``, 2 layers, and the first
+base ``tiny-longadd-v1``) load by name and solve their old domain much more often than their
+new one (the regime their recipes' stop rules target)."""
 
 from __future__ import annotations
 
@@ -15,10 +16,11 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.mark.slow
-def test_tiny_longadd_is_shipped_and_in_its_regime():
-    assert (SHIPPED["tiny-longadd"] / "model.safetensors").is_file()
-    assert detect_backend("tiny-longadd") == "tiny"
-    dlm = load_model("tiny-longadd")
+@pytest.mark.parametrize("name", ["tiny-longadd", "tiny-longadd-v1"])
+def test_tiny_longadd_is_shipped_and_in_its_regime(name):
+    assert (SHIPPED[name] / "model.safetensors").is_file()
+    assert detect_backend(name) == "tiny"
+    dlm = load_model(name)
     accs = {}
     for spec in ("longadd:digits=48,max_nines=0", "longadd:digits=48"):
         task = make_task(spec)

@@ -51,6 +51,7 @@ SHIPPED = {
     "tiny-base": ASSETS / "tiny-base",
     "tiny-sudoku": ASSETS / "tiny-sudoku",
     "tiny-longadd": ASSETS / "tiny-longadd",
+    "tiny-longadd-v1": ASSETS / "tiny-longadd-v1",  # the first long-addition base (issue 19)
 }
 DEFAULT_MODEL = "tiny-base"
 TINY_BACKENDS = ("tiny", "tiny-dream")

@@ -5,7 +5,7 @@ Each operand digit is drawn uniformly (leading zeros allowed, so every answer di
 fixed offset from the two digits it adds). A column whose two digits sum to 9 *propagates* a
 carry: its answer digit depends on the columns below it, through every consecutive
 propagating column. ``max_nines`` caps the propagating columns of a generated problem (0 = the
-old domain of ``configs/tiny_longadd_pretrain.yaml``: every carry is decided by the column right below);
+old domain of the ``configs/tiny_longadd*_pretrain.yaml`` recipes: every carry is decided by the column right below);
 unrestricted, a 48-digit problem has about 4.8 of them. Difficulty is the count and the longest
 run of propagating columns; the oracle order writes the answer units digit first.
 

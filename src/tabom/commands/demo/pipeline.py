@@ -53,6 +53,7 @@ from tabom.commands.train import TrainConfig, train
 from tabom.config import to_dict
 from tabom.decoding import DecodeConfig
 from tabom.evaluate import evaluate_task, tau_to_order
+from tabom.fingerprint import model_fingerprint
 from tabom.jsonl import write_jsonl
 from tabom.metrics import mean_std, trajectory_alignment
 from tabom.models import load_model
@@ -159,8 +160,9 @@ def make_splits(cfg: DemoConfig) -> dict[str, list[Example]]:
 def distill_settings(cfg: DemoConfig, splits: dict[str, list[Example]]) -> dict[str, Any]:
     """The key of the ``distill`` stage (the demo's and ``tabom sweep``'s): what it depends on.
 
-    The distillation run's settings and a key of the distillation and validation ids (the
-    ground-truth file and the alignment prompts), however the splits were drawn.
+    The distillation run's settings, the base model's weights (:func:`tabom.fingerprint.model_fingerprint`)
+    and a key of the distillation and validation ids (the ground-truth file and the alignment
+    prompts), however the splits were drawn.
     """
     fields = (
         "model",
@@ -173,7 +175,10 @@ def distill_settings(cfg: DemoConfig, splits: dict[str, list[Example]]) -> dict[
     )
     ids = {k: [ex.id for ex in splits[k]] for k in ("distill", "val")}
     scalars = {k: getattr(cfg, k) for k in fields}
-    return {**scalars, "decode": asdict(cfg.decode), "split_ids": _key(ids)}
+    # the weights too: a shipped name or a folder whose weights were replaced (a new
+    # `tiny-longadd`) must not reuse the stages of the old ones
+    weights = model_fingerprint(cfg.model)
+    return {**scalars, "model_weights": weights, "decode": asdict(cfg.decode), "split_ids": _key(ids)}
 
 
 def train_settings(
