@@ -29,6 +29,11 @@ warm-up, plus the median of per-repeat ratios.
     python benchmarks/bench_head.py train --vocab 32000 126464       # memory + time table
     python benchmarks/bench_head.py decode --vocab 126464            # B=16, L=512
     python benchmarks/bench_head.py train --one full --vocab 126464 --measure memory  # one cell
+    python benchmarks/bench_head.py train --objective tad --vocab 32000 126464  # tad, prepared
+
+``--objective tad``: one ``tad`` step with the student a prepared model (as under ``tabom
+train``), before (the prepared forward returned all logits) and after (the head at the pairs
+inside the forward); see :func:`tad_objective`.
 """
 
 from __future__ import annotations
@@ -145,8 +150,49 @@ def positions_objective(dlm: DiffusionLM, batch: dict, args: argparse.Namespace)
     return out.total
 
 
+def tad_objective(dlm: DiffusionLM, batch: dict, path: str) -> torch.Tensor:
+    """``tad`` as ``tabom train`` runs it, the student a prepared model: ``full`` returns all
+    (B, L, V) logits from its forward (what :class:`~tabom.models.prepared.PreparedLM` gave
+    ``tad`` before: the head over every position, then gathers); ``positions`` is today's
+    :class:`~tabom.models.prepared.PreparedLM`, whose one forward applies the head at the near
+    and distant pairs only (``head.pair_logits``). The teacher is the same network under no
+    grad, its head at the distant rows (the same in both paths)."""
+    from tabom.models.prepared import HeadForward, PreparedLM
+    from tabom.objectives import LossConfig, compute_objective
+    from tabom.train_data import TrajectoryBatch
+
+    student = (
+        FullLogits(dlm)
+        if path == "full"
+        else PreparedLM(model=HeadForward(dlm.model, dlm.spec), tokenizer=None, spec=dlm.spec)
+    )
+    out = compute_objective(
+        student,
+        TrajectoryBatch(
+            batch["input_ids"],
+            batch["attention_mask"],
+            batch["response_mask"],
+            batch["decoding_order"],
+            decode_entropy=None,
+            ids=[],
+        ),
+        objective="tad",
+        loss=LossConfig(tad_delta=8),
+        mask_token_id=dlm.mask_token_id,
+        generator=torch.Generator().manual_seed(2),
+        teacher=dlm,
+    )
+    return out.total
+
+
 def train_step(dlm: DiffusionLM, batch: dict, path: str, args: argparse.Namespace) -> float:
     """compute the objective + backward; returns the loss value."""
+    if args.objective == "tad":
+        loss = tad_objective(dlm, batch, path)
+        loss.backward()
+        for p in dlm.model.parameters():
+            p.grad = None
+        return float(loss.detach())
     fn = full_objective if path == "full" else positions_objective
     loss = fn(dlm, batch, args)
     loss.backward()
@@ -242,8 +288,8 @@ def interleaved_time(vocab: int, args: argparse.Namespace) -> dict[str, list[flo
 def memory(vocab: int, path: str, args: argparse.Namespace) -> dict:
     """Run one cell in a fresh subprocess (its own peak RSS)."""
     cmd = [sys.executable, __file__, args.task, "--one", path, "--vocab", str(vocab)]
-    for key in ("hidden", "layers", "heads", "batch", "prompt", "gen", "window", "loss_chunk",
-                "dbatch", "dprompt", "dgen", "dblock", "dsteps", "score", "temperature",
+    for key in ("objective", "hidden", "layers", "heads", "batch", "prompt", "gen", "window",
+                "loss_chunk", "dbatch", "dprompt", "dgen", "dblock", "dsteps", "score", "temperature",
                 "threads"):  # fmt: skip
         cmd += [f"--{key.replace('_', '-')}", str(getattr(args, key))]
     # a fixed mmap threshold: glibc otherwise raises it after large frees and keeps later
@@ -259,6 +305,7 @@ def main() -> None:
     parser.add_argument("--vocab", type=int, nargs="+", default=[32000, 126464])
     parser.add_argument("--measure", choices=["both", "memory", "time"], default="both")
     parser.add_argument("--one", choices=PATHS, help="run one cell here and print JSON")
+    parser.add_argument("--objective", choices=["tabom", "tad"], default="tabom", help="train")
     parser.add_argument("--hidden", type=int, default=256)
     parser.add_argument("--layers", type=int, default=2)
     parser.add_argument("--heads", type=int, default=4)
@@ -285,7 +332,8 @@ def main() -> None:
         return
 
     shape = (
-        f"B={args.batch} P={args.prompt} T={args.gen} M=W={args.window} loss_chunk={args.loss_chunk}"
+        f"{args.objective}: B={args.batch} P={args.prompt} T={args.gen} "
+        + ("δ=8" if args.objective == "tad" else f"M=W={args.window} loss_chunk={args.loss_chunk}")
         if args.task == "train"
         else f"B={args.dbatch} P={args.dprompt} T={args.dgen} block={args.dblock} "
         f"steps={args.dsteps} score={args.score} temperature={args.temperature}"

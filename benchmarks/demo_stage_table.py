@@ -8,12 +8,11 @@ per pair of arms, the difference of means with a Welch 95% interval over seeds.
 from __future__ import annotations
 
 import json
-import math
-import statistics as st
 import sys
 from pathlib import Path
 
-from scipy import stats
+from tabom.metrics import diff_ci
+from tabom.metrics import mean_std as _mean_std
 
 ARMS = ["base", "traj-sft", "td", "tabom", "tad"]
 KEYS = ["new", "hard", "pass@4", "old", "random order", "left to right", "NELBO/token", "τ"]
@@ -35,18 +34,13 @@ def row(result: dict) -> dict[str, float]:
 
 
 def mean_std(v: list[float]) -> str:
-    return f"{st.mean(v):.3f}" + (f" ± {st.stdev(v):.3f}" if len(v) > 1 else "")
+    m, sd = _mean_std(v)
+    return f"{m:.3f}" + (f" ± {sd:.3f}" if len(v) > 1 else "")
 
 
 def welch(a: list[float], b: list[float]) -> str:
-    d = st.mean(a) - st.mean(b)
-    va, vb = st.variance(a) / len(a), st.variance(b) / len(b)
-    se = math.sqrt(va + vb)
-    if se == 0:
-        return f"{d:+.3f}"
-    df = (va + vb) ** 2 / (va**2 / (len(a) - 1) + vb**2 / (len(b) - 1))
-    t = stats.t.ppf(0.975, df)
-    return f"{d:+.3f} [{d - t * se:+.3f}, {d + t * se:+.3f}]"
+    d, lo, hi = diff_ci(a, b)  # the demo report's interval (Welch t over seeds)
+    return f"{d:+.3f} [{lo:+.3f}, {hi:+.3f}]"
 
 
 def main(run: Path) -> None:

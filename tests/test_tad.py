@@ -19,10 +19,9 @@ import torch
 from tabom.commands.train import load_train_items, tad_teacher, train
 from tabom.losses import teacher_kl
 from tabom.masking import tad_mask
-from tabom.models import DEFAULT_MODEL, load_model
+from tabom.models import load_model
 from tabom.models.prepared import HeadForward, PreparedLM
 from tabom.objectives import LossConfig, compute_objective
-from tabom.tasks import make_task
 from tabom.train_data import collate_trajectories
 from test_losses import MASK, VOCAB, as_batch, trajectories
 from test_trainer import config, traj, weights  # noqa: F401  (traj: the module fixture)
@@ -214,32 +213,20 @@ class Recording(HeadForward):
         return super().forward(input_ids, attention_mask, rows, positions, **kw)
 
 
-def test_a_prepared_student_runs_one_forward_with_its_head_at_the_pairs_only():
+def test_a_prepared_student_runs_one_forward_with_its_head_at_the_pairs_only(
+    model_dir, traj, tmp_path  # noqa: F811
+):
     """Under ``tabom train`` the student is a :class:`PreparedLM`: ``tad`` calls its prepared
     module once (one forward per backward, as DDP / FSDP / ZeRO-3 need), with the near and
     distant pairs, never for the whole ``(B, L, V)`` logits, and gets the plain model's loss."""
-    dlm = load_model(DEFAULT_MODEL)
-    teacher = load_model(DEFAULT_MODEL)
-    task = make_task("addition")
-    examples = task.generate(6, torch.Generator().manual_seed(0))
-    prompts = [dlm.encode_prompt(e.prompt) for e in examples]
-    answers = [dlm.tokenizer.encode(e.answer, add_special_tokens=False) for e in examples]
-    width = max(len(p) + len(a) for p, a in zip(prompts, answers, strict=True))
-    ids = torch.full((6, width), dlm.spec.pad_token_id)
-    resp = torch.zeros((6, width), dtype=torch.bool)
-    order = torch.full((6, width), -1)
-    for i, (p, a) in enumerate(zip(prompts, answers, strict=True)):
-        ids[i, : len(p) + len(a)] = torch.tensor(p + a)
-        resp[i, len(p) : len(p) + len(a)] = True
-        order[i, len(p) : len(p) + len(a)] = torch.randperm(
-            len(a), generator=torch.Generator().manual_seed(i)
-        )
-    batch = as_batch(ids, (ids != dlm.spec.pad_token_id).long(), resp, order)
-    loss = LossConfig(tad_delta=2)
+    cfg = config(model_dir, traj, tmp_path / "run", objective="tad", tad_delta=2)
+    dlm, teacher = load_model(model_dir), tad_teacher(cfg)
+    items, _ = load_train_items(cfg, dlm)
+    batch = collate_trajectories([items[i] for i in range(8)], dlm.spec.pad_token_id)
 
     def run(student):
         return compute_objective(
-            student, batch, objective="tad", loss=loss, mask_token_id=dlm.mask_token_id,
+            student, batch, objective="tad", loss=cfg.loss, mask_token_id=dlm.mask_token_id,
             generator=torch.Generator().manual_seed(1), teacher=teacher,
         )
 
