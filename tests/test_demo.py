@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import multiprocessing
+import sys
+import threading
 
 import pytest
 
@@ -34,6 +37,70 @@ def test_run_stage_skips_a_finished_stage_and_reruns_a_changed_one(tmp_path):
     assert len(calls) == 1 and again["cached"] and again["result"] == first["result"]
     changed = run_stage(tmp_path / "s", {"a": 2}, fn)
     assert len(calls) == 2 and not changed["cached"] and changed["result"] == {"n": 2}
+
+
+def _hold_stage(folder, started, release):
+    def fn(f):
+        started.set()
+        release.wait(60)
+        (f / "out.txt").write_text("A")
+        return {"by": "A"}
+
+    run_stage(folder, {"a": 1}, fn)
+
+
+def _in_thread(call):
+    out = {}
+    thread = threading.Thread(target=lambda: out.update(call()), daemon=True)
+    thread.start()
+    return thread, out
+
+
+needs_flock = pytest.mark.skipif(sys.platform == "win32", reason="no fcntl: no stage lock there")
+
+
+@needs_flock
+def test_a_second_process_waits_for_a_running_stage_and_reads_its_result(tmp_path):
+    """Two demo processes on one folder: the second waits for the stage the first is running
+    (before the lock it cleared the first one's folder and ran the stage again)."""
+    ctx = multiprocessing.get_context("fork")
+    started, release = ctx.Event(), ctx.Event()
+    holder = ctx.Process(target=_hold_stage, args=(tmp_path / "s", started, release))
+    holder.start()
+    try:
+        assert started.wait(60)
+        calls = []
+
+        def fn(f):
+            calls.append(f)
+            return {"by": "B"}
+
+        thread, out = _in_thread(lambda: run_stage(tmp_path / "s", {"a": 1}, fn))
+        thread.join(1.0)
+        assert thread.is_alive() and calls == []  # waiting, not redoing the stage
+        release.set()
+        thread.join(60)
+        holder.join(60)
+        assert not thread.is_alive() and holder.exitcode == 0
+        assert calls == [] and out["cached"] and out["result"] == {"by": "A"}
+        assert (tmp_path / "s" / "out.txt").read_text() == "A"
+    finally:
+        release.set()
+        holder.join(60)
+
+
+@needs_flock
+def test_a_killed_process_leaves_no_stale_stage_lock(tmp_path):
+    ctx = multiprocessing.get_context("fork")
+    started, release = ctx.Event(), ctx.Event()
+    holder = ctx.Process(target=_hold_stage, args=(tmp_path / "s", started, release))
+    holder.start()
+    assert started.wait(60)
+    holder.kill()
+    holder.join(60)
+    thread, out = _in_thread(lambda: run_stage(tmp_path / "s", {"a": 1}, lambda f: {"by": "B"}))
+    thread.join(60)
+    assert not thread.is_alive() and out["result"] == {"by": "B"} and not out["cached"]
 
 
 def test_quick_fills_only_fields_left_at_default():
@@ -93,8 +160,9 @@ def test_the_distill_key_follows_the_base_weights_at_the_same_name(tmp_path):
 
     folder = tmp_path / "base"
     shutil.copytree(SHIPPED["tiny-base"], folder)
-    cfg = DemoConfig(model=str(folder), distill_prompts=50, test_examples=20, val_examples=10,
-                     pass_examples=5)
+    cfg = DemoConfig(
+        model=str(folder), distill_prompts=50, test_examples=20, val_examples=10, pass_examples=5
+    )
     splits = make_splits(cfg)
     key = distill_settings(cfg, splits)
     assert distill_settings(cfg, splits) == key  # stable

@@ -64,7 +64,9 @@ def test_presets_fill_only_fields_left_at_default():
 
 
 def test_sudoku_held_out_sets_are_real_puzzles_disjoint_from_distillation():
-    cfg = build_config(DemoConfig, {"testbed": "sudoku", "distill_prompts": 200, "old_examples": 10})
+    cfg = build_config(
+        DemoConfig, {"testbed": "sudoku", "distill_prompts": 200, "old_examples": 10}
+    )
     s = pipeline.make_splits(cfg)
     assert len(s["val"]) == cfg.val_examples and len(s["test"]) == cfg.test_examples
     assert all(ex.id.startswith("sudoku-sudoku_4x4_") for ex in s["val"] + s["test"])
@@ -136,6 +138,44 @@ def test_each_arm_keeps_the_point_best_on_validation(tmp_path, monkeypatch):
     assert '"rank_loss": "hinge-sg"' in marker.read_text().replace("\n", "").replace("  ", " ")
 
 
+def test_reverse_order_takes_the_runs_last_first_and_chooses_the_same(tmp_path, monkeypatch):
+    """``--eval_order reverse`` (the second of two processes on one folder) trains and validates
+    the runs in the opposite order; the models and the choice are the same as forward's."""
+    trained = []
+
+    def fake_train_stage(cfg, objective, seed, steps, data):
+        def fn(folder: Path):
+            trained.append((folder.parent.parent.name, folder.parent.name, seed))
+            (folder / "model").mkdir()
+            return {}
+
+        return fn
+
+    def fake_validate(cfg, model, splits):
+        return 0.9 if ("lr0.001" in model or "rank_weight0.3" in model) else 0.1
+
+    monkeypatch.setattr(pipeline, "train_stage", fake_train_stage)
+    monkeypatch.setattr(pipeline, "validate_model", fake_validate)
+    kw = {"objectives": ["td", "tabom"], "seeds": [0, 1], "tune_lr": [5e-4, 1e-3]}
+    kw["tune_rank_weight"] = [0.3, 1.0]
+    splits = {"val": [], "test": []}
+    out = {}
+    for order in ("forward", "reverse"):
+        cfg = DemoConfig(eval_order=order, **kw)
+        root = tmp_path / order
+        models, tuning, _, _ = pipeline.train_arms(cfg, root, splits, {"key": "k"}, 3)
+        rel = {a: [str(Path(m).relative_to(root)) for m in ms] for a, ms in models.items()}
+        out[order] = (rel, tuning, trained[:])
+        trained.clear()
+    assert out["forward"][:2] == out["reverse"][:2]
+    assert out["reverse"][2] == out["forward"][2][::-1]
+    assert out["forward"][2][0] == ("td", "lr0.0005", 0)
+    assert out["forward"][0]["tabom"] == [
+        "train/tabom/rank_weight0.3/seed0/model",
+        "train/tabom/rank_weight0.3/seed1/model",
+    ]
+
+
 @pytest.mark.slow
 def test_sudoku_testbed_with_variants_and_controls_end_to_end(tmp_path):
     out = tmp_path / "demo"
@@ -202,8 +242,13 @@ def test_covered_arms_train_the_ground_truth_objectives_on_the_covered_prompts(
     monkeypatch.setattr(pipeline, "train_stage", fake_train_stage)
     cfg = DemoConfig(objectives=["sft", "sft-covered", "papl-covered"], seeds=[0])
     pipeline.train_arms(cfg, tmp_path, splits, {"key": "k"}, 3)
-    assert seen == [("sft", "sft", False), ("sft-covered", "sft", True),
-                    ("papl-covered", "papl", True)]
-    keys = [json.loads((tmp_path / "train" / a / "default" / "seed0" / "stage.json").read_text())
-            for a in ("sft", "sft-covered")]
+    assert seen == [
+        ("sft", "sft", False),
+        ("sft-covered", "sft", True),
+        ("papl-covered", "papl", True),
+    ]
+    keys = [
+        json.loads((tmp_path / "train" / a / "default" / "seed0" / "stage.json").read_text())
+        for a in ("sft", "sft-covered")
+    ]
     assert keys[0]["key"] != keys[1]["key"] and keys[1]["settings"]["data"] == "covered"

@@ -169,9 +169,11 @@ class DemoConfig:
         likelihood: the Monte-Carlo NELBO of the capability test (``--likelihood.n_samples``
             ...; :class:`tabom.likelihood.LikelihoodConfig`): the reference responses of the
             new- and old-domain test sets, beside accuracy under three decoding orders.
-        eval_order: ``reverse`` evaluates the models last first: a second ``tabom demo`` with
-            the same settings, started once training is done, shares the evaluation work
-            (each finished stage is cached for the other; results and report are the same).
+        eval_order: ``reverse`` takes the training runs (with their validation) and then the
+            evaluations last first: a second ``tabom demo`` with the same settings and
+            ``output_dir`` started beside the first shares the work. Each stage is locked while
+            it runs (a process that reaches one the other is running waits for it, then reads
+            its result); results and report are the same as one process's.
     """
 
     output_dir: str = "runs/demo"

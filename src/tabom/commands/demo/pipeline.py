@@ -1,7 +1,9 @@
 """``tabom demo``: the whole pipeline on the shipped base model, ending in report.md (DESIGN §1, §7).
 
 Stages, each in its own folder under ``output_dir`` with a ``stage.json`` marker (its settings
-and result): a rerun with the same settings skips every finished stage.
+and result): a rerun with the same settings skips every finished stage, and a stage runs under a
+lock, so two processes on one ``output_dir`` (``--eval_order forward`` and ``reverse``) share a
+long run's work without redoing each other's stages.
 
 1. ``splits``: the new-domain test and validation sets and the old-domain test set, drawn with
    fixed seeds and filtered so that no id appears in the distillation prompts (checked).
@@ -23,13 +25,14 @@ Run: ``tabom demo`` (about 10 minutes on 2 CPU cores), ``tabom demo --quick`` (u
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import json
 import math
 import shutil
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -65,6 +68,11 @@ from tabom.tasks.base import Example, Task
 from tabom.tasks.sudoku import real_puzzles
 from tabom.trajectory import read_trajectories
 
+try:
+    import fcntl
+except ImportError:  # Windows: no stage lock (stage_lock)
+    fcntl = None  # type: ignore[assignment]
+
 # --------------------------------------------------------------------------- stages
 
 
@@ -72,8 +80,46 @@ def _key(obj: Any) -> str:
     return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
+@contextlib.contextmanager
+def stage_lock(folder: Path) -> Iterator[None]:
+    """Hold ``folder``'s lock (the file ``.NAME.lock`` beside it) while the block runs.
+
+    Two ``tabom demo`` processes on one ``output_dir`` (one with ``--eval_order reverse``) share
+    the work: a process that reaches a stage the other is running waits for it, then finds it
+    finished. The lock is ``fcntl.flock``, released by the kernel when its holder exits, so a
+    killed run leaves no stale lock; it holds between processes of one machine on a local file
+    system. Where ``fcntl`` does not exist (Windows) there is no lock: run one process there.
+    """
+    if fcntl is None:
+        yield
+        return
+    path = folder.with_name(f".{folder.name}.lock")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a") as fh:
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            print(f"demo: {folder} is being computed by another process; waiting for it")
+            fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+def _finished(marker: Path, key: str) -> dict[str, Any] | None:
+    if marker.is_file():
+        done = json.loads(marker.read_text())
+        if done.get("key") == key:
+            return {**done, "cached": True}
+    return None
+
+
 def run_stage(folder: Path, settings: dict[str, Any], fn: Callable[[Path], Any]) -> dict[str, Any]:
     """Run ``fn(folder)`` unless ``folder/stage.json`` holds a finished run of ``settings``.
+
+    The run holds the stage's lock (:func:`stage_lock`): a second process on the same folder
+    waits for it and then reads its marker instead of clearing and redoing the work.
 
     Returns:
         The marker: ``{"key", "settings", "result", "seconds", "cached"}``; a stale or
@@ -81,19 +127,20 @@ def run_stage(folder: Path, settings: dict[str, Any], fn: Callable[[Path], Any])
     """
     marker = folder / "stage.json"
     key = _key(settings)
-    if marker.is_file():
-        done = json.loads(marker.read_text())
-        if done.get("key") == key:
-            return {**done, "cached": True}
-    shutil.rmtree(folder, ignore_errors=True)
-    folder.mkdir(parents=True)
-    t0 = time.perf_counter()
-    result = fn(folder)
-    done = {"key": key, "settings": settings, "result": result}
-    done["seconds"] = round(time.perf_counter() - t0, 2)
-    tmp = marker.with_name("stage.json.tmp")
-    tmp.write_text(json.dumps(done, indent=1) + "\n")
-    tmp.replace(marker)
+    if done := _finished(marker, key):
+        return done
+    with stage_lock(folder):
+        if done := _finished(marker, key):  # finished by another process while we waited
+            return done
+        shutil.rmtree(folder, ignore_errors=True)
+        folder.mkdir(parents=True)
+        t0 = time.perf_counter()
+        result = fn(folder)
+        done = {"key": key, "settings": settings, "result": result}
+        done["seconds"] = round(time.perf_counter() - t0, 2)
+        tmp = marker.with_name("stage.json.tmp")
+        tmp.write_text(json.dumps(done, indent=1) + "\n")
+        tmp.replace(marker)
     return {**done, "cached": False}
 
 
@@ -178,7 +225,12 @@ def distill_settings(cfg: DemoConfig, splits: dict[str, list[Example]]) -> dict[
     # the weights too: a shipped name or a folder whose weights were replaced (a new
     # `tiny-longadd`) must not reuse the stages of the old ones
     weights = model_fingerprint(cfg.model)
-    return {**scalars, "model_weights": weights, "decode": asdict(cfg.decode), "split_ids": _key(ids)}
+    return {
+        **scalars,
+        "model_weights": weights,
+        "decode": asdict(cfg.decode),
+        "split_ids": _key(ids),
+    }
 
 
 def train_settings(
@@ -425,9 +477,14 @@ def train_arms(
     seconds, cached = 0.0, True
     jobs = [(a, p, s) for a in cfg.objectives for p in cfg.arm_points(a) for s in cfg.seeds]
     folders: dict[tuple[str, str], list[str]] = {}
-    if any(is_covered(a) for a in cfg.objectives):
-        write_covered_ground_truth(root / "distill", splits)  # derived; the same every run
-    for arm, point, seed in tqdm(jobs, desc="train runs", disable=not outer_bar(cfg.progress)):
+    val: dict[tuple[str, str], list[float]] = {}
+    val_key = _key([ex.id for ex in splits["val"]])
+    if any(is_covered(a) for a in cfg.objectives):  # derived; the same every run
+        with stage_lock(root / "distill" / COVERED_FILE):  # a second process writes it too
+            write_covered_ground_truth(root / "distill", splits)
+    order = jobs[::-1] if cfg.eval_order == "reverse" else jobs
+    done_runs: dict[tuple[str, str, int], tuple[str, float | None]] = {}
+    for arm, point, seed in tqdm(order, desc="train runs", disable=not outer_bar(cfg.progress)):
         objective, over = parse_arm(arm)
         covered = is_covered(arm)
         pcfg = point_config(cfg, {**over, **point})
@@ -439,23 +496,28 @@ def train_arms(
         done = run_stage(folder, tset, stage)
         seconds += done["seconds"]
         cached = cached and done["cached"]
-        folders.setdefault((arm, point_name(point)), []).append(str(folder / "model"))
-    val_key = _key([ex.id for ex in splits["val"]])
+        path, acc = str(folder / "model"), None
+        if len(cfg.arm_points(arm)) > 1:  # validation accuracy, the only input of the choice
+            vset = {"splits": val_key, "model": path, "trained": _trained_key(path)}
+            done = run_stage(
+                folder.parent / f"val-{folder.name}",
+                vset,
+                lambda _f, p=path: {"val": validate_model(cfg, p, splits)},
+            )
+            seconds += done["seconds"]
+            cached = cached and done["cached"]
+            acc = done["result"]["val"]
+        done_runs[(arm, point_name(point), seed)] = (path, acc)
+    for arm, point, seed in jobs:  # in seed order whatever the order the runs were taken in
+        path, acc = done_runs[(arm, point_name(point), seed)]
+        folders.setdefault((arm, point_name(point)), []).append(path)
+        if acc is not None:
+            val.setdefault((arm, point_name(point)), []).append(acc)
     for arm in cfg.objectives:
         names = [point_name(p) for p in cfg.arm_points(arm)]
         entry: dict[str, Any] = {"points": names, "val": {}, "chosen": names[0]}
         if len(names) > 1:  # choose on the validation split (mean over seeds), never the test
-            for name in names:
-                for path in folders[(arm, name)]:
-                    vset = {"splits": val_key, "model": path, "trained": _trained_key(path)}
-                    done = run_stage(
-                        Path(path).parent.parent / f"val-{Path(path).parent.name}",
-                        vset,
-                        lambda _f, p=path: {"val": validate_model(cfg, p, splits)},
-                    )
-                    seconds += done["seconds"]
-                    cached = cached and done["cached"]
-                    entry["val"].setdefault(name, []).append(done["result"]["val"])
+            entry["val"] = {name: val[(arm, name)] for name in names}
             means = {n: sum(v) / len(v) for n, v in entry["val"].items()}
             entry["chosen"] = max(names, key=lambda n: (means[n], -names.index(n)))
         tuning[arm] = entry
