@@ -138,6 +138,14 @@ def test_each_arm_keeps_the_point_best_on_validation(tmp_path, monkeypatch):
     assert '"rank_loss": "hinge-sg"' in marker.read_text().replace("\n", "").replace("  ", " ")
 
 
+def test_the_setup_line_says_when_a_grid_replaces_its_lr_and_lambda():
+    from tabom.commands.demo.report import _tuned_note
+
+    assert _tuned_note(DemoConfig()) == ""
+    note = _tuned_note(DemoConfig(tune_lr=[5e-4, 1e-3], tune_rank_weight=[0.1, 0.3]))
+    assert "lr from [0.0005, 0.001]" in note and "λ of the ranking arms from [0.1, 0.3]" in note
+
+
 def test_reverse_order_takes_the_runs_last_first_and_chooses_the_same(tmp_path, monkeypatch):
     """``--eval_order reverse`` (the second of two processes on one folder) trains and validates
     the runs in the opposite order; the models and the choice are the same as forward's."""
@@ -192,6 +200,7 @@ def test_sudoku_testbed_with_variants_and_controls_end_to_end(tmp_path):
     assert "n_rounds = " in report and "τ decode→oracle" in report
     assert "Differences to td" in report and "Verdict (sudoku)" in report
     assert "val acc per point" in report
+    assert "λ of the ranking arms from [0.3, 1.0] per arm on validation: see Tuning" in report
 
 
 def test_covered_arms_train_the_ground_truth_objectives_on_the_covered_prompts(

@@ -338,6 +338,16 @@ def verdicts(rows: dict[str, Any], cfg: DemoConfig) -> list[str]:
     return out
 
 
+def _tuned_note(cfg: DemoConfig) -> str:
+    """The Setup line's caveat when a grid replaces its lr / λ (the Tuning table has the points)."""
+    tuned = []
+    if cfg.tune_lr:
+        tuned.append(f"lr from {cfg.tune_lr}")
+    if cfg.tune_rank_weight:
+        tuned.append(f"λ of the ranking arms from {cfg.tune_rank_weight}")
+    return f" (defaults; {' and '.join(tuned)} per arm on validation: see Tuning)" if tuned else ""
+
+
 def write_report(
     cfg: DemoConfig,
     root: Path,
@@ -436,8 +446,8 @@ def write_report(
         f"{cfg.lr}, {WARMUP_STEPS} warmup steps, cosine to {MIN_LR_RATIO} × lr, weight decay "
         f"{WEIGHT_DECAY}; M = {cfg.loss.td_window}, W = {cfg.loss.rank_window}, time-delay cut "
         f"range `{cfg.loss.td_cut_range}`, m = {cfg.loss.rank_margin}, λ = "
-        f"{cfg.loss.rank_weight}, ties `{cfg.loss.rank_ties}`, ranking `{cfg.loss.rank_loss}`; seeds "
-        f"{cfg.seeds} (data order, masking). "
+        f"{cfg.loss.rank_weight}, ties `{cfg.loss.rank_ties}`, ranking `{cfg.loss.rank_loss}`"
+        f"{_tuned_note(cfg)}; seeds {cfg.seeds} (data order, masking). "
         "`sft`, `puma` and `papl` train on the ground-truth answers of all distillation "
         "prompts, their `-covered` arms on those of only the prompts with a verified "
         "trajectory (the same prompts as the trajectory arms), the others on the verified "
