@@ -121,21 +121,27 @@ def full_objective(dlm: DiffusionLM, batch: dict, args: argparse.Namespace) -> t
     return ce + rank
 
 
+def trajectory_batch(batch: dict):
+    """The benchmark's batch as the :class:`~tabom.train_data.TrajectoryBatch` the objectives take."""
+    from tabom.train_data import TrajectoryBatch
+
+    return TrajectoryBatch(
+        batch["input_ids"],
+        batch["attention_mask"],
+        batch["response_mask"],
+        batch["decoding_order"],
+        decode_entropy=None,
+        ids=[],
+    )
+
+
 def positions_objective(dlm: DiffusionLM, batch: dict, args: argparse.Namespace) -> torch.Tensor:
     """Today's ``compute_objective``: the head at the supervised and ranked rows only."""
     from tabom.objectives import LossConfig, compute_objective
-    from tabom.train_data import TrajectoryBatch
 
     out = compute_objective(
         dlm,
-        TrajectoryBatch(
-            batch["input_ids"],
-            batch["attention_mask"],
-            batch["response_mask"],
-            batch["decoding_order"],
-            decode_entropy=None,
-            ids=[],
-        ),
+        trajectory_batch(batch),
         objective="tabom",
         loss=LossConfig(
             td_window=args.window,
@@ -159,7 +165,6 @@ def tad_objective(dlm: DiffusionLM, batch: dict, path: str) -> torch.Tensor:
     grad, its head at the distant rows (the same in both paths)."""
     from tabom.models.prepared import HeadForward, PreparedLM
     from tabom.objectives import LossConfig, compute_objective
-    from tabom.train_data import TrajectoryBatch
 
     student = (
         FullLogits(dlm)
@@ -168,14 +173,7 @@ def tad_objective(dlm: DiffusionLM, batch: dict, path: str) -> torch.Tensor:
     )
     out = compute_objective(
         student,
-        TrajectoryBatch(
-            batch["input_ids"],
-            batch["attention_mask"],
-            batch["response_mask"],
-            batch["decoding_order"],
-            decode_entropy=None,
-            ids=[],
-        ),
+        trajectory_batch(batch),
         objective="tad",
         loss=LossConfig(tad_delta=8),
         mask_token_id=dlm.mask_token_id,
@@ -189,12 +187,8 @@ def train_step(dlm: DiffusionLM, batch: dict, path: str, args: argparse.Namespac
     """compute the objective + backward; returns the loss value."""
     if args.objective == "tad":
         loss = tad_objective(dlm, batch, path)
-        loss.backward()
-        for p in dlm.model.parameters():
-            p.grad = None
-        return float(loss.detach())
-    fn = full_objective if path == "full" else positions_objective
-    loss = fn(dlm, batch, args)
+    else:
+        loss = (full_objective if path == "full" else positions_objective)(dlm, batch, args)
     loss.backward()
     for p in dlm.model.parameters():
         p.grad = None

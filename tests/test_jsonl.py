@@ -19,6 +19,18 @@ def test_write_then_read_round_trips_and_leaves_no_temporary(tmp_path):
     assert [r for _, r in read_jsonl(path)] == rows[:1]
 
 
+def test_a_concurrent_writer_of_the_same_file_keeps_its_temporary(tmp_path):
+    """Two processes writing one file (two ``tabom demo`` on one folder) each write their own
+    temporary: a write never truncates or renames away the other's half-written one."""
+    path = tmp_path / "covered.jsonl"
+    other = [tmp_path / "covered.jsonl.tmp", tmp_path / "covered.jsonl.99999999.tmp"]
+    for f in other:
+        f.write_text('{"half": ')
+    write_jsonl(path, [{"a": 1}])
+    assert [obj for _, obj in read_jsonl(path)] == [{"a": 1}]
+    assert all(f.read_text() == '{"half": ' for f in other)
+
+
 def test_a_bad_line_names_file_line_and_field(tmp_path):
     path = tmp_path / "x.jsonl"
     path.write_text('{"a": 1}\n\n[1, 2]\n')

@@ -67,6 +67,10 @@ def _depth(raw: bytes) -> int:
 def write_jsonl(path: str | Path, rows: Iterable[Any]) -> Path:
     """Write ``rows`` one a line to a new file, atomically (temporary file, fsync, rename).
 
+    The temporary file's name carries the process id, so processes writing the same file at
+    once (two ``tabom demo`` on one folder) never write into one another's temporary file;
+    the last rename wins and a reader sees one whole file.
+
     Args:
         path: the file.
         rows: JSON objects, or records with a ``to_line()``
@@ -76,7 +80,7 @@ def write_jsonl(path: str | Path, rows: Iterable[Any]) -> Path:
         ``path``.
     """
     path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
+    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
     with JsonlWriter(tmp, mode="wb") as w:
         for row in rows:
             w.write(row)

@@ -326,9 +326,7 @@ def write_covered_ground_truth(distill_dir: Path, splits: dict[str, list[Example
     ]
     if not rows:
         raise ValueError(f"{distill_dir / 'trajectories.jsonl'}: no verified trajectory to cover")
-    tmp = distill_dir / (COVERED_FILE + ".tmp")
-    write_jsonl(tmp, rows)
-    tmp.replace(distill_dir / COVERED_FILE)
+    write_jsonl(distill_dir / COVERED_FILE, rows)  # atomic, also against a second process
     return len(rows)
 
 
@@ -476,12 +474,9 @@ def train_arms(
     tuning: dict[str, Any] = {}
     seconds, cached = 0.0, True
     jobs = [(a, p, s) for a in cfg.objectives for p in cfg.arm_points(a) for s in cfg.seeds]
-    folders: dict[tuple[str, str], list[str]] = {}
-    val: dict[tuple[str, str], list[float]] = {}
     val_key = _key([ex.id for ex in splits["val"]])
-    if any(is_covered(a) for a in cfg.objectives):  # derived; the same every run
-        with stage_lock(root / "distill" / COVERED_FILE):  # a second process writes it too
-            write_covered_ground_truth(root / "distill", splits)
+    if any(is_covered(a) for a in cfg.objectives):
+        write_covered_ground_truth(root / "distill", splits)  # derived; the same every run
     order = jobs[::-1] if cfg.eval_order == "reverse" else jobs
     done_runs: dict[tuple[str, str, int], tuple[str, float | None]] = {}
     for arm, point, seed in tqdm(order, desc="train runs", disable=not outer_bar(cfg.progress)):
@@ -508,20 +503,16 @@ def train_arms(
             cached = cached and done["cached"]
             acc = done["result"]["val"]
         done_runs[(arm, point_name(point), seed)] = (path, acc)
-    for arm, point, seed in jobs:  # in seed order whatever the order the runs were taken in
-        path, acc = done_runs[(arm, point_name(point), seed)]
-        folders.setdefault((arm, point_name(point)), []).append(path)
-        if acc is not None:
-            val.setdefault((arm, point_name(point)), []).append(acc)
     for arm in cfg.objectives:
         names = [point_name(p) for p in cfg.arm_points(arm)]
+        runs = {n: [done_runs[(arm, n, s)] for s in cfg.seeds] for n in names}  # in seed order
         entry: dict[str, Any] = {"points": names, "val": {}, "chosen": names[0]}
         if len(names) > 1:  # choose on the validation split (mean over seeds), never the test
-            entry["val"] = {name: val[(arm, name)] for name in names}
+            entry["val"] = {n: [acc for _, acc in runs[n]] for n in names}
             means = {n: sum(v) / len(v) for n, v in entry["val"].items()}
             entry["chosen"] = max(names, key=lambda n: (means[n], -names.index(n)))
         tuning[arm] = entry
-        models[arm] = folders[(arm, entry["chosen"])]
+        models[arm] = [path for path, _ in runs[entry["chosen"]]]
     return models, tuning, seconds, cached
 
 
