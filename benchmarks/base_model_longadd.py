@@ -65,6 +65,20 @@ def fmt_acc(correct: list[bool]) -> str:
     return f"{sum(correct) / len(correct):.3f} [{lo:.2f}, {hi:.2f}]"
 
 
+def ratio_ci(
+    greedy: list[bool], solved: list[bool], n_boot: int = 4000, seed: int = 0
+) -> tuple[float, float]:
+    """95 % percentile-bootstrap interval of ``mean(solved) / mean(greedy)`` over problems (the
+    same problems resampled for both; a resample with no greedy success is dropped)."""
+    gen = torch.Generator().manual_seed(seed)
+    g = torch.tensor(greedy, dtype=torch.float64)
+    p = torch.tensor(solved, dtype=torch.float64)
+    idx = torch.randint(len(g), (n_boot, len(g)), generator=gen)
+    den = g[idx].mean(1)
+    r = (p[idx].mean(1) / den)[den > 0]
+    return r.quantile(0.025).item(), r.quantile(0.975).item()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="tiny-longadd")
@@ -147,7 +161,11 @@ def main() -> None:
             first = correct["confidence"][:passk_n]
             g = sum(first) / len(first)
             ratio = pass_at[k] / g if g else math.inf
-            print(f"| {name}: greedy on the pass@k problems {g:.3f}; pass@{k} / greedy {ratio:.2f} |")
+            lo, hi = ratio_ci(first, [any(c[:k]) for c in sampled.correct], seed=args.seed)
+            print(
+                f"| {name}: greedy on the pass@k problems {g:.3f}; pass@{k} / greedy {ratio:.2f} "
+                f"[{lo:.2f}, {hi:.2f}] (95 % bootstrap over problems) |"
+            )
         results[name] = {
             "correct": correct,
             "accuracy": {o: sum(c) / len(c) for o, c in correct.items()},

@@ -11,12 +11,26 @@ import json
 import sys
 from pathlib import Path
 
+from tabom.commands.demo.config import ALL_ARMS
 from tabom.metrics import diff_ci
 from tabom.metrics import mean_std as _mean_std
 
-ARMS = ["base", "traj-sft", "td", "tabom", "tad"]
+ARMS = ["base", *ALL_ARMS]
 KEYS = ["new", "hard", "pass@4", "old", "random order", "left to right", "NELBO/token", "τ"]
-PAIRS = [("tabom", "td"), ("td", "traj-sft"), ("tad", "td"), ("tabom", "traj-sft")]
+PAIRS = [
+    ("tabom", "td"),
+    ("td", "traj-sft"),
+    ("tad", "td"),
+    ("tabom", "traj-sft"),
+    *((v, "td") for v in ALL_ARMS if v.startswith("tabom-")),
+    # the same-data controls: the objective on the same prompts, then the coverage
+    ("sft-covered", "traj-sft"),
+    ("puma-covered", "td"),
+    ("papl-covered", "td"),
+    ("sft", "sft-covered"),
+    ("puma", "puma-covered"),
+    ("papl", "papl-covered"),
+]
 
 
 def row(result: dict) -> dict[str, float]:
