@@ -261,3 +261,21 @@ def test_covered_arms_train_the_ground_truth_objectives_on_the_covered_prompts(
         for a in ("sft", "sft-covered")
     ]
     assert keys[0]["key"] != keys[1]["key"] and keys[1]["settings"]["data"] == "covered"
+
+
+def test_report_command_line_names_what_differs_from_the_preset():
+    """The report's command reproduces the run: a subset of arms or seeds shows as flags (the
+    old line was testbed / protocol only, so a 4-arm run read as the 14-arm protocol)."""
+    from tabom.commands.demo.report import command_line
+
+    assert command_line(build_config(DemoConfig, {})) == "tabom demo"
+    full = {"testbed": "longadd", "protocol": "full"}
+    assert command_line(build_config(DemoConfig, full)) == (
+        "tabom demo --testbed longadd --protocol full"
+    )
+    subset = build_config(
+        DemoConfig, {**full, "objectives": "traj-sft,td,tabom", "seeds": "0,1", "output_dir": "x"}
+    )
+    assert command_line(subset) == (
+        "tabom demo --testbed longadd --protocol full --objectives traj-sft,td,tabom --seeds 0,1"
+    )

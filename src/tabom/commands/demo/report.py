@@ -8,6 +8,7 @@ knowledge boundary (pass@k), and less forgetting of the old domain.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import platform
@@ -36,6 +37,35 @@ from tabom.plots import (
     token_labels,
 )
 from tabom.trajectory import read_trajectories
+
+_NOT_IN_COMMAND = {"testbed", "protocol", "quick", "output_dir", "progress", "eval_order", "loss"}
+
+
+def command_line(cfg: DemoConfig) -> str:
+    """The ``tabom demo`` command that gives ``cfg``: the testbed, protocol and ``--quick``,
+    then every other top-level setting that differs from its preset (or, without one, from the
+    field's default), e.g. ``--objectives`` of a run that compared a subset of the arms.
+    ``loss.*`` fields and where the run was written are left out."""
+    cmd = "tabom demo" + (f" --testbed {cfg.testbed}" if cfg.testbed != "addition" else "")
+    cmd += f" --protocol {cfg.protocol}" if cfg.protocol != "single" else ""
+    cmd += " --quick" if cfg.quick else ""
+    preset = DemoConfig.presets(
+        {"testbed": cfg.testbed, "protocol": cfg.protocol, "quick": cfg.quick}
+    )
+    for f in dataclasses.fields(cfg):
+        if f.name in _NOT_IN_COMMAND:
+            continue
+        if f.name in preset:
+            default = preset[f.name]
+        elif f.default is not dataclasses.MISSING:
+            default = f.default
+        else:
+            default = f.default_factory()  # type: ignore[misc]
+        value = getattr(cfg, f.name)
+        if value != default:
+            shown = ",".join(map(str, value)) if isinstance(value, list) else value
+            cmd += f" --{f.name} {shown}"
+    return cmd
 
 
 def describe_task(spec: str) -> str:
@@ -423,9 +453,7 @@ def write_report(
         for stage, (seconds, cached) in timings.items()
     ]
     timing_rows.append(f"| report + plots | {time.perf_counter() - t_report:.0f} s |")
-    cmd = "tabom demo" + (f" --testbed {cfg.testbed}" if cfg.testbed != "addition" else "")
-    cmd += f" --protocol {cfg.protocol}" if cfg.protocol != "single" else ""
-    cmd += " --quick" if cfg.quick else ""
+    cmd = command_line(cfg)
     sizes = results["base"][0].get("stratum_sizes", {})
     lines = [
         "# tabom demo report",
