@@ -279,3 +279,20 @@ def test_report_command_line_names_what_differs_from_the_preset():
     assert command_line(subset) == (
         "tabom demo --testbed longadd --protocol full --objectives traj-sft,td,tabom --seeds 0,1"
     )
+    # the flags build the same settings back (bools, None and lists spelled as the CLI reads them)
+    given = {"testbed": "sudoku", "seeds": [3], "heldout": None, "quick": True, "pass_examples": 7}
+    cfg = build_config(DemoConfig, given)
+    words, flags = command_line(cfg).split()[2:], {}
+    for i, w in enumerate(words):
+        if w.startswith("--"):
+            nxt = words[i + 1] if i + 1 < len(words) else "--"
+            flags[w[2:]] = "true" if nxt.startswith("--") else nxt
+    assert flags == {
+        "testbed": "sudoku",
+        "quick": "true",
+        "seeds": "3",
+        "pass_examples": "7",
+        "heldout": "None",
+    }
+    back = build_config(DemoConfig, flags)
+    assert {f: getattr(back, f) for f in given} == {f: getattr(cfg, f) for f in given}

@@ -26,7 +26,7 @@ from tabom.commands.demo.config import (
     WEIGHT_DECAY,
     DemoConfig,
 )
-from tabom.config import to_dict
+from tabom.config import build_config, to_dict
 from tabom.evaluate import tau_to_order
 from tabom.metrics import diff_ci, forgetting, mean_std, t_quantile_975
 from tabom.plots import (
@@ -43,26 +43,17 @@ _NOT_IN_COMMAND = {"testbed", "protocol", "quick", "output_dir", "progress", "ev
 
 def command_line(cfg: DemoConfig) -> str:
     """The ``tabom demo`` command that gives ``cfg``: the testbed, protocol and ``--quick``,
-    then every other top-level setting that differs from its preset (or, without one, from the
-    field's default), e.g. ``--objectives`` of a run that compared a subset of the arms.
-    ``loss.*`` fields and where the run was written are left out."""
+    then every other top-level setting that differs from what those alone build (the presets
+    through :func:`tabom.config.build_config`), e.g. ``--objectives`` of a run that compared a
+    subset of the arms. ``loss.*`` fields and where and how the run was written are left out."""
+    chosen = {"testbed": cfg.testbed, "protocol": cfg.protocol, "quick": cfg.quick}
+    ref = build_config(DemoConfig, chosen)
     cmd = "tabom demo" + (f" --testbed {cfg.testbed}" if cfg.testbed != "addition" else "")
     cmd += f" --protocol {cfg.protocol}" if cfg.protocol != "single" else ""
     cmd += " --quick" if cfg.quick else ""
-    preset = DemoConfig.presets(
-        {"testbed": cfg.testbed, "protocol": cfg.protocol, "quick": cfg.quick}
-    )
     for f in dataclasses.fields(cfg):
-        if f.name in _NOT_IN_COMMAND:
-            continue
-        if f.name in preset:
-            default = preset[f.name]
-        elif f.default is not dataclasses.MISSING:
-            default = f.default
-        else:
-            default = f.default_factory()  # type: ignore[misc]
         value = getattr(cfg, f.name)
-        if value != default:
+        if f.name not in _NOT_IN_COMMAND and value != getattr(ref, f.name):
             shown = ",".join(map(str, value)) if isinstance(value, list) else value
             cmd += f" --{f.name} {shown}"
     return cmd
