@@ -96,3 +96,23 @@ def test_accuracy_panels_share_one_scale_and_trajectory_names_its_model(tmp_path
     plots.plot_trajectory(rec, tmp_path / "t.png")
     ax = figures[1].axes[0]
     assert "tiny-base" in ax.get_title() and list(ax.get_yticks()) == []
+
+
+def test_metric_bars_past_ten_arms_keep_distinct_colours_and_wider_panels(tmp_path, monkeypatch):
+    pytest.importorskip("matplotlib")
+    from matplotlib.colors import to_rgba
+
+    figures = []
+    monkeypatch.setattr(plots, "_save", lambda fig, path: figures.append(fig) or Path(path))
+    few = {"acc": {f"arm{j}": (0.1 * (j % 9), 0.01) for j in range(4)}}
+    many = {"acc": {f"arm{j}": (0.1 * (j % 9), 0.01) for j in range(14)}}  # the full protocol
+    plots.plot_metric_bars(few, tmp_path / "few.png")
+    plots.plot_metric_bars(many, tmp_path / "many.png")
+    small, big = figures
+    bars = big.axes[0].patches
+    assert len(bars) == 14
+    assert len({to_rgba(b.get_facecolor()) for b in bars}) == 14  # C0..C9 repeat after 10
+    assert big.get_figwidth() > small.get_figwidth()
+    # value labels stand upright past 8 bars so neighbours do not overlap
+    assert {t.get_rotation() for t in big.axes[0].texts} == {90.0}
+    assert {t.get_rotation() for t in small.axes[0].texts} == {0.0}

@@ -159,6 +159,19 @@ def _save(fig, path: str | Path) -> Path:
     return path
 
 
+def _bar_colors(n: int) -> list:
+    """``n`` distinct bar colours: matplotlib's cycle ``C0``..``C9``, ``tab20`` past 10 bars
+    (the cycle repeats after 10, so an 11th arm would share the base model's colour)."""
+    if n <= 10:
+        return [f"C{j}" for j in range(n)]
+    import matplotlib
+
+    cmap = matplotlib.colormaps["tab20"]
+    if n > cmap.N:
+        raise ValueError(f"plot_metric_bars: {n} bars, at most {cmap.N} distinct colours")
+    return [cmap(j) for j in range(n)]
+
+
 def plot_metric_bars(
     panels: Mapping[str, Mapping[str, MeanStd]],
     path: str | Path,
@@ -184,7 +197,9 @@ def plot_metric_bars(
     Returns:
         The path written.
     """
-    fig = _figure(3.4 * len(panels) + 0.6, 3.6, dpi)
+    n_bars = max((len(v) for v in panels.values()), default=1)
+    # wider panels past 8 bars (the full protocol has 14 arms), so names and values keep apart
+    fig = _figure(max(3.4, 0.32 * n_bars + 0.8) * len(panels) + 0.6, 3.6, dpi)
     shared = max(
         (m + s for values in panels.values() for m, s in values.values()), default=1e-3
     )
@@ -193,13 +208,21 @@ def plot_metric_bars(
         names = list(values)
         means = [values[n][0] for n in names]
         stds = [values[n][1] for n in names]
-        colors = [f"C{j}" for j in range(len(names))]
+        colors = _bar_colors(len(names))
         ax.bar(range(len(names)), means, yerr=stds, color=colors, capsize=3)
         tops = [m + s for m, s in zip(means, stds, strict=True)]
         ymax = max(1e-3, shared if sharey else max(tops)) * 1.22
         for j, (m, top) in enumerate(zip(means, tops, strict=True)):
             # above the error bar's cap, so the number never sits on the bar
-            ax.text(j, top + 0.02 * ymax, f"{m:.3f}", ha="center", va="bottom", fontsize=7)
+            ax.text(
+                j,
+                top + 0.02 * ymax,
+                f"{m:.3f}",
+                ha="center",
+                va="bottom",
+                fontsize=7 if len(names) <= 8 else 6,
+                rotation=0 if len(names) <= 8 else 90,  # upright numbers overlap past 8 bars
+            )
         ax.set_xticks(range(len(names)))
         ax.set_xticklabels(names, rotation=30, ha="right", fontsize=8)
         ax.set_title(metric, fontsize=9)
