@@ -30,6 +30,11 @@ PAIRS = [
     ("sft", "sft-covered"),
     ("puma", "puma-covered"),
     ("papl", "papl-covered"),
+    # the ground-truth arms on all prompts: which masking (random, planner-weighted, the
+    # model's own order) uses the same answers best
+    ("puma", "td"),
+    ("sft", "puma"),
+    ("papl", "puma"),
 ]
 
 
