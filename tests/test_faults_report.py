@@ -116,3 +116,23 @@ def test_metric_bars_past_ten_arms_keep_distinct_colours_and_wider_panels(tmp_pa
     # value labels stand upright past 8 bars so neighbours do not overlap
     assert {t.get_rotation() for t in big.axes[0].texts} == {90.0}
     assert {t.get_rotation() for t in small.axes[0].texts} == {0.0}
+
+
+@pytest.mark.parametrize("n", [14, 25])
+def test_curve_plots_give_every_model_its_own_colour(tmp_path, monkeypatch, n):
+    """The entropy and budget plots of a full-protocol report (14 arms) colour each model
+    apart, like the bars (one palette), and so does a sweep past tab20's 20 colours."""
+    pytest.importorskip("matplotlib")
+    from matplotlib.colors import to_rgba
+
+    figures = []
+    monkeypatch.setattr(plots, "_save", lambda fig, path: figures.append(fig) or Path(path))
+    plots.plot_entropy_curves({f"m{j}": [0.1 * j, 0.05 * j] for j in range(n)}, tmp_path / "e")
+    plots.plot_budgets({f"m{j}": {1: (0.5, 0.1), 2: (0.4, 0.1)} for j in range(n)}, tmp_path / "b")
+    for fig in figures:
+        containers = fig.axes[0].containers  # one errorbar container per model
+        assert len(containers) == n
+        assert len({to_rgba(c.lines[0].get_color()) for c in containers}) == n
+    bars = {f"m{j}": (0.5, 0.1) for j in range(n)}
+    plots.plot_metric_bars({"acc": bars}, tmp_path / "a")
+    assert len({to_rgba(b.get_facecolor()) for b in figures[-1].axes[0].patches}) == n

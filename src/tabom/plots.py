@@ -159,17 +159,18 @@ def _save(fig, path: str | Path) -> Path:
     return path
 
 
-def _bar_colors(n: int) -> list:
-    """``n`` distinct bar colours: matplotlib's cycle ``C0``..``C9``, ``tab20`` past 10 bars
-    (the cycle repeats after 10, so an 11th arm would share the base model's colour)."""
+def _palette(n: int) -> list:
+    """One colour per model, all distinct: matplotlib's cycle ``C0``..``C9`` up to 10 models,
+    ``tab20`` up to 20, evenly spaced ``turbo`` beyond (the cycle repeats after 10, so the
+    full protocol's 11th arm would share the base model's colour). Every plot that colours
+    models calls this, so a model's colour matches across the report's figures."""
     if n <= 10:
         return [f"C{j}" for j in range(n)]
-    import matplotlib
+    from matplotlib import colormaps
 
-    cmap = matplotlib.colormaps["tab20"]
-    if n > cmap.N:
-        raise ValueError(f"plot_metric_bars: {n} bars, at most {cmap.N} distinct colours")
-    return [cmap(j) for j in range(n)]
+    if n <= 20:
+        return [colormaps["tab20"](j) for j in range(n)]
+    return [colormaps["turbo"](j / (n - 1)) for j in range(n)]
 
 
 def plot_metric_bars(
@@ -208,8 +209,8 @@ def plot_metric_bars(
         names = list(values)
         means = [values[n][0] for n in names]
         stds = [values[n][1] for n in names]
-        colors = _bar_colors(len(names))
-        ax.bar(range(len(names)), means, yerr=stds, color=colors, capsize=3)
+        crowded = len(names) > 8  # upright numbers of neighbouring bars overlap: turn them
+        ax.bar(range(len(names)), means, yerr=stds, color=_palette(len(names)), capsize=3)
         tops = [m + s for m, s in zip(means, stds, strict=True)]
         ymax = max(1e-3, shared if sharey else max(tops)) * 1.22
         for j, (m, top) in enumerate(zip(means, tops, strict=True)):
@@ -220,8 +221,8 @@ def plot_metric_bars(
                 f"{m:.3f}",
                 ha="center",
                 va="bottom",
-                fontsize=7 if len(names) <= 8 else 6,
-                rotation=0 if len(names) <= 8 else 90,  # upright numbers overlap past 8 bars
+                fontsize=6 if crowded else 7,
+                rotation=90 if crowded else 0,
             )
         ax.set_xticks(range(len(names)))
         ax.set_xticklabels(names, rotation=30, ha="right", fontsize=8)
@@ -253,7 +254,7 @@ def plot_budgets(
     """
     fig = _figure(6.8, 3.8, dpi)
     ax = fig.add_subplot()
-    for j, (name, points) in enumerate(curves.items()):
+    for color, (name, points) in zip(_palette(len(curves)), curves.items(), strict=True):
         xs = sorted(points)
         ax.errorbar(
             xs,
@@ -261,7 +262,7 @@ def plot_budgets(
             yerr=[points[x][1] for x in xs],
             marker="o",
             capsize=3,
-            color=f"C{j}",
+            color=color,
             label=name,
         )
         ax.set_xticks(xs)
@@ -298,7 +299,7 @@ def plot_entropy_curves(
     """
     fig = _figure(6.4, 4.4 if note else 3.8, dpi)
     ax = fig.add_subplot()
-    for j, (name, ys) in enumerate(curves.items()):
+    for color, (name, ys) in zip(_palette(len(curves)), curves.items(), strict=True):
         pts = [(s, y if isinstance(y, tuple) else (y, 0.0)) for s, y in enumerate(ys)]
         pts = [(s, m, sd) for s, (m, sd) in pts if m == m]  # m == m drops NaN
         ax.errorbar(
@@ -307,7 +308,7 @@ def plot_entropy_curves(
             yerr=[p[2] for p in pts],
             marker="o",
             capsize=3,
-            color=f"C{j}",
+            color=color,
             label=name,
         )
     import textwrap
